@@ -1,0 +1,289 @@
+//! Configuration: a LiteLLM `config.yaml` loaded as it is, plus llmbus's own `llmbus:` section.
+//!
+//! [`Config::load`] reads a file, resolves `os.environ/NAME` references, accepts YAML 1.1
+//! integers such as `20_000`, reports keys llmbus does not support (by name, once, not fatal)
+//! and stops on a wrong type or a missing required key with the key's path and line.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use serde::Deserialize;
+
+mod load;
+mod quickstart;
+mod secret;
+
+pub use load::{ConfigError, Loaded};
+pub use secret::Secret;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Config {
+    /// Deployments, grouped into model groups by `model_name`.
+    #[serde(default)]
+    pub model_list: Vec<ModelEntry>,
+    /// How the router picks, retries and falls back.
+    #[serde(default)]
+    pub router_settings: RouterSettings,
+    /// LiteLLM's global settings (the few llmbus honours).
+    #[serde(default)]
+    pub litellm_settings: LitellmSettings,
+    /// LiteLLM Proxy's settings (the few llmbus honours).
+    #[serde(default)]
+    pub general_settings: GeneralSettings,
+    /// llmbus's own settings.
+    #[serde(default)]
+    pub llmbus: LlmbusSettings,
+}
+
+/// One deployment: a model group name and how to reach one upstream model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelEntry {
+    /// The model group: what a request's `model` names.
+    pub model_name: String,
+    /// How to call the upstream.
+    pub litellm_params: LitellmParams,
+    /// Facts about the model (id, prices, context window).
+    #[serde(default)]
+    pub model_info: ModelInfo,
+    /// Requests per minute; LiteLLM allows it beside `litellm_params` too.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute; LiteLLM allows it beside `litellm_params` too.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+}
+
+impl ModelEntry {
+    /// Requests per minute, from `litellm_params` or beside it.
+    pub fn rpm(&self) -> Option<u64> {
+        self.litellm_params.rpm.or(self.rpm)
+    }
+
+    /// Tokens per minute, from `litellm_params` or beside it.
+    pub fn tpm(&self) -> Option<u64> {
+        self.litellm_params.tpm.or(self.tpm)
+    }
+}
+
+/// `litellm_params` of a deployment.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LitellmParams {
+    /// `provider/model`, for example `openai/gpt-4o` or `groq/llama-3.1-8b-instant`; a name
+    /// without a provider prefix means OpenAI.
+    pub model: String,
+    /// The provider's base URL; each provider has a documented default.
+    #[serde(default)]
+    pub api_base: Option<String>,
+    /// The key, literal or `os.environ/NAME`; each provider has a default variable.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Azure's `api-version`.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Calls in flight at once; defaults from rpm/tpm as LiteLLM does.
+    #[serde(default)]
+    pub max_parallel_requests: Option<u32>,
+    /// Seconds one call may take.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// Seconds a stream may stay silent between chunks.
+    #[serde(default)]
+    pub stream_timeout: Option<f64>,
+    /// Share of traffic under `simple-shuffle`.
+    #[serde(default)]
+    pub weight: Option<f64>,
+    /// Answer with this text instead of calling anything (no key needed).
+    #[serde(default)]
+    pub mock_response: Option<String>,
+    /// Extra HTTP headers sent upstream.
+    #[serde(default)]
+    pub extra_headers: BTreeMap<String, String>,
+    /// Routing tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// OpenAI organization header.
+    #[serde(default)]
+    pub organization: Option<String>,
+}
+
+/// `model_info` of a deployment.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ModelInfo {
+    /// The deployment's id; llmbus makes one when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// USD per prompt token, overriding the built-in price table.
+    #[serde(default)]
+    pub input_cost_per_token: Option<f64>,
+    /// USD per completion token, overriding the built-in price table.
+    #[serde(default)]
+    pub output_cost_per_token: Option<f64>,
+    /// The context window, for pre-call checks.
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
+    /// The most tokens the model generates.
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    /// The model whose prices apply (Azure deployments with custom names).
+    #[serde(default)]
+    pub base_model: Option<String>,
+    /// `chat`, `embedding`, ...
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// `router_settings`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RouterSettings {
+    /// `simple-shuffle` (the default).
+    #[serde(default)]
+    pub routing_strategy: Option<String>,
+    /// Retries after the first attempt (default 2).
+    #[serde(default)]
+    pub num_retries: Option<u32>,
+    /// Seconds a job may take when it sets no deadline of its own.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// Other names for model groups: `alias: group` or `alias: {model: group, hidden: bool}`.
+    #[serde(default)]
+    pub model_group_alias: BTreeMap<String, AliasTarget>,
+    /// `[{"group": ["fallback-group", ...]}, ...]`.
+    #[serde(default)]
+    pub fallbacks: Vec<BTreeMap<String, Vec<String>>>,
+}
+
+/// The target of a `model_group_alias` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum AliasTarget {
+    /// `alias: group`.
+    Group(String),
+    /// `alias: {model: group, hidden: true}`.
+    Detailed {
+        /// The model group.
+        model: String,
+        /// Left out of `llm.models`.
+        #[serde(default)]
+        hidden: bool,
+    },
+}
+
+impl AliasTarget {
+    /// The model group the alias names.
+    pub fn group(&self) -> &str {
+        match self {
+            AliasTarget::Group(g) => g,
+            AliasTarget::Detailed { model, .. } => model,
+        }
+    }
+
+    /// True when the alias is left out of `llm.models`.
+    pub fn hidden(&self) -> bool {
+        matches!(self, AliasTarget::Detailed { hidden: true, .. })
+    }
+}
+
+/// `litellm_settings`: the keys llmbus honours.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LitellmSettings {
+    /// Retries, when `router_settings.num_retries` is unset.
+    #[serde(default)]
+    pub num_retries: Option<u32>,
+    /// Seconds, when `router_settings.timeout` is unset.
+    #[serde(default)]
+    pub request_timeout: Option<f64>,
+}
+
+/// `general_settings`: the keys llmbus honours.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GeneralSettings {
+    /// The admin key (used by later features).
+    #[serde(default)]
+    pub master_key: Option<Secret>,
+}
+
+/// The `llmbus:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LlmbusSettings {
+    /// NATS server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    pub nats_url: Option<String>,
+    /// NATS user name (with `nats_password`).
+    pub nats_user: Option<String>,
+    /// NATS password.
+    pub nats_password: Option<Secret>,
+    /// NATS token.
+    pub nats_token: Option<Secret>,
+    /// NATS nkey seed.
+    pub nats_nkey: Option<Secret>,
+    /// A `.creds` file (JWT and nkey seed).
+    pub nats_creds_file: Option<String>,
+    /// CA certificate (PEM) to trust for the NATS TLS connection.
+    pub nats_tls_ca: Option<String>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub nats_tls_cert: Option<String>,
+    /// Client key (PEM) for mutual TLS.
+    pub nats_tls_key: Option<String>,
+    /// Insist on TLS.
+    pub nats_require_tls: bool,
+    /// First token of every subject. Default `llm`.
+    pub subject_prefix: String,
+    /// The queue group the workers share. Default `llmbus`.
+    pub queue_group: String,
+    /// Where Prometheus scrapes metrics. Default `127.0.0.1:9464`; `null` turns it off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Jobs one worker runs at once; past it, a 503. Default 1024.
+    pub max_in_flight: usize,
+}
+
+impl Default for LlmbusSettings {
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            nats_nkey: None,
+            nats_creds_file: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
+            nats_require_tls: false,
+            subject_prefix: "llm".into(),
+            queue_group: "llmbus".into(),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// Default NATS URL when neither flag, environment nor file names one.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+impl Config {
+    /// Retries after the first attempt: `router_settings.num_retries`, else
+    /// `litellm_settings.num_retries`, else 2.
+    pub fn num_retries(&self) -> u32 {
+        self.router_settings
+            .num_retries
+            .or(self.litellm_settings.num_retries)
+            .unwrap_or(2)
+    }
+
+    /// A job's deadline when it sets none: `router_settings.timeout`, else
+    /// `litellm_settings.request_timeout`, else 600 s.
+    pub fn default_timeout(&self) -> Duration {
+        let secs = self
+            .router_settings
+            .timeout
+            .or(self.litellm_settings.request_timeout)
+            .unwrap_or(600.0);
+        Duration::from_secs_f64(secs.max(0.001))
+    }
+}

@@ -1,0 +1,1 @@
+//! TODO: the built-in quickstart config.

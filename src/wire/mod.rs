@@ -1,0 +1,11 @@
+//! The NATS contract: subject names, header names, the OpenAI-shaped bodies that travel on
+//! them, and the OpenAI error body. Everything a client of llmbus sees on the wire is defined
+//! here, and the JSON Schemas in `schemas/` are generated from these types.
+
+pub mod error;
+pub mod headers;
+pub mod openai;
+pub mod subjects;
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use subjects::Subjects;

@@ -1,0 +1,81 @@
+//! Subject names. Every subject starts with the configurable prefix (`llm` by default).
+
+/// The subjects one llmbus deployment uses, built from its prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// Subjects under `prefix` (for example `llm`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `llm.completion`: chat completion jobs (request/reply, queue group).
+    pub fn completion(&self) -> String {
+        format!("{}.completion", self.prefix)
+    }
+
+    /// `llm.embedding`: embedding jobs (request/reply, queue group).
+    pub fn embedding(&self) -> String {
+        format!("{}.embedding", self.prefix)
+    }
+
+    /// `llm.models`: the model groups in the OpenAI `/v1/models` shape.
+    pub fn models(&self) -> String {
+        format!("{}.models", self.prefix)
+    }
+
+    /// `llm.deployments`: each deployment's state.
+    pub fn deployments(&self) -> String {
+        format!("{}.deployments", self.prefix)
+    }
+
+    /// `llm.usage.<model_group>`: one usage event per finished request.
+    pub fn usage(&self, model_group: &str) -> String {
+        format!("{}.usage.{}", self.prefix, token(model_group))
+    }
+
+    /// `llm.health.<deployment>`: health changes of one deployment.
+    pub fn health(&self, deployment: &str) -> String {
+        format!("{}.health.{}", self.prefix, token(deployment))
+    }
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Self::new("llm")
+    }
+}
+
+/// Makes `name` safe as one subject token: `.`, `*`, `>` and white space become `_`.
+pub fn token(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '.' | '*' | '>' => '_',
+            c if c.is_whitespace() => '_',
+            c => c,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_use_the_prefix_and_safe_tokens() {
+        let s = Subjects::new("acme.llm");
+        assert_eq!(s.completion(), "acme.llm.completion");
+        assert_eq!(s.usage("gpt-4o.mini"), "acme.llm.usage.gpt-4o_mini");
+        assert_eq!(s.health("a b*>"), "acme.llm.health.a_b__");
+    }
+}
