@@ -1,0 +1,1 @@
+//! Private nats-server (lead writes this).
