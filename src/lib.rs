@@ -1,9 +1,64 @@
-//! llmbus: an LLM gateway on a NATS bus. (Crate docs: TODO, written with the actors.)
+//! # llmbus — an LLM gateway on a NATS bus
+//!
+//! Any program that can publish a NATS message gets one OpenAI-shaped API in front of every
+//! LLM provider. A client publishes an OpenAI Chat Completions request body to
+//! `llm.completion`; a worker answers with the OpenAI response body (or, for
+//! `"stream": true`, with `chat.completion.chunk` messages and an empty sentinel). Workers are
+//! stateless processes sharing a NATS queue group: scale by starting more of them.
+//!
+//! ## From socket to upstream and back
+//!
+//! ```text
+//!  client ──publish llm.completion (reply: inbox)──► NATS ──queue group──► worker
+//!
+//!  worker:
+//!   ┌─────────────┐ spawn  ┌──────────────────┐  Route   ┌─────────────┐
+//!   │ IngressActor├───────►│ RequestActor     ├─────────►│ RouterActor │ supervises
+//!   │ ($SRV, subs,│ 1/job  │ validate, deadline│◄─────────┤ model groups├──────────┐
+//!   │  in-flight  │        │ retries, fallbacks│          └─────────────┘          ▼
+//!   │  bound)     │        │                  │ Acquire/Release  ┌──────────────────────┐
+//!   └─────────────┘        │                  ├─────────────────►│ DeploymentActor (1/dep)│
+//!                          │                  │                  │ RPM/TPM buckets,       │
+//!                          │  spawns the HTTP │                  │ in-flight, health      │
+//!                          │  call as a task ─┼──► provider      └──────────────────────┘
+//!                          │  (never in a     │    adapter ──HTTP──► upstream LLM API
+//!                          │   handler)       │
+//!                          │                  ├── Record ──► CostActor ──► llm.usage.<group>
+//!                          └────────┬─────────┘
+//!                                   └── reply / chunks (Llm-Seq) / sentinel ──► client inbox
+//! ```
+//!
+//! 1. [`actors::ingress`] registers the `llmbus` service with the NATS services framework
+//!    (`$SRV.PING|INFO|STATS`), subscribes to `llm.completion`, `llm.models` and
+//!    `llm.deployments` in the queue group, and spawns one request actor per job while fewer
+//!    than `max_in_flight` run (else a 503 at once).
+//! 2. [`actors::request`] owns the job: it parses the body ([`wire::openai`]), reads the
+//!    headers ([`wire::headers`]), schedules the deadline, asks the router for a deployment,
+//!    waits for that deployment's capacity, runs the upstream call in a task, retries on
+//!    another deployment or falls back to another group, and answers. Every failure becomes
+//!    the OpenAI error body with `Llm-Status` ([`wire::error`]).
+//! 3. [`actors::router`] resolves aliases, picks among healthy deployments with capacity
+//!    (weighted shuffle), and restarts a deployment actor that fails.
+//! 4. [`actors::deployment`] holds one deployment's limits ([`limits`]) and health; it grants
+//!    and settles capacity but never makes the HTTP call.
+//! 5. [`providers`] turn the OpenAI request into a provider's HTTP call and its answer or SSE
+//!    stream back into OpenAI shapes; [`pricing`] prices the usage, [`actors::cost`] totals it.
+//!
+//! [`config`] loads a LiteLLM `config.yaml` as it is; [`worker::Worker`] starts the actors of
+//! one process; [`client`] is a small Rust client of the same NATS contract; [`telemetry`]
+//! sets up logs and Prometheus metrics; [`local_nats`] starts a private `nats-server` for
+//! `llmbus up` and the tests.
 
 pub mod actors;
+pub mod client;
 pub mod config;
 pub mod limits;
+pub mod local_nats;
+pub mod nats;
 pub mod pricing;
 pub mod providers;
 pub mod telemetry;
 pub mod wire;
+pub mod worker;
+
+pub use worker::Worker;

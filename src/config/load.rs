@@ -1,12 +1,105 @@
-//! TODO: loading (helper).
-use super::Config;
+//! Loading a config: read, parse, resolve `os.environ/` references, check, report.
+//!
+//! Parsing runs serde_yaml_ng's deserializer wrapped twice: in `serde_ignored`, which reports
+//! every key the structs do not take (collected as unsupported, not fatal), and in
+//! `serde_path_to_error`, which gives the dotted key path of a type error or a missing key.
+//! serde_yaml_ng gives the line and column.
 
-/// A config that failed to load.
+use std::path::Path;
+
+use super::{Config, check, env::Resolver, locate::KeyPath};
+
+/// A config that failed to load. The message names the file, the key and the line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Anything.
+    /// The file could not be read.
+    #[error("{origin}: cannot read the config file: {source}")]
+    Read {
+        /// The file.
+        origin: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad YAML, a wrong type, a missing required key or a value llmbus rejects.
+    #[error("{}", describe(.origin, .key, *.line, *.column, .message))]
+    At {
+        /// The file (or another name for the text, such as `quickstart`).
+        origin: String,
+        /// The key's dotted path, such as `model_list[1].litellm_params.rpm`; empty for the
+        /// document itself.
+        key: String,
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// 1-based column, when known.
+        column: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A problem found outside the loader, for example by a provider building a deployment.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl ConfigError {
+    /// An error at `path`.
+    pub(crate) fn at(
+        origin: &str,
+        path: &KeyPath,
+        position: Option<(usize, usize)>,
+        message: String,
+    ) -> Self {
+        ConfigError::At {
+            origin: origin.to_owned(),
+            key: path.to_string(),
+            line: position.map(|(line, _)| line),
+            column: position.map(|(_, column)| column),
+            message,
+        }
+    }
+
+    /// Turns a parse error into one that names the key and line.
+    fn from_serde(err: serde_path_to_error::Error<serde_yaml_ng::Error>, origin: &str) -> Self {
+        let mut path = KeyPath::from_serde(err.path());
+        let inner = err.into_inner();
+        let position = inner.location().map(|l| (l.line(), l.column()));
+        // serde_yaml_ng writes "path: message at line L column C"; keep only the message.
+        let mut message = inner.to_string();
+        if let Some((line, column)) = position {
+            message = message.replacen(&format!(" at line {line} column {column}"), "", 1);
+        }
+        if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
+            message = rest.to_owned();
+        }
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            path = path.key(field);
+            message = "required key is missing".to_owned();
+        }
+        Self::at(origin, &path, position, message)
+    }
+}
+
+/// `file, line 3, column 5: key: message`.
+fn describe(
+    origin: &str,
+    key: &str,
+    line: Option<usize>,
+    column: Option<usize>,
+    message: &str,
+) -> String {
+    let place = match (line, column) {
+        (Some(line), Some(column)) => format!("line {line}, column {column}"),
+        (Some(line), None) => format!("line {line}"),
+        _ => "line unknown".to_owned(),
+    };
+    if key.is_empty() {
+        format!("{origin}, {place}: {message}")
+    } else {
+        format!("{origin}, {place}: {key}: {message}")
+    }
 }
 
 /// A loaded config and the keys it had that llmbus does not support.
@@ -14,8 +107,65 @@ pub enum ConfigError {
 pub struct Loaded {
     /// The config.
     pub config: Config,
-    /// Dotted paths of unsupported keys.
+    /// Dotted paths of unsupported keys, in file order, each once.
     pub unsupported: Vec<String>,
     /// Other start-up warnings (missing environment variables, ...).
     pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads the config file at `path`, resolving `os.environ/NAME` from the process
+    /// environment.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
+        Self::from_yaml(&text, &origin)
+    }
+
+    /// Loads a config from YAML text; `origin` names it in messages (usually the file name).
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+        Self::from_yaml_with_env(text, origin, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_yaml`] with `env` in place of the process environment.
+    pub fn from_yaml_with_env(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Loaded, ConfigError> {
+        let mut ignored = Vec::new();
+        let mut on_ignored = |path: serde_ignored::Path<'_>| {
+            ignored.push(KeyPath::from_ignored(&path).to_string());
+        };
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let mut config: Config = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(deserializer, &mut on_ignored),
+        )
+        .map_err(|err| ConfigError::from_serde(err, origin))?;
+
+        let mut unsupported: Vec<String> = Vec::new();
+        for key in ignored {
+            if !unsupported.contains(&key) {
+                unsupported.push(key);
+            }
+        }
+
+        let mut resolver = Resolver::new(env, text, origin);
+        resolver.config(&mut config)?;
+        let mut warnings = resolver.warnings;
+        check::check(&config, text, origin)?;
+        if config.model_list.is_empty() {
+            warnings.push(format!(
+                "{origin}: model_list is empty: there are no models to serve"
+            ));
+        }
+        Ok(Loaded {
+            config,
+            unsupported,
+            warnings,
+        })
+    }
 }

@@ -1,18 +1,33 @@
 //! Configuration: a LiteLLM `config.yaml` loaded as it is, plus llmbus's own `llmbus:` section.
 //!
-//! [`Config::load`] reads a file, resolves `os.environ/NAME` references, accepts YAML 1.1
-//! integers such as `20_000`, reports keys llmbus does not support (by name, once, not fatal)
-//! and stops on a wrong type or a missing required key with the key's path and line.
+//! This module owns the config's shape (the structs below). [`Config::load`] reads a file,
+//! resolves `os.environ/NAME` references, accepts YAML 1.1 integers such as `20_000`, reports
+//! keys llmbus does not support (by name, once, not fatal) and stops on bad YAML, a wrong type,
+//! a missing required key or a value llmbus cannot run with, naming the key's path and line.
+//! [`Config::quickstart`] is the built-in config for running without a file.
+//!
+//! - `load`: the entry points and [`ConfigError`].
+//! - `num`: YAML 1.1 integers.
+//! - `env`: `os.environ/NAME` references.
+//! - `check`: checks made after parsing.
+//! - `locate`: key paths and finding a key's line in the text.
+//! - `quickstart`: the built-in config.
+//! - `secret`: [`Secret`], a value that never prints.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::Deserialize;
 
+mod check;
+mod env;
 mod load;
+mod locate;
+mod num;
 mod quickstart;
 mod secret;
 
 pub use load::{ConfigError, Loaded};
+pub use quickstart::QUICKSTART_YAML;
 pub use secret::Secret;
 
 /// The whole configuration.
@@ -46,10 +61,10 @@ pub struct ModelEntry {
     #[serde(default)]
     pub model_info: ModelInfo,
     /// Requests per minute; LiteLLM allows it beside `litellm_params` too.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "num::opt_int")]
     pub rpm: Option<u64>,
     /// Tokens per minute; LiteLLM allows it beside `litellm_params` too.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "num::opt_int")]
     pub tpm: Option<u64>,
 }
 
@@ -81,13 +96,13 @@ pub struct LitellmParams {
     #[serde(default)]
     pub api_version: Option<String>,
     /// Requests per minute.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "num::opt_int")]
     pub rpm: Option<u64>,
     /// Tokens per minute.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "num::opt_int")]
     pub tpm: Option<u64>,
     /// Calls in flight at once; defaults from rpm/tpm as LiteLLM does.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "num::opt_int")]
     pub max_parallel_requests: Option<u32>,
     /// Seconds one call may take.
     #[serde(default)]
@@ -125,10 +140,10 @@ pub struct ModelInfo {
     #[serde(default)]
     pub output_cost_per_token: Option<f64>,
     /// The context window, for pre-call checks.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "num::opt_int")]
     pub max_input_tokens: Option<u64>,
     /// The most tokens the model generates.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "num::opt_int")]
     pub max_output_tokens: Option<u64>,
     /// The model whose prices apply (Azure deployments with custom names).
     #[serde(default)]
@@ -145,7 +160,7 @@ pub struct RouterSettings {
     #[serde(default)]
     pub routing_strategy: Option<String>,
     /// Retries after the first attempt (default 2).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "num::opt_int")]
     pub num_retries: Option<u32>,
     /// Seconds a job may take when it sets no deadline of its own.
     #[serde(default)]
@@ -156,6 +171,78 @@ pub struct RouterSettings {
     /// `[{"group": ["fallback-group", ...]}, ...]`.
     #[serde(default)]
     pub fallbacks: Vec<BTreeMap<String, Vec<String>>>,
+    /// Like `fallbacks`, for requests too long for the group's context window.
+    #[serde(default)]
+    pub context_window_fallbacks: Vec<BTreeMap<String, Vec<String>>>,
+    /// Like `fallbacks`, for requests a provider refused on content policy.
+    #[serde(default)]
+    pub content_policy_fallbacks: Vec<BTreeMap<String, Vec<String>>>,
+    /// Groups to fall back to when a group has no `fallbacks` entry of its own.
+    #[serde(default)]
+    pub default_fallbacks: Vec<String>,
+    /// The most fallback groups one request tries (LiteLLM's default is 5).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub max_fallbacks: Option<u32>,
+    /// Retries per kind of failure, overriding `num_retries`.
+    #[serde(default)]
+    pub retry_policy: RetryPolicy,
+    /// Failures a deployment may have in a minute before it cools down (LiteLLM's default is 3).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub allowed_fails: Option<u32>,
+    /// `allowed_fails` per kind of failure.
+    #[serde(default)]
+    pub allowed_fails_policy: AllowedFailsPolicy,
+    /// Seconds a deployment stays out of rotation after too many failures (LiteLLM's default is 5).
+    #[serde(default)]
+    pub cooldown_time: Option<f64>,
+}
+
+/// `router_settings.retry_policy`: retries per kind of failure, in LiteLLM's key names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RetryPolicy {
+    /// `BadRequestErrorRetries` (400).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub bad_request_error_retries: Option<u32>,
+    /// `AuthenticationErrorRetries` (401).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub authentication_error_retries: Option<u32>,
+    /// `TimeoutErrorRetries` (408 and timeouts).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub timeout_error_retries: Option<u32>,
+    /// `RateLimitErrorRetries` (429).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub rate_limit_error_retries: Option<u32>,
+    /// `ContentPolicyViolationErrorRetries`.
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub content_policy_violation_error_retries: Option<u32>,
+    /// `InternalServerErrorRetries` (5xx).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub internal_server_error_retries: Option<u32>,
+}
+
+/// `router_settings.allowed_fails_policy`: `allowed_fails` per kind of failure.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AllowedFailsPolicy {
+    /// `BadRequestErrorAllowedFails` (400).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub bad_request_error_allowed_fails: Option<u32>,
+    /// `AuthenticationErrorAllowedFails` (401).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub authentication_error_allowed_fails: Option<u32>,
+    /// `TimeoutErrorAllowedFails` (408 and timeouts).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub timeout_error_allowed_fails: Option<u32>,
+    /// `RateLimitErrorAllowedFails` (429).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub rate_limit_error_allowed_fails: Option<u32>,
+    /// `ContentPolicyViolationErrorAllowedFails`.
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub content_policy_violation_error_allowed_fails: Option<u32>,
+    /// `InternalServerErrorAllowedFails` (5xx).
+    #[serde(default, deserialize_with = "num::opt_int")]
+    pub internal_server_error_allowed_fails: Option<u32>,
 }
 
 /// The target of a `model_group_alias` entry.
@@ -193,7 +280,7 @@ impl AliasTarget {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct LitellmSettings {
     /// Retries, when `router_settings.num_retries` is unset.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "num::opt_int")]
     pub num_retries: Option<u32>,
     /// Seconds, when `router_settings.timeout` is unset.
     #[serde(default)]
@@ -236,9 +323,12 @@ pub struct LlmbusSettings {
     pub subject_prefix: String,
     /// The queue group the workers share. Default `llmbus`.
     pub queue_group: String,
+    /// Where the OpenAI-compatible HTTP front listens. Unset (the default): no HTTP front.
+    pub http_listen: Option<SocketAddr>,
     /// Where Prometheus scrapes metrics. Default `127.0.0.1:9464`; `null` turns it off.
     pub metrics_listen: Option<SocketAddr>,
     /// Jobs one worker runs at once; past it, a 503. Default 1024.
+    #[serde(deserialize_with = "num::int")]
     pub max_in_flight: usize,
 }
 
@@ -257,6 +347,7 @@ impl Default for LlmbusSettings {
             nats_require_tls: false,
             subject_prefix: "llm".into(),
             queue_group: "llmbus".into(),
+            http_listen: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             max_in_flight: 1024,
         }
@@ -284,6 +375,6 @@ impl Config {
             .timeout
             .or(self.litellm_settings.request_timeout)
             .unwrap_or(600.0);
-        Duration::from_secs_f64(secs.max(0.001))
+        Duration::try_from_secs_f64(secs.max(0.001)).unwrap_or(Duration::from_secs(600))
     }
 }

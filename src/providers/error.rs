@@ -1,5 +1,8 @@
 //! The error of one upstream call, classified the way the router's retry and cooldown
 //! policies (LiteLLM's error classes) need it.
+//!
+//! [`ErrorClass::from_status`] is the one status → class table; `providers::http` builds
+//! errors from HTTP responses with it.
 
 use std::time::Duration;
 
@@ -30,6 +33,26 @@ pub enum ErrorClass {
     InvalidResponse,
 }
 
+impl ErrorClass {
+    /// The class of an upstream HTTP status: 400/413/422 and other 4xx → `BadRequest`,
+    /// 401 → `Authentication`, 403 → `PermissionDenied`, 404 → `NotFound`, 408 → `Timeout`,
+    /// 429 → `RateLimit`, 5xx (and 529) → `InternalServer`; anything else (1xx, 3xx) →
+    /// `InvalidResponse`. Context-window and content-policy errors are told apart by the
+    /// body, not the status (see `providers::http`).
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            401 => ErrorClass::Authentication,
+            403 => ErrorClass::PermissionDenied,
+            404 => ErrorClass::NotFound,
+            408 => ErrorClass::Timeout,
+            429 => ErrorClass::RateLimit,
+            400..=499 => ErrorClass::BadRequest,
+            500..=599 => ErrorClass::InternalServer,
+            _ => ErrorClass::InvalidResponse,
+        }
+    }
+}
+
 /// One failed upstream call. `message` never holds a key or a URL with a key.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{class:?} ({status:?}): {message}")]
@@ -53,6 +76,30 @@ impl ProviderError {
             message: message.into(),
             retry_after: None,
         }
+    }
+
+    /// Sets the upstream's HTTP status.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Sets how long the upstream asked us to wait.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// Replaces every occurrence of `secret` in the message with `***`. Adapters pass every
+    /// error through this with their API key, so an upstream that echoes the key in its error
+    /// text does not leak it. Empty secrets are ignored.
+    pub fn redact(mut self, secret: Option<&str>) -> Self {
+        if let Some(secret) = secret.filter(|s| !s.is_empty())
+            && self.message.contains(secret)
+        {
+            self.message = self.message.replace(secret, "***");
+        }
+        self
     }
 
     /// True when another attempt (on this or another deployment) may succeed: rate limits,

@@ -1,12 +1,239 @@
-//! TODO (helper): mock_response deployments.
-use super::*;
-use crate::providers::ProviderError;
-/// Answers with a fixed text.
-#[derive(Debug)]
-pub struct MockProvider { text: String }
-impl MockProvider { /// New. 
-pub fn new(text: String) -> Self { Self { text } } }
+//! `mock_response` deployments: answer with a fixed text, no network, no key.
+//!
+//! The answer has OpenAI's exact shapes, so everything downstream (usage accounting, cost,
+//! streaming to NATS) runs as it would against a real upstream: a `chat.completion` for a
+//! non-stream call; for a stream, a role chunk, the text a word at a time, a finish chunk and,
+//! when the request asked for it, a usage chunk with empty `choices`.
+
+use futures::{future::BoxFuture, stream};
+
+use super::{CallContext, ChunkStream, Provider, ProviderError};
+use crate::{
+    limits::{estimate_prompt_tokens, estimate_text_tokens},
+    wire::openai::{
+        ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, Choice,
+        ChunkChoice, Delta, Extra, Role, Usage, unix_now,
+    },
+};
+
+/// Answers every request with the same text. The reply's `model` is the call's upstream model.
+#[derive(Debug, Clone)]
+pub struct MockProvider {
+    text: String,
+}
+
+impl MockProvider {
+    /// A provider that always answers `text`.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self { text: text.into() }
+    }
+
+    fn usage(&self, request: &ChatCompletionRequest) -> Usage {
+        Usage::new(
+            estimate_prompt_tokens(request),
+            estimate_text_tokens(&self.text),
+        )
+    }
+}
+
+/// Splits `text` into word-sized pieces whose concatenation is exactly `text`: each piece is a
+/// run of whitespace followed by a run of non-whitespace.
+pub fn pieces(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut in_word = false;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() && in_word {
+            out.push(&text[start..i]);
+            start = i;
+            in_word = false;
+        } else if !c.is_whitespace() {
+            in_word = true;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
 impl Provider for MockProvider {
-    fn complete<'a>(&'a self, _r: &'a ChatCompletionRequest, _c: &'a CallContext) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> { let _ = &self.text; todo!() }
-    fn stream<'a>(&'a self, _r: &'a ChatCompletionRequest, _c: &'a CallContext) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> { todo!() }
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatCompletionRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
+        let response = ChatCompletionResponse {
+            id: completion_id(),
+            object: "chat.completion".into(),
+            created: unix_now(),
+            model: ctx.upstream_model.clone(),
+            choices: vec![Choice {
+                index: 0,
+                message: ChatMessage::text(Role::Assistant, self.text.clone()),
+                finish_reason: Some("stop".into()),
+                logprobs: None,
+                extra: Extra::new(),
+            }],
+            usage: Some(self.usage(request)),
+            system_fingerprint: None,
+            extra: Extra::new(),
+        };
+        Box::pin(async move { Ok(response) })
+    }
+
+    fn stream<'a>(
+        &'a self,
+        request: &'a ChatCompletionRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+        let id = completion_id();
+        let created = unix_now();
+        let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+            id: id.clone(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: ctx.upstream_model.clone(),
+            choices,
+            usage,
+            system_fingerprint: None,
+            extra: Extra::new(),
+        };
+        let choice = |delta: Delta, finish_reason: Option<&str>| {
+            vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason: finish_reason.map(str::to_owned),
+                logprobs: None,
+                extra: Extra::new(),
+            }]
+        };
+        let text = |t: &str| Delta {
+            content: Some(t.to_owned()),
+            ..Delta::default()
+        };
+
+        let mut chunks = vec![chunk(
+            choice(
+                Delta {
+                    role: Some(Role::Assistant),
+                    ..text("")
+                },
+                None,
+            ),
+            None,
+        )];
+        chunks.extend(
+            pieces(&self.text)
+                .into_iter()
+                .map(|p| chunk(choice(text(p), None), None)),
+        );
+        chunks.push(chunk(choice(Delta::default(), Some("stop")), None));
+        if request.include_usage() {
+            chunks.push(chunk(Vec::new(), Some(self.usage(request))));
+        }
+        let stream: ChunkStream = Box::pin(stream::iter(chunks.into_iter().map(Ok)));
+        Box::pin(async move { Ok(stream) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    fn request(include_usage: bool) -> ChatCompletionRequest {
+        let mut body = serde_json::json!({
+            "model": "m",
+            "messages": [{"role": "user", "content": "hello there"}],
+            "stream": true,
+        });
+        if include_usage {
+            body["stream_options"] = serde_json::json!({"include_usage": true});
+        }
+        serde_json::from_value(body).unwrap()
+    }
+
+    fn ctx() -> CallContext {
+        CallContext {
+            upstream_model: "mock-model".into(),
+            timeout: Duration::from_secs(1),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn pieces_concatenate_to_the_text() {
+        for text in [
+            "",
+            "one",
+            "Hello there,  world!\n",
+            "  leading and trailing  ",
+            "héllo wörld ✓",
+        ] {
+            let got = pieces(text);
+            assert_eq!(got.concat(), text);
+            assert!(got.iter().all(|p| !p.is_empty()));
+        }
+        assert_eq!(pieces("a b  c"), vec!["a", " b", "  c"]);
+    }
+
+    #[tokio::test]
+    async fn complete_answers_the_text_with_usage() {
+        let mock = MockProvider::new("Hi there");
+        let req = request(false);
+        let resp = mock.complete(&req, &ctx()).await.unwrap();
+        assert!(resp.id.starts_with("chatcmpl-"));
+        assert_eq!(resp.object, "chat.completion");
+        assert_eq!(resp.model, "mock-model");
+        assert_eq!(resp.choices[0].message.text_content(), "Hi there");
+        assert_eq!(resp.choices[0].finish_reason.as_deref(), Some("stop"));
+        let usage = resp.usage.unwrap();
+        assert_eq!(usage.prompt_tokens, estimate_prompt_tokens(&req));
+        assert_eq!(usage.completion_tokens, 2);
+        assert_eq!(usage.total_tokens, usage.prompt_tokens + 2);
+    }
+
+    #[tokio::test]
+    async fn stream_is_shaped_like_openai() {
+        let text = "The quick brown fox, again.";
+        let mock = MockProvider::new(text);
+        for include_usage in [false, true] {
+            let req = request(include_usage);
+            let chunks: Vec<_> = mock
+                .stream(&req, &ctx())
+                .await
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+                .await;
+            let id = &chunks[0].id;
+            assert!(chunks.iter().all(|c| &c.id == id));
+            assert_eq!(chunks[0].choices[0].delta.role, Some(Role::Assistant));
+            assert_eq!(chunks[0].choices[0].delta.content.as_deref(), Some(""));
+            let content: String = chunks
+                .iter()
+                .flat_map(|c| c.choices.iter())
+                .filter_map(|c| c.delta.content.as_deref())
+                .collect();
+            assert_eq!(content, text);
+            let usage_chunks: Vec<_> = chunks.iter().filter(|c| c.usage.is_some()).collect();
+            let finish = if include_usage {
+                assert_eq!(usage_chunks.len(), 1);
+                let last = chunks.last().unwrap();
+                assert!(last.choices.is_empty() && last.usage.is_some());
+                &chunks[chunks.len() - 2]
+            } else {
+                assert!(usage_chunks.is_empty());
+                chunks.last().unwrap()
+            };
+            assert_eq!(finish.choices[0].finish_reason.as_deref(), Some("stop"));
+            assert_eq!(finish.choices[0].delta, Delta::default());
+        }
+    }
 }

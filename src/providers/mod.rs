@@ -11,6 +11,7 @@ use futures::{future::BoxFuture, stream::BoxStream};
 use crate::wire::openai::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse};
 
 pub mod error;
+pub mod http;
 pub mod mock;
 pub mod openai_compat;
 pub mod sse;

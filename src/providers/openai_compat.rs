@@ -1,6 +1,773 @@
-//! TODO (helper): the OpenAI-compatible family.
-use std::sync::Arc;
-use super::Provider;
-use crate::config::{ConfigError, LitellmParams};
-/// Builds one.
-pub fn build(_p: &LitellmParams, _http: &reqwest::Client) -> Result<(Arc<dyn Provider>, String), ConfigError> { todo!() }
+//! The OpenAI-compatible family: OpenAI itself, Azure OpenAI and every provider that speaks
+//! OpenAI's Chat Completions wire format (Groq, Together, Fireworks, DeepSeek, Mistral, xAI,
+//! OpenRouter, Perplexity, vLLM, LM Studio).
+//!
+//! [`PROVIDERS`] is the table of LiteLLM model prefixes with their default base URL and the
+//! environment variables LiteLLM reads; supporting one more such provider is one more row.
+//! [`OpenAiCompatible`] is the adapter: it posts the client's request (with `model` replaced
+//! by the upstream model, every other field untouched) and reads the answer or the SSE stream.
+
+use std::{fmt, sync::Arc};
+
+use futures::{StreamExt, future::BoxFuture};
+use reqwest::{
+    Url,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+};
+use serde_json::Value;
+
+use super::{
+    CallContext, ChunkStream, ErrorClass, Provider, ProviderError, http,
+    sse::{self, SseEvent},
+};
+use crate::{
+    config::{ConfigError, LitellmParams, Secret},
+    wire::openai::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse},
+};
+
+/// The Azure OpenAI `api-version` used when neither the deployment nor `AZURE_API_VERSION`
+/// names one: the latest GA version of the data-plane inference API.
+pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
+
+/// How a provider's endpoint and key are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `POST {api_base}/chat/completions` with `Authorization: Bearer <key>`.
+    OpenAi,
+    /// `POST {api_base}/openai/deployments/{deployment}/chat/completions?api-version=…` with
+    /// `api-key: <key>`.
+    Azure,
+}
+
+/// One row of the provider table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderSpec {
+    /// The LiteLLM prefix, without the slash: `groq` for `groq/llama-3.1-8b-instant`.
+    pub prefix: &'static str,
+    /// The documented base URL; `None` when the deployment must give `api_base`.
+    pub default_api_base: Option<&'static str>,
+    /// Environment variables that may hold the base URL, first set one wins.
+    pub api_base_env: &'static [&'static str],
+    /// Environment variables that may hold the key, first set one wins (LiteLLM's name first).
+    pub api_key_env: &'static [&'static str],
+    /// Endpoint and key layout.
+    pub flavor: Flavor,
+}
+
+const fn row(
+    prefix: &'static str,
+    default_api_base: Option<&'static str>,
+    api_base_env: &'static [&'static str],
+    api_key_env: &'static [&'static str],
+) -> ProviderSpec {
+    ProviderSpec {
+        prefix,
+        default_api_base,
+        api_base_env,
+        api_key_env,
+        flavor: Flavor::OpenAi,
+    }
+}
+
+/// The OpenAI-compatible providers llmbus knows, by LiteLLM prefix. A model name without a
+/// prefix (`gpt-4o`) means `openai`, as in LiteLLM.
+pub const PROVIDERS: &[ProviderSpec] = &[
+    row(
+        "openai",
+        Some("https://api.openai.com/v1"),
+        &["OPENAI_BASE_URL", "OPENAI_API_BASE"],
+        &["OPENAI_API_KEY"],
+    ),
+    ProviderSpec {
+        flavor: Flavor::Azure,
+        ..row("azure", None, &["AZURE_API_BASE"], &["AZURE_API_KEY"])
+    },
+    row(
+        "groq",
+        Some("https://api.groq.com/openai/v1"),
+        &["GROQ_API_BASE"],
+        &["GROQ_API_KEY"],
+    ),
+    row(
+        "together_ai",
+        Some("https://api.together.xyz/v1"),
+        &["TOGETHER_AI_API_BASE"],
+        &["TOGETHERAI_API_KEY", "TOGETHER_API_KEY"],
+    ),
+    row(
+        "fireworks_ai",
+        Some("https://api.fireworks.ai/inference/v1"),
+        &["FIREWORKS_API_BASE"],
+        &["FIREWORKS_AI_API_KEY", "FIREWORKS_API_KEY"],
+    ),
+    row(
+        "deepseek",
+        Some("https://api.deepseek.com/v1"),
+        &["DEEPSEEK_API_BASE"],
+        &["DEEPSEEK_API_KEY"],
+    ),
+    row(
+        "mistral",
+        Some("https://api.mistral.ai/v1"),
+        &["MISTRAL_API_BASE"],
+        &["MISTRAL_API_KEY"],
+    ),
+    row(
+        "xai",
+        Some("https://api.x.ai/v1"),
+        &["XAI_API_BASE"],
+        &["XAI_API_KEY"],
+    ),
+    row(
+        "openrouter",
+        Some("https://openrouter.ai/api/v1"),
+        &["OPENROUTER_API_BASE"],
+        &["OPENROUTER_API_KEY", "OR_API_KEY"],
+    ),
+    row(
+        "perplexity",
+        Some("https://api.perplexity.ai"),
+        &["PERPLEXITY_API_BASE"],
+        &["PERPLEXITYAI_API_KEY", "PERPLEXITY_API_KEY"],
+    ),
+    row(
+        "hosted_vllm",
+        None,
+        &["HOSTED_VLLM_API_BASE"],
+        &["HOSTED_VLLM_API_KEY"],
+    ),
+    row(
+        "lm_studio",
+        Some("http://localhost:1234/v1"),
+        &["LM_STUDIO_API_BASE"],
+        &["LM_STUDIO_API_KEY"],
+    ),
+];
+
+/// The row used for model names without a prefix (the table's first).
+const OPENAI: &ProviderSpec = &PROVIDERS[0];
+
+/// The table row of a prefix.
+pub fn lookup(prefix: &str) -> Option<&'static ProviderSpec> {
+    PROVIDERS.iter().find(|p| p.prefix == prefix)
+}
+
+/// Splits a LiteLLM model name into its provider and the upstream model:
+/// `groq/llama-3.1-8b-instant` → (`groq`, `llama-3.1-8b-instant`),
+/// `together_ai/meta-llama/Llama-3` → (`together_ai`, `meta-llama/Llama-3`),
+/// `gpt-4o` → (`openai`, `gpt-4o`).
+pub fn split_model(model: &str) -> Result<(&'static ProviderSpec, &str), ConfigError> {
+    let model = model.trim();
+    let Some((prefix, name)) = model.split_once('/') else {
+        return non_empty(OPENAI, model, model);
+    };
+    match lookup(prefix) {
+        Some(spec) => non_empty(spec, name, model),
+        None => Err(ConfigError::Invalid(format!(
+            "model `{model}`: unknown provider `{prefix}`; the OpenAI-compatible providers are {}",
+            PROVIDERS
+                .iter()
+                .map(|p| p.prefix)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn non_empty<'m>(
+    spec: &'static ProviderSpec,
+    name: &'m str,
+    model: &str,
+) -> Result<(&'static ProviderSpec, &'m str), ConfigError> {
+    if name.is_empty() {
+        Err(ConfigError::Invalid(format!(
+            "model `{model}` names no model after the provider"
+        )))
+    } else {
+        Ok((spec, name))
+    }
+}
+
+/// Builds the adapter of one deployment and returns it with the upstream model name.
+/// Environment variables (key, base URL, Azure version) are read now, not per call.
+pub fn build(
+    params: &LitellmParams,
+    http: &reqwest::Client,
+) -> Result<(Arc<dyn Provider>, String), ConfigError> {
+    build_with_env(params, http, |name| std::env::var(name).ok())
+}
+
+/// [`build`] with the environment given as a function (tests use it instead of the process
+/// environment).
+pub fn build_with_env(
+    params: &LitellmParams,
+    http: &reqwest::Client,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Arc<dyn Provider>, String), ConfigError> {
+    let (spec, upstream_model) = split_model(&params.model)?;
+    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let first_env = |names: &[&str]| names.iter().find_map(|n| env(n));
+    let model = &params.model;
+
+    let base = params
+        .api_base
+        .clone()
+        .or_else(|| first_env(spec.api_base_env))
+        .or_else(|| spec.default_api_base.map(str::to_owned))
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "model `{model}`: provider `{}` needs `api_base` (or {})",
+                spec.prefix,
+                spec.api_base_env.join(" or ")
+            ))
+        })?;
+    let base = parse_base(&base, model)?;
+
+    let key = match &params.api_key {
+        Some(secret) => match secret.expose().strip_prefix("os.environ/") {
+            Some(name) => env(name).map(Secret::new),
+            None => Some(secret.clone()),
+        },
+        None => first_env(spec.api_key_env).map(Secret::new),
+    }
+    .filter(|k| !k.expose().is_empty());
+
+    let api_version = match spec.flavor {
+        Flavor::OpenAi => None,
+        Flavor::Azure => Some(
+            params
+                .api_version
+                .clone()
+                .or_else(|| env("AZURE_API_VERSION"))
+                .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned()),
+        ),
+    };
+
+    let headers = base_headers(spec, params, key.as_ref())?;
+    let endpoint = match spec.flavor {
+        Flavor::OpenAi => join(&base, &["chat", "completions"]),
+        Flavor::Azure => base,
+    };
+    let provider = OpenAiCompatible {
+        provider: spec.prefix,
+        flavor: spec.flavor,
+        http: http.clone(),
+        endpoint,
+        api_version,
+        headers,
+        key,
+    };
+    Ok((Arc::new(provider), upstream_model.to_owned()))
+}
+
+fn parse_base(base: &str, model: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(base.trim()).map_err(|e| {
+        ConfigError::Invalid(format!("model `{model}`: `api_base` is not a URL ({e})"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(ConfigError::Invalid(format!(
+            "model `{model}`: `api_base` must be an http(s) URL"
+        )));
+    }
+    Ok(url)
+}
+
+/// `base` with `segments` appended to its path (a trailing slash in `base` is fine).
+fn join(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
+/// The headers every call of the deployment sends: content type, key, organization, and the
+/// deployment's `extra_headers` last (so they may override).
+fn base_headers(
+    spec: &ProviderSpec,
+    params: &LitellmParams,
+    key: Option<&Secret>,
+) -> Result<HeaderMap, ConfigError> {
+    let model = &params.model;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(key) = key {
+        let (name, value) = match spec.flavor {
+            Flavor::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+            Flavor::Azure => (HeaderName::from_static("api-key"), key.expose().to_owned()),
+        };
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "model `{model}`: the API key holds characters an HTTP header cannot carry"
+            ))
+        })?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    if let Some(org) = &params.organization {
+        let value = HeaderValue::from_str(org).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "model `{model}`: `organization` is not a header value"
+            ))
+        })?;
+        headers.insert(HeaderName::from_static("openai-organization"), value);
+    }
+    for (name, value) in &params.extra_headers {
+        let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "model `{model}`: `extra_headers` has an invalid header name `{name}`"
+            ))
+        })?;
+        let header_value = HeaderValue::from_str(value).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "model `{model}`: `extra_headers.{name}` is not a header value"
+            ))
+        })?;
+        headers.insert(header_name, header_value);
+    }
+    Ok(headers)
+}
+
+/// The adapter of one OpenAI-compatible deployment.
+pub struct OpenAiCompatible {
+    provider: &'static str,
+    flavor: Flavor,
+    http: reqwest::Client,
+    /// The full chat-completions URL (OpenAI flavor) or the resource base URL (Azure).
+    endpoint: Url,
+    /// Azure's `api-version`.
+    api_version: Option<String>,
+    headers: HeaderMap,
+    /// Kept only to scrub it from error messages.
+    key: Option<Secret>,
+}
+
+impl fmt::Debug for OpenAiCompatible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiCompatible")
+            .field("provider", &self.provider)
+            .field("endpoint", &self.endpoint.as_str())
+            .field("api_version", &self.api_version)
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl OpenAiCompatible {
+    fn url(&self, upstream_model: &str) -> Url {
+        match self.flavor {
+            Flavor::OpenAi => self.endpoint.clone(),
+            Flavor::Azure => {
+                let mut url = join(
+                    &self.endpoint,
+                    &[
+                        "openai",
+                        "deployments",
+                        upstream_model,
+                        "chat",
+                        "completions",
+                    ],
+                );
+                if let Some(version) = &self.api_version {
+                    url.query_pairs_mut().append_pair("api-version", version);
+                }
+                url
+            }
+        }
+    }
+
+    fn key(&self) -> Option<&str> {
+        self.key.as_ref().map(Secret::expose)
+    }
+
+    /// Posts the request. For a non-stream call, `stream` and `stream_options` are dropped
+    /// (OpenAI refuses `stream_options` without `stream`); for a stream, `stream` is set.
+    async fn send(
+        &self,
+        request: &ChatCompletionRequest,
+        ctx: &CallContext,
+        stream: bool,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut body = request.clone();
+        body.model.clone_from(&ctx.upstream_model);
+        if stream {
+            body.stream = Some(true);
+        } else {
+            body.stream = None;
+            body.stream_options = None;
+        }
+        let body = serde_json::to_vec(&body).map_err(|e| {
+            ProviderError::new(
+                ErrorClass::BadRequest,
+                format!("the request cannot be serialized: {e}"),
+            )
+        })?;
+        let mut headers = self.headers.clone();
+        if let Some(tp) = ctx.traceparent.as_deref()
+            && let Ok(value) = HeaderValue::from_str(tp)
+        {
+            headers.insert(HeaderName::from_static("traceparent"), value);
+        }
+        if stream {
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+        }
+        self.http
+            .post(self.url(&ctx.upstream_model))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(http::error_from_reqwest)
+    }
+
+    async fn complete_inner(
+        &self,
+        request: &ChatCompletionRequest,
+        ctx: &CallContext,
+    ) -> Result<ChatCompletionResponse, ProviderError> {
+        let response = self.send(request, ctx, false).await?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            return Err(error_of(response).await);
+        }
+        let body = response.bytes().await.map_err(http::error_from_reqwest)?;
+        match serde_json::from_slice::<ChatCompletionResponse>(&body) {
+            Ok(completion) => Ok(completion),
+            Err(e) => Err(match serde_json::from_slice::<Value>(&body) {
+                Ok(v) if http::is_error_body(&v) => http::error_from_event(&v),
+                _ => ProviderError::new(
+                    ErrorClass::InvalidResponse,
+                    format!("the upstream's answer is not a chat completion: {e}"),
+                )
+                .with_status(status),
+            }),
+        }
+    }
+
+    /// Sends a stream request and waits for a 2xx event stream (anything else is an error).
+    async fn open_stream(
+        &self,
+        request: &ChatCompletionRequest,
+        ctx: &CallContext,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let response = self.send(request, ctx, true).await?;
+        if !response.status().is_success() {
+            return Err(error_of(response).await);
+        }
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if is_json {
+            // Some servers answer a stream request with a JSON error (or a whole completion).
+            let status = response.status().as_u16();
+            let body = response.bytes().await.map_err(http::error_from_reqwest)?;
+            return Err(match serde_json::from_slice::<Value>(&body) {
+                Ok(v) if http::is_error_body(&v) => http::error_from_event(&v),
+                _ => ProviderError::new(
+                    ErrorClass::InvalidResponse,
+                    "the upstream answered a stream request with JSON instead of an event stream",
+                )
+                .with_status(status),
+            });
+        }
+        Ok(response)
+    }
+}
+
+/// The error of a non-2xx response (its body read, within the caller's deadline).
+async fn error_of(response: reqwest::Response) -> ProviderError {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    match response.bytes().await {
+        Ok(body) => http::error_from_response(status, &headers, &body),
+        Err(_) => http::error_from_response(status, &headers, b""),
+    }
+}
+
+fn timeout_error(ctx: &CallContext, what: &str) -> ProviderError {
+    ProviderError::new(
+        ErrorClass::Timeout,
+        format!("no {what} from the upstream within {:?}", ctx.timeout),
+    )
+}
+
+impl Provider for OpenAiCompatible {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatCompletionRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
+        Box::pin(async move {
+            tokio::time::timeout(ctx.timeout, self.complete_inner(request, ctx))
+                .await
+                .unwrap_or_else(|_| Err(timeout_error(ctx, "complete answer")))
+                .map_err(|e| e.redact(self.key()))
+        })
+    }
+
+    fn stream<'a>(
+        &'a self,
+        request: &'a ChatCompletionRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+        Box::pin(async move {
+            let response = tokio::time::timeout(ctx.timeout, self.open_stream(request, ctx))
+                .await
+                .unwrap_or_else(|_| Err(timeout_error(ctx, "response headers")))
+                .map_err(|e| e.redact(self.key()))?;
+            Ok(chunks(response, self.key.clone()))
+        })
+    }
+}
+
+/// Turns an SSE response into OpenAI chunks. The stream ends after `data: [DONE]`; a stream
+/// that ends without it, an unparsable payload or an error event yields one error item and
+/// ends there.
+fn chunks(response: reqwest::Response, key: Option<Secret>) -> ChunkStream {
+    let bytes = response
+        .bytes_stream()
+        .map(|r| r.map_err(http::error_from_reqwest));
+    struct State {
+        events: futures::stream::BoxStream<'static, Result<SseEvent, ProviderError>>,
+        finished: bool,
+        key: Option<Secret>,
+    }
+    let state = State {
+        events: sse::events(bytes),
+        finished: false,
+        key,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        if st.finished {
+            return None;
+        }
+        let item = loop {
+            match st.events.next().await {
+                Some(Ok(event)) => match chunk_of(&event) {
+                    Step::Skip => continue,
+                    Step::Done => return None,
+                    Step::Chunk(chunk) => break Ok(*chunk),
+                    Step::Error(err) => break Err(err),
+                },
+                Some(Err(err)) => break Err(err),
+                None => {
+                    break Err(ProviderError::new(
+                        ErrorClass::InvalidResponse,
+                        "the upstream's stream ended before `data: [DONE]`",
+                    ));
+                }
+            }
+        };
+        if item.is_err() {
+            st.finished = true;
+        }
+        let item = item.map_err(|e| e.redact(st.key.as_ref().map(Secret::expose)));
+        Some((item, st))
+    })
+    .boxed()
+}
+
+/// What one SSE event means in an OpenAI stream.
+enum Step {
+    Skip,
+    Done,
+    Chunk(Box<ChatCompletionChunk>),
+    Error(ProviderError),
+}
+
+fn chunk_of(event: &SseEvent) -> Step {
+    let data = event.data.trim();
+    if data.is_empty() {
+        return Step::Skip;
+    }
+    if data == "[DONE]" {
+        return Step::Done;
+    }
+    if event.event.as_deref() == Some("error") {
+        return Step::Error(match serde_json::from_str::<Value>(data) {
+            Ok(v) => http::error_from_event(&v),
+            Err(_) => {
+                ProviderError::new(ErrorClass::InternalServer, http::excerpt(data.as_bytes()))
+            }
+        });
+    }
+    match serde_json::from_str::<ChatCompletionChunk>(data) {
+        Ok(chunk) => Step::Chunk(Box::new(chunk)),
+        Err(e) => match serde_json::from_str::<Value>(data) {
+            Ok(v) if http::is_error_body(&v) => Step::Error(http::error_from_event(&v)),
+            // vLLM and others send the usage chunk with `"choices": null` or without it.
+            Ok(Value::Object(mut map)) if map.get("choices").is_none_or(Value::is_null) => {
+                map.insert("choices".into(), Value::Array(Vec::new()));
+                match serde_json::from_value(Value::Object(map)) {
+                    Ok(chunk) => Step::Chunk(Box::new(chunk)),
+                    Err(e) => Step::Error(unparsable(&e)),
+                }
+            }
+            _ => Step::Error(unparsable(&e)),
+        },
+    }
+}
+
+fn unparsable(e: &serde_json::Error) -> ProviderError {
+    ProviderError::new(
+        ErrorClass::InvalidResponse,
+        format!("the upstream sent a stream event that is not a chat completion chunk: {e}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn params(model: &str) -> LitellmParams {
+        LitellmParams {
+            model: model.into(),
+            ..LitellmParams::default()
+        }
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn built(p: &LitellmParams, env: &[(&str, &str)]) -> Result<(String, String), String> {
+        let http = reqwest::Client::new();
+        build_with_env(p, &http, env_of(env))
+            .map(|(provider, model)| (format!("{provider:?}"), model))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn prefixes_split_as_litellm_does() {
+        let (spec, model) = split_model("openai/gpt-4o").unwrap();
+        assert_eq!((spec.prefix, model), ("openai", "gpt-4o"));
+        let (spec, model) = split_model("gpt-4o").unwrap();
+        assert_eq!((spec.prefix, model), ("openai", "gpt-4o"));
+        let (spec, model) = split_model("together_ai/meta-llama/Llama-3-8b").unwrap();
+        assert_eq!(
+            (spec.prefix, model),
+            ("together_ai", "meta-llama/Llama-3-8b")
+        );
+        let (spec, model) = split_model("azure/my-deployment").unwrap();
+        assert_eq!(
+            (spec.prefix, spec.flavor, model),
+            ("azure", Flavor::Azure, "my-deployment")
+        );
+        assert!(split_model("nosuch/model").is_err());
+        assert!(split_model("groq/").is_err());
+        assert!(split_model("").is_err());
+    }
+
+    #[test]
+    fn table_has_documented_defaults() {
+        let base = |p: &str| lookup(p).unwrap().default_api_base;
+        let key = |p: &str| lookup(p).unwrap().api_key_env[0];
+        assert_eq!(base("openai"), Some("https://api.openai.com/v1"));
+        assert_eq!(base("groq"), Some("https://api.groq.com/openai/v1"));
+        assert_eq!(
+            base("fireworks_ai"),
+            Some("https://api.fireworks.ai/inference/v1")
+        );
+        assert_eq!(base("openrouter"), Some("https://openrouter.ai/api/v1"));
+        assert_eq!(base("perplexity"), Some("https://api.perplexity.ai"));
+        assert_eq!(base("azure"), None);
+        assert_eq!(base("hosted_vllm"), None);
+        assert_eq!(key("openai"), "OPENAI_API_KEY");
+        assert_eq!(key("azure"), "AZURE_API_KEY");
+        assert_eq!(key("together_ai"), "TOGETHERAI_API_KEY");
+        assert_eq!(key("fireworks_ai"), "FIREWORKS_AI_API_KEY");
+        assert_eq!(key("perplexity"), "PERPLEXITYAI_API_KEY");
+        for spec in PROVIDERS {
+            assert_eq!(lookup(spec.prefix), Some(spec), "prefixes are unique");
+            if let Some(base) = spec.default_api_base {
+                assert!(Url::parse(base).is_ok(), "{base}");
+            }
+        }
+    }
+
+    #[test]
+    fn build_uses_defaults_and_env_at_build_time() {
+        let (debug, model) = built(&params("groq/llama-3.1-8b-instant"), &[]).unwrap();
+        assert_eq!(model, "llama-3.1-8b-instant");
+        assert!(debug.contains("https://api.groq.com/openai/v1/chat/completions"));
+        assert!(debug.contains("key: None"));
+
+        let (debug, _) = built(&params("gpt-4o"), &[("OPENAI_API_KEY", "sk-env")]).unwrap();
+        assert!(debug.contains("https://api.openai.com/v1/chat/completions"));
+        assert!(!debug.contains("sk-env"), "the key never prints");
+        assert!(debug.contains("key: Some(\"***\")"));
+
+        let mut p = params("openai/gpt-4o");
+        p.api_base = Some("http://127.0.0.1:9/v1/".into());
+        let (debug, _) = built(&p, &[]).unwrap();
+        assert!(debug.contains("http://127.0.0.1:9/v1/chat/completions"));
+    }
+
+    #[test]
+    fn build_requires_a_base_where_there_is_no_default() {
+        let err = built(&params("hosted_vllm/llama"), &[]).unwrap_err();
+        assert!(err.contains("api_base"), "{err}");
+        assert!(
+            built(
+                &params("hosted_vllm/llama"),
+                &[("HOSTED_VLLM_API_BASE", "http://h:8000/v1")]
+            )
+            .is_ok()
+        );
+        let err = built(&params("azure/dep"), &[]).unwrap_err();
+        assert!(err.contains("AZURE_API_BASE"), "{err}");
+        let mut p = params("openai/gpt-4o");
+        p.api_base = Some("not a url".into());
+        assert!(built(&p, &[]).is_err());
+    }
+
+    #[test]
+    fn azure_reads_version_from_env_or_default() {
+        let env = [("AZURE_API_BASE", "https://r.openai.azure.com")];
+        let (debug, model) = built(&params("azure/dep"), &env).unwrap();
+        assert_eq!(model, "dep");
+        assert!(debug.contains(AZURE_DEFAULT_API_VERSION));
+        let env = [
+            ("AZURE_API_BASE", "https://r.openai.azure.com"),
+            ("AZURE_API_VERSION", "2025-01-01-preview"),
+        ];
+        let (debug, _) = built(&params("azure/dep"), &env).unwrap();
+        assert!(debug.contains("2025-01-01-preview"));
+    }
+
+    #[test]
+    fn bad_headers_are_config_errors() {
+        let mut p = params("gpt-4o");
+        p.extra_headers.insert("bad header".into(), "x".into());
+        assert!(built(&p, &[]).is_err());
+        let mut p = params("gpt-4o");
+        p.api_key = Some(Secret::new("sk-\nsecret"));
+        let err = built(&p, &[]).unwrap_err();
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn usage_chunk_with_null_choices_parses() {
+        let event = SseEvent {
+            event: None,
+            data: r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":null,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#.into(),
+        };
+        match chunk_of(&event) {
+            Step::Chunk(chunk) => assert_eq!(chunk.usage.unwrap().total_tokens, 3),
+            _ => panic!("expected a chunk"),
+        }
+    }
+}

@@ -84,7 +84,9 @@ impl ApiError {
         Self::new(
             404,
             "invalid_request_error",
-            format!("The model `{model}` does not exist on this gateway; ask `llm.models` for the list."),
+            format!(
+                "The model `{model}` does not exist on this gateway; ask `llm.models` for the list."
+            ),
         )
         .with_param("model")
         .with_code("model_not_found")

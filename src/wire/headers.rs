@@ -1,6 +1,16 @@
-//! NATS header names that llmbus reads on requests and writes on replies.
+//! NATS headers: the names llmbus reads on requests and writes on replies, their JSON view for
+//! the schemas ([`RequestHeaders`], [`ReplyHeaders`]), and the checked, typed request headers
+//! ([`RequestHeaders::from_nats`] → [`ParsedRequestHeaders`]).
 //!
 //! Routing data travels in headers, never inside the OpenAI body.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::ApiError;
 
 /// Request: `Bearer <virtual key>`.
 pub const AUTHORIZATION: &str = "Authorization";
@@ -29,3 +39,389 @@ pub const COST_USD: &str = "Llm-Cost-Usd";
 pub const CACHE: &str = "Llm-Cache";
 /// Reply: the job id that the worker's logs carry.
 pub const JOB_ID: &str = "Llm-Job-Id";
+
+/// The headers a requester may set on `llm.completion` and `llm.embedding`, as a JSON object of
+/// header name → value. NATS headers may repeat a name; this view keeps one value per name.
+/// Every header is optional, and other headers (`Nats-Msg-Id`, ...) pass through.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "llmbus request headers")]
+pub struct RequestHeaders {
+    /// `Bearer <virtual key>`. Required when the gateway has virtual keys; a malformed value
+    /// is a 401.
+    #[serde(
+        rename = "Authorization",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = r"^[Bb][Ee][Aa][Rr][Ee][Rr] +[^ ]+ *$"))]
+    pub authorization: Option<String>,
+    /// The job's deadline in milliseconds from receipt, a positive integer; anything else is a
+    /// 400 naming this header. Without it the configured timeout applies.
+    #[serde(
+        rename = "Llm-Timeout-Ms",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = r"^ *[1-9][0-9]* *$"))]
+    pub timeout_ms: Option<String>,
+    /// Comma-separated routing tags (a deployment with `tags` serves only requests that carry
+    /// one of them).
+    #[serde(rename = "Llm-Tags", default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<String>,
+    /// Comma-separated model groups to try, in order, when the requested one fails.
+    #[serde(
+        rename = "Llm-Fallbacks",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fallbacks: Option<String>,
+    /// W3C trace context `00-<trace id>-<parent id>-<flags>`; an invalid value is ignored, as
+    /// the W3C recommendation says, and a new trace is started.
+    #[serde(
+        rename = "traceparent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"))]
+    pub traceparent: Option<String>,
+    /// Any other header, passed along untouched.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, String>,
+}
+
+/// The headers llmbus sets on its replies, as a JSON object of header name → value.
+///
+/// A non-streaming reply carries `Llm-Status` and the routing headers. In a stream, each chunk
+/// carries `Llm-Seq`; the empty-payload sentinel that ends it carries `Llm-Status` and the
+/// routing headers. An error reply (body `{"error": ...}`) carries `Llm-Status` with the error
+/// status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(title = "llmbus reply headers")]
+pub struct ReplyHeaders {
+    /// The HTTP-style status of the job: `200`, or the error's status (`400`, `401`, `404`,
+    /// `413`, `429`, `500`, `502`, `503`, `504`, ...).
+    #[serde(
+        rename = "Llm-Status",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = r"^[1-5][0-9]{2}$"))]
+    pub status: Option<String>,
+    /// Stream chunks only: 1, 2, 3, ... A gap means a chunk was lost (slow consumer).
+    #[serde(rename = "Llm-Seq", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*$"))]
+    pub seq: Option<String>,
+    /// The model group that served the job.
+    #[serde(
+        rename = "Llm-Model-Group",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub model_group: Option<String>,
+    /// The deployment that served the job.
+    #[serde(
+        rename = "Llm-Deployment",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deployment: Option<String>,
+    /// How many upstream attempts the job took (retries and fallbacks included).
+    #[serde(
+        rename = "Llm-Attempts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*$"))]
+    pub attempts: Option<String>,
+    /// The job's cost in US dollars, a decimal number.
+    #[serde(
+        rename = "Llm-Cost-Usd",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"))]
+    pub cost_usd: Option<String>,
+    /// `hit` or `miss` when a response cache was consulted.
+    #[serde(rename = "Llm-Cache", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(hit|miss)$"))]
+    pub cache: Option<String>,
+    /// The job id that the worker's logs carry.
+    #[serde(
+        rename = "Llm-Job-Id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub job_id: Option<String>,
+    /// Any other header.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, String>,
+}
+
+/// The request headers, checked and typed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ParsedRequestHeaders {
+    /// From `Llm-Timeout-Ms`.
+    pub timeout: Option<Duration>,
+    /// From `Llm-Tags`, trimmed, empty items dropped.
+    pub tags: Vec<String>,
+    /// From `Llm-Fallbacks`, trimmed, empty items dropped.
+    pub fallbacks: Vec<String>,
+    /// The key of `Authorization: Bearer <key>`. `Debug` never prints it.
+    pub api_key: Option<String>,
+    /// A valid W3C `traceparent`, or `None` when absent or invalid.
+    pub traceparent: Option<String>,
+}
+
+impl std::fmt::Debug for ParsedRequestHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParsedRequestHeaders")
+            .field("timeout", &self.timeout)
+            .field("tags", &self.tags)
+            .field("fallbacks", &self.fallbacks)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("traceparent", &self.traceparent)
+            .finish()
+    }
+}
+
+impl RequestHeaders {
+    /// Reads the request headers of a NATS message. Header names match case-insensitively
+    /// (nats.go canonicalizes `traceparent` to `Traceparent`); repeated `Llm-Tags` and
+    /// `Llm-Fallbacks` headers add up.
+    ///
+    /// Errors: a malformed or repeated `Authorization` is a 401 (whose message never repeats
+    /// the value); an `Llm-Timeout-Ms` that is not a positive integer is a 400 naming it.
+    pub fn from_nats(
+        headers: Option<&async_nats::HeaderMap>,
+    ) -> Result<ParsedRequestHeaders, ApiError> {
+        let mut parsed = ParsedRequestHeaders::default();
+        let Some(headers) = headers else {
+            return Ok(parsed);
+        };
+        let values = |name: &str| -> Vec<&str> {
+            headers
+                .iter()
+                .filter(|(key, _)| AsRef::<str>::as_ref(*key).eq_ignore_ascii_case(name))
+                .flat_map(|(_, values)| values.iter().map(|v| v.as_str()))
+                .collect()
+        };
+
+        match values(AUTHORIZATION).as_slice() {
+            [] => {}
+            [one] => parsed.api_key = Some(parse_bearer(one)?),
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "Send one `Authorization: Bearer <key>` header, not several.",
+                ));
+            }
+        }
+        if let Some(raw) = values(TIMEOUT_MS).last() {
+            parsed.timeout = Some(parse_timeout(raw)?);
+        }
+        parsed.tags = split_list(&values(TAGS));
+        parsed.fallbacks = split_list(&values(FALLBACKS));
+        parsed.traceparent = values(TRACEPARENT)
+            .first()
+            .map(|v| v.trim())
+            .filter(|v| is_valid_traceparent(v))
+            .map(str::to_string);
+        Ok(parsed)
+    }
+}
+
+/// The key in `Bearer <key>` (scheme case-insensitive, RFC 6750).
+fn parse_bearer(value: &str) -> Result<String, ApiError> {
+    let malformed = || {
+        ApiError::unauthorized("The Authorization header is malformed; it must be `Bearer <key>`.")
+            .with_code("invalid_api_key")
+    };
+    let (scheme, key) = value.trim().split_once(' ').ok_or_else(malformed)?;
+    let key = key.trim_start();
+    if !scheme.eq_ignore_ascii_case("bearer")
+        || key.is_empty()
+        || key.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(malformed());
+    }
+    Ok(key.to_string())
+}
+
+/// A positive number of milliseconds.
+fn parse_timeout(value: &str) -> Result<Duration, ApiError> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(ms) if ms > 0 && value.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Duration::from_millis(ms))
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "The `{TIMEOUT_MS}` header must be a positive integer number of milliseconds."
+        ))
+        .with_param(TIMEOUT_MS)),
+    }
+}
+
+/// Comma-separated items of every value, trimmed, empty ones dropped.
+fn split_list(values: &[&str]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// W3C Trace Context, version 00: `00-<32 hex>-<16 hex>-<2 hex>`, lower-case hex, trace id and
+/// parent id not all zeros.
+pub fn is_valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    matches!(parts.as_slice(), [version, trace, parent, flags]
+        if *version == "00"
+            && hex(trace, 32) && nonzero(trace)
+            && hex(parent, 16) && nonzero(parent)
+            && hex(flags, 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::HeaderMap;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, *v);
+        }
+        h
+    }
+
+    #[test]
+    fn no_headers_is_all_defaults() {
+        assert_eq!(RequestHeaders::from_nats(None).unwrap(), Default::default());
+        let empty = HeaderMap::new();
+        assert_eq!(
+            RequestHeaders::from_nats(Some(&empty)).unwrap(),
+            Default::default()
+        );
+    }
+
+    #[test]
+    fn every_header_is_read_and_typed() {
+        let h = map(&[
+            ("Authorization", "Bearer sk-llmbus-123"),
+            ("Llm-Timeout-Ms", "2500"),
+            ("Llm-Tags", "eu, fast,,"),
+            ("Llm-Tags", "cheap"),
+            ("Llm-Fallbacks", "gpt-4o-mini , claude-haiku"),
+            ("traceparent", TP),
+        ]);
+        let p = RequestHeaders::from_nats(Some(&h)).unwrap();
+        assert_eq!(p.api_key.as_deref(), Some("sk-llmbus-123"));
+        assert_eq!(p.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(p.tags, ["eu", "fast", "cheap"]);
+        assert_eq!(p.fallbacks, ["gpt-4o-mini", "claude-haiku"]);
+        assert_eq!(p.traceparent.as_deref(), Some(TP));
+        assert!(!format!("{p:?}").contains("sk-llmbus-123"));
+    }
+
+    #[test]
+    fn header_names_match_whatever_their_case() {
+        let h = map(&[
+            ("Traceparent", TP),
+            ("llm-timeout-ms", "7"),
+            ("AUTHORIZATION", "bearer k"),
+        ]);
+        let p = RequestHeaders::from_nats(Some(&h)).unwrap();
+        assert_eq!(p.traceparent.as_deref(), Some(TP));
+        assert_eq!(p.timeout, Some(Duration::from_millis(7)));
+        assert_eq!(p.api_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn a_malformed_authorization_is_a_401_that_does_not_echo_it() {
+        for bad in [
+            "sk-secret-1",
+            "Basic sk-secret-1",
+            "Bearer",
+            "Bearer  ",
+            "Bearer sk-secret-1 x",
+        ] {
+            let h = map(&[("Authorization", bad)]);
+            let e = RequestHeaders::from_nats(Some(&h)).unwrap_err();
+            assert_eq!(e.status, 401, "{bad}");
+            assert_eq!(e.kind, "authentication_error");
+            assert!(!e.message.contains("sk-secret-1"), "{}", e.message);
+        }
+        let h = map(&[("Authorization", "Bearer a"), ("Authorization", "Bearer b")]);
+        assert_eq!(RequestHeaders::from_nats(Some(&h)).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn a_bad_timeout_is_a_400_naming_the_header() {
+        for bad in [
+            "0",
+            "-5",
+            "1.5",
+            "soon",
+            "",
+            "+10",
+            "99999999999999999999999",
+        ] {
+            let h = map(&[("Llm-Timeout-Ms", bad)]);
+            let e = RequestHeaders::from_nats(Some(&h)).unwrap_err();
+            assert_eq!(e.status, 400, "{bad:?}");
+            assert!(e.message.contains("Llm-Timeout-Ms"));
+            assert_eq!(e.param.as_deref(), Some("Llm-Timeout-Ms"));
+        }
+        let h = map(&[("Llm-Timeout-Ms", " 30000 ")]);
+        let p = RequestHeaders::from_nats(Some(&h)).unwrap();
+        assert_eq!(p.timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn an_invalid_traceparent_is_ignored() {
+        for bad in [
+            "garbage",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            let h = map(&[("traceparent", bad)]);
+            let p = RequestHeaders::from_nats(Some(&h)).unwrap();
+            assert_eq!(p.traceparent, None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_json_view_uses_the_header_names() {
+        let v = serde_json::to_value(RequestHeaders {
+            timeout_ms: Some("100".into()),
+            traceparent: Some(TP.into()),
+            other: [("Nats-Msg-Id".to_string(), "x".to_string())].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"Llm-Timeout-Ms": "100", "traceparent": TP, "Nats-Msg-Id": "x"})
+        );
+        let r: ReplyHeaders =
+            serde_json::from_value(serde_json::json!({"Llm-Status": "200", "Llm-Seq": "3"}))
+                .unwrap();
+        assert_eq!(
+            (r.status.as_deref(), r.seq.as_deref()),
+            (Some("200"), Some("3"))
+        );
+    }
+}

@@ -5,7 +5,9 @@
 pub mod error;
 pub mod headers;
 pub mod openai;
+pub mod schema;
 pub mod subjects;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use schema::schemas;
 pub use subjects::Subjects;

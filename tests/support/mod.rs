@@ -1,6 +1,8 @@
-//! Test support shared by the integration tests: a private `nats-server` per test and a fake
-//! LLM provider that speaks the real wire formats over loopback HTTP.
+//! Test support shared by the integration tests: a private `nats-server` per test, a fake
+//! LLM provider that speaks the real wire formats over loopback HTTP, and a whole gateway
+//! (server + worker + client) in one call.
 #![allow(dead_code)]
 
 pub mod fake_provider;
+pub mod gateway;
 pub mod nats_server;

@@ -1,0 +1,195 @@
+//! Checks that need the whole parsed config: values serde accepts but llmbus cannot run with.
+//!
+//! The first problem found stops the load, naming the key and its line.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    Config, ConfigError,
+    locate::{KeyPath, locate},
+};
+
+/// Checks `config`; `text` and `origin` are for the error's line and file.
+pub(crate) fn check(config: &Config, text: &str, origin: &str) -> Result<(), ConfigError> {
+    Checker { text, origin }.run(config)
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Checker<'_> {
+    fn fail(&self, path: &KeyPath, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.origin, path, locate(self.text, path), message.into())
+    }
+
+    fn run(&self, config: &Config) -> Result<(), ConfigError> {
+        self.deployments(config)?;
+        self.router(config)?;
+        let litellm = KeyPath::root().key("litellm_settings");
+        self.seconds(
+            config.litellm_settings.request_timeout,
+            &litellm.key("request_timeout"),
+        )?;
+        self.llmbus(config)
+    }
+
+    fn deployments(&self, config: &Config) -> Result<(), ConfigError> {
+        let list = KeyPath::root().key("model_list");
+        let mut ids = BTreeSet::new();
+        for (i, entry) in config.model_list.iter().enumerate() {
+            let at = list.index(i);
+            if entry.model_name.trim().is_empty() {
+                return Err(self.fail(&at.key("model_name"), "must not be empty"));
+            }
+            let params = &entry.litellm_params;
+            let p = at.key("litellm_params");
+            if params.model.trim().is_empty() {
+                return Err(self.fail(&p.key("model"), "must not be empty (use `provider/model`)"));
+            }
+            self.seconds(params.timeout, &p.key("timeout"))?;
+            self.seconds(params.stream_timeout, &p.key("stream_timeout"))?;
+            if let Some(weight) = params.weight
+                && !(weight.is_finite() && weight >= 0.0)
+            {
+                return Err(self.fail(&p.key("weight"), format!("must be 0 or more, not {weight}")));
+            }
+            if params.max_parallel_requests == Some(0) {
+                return Err(self.fail(&p.key("max_parallel_requests"), "must be at least 1"));
+            }
+            if let Some(id) = &entry.model_info.id
+                && !ids.insert(id.as_str())
+            {
+                let path = at.key("model_info").key("id");
+                return Err(self.fail(&path, format!("`{id}` is used by another deployment")));
+            }
+        }
+        Ok(())
+    }
+
+    fn router(&self, config: &Config) -> Result<(), ConfigError> {
+        let r = &config.router_settings;
+        let path = KeyPath::root().key("router_settings");
+        self.seconds(r.timeout, &path.key("timeout"))?;
+        if let Some(secs) = r.cooldown_time
+            && !(secs.is_finite() && secs >= 0.0)
+        {
+            return Err(self.fail(&path.key("cooldown_time"), "must be 0 or more seconds"));
+        }
+
+        let groups: BTreeSet<&str> = config
+            .model_list
+            .iter()
+            .map(|m| m.model_name.as_str())
+            .collect();
+        let known = |name: &str| groups.contains(name);
+        let aliases = path.key("model_group_alias");
+        for (alias, target) in &r.model_group_alias {
+            if !known(target.group()) {
+                let message = unknown_group(target.group(), &groups);
+                return Err(self.fail(&aliases.key(alias), message));
+            }
+        }
+        // Fallbacks may name a group or an alias of one.
+        let known = |name: &str| known(name) || r.model_group_alias.contains_key(name);
+        for (key, lists) in [
+            ("fallbacks", &r.fallbacks),
+            ("context_window_fallbacks", &r.context_window_fallbacks),
+            ("content_policy_fallbacks", &r.content_policy_fallbacks),
+        ] {
+            self.fallbacks(lists, &path.key(key), &known, &groups)?;
+        }
+        for (i, name) in r.default_fallbacks.iter().enumerate() {
+            if !known(name) {
+                let at = path.key("default_fallbacks").index(i);
+                return Err(self.fail(&at, unknown_group(name, &groups)));
+            }
+        }
+        Ok(())
+    }
+
+    fn fallbacks(
+        &self,
+        lists: &[BTreeMap<String, Vec<String>>],
+        path: &KeyPath,
+        known: &dyn Fn(&str) -> bool,
+        groups: &BTreeSet<&str>,
+    ) -> Result<(), ConfigError> {
+        for (i, map) in lists.iter().enumerate() {
+            for (from, to) in map {
+                let at = path.index(i).key(from);
+                if let Some(name) = std::iter::once(from).chain(to).find(|name| !known(name)) {
+                    return Err(self.fail(&at, unknown_group(name, groups)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn llmbus(&self, config: &Config) -> Result<(), ConfigError> {
+        let l = &config.llmbus;
+        let path = KeyPath::root().key("llmbus");
+        for (key, value) in [
+            ("subject_prefix", &l.subject_prefix),
+            ("queue_group", &l.queue_group),
+        ] {
+            if !is_subject_token(value) {
+                let message = format!(
+                    "`{value}` is not a NATS subject token (one non-empty word: no `.`, `*`, `>` or spaces)"
+                );
+                return Err(self.fail(&path.key(key), message));
+            }
+        }
+        if l.max_in_flight == 0 {
+            return Err(self.fail(&path.key("max_in_flight"), "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// A duration in seconds, when set, must be a positive number.
+    fn seconds(&self, value: Option<f64>, path: &KeyPath) -> Result<(), ConfigError> {
+        match value {
+            Some(secs) if !(secs.is_finite() && secs > 0.0) => Err(self.fail(
+                path,
+                format!("must be a positive number of seconds, not {secs}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The message for a name that is not a model group.
+fn unknown_group(name: &str, groups: &BTreeSet<&str>) -> String {
+    let list: Vec<&str> = groups.iter().copied().collect();
+    format!(
+        "`{name}` is not a model group (the model_list has: {})",
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.join(", ")
+        }
+    )
+}
+
+/// True when `s` is a single NATS subject token.
+pub(crate) fn is_subject_token(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_tokens() {
+        assert!(is_subject_token("llm"));
+        assert!(is_subject_token("acme-llm_2"));
+        for bad in ["", "a.b", "a b", "*", ">", "llm\n", "a\tb"] {
+            assert!(!is_subject_token(bad), "{bad:?}");
+        }
+    }
+}

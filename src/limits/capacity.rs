@@ -1,0 +1,415 @@
+//! The capacity of one deployment: requests per minute, tokens per minute and calls in flight.
+//!
+//! The deployment actor owns one [`Capacity`]. Before an upstream call it asks for a
+//! [`Permit`] with [`Capacity::try_acquire`], reserving one request and an estimate of the
+//! tokens; after the call it gives the permit back with [`Capacity::release`] and the real token
+//! count, so the TPM bucket is corrected both ways. A refusal is a [`Wait`]: how long until the
+//! request could pass, or that it waits for a call in flight to finish.
+
+use std::time::{Duration, Instant};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::bucket::TokenBucket;
+
+/// LiteLLM's default for `max_parallel_requests` when the deployment does not set it.
+///
+/// The rule of LiteLLM's `calculate_max_parallel_requests` (in `litellm/utils.py`, called by the
+/// router's `set_max_parallel_requests_client` for each deployment):
+/// 1. `max_parallel_requests` when it is set;
+/// 2. else `rpm`;
+/// 3. else `int(tpm / 1000 * 6)`, at least 1;
+/// 4. else the router's `default_max_parallel_requests` (unset by default: no bound).
+///
+/// LiteLLM only builds the semaphore when the result is truthy, so a result of 0 means "no
+/// bound"; this function answers `None` for it, as for "nothing set".
+pub fn default_max_parallel(
+    max_parallel: Option<u32>,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    router_default: Option<u32>,
+) -> Option<u32> {
+    let computed = if let Some(n) = max_parallel {
+        Some(n)
+    } else if let Some(rpm) = rpm {
+        Some(saturate(rpm))
+    } else if let Some(tpm) = tpm {
+        // int(tpm / 1000 * 6) == tpm * 6 / 1000 rounded down, and at least 1.
+        Some(saturate((tpm.saturating_mul(6) / 1000).max(1)))
+    } else {
+        router_default
+    };
+    computed.filter(|&n| n > 0)
+}
+
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Why a request cannot start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The RPM or TPM bucket will allow it after this long (if nothing else takes from it).
+    For(Duration),
+    /// Every parallel slot is taken: it can start when a call in flight is released.
+    ParallelSlot,
+    /// A limit of 0 requests or tokens per minute: this deployment never serves it.
+    Never,
+}
+
+impl Wait {
+    /// The time to wait, when one is known.
+    pub fn duration(&self) -> Option<Duration> {
+        match self {
+            Wait::For(d) => Some(*d),
+            Wait::ParallelSlot | Wait::Never => None,
+        }
+    }
+}
+
+/// The right to make one upstream call. Give it back with [`Capacity::release`] (or
+/// [`Capacity::cancel`] when the call was never made); it cannot be copied.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a permit holds a parallel slot until it is released"]
+pub struct Permit {
+    reserved_tokens: u64,
+}
+
+impl Permit {
+    /// The tokens reserved against the TPM limit when the permit was granted.
+    pub fn reserved_tokens(&self) -> u64 {
+        self.reserved_tokens
+    }
+}
+
+/// A deployment's capacity in use, for `llm.deployments` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CapacitySnapshot {
+    /// Upstream calls running now.
+    pub in_flight: u32,
+    /// The most calls allowed at once; `null` for no bound.
+    pub max_parallel: Option<u32>,
+    /// Requests counted in the trailing minute.
+    pub rpm_used: u64,
+    /// Requests allowed per minute; `null` for no limit.
+    pub rpm_limit: Option<u64>,
+    /// Tokens counted in the trailing minute (reservations included; can exceed the limit
+    /// after a call that used more than its reservation).
+    pub tpm_used: u64,
+    /// Tokens allowed per minute; `null` for no limit.
+    pub tpm_limit: Option<u64>,
+}
+
+/// RPM, TPM and parallel limits of one deployment. Not thread-safe on purpose: one actor owns it.
+#[derive(Debug, Clone)]
+pub struct Capacity {
+    rpm: Option<TokenBucket>,
+    tpm: Option<TokenBucket>,
+    max_parallel: Option<u32>,
+    in_flight: u32,
+}
+
+impl Capacity {
+    /// Limits from a deployment's `rpm`, `tpm` and `max_parallel_requests`, with LiteLLM's
+    /// defaulting of the parallel bound ([`default_max_parallel`], no router default).
+    pub fn new(rpm: Option<u64>, tpm: Option<u64>, max_parallel: Option<u32>) -> Self {
+        Self::with_router_default(rpm, tpm, max_parallel, None, Instant::now())
+    }
+
+    /// Like [`Capacity::new`], with the router's `default_max_parallel_requests` and the
+    /// instant at which the buckets start full.
+    pub fn with_router_default(
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        max_parallel: Option<u32>,
+        router_default: Option<u32>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            rpm: rpm.map(|n| TokenBucket::new(n, now)),
+            tpm: tpm.map(|n| TokenBucket::new(n, now)),
+            max_parallel: default_max_parallel(max_parallel, rpm, tpm, router_default),
+            in_flight: 0,
+        }
+    }
+
+    /// Reserves one request, `est_tokens` tokens and a parallel slot, or tells why not.
+    ///
+    /// Either everything is taken or nothing is. A parallel-slot shortage is reported first,
+    /// since no time bound is known for it; otherwise the wait is the longer of the RPM and TPM
+    /// waits. A request needing more tokens than the whole TPM limit is admitted when the TPM
+    /// bucket is full (see [`TokenBucket::try_take`]).
+    pub fn try_acquire(&mut self, est_tokens: u64, now: Instant) -> Result<Permit, Wait> {
+        if self.max_parallel.is_some_and(|max| self.in_flight >= max) {
+            return Err(Wait::ParallelSlot);
+        }
+        let rpm_wait = check(self.rpm.as_mut(), 1, now);
+        let tpm_wait = check(self.tpm.as_mut(), est_tokens, now);
+        match (rpm_wait, tpm_wait) {
+            (None, None) => {}
+            (a, b) => {
+                let wait = a.unwrap_or(Duration::ZERO).max(b.unwrap_or(Duration::ZERO));
+                return Err(if wait == Duration::MAX {
+                    Wait::Never
+                } else {
+                    Wait::For(wait)
+                });
+            }
+        }
+        if let Some(bucket) = self.rpm.as_mut() {
+            let _ = bucket.try_take(1, now);
+        }
+        if let Some(bucket) = self.tpm.as_mut() {
+            let _ = bucket.try_take(est_tokens, now);
+        }
+        self.in_flight += 1;
+        Ok(Permit {
+            reserved_tokens: est_tokens,
+        })
+    }
+
+    /// Gives back a permit after the upstream call.
+    ///
+    /// `actual_tokens` is the usage the upstream reported (`total_tokens`): the TPM bucket is
+    /// settled against the reservation, both ways. `None` means the count is unknown, and the
+    /// reservation stands as the best guess. The request stays counted against RPM.
+    pub fn release(&mut self, permit: Permit, actual_tokens: Option<u64>, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let (Some(bucket), Some(actual)) = (self.tpm.as_mut(), actual_tokens) {
+            bucket.settle(permit.reserved_tokens, actual, now);
+        }
+    }
+
+    /// Gives back a permit whose call was never made (deadline passed, job dropped): the
+    /// request and its tokens are refunded.
+    pub fn cancel(&mut self, permit: Permit, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(bucket) = self.rpm.as_mut() {
+            bucket.refund(1, now);
+        }
+        if let Some(bucket) = self.tpm.as_mut() {
+            bucket.refund(permit.reserved_tokens, now);
+        }
+    }
+
+    /// Upstream calls running now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// The parallel bound in force (after defaulting); `None` for no bound.
+    pub fn max_parallel(&self) -> Option<u32> {
+        self.max_parallel
+    }
+
+    /// The capacity in use at `now`.
+    pub fn snapshot(&mut self, now: Instant) -> CapacitySnapshot {
+        CapacitySnapshot {
+            in_flight: self.in_flight,
+            max_parallel: self.max_parallel,
+            rpm_used: self.rpm.as_mut().map_or(0, |b| b.used(now)),
+            rpm_limit: self.rpm.as_ref().map(TokenBucket::capacity),
+            tpm_used: self.tpm.as_mut().map_or(0, |b| b.used(now)),
+            tpm_limit: self.tpm.as_ref().map(TokenBucket::capacity),
+        }
+    }
+}
+
+/// The wait of one optional bucket for `n`, `None` when it allows it now (or has no limit).
+fn check(bucket: Option<&mut TokenBucket>, n: u64, now: Instant) -> Option<Duration> {
+    bucket.and_then(|b| b.check(n, now).err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn at(rpm: Option<u64>, tpm: Option<u64>, par: Option<u32>, t0: Instant) -> Capacity {
+        Capacity::with_router_default(rpm, tpm, par, None, t0)
+    }
+
+    #[test]
+    fn max_parallel_defaults_like_litellm() {
+        // Explicit wins.
+        assert_eq!(
+            default_max_parallel(Some(10), Some(30), Some(300_000), Some(40)),
+            Some(10)
+        );
+        // Then rpm.
+        assert_eq!(
+            default_max_parallel(None, Some(30), Some(300_000), Some(40)),
+            Some(30)
+        );
+        // Then tpm / 1000 * 6, at least 1.
+        assert_eq!(
+            default_max_parallel(None, None, Some(300_000), Some(40)),
+            Some(1800)
+        );
+        assert_eq!(
+            default_max_parallel(None, None, Some(20), Some(40)),
+            Some(1)
+        );
+        // Then the router default; else no bound.
+        assert_eq!(default_max_parallel(None, None, None, Some(40)), Some(40));
+        assert_eq!(default_max_parallel(None, None, None, None), None);
+        // 0 builds no semaphore in LiteLLM: no bound.
+        assert_eq!(default_max_parallel(Some(0), Some(30), None, None), None);
+        // Huge values saturate instead of wrapping.
+        assert_eq!(
+            default_max_parallel(None, Some(u64::MAX), None, None),
+            Some(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn no_limits_admit_everything() {
+        let t0 = Instant::now();
+        let mut c = at(None, None, None, t0);
+        for _ in 0..1000 {
+            let _permit = c.try_acquire(1_000_000, t0).unwrap();
+        }
+        assert_eq!(c.in_flight(), 1000);
+        let s = c.snapshot(t0);
+        assert_eq!(
+            (s.rpm_limit, s.tpm_limit, s.max_parallel),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn rpm_limits_requests_and_says_when_the_next_one_fits() {
+        let t0 = Instant::now();
+        // 60 rpm: one request per second; parallel bound defaults to 60 as well.
+        let mut c = at(Some(60), None, Some(1000), t0);
+        for _ in 0..60 {
+            let p = c.try_acquire(0, t0).unwrap();
+            c.release(p, None, t0);
+        }
+        assert_eq!(c.try_acquire(0, t0), Err(Wait::For(secs(1))));
+        assert!(c.try_acquire(0, t0 + secs(1)).is_ok());
+        assert_eq!(c.snapshot(t0 + secs(1)).rpm_used, 60);
+    }
+
+    #[test]
+    fn tpm_reserves_the_estimate_and_the_wait_covers_the_missing_tokens() {
+        let t0 = Instant::now();
+        let mut c = at(None, Some(600), None, t0); // ten tokens per second
+        let _a = c.try_acquire(500, t0).unwrap();
+        // 100 left; 300 more needs 200 tokens = 20 s.
+        assert_eq!(c.try_acquire(300, t0), Err(Wait::For(secs(20))));
+        assert!(c.try_acquire(300, t0 + secs(20)).is_ok());
+    }
+
+    #[test]
+    fn the_longer_of_the_two_waits_is_reported_and_nothing_is_taken() {
+        let t0 = Instant::now();
+        let mut c = at(Some(6), Some(600), Some(100), t0); // 1 request / 10 s, 10 tokens / s
+        let p = c.try_acquire(600, t0).unwrap();
+        c.release(p, None, t0);
+        // RPM has 5 left; TPM is empty: 60 s until 600 tokens.
+        assert_eq!(c.try_acquire(600, t0), Err(Wait::For(secs(60))));
+        // The refused attempt took no request: five more small ones still fit in RPM...
+        let s = c.snapshot(t0);
+        assert_eq!((s.rpm_used, s.tpm_used), (1, 600));
+    }
+
+    #[test]
+    fn release_settles_tokens_both_ways() {
+        let t0 = Instant::now();
+        let mut c = at(None, Some(6000), None, t0); // 100 tokens per second
+        let p = c.try_acquire(1000, t0).unwrap();
+        assert_eq!(p.reserved_tokens(), 1000);
+        c.release(p, Some(200), t0);
+        assert_eq!(c.snapshot(t0).tpm_used, 200);
+
+        let p = c.try_acquire(1000, t0).unwrap();
+        c.release(p, Some(9000), t0);
+        // 200 + 9000 used; 3200 tokens of debt.
+        let s = c.snapshot(t0);
+        assert_eq!(s.tpm_used, 9200);
+        // Back to a full bucket after 9200 / 100 = 92 s.
+        assert_eq!(c.try_acquire(6000, t0), Err(Wait::For(secs(92))));
+        assert!(c.try_acquire(6000, t0 + secs(92)).is_ok());
+    }
+
+    #[test]
+    fn release_without_usage_keeps_the_reservation() {
+        let t0 = Instant::now();
+        let mut c = at(None, Some(6000), None, t0);
+        let p = c.try_acquire(700, t0).unwrap();
+        c.release(p, None, t0);
+        assert_eq!(c.snapshot(t0).tpm_used, 700);
+    }
+
+    #[test]
+    fn cancel_refunds_request_and_tokens() {
+        let t0 = Instant::now();
+        let mut c = at(Some(10), Some(1000), None, t0);
+        let p = c.try_acquire(400, t0).unwrap();
+        c.cancel(p, t0);
+        let s = c.snapshot(t0);
+        assert_eq!((s.in_flight, s.rpm_used, s.tpm_used), (0, 0, 0));
+    }
+
+    #[test]
+    fn parallel_slots_bound_calls_in_flight() {
+        let t0 = Instant::now();
+        let mut c = at(None, None, Some(2), t0);
+        let a = c.try_acquire(1, t0).unwrap();
+        let _b = c.try_acquire(1, t0).unwrap();
+        assert_eq!(c.try_acquire(1, t0), Err(Wait::ParallelSlot));
+        assert_eq!(Wait::ParallelSlot.duration(), None);
+        c.release(a, Some(1), t0);
+        assert!(c.try_acquire(1, t0).is_ok());
+        assert_eq!(c.snapshot(t0).in_flight, 2);
+    }
+
+    #[test]
+    fn parallel_bound_comes_from_rpm_when_unset() {
+        let t0 = Instant::now();
+        let mut c = at(Some(2), None, None, t0);
+        assert_eq!(c.max_parallel(), Some(2));
+        let _a = c.try_acquire(0, t0).unwrap();
+        let _b = c.try_acquire(0, t0).unwrap();
+        assert_eq!(c.try_acquire(0, t0), Err(Wait::ParallelSlot));
+    }
+
+    #[test]
+    fn a_request_bigger_than_the_tpm_limit_passes_on_a_full_bucket() {
+        let t0 = Instant::now();
+        let mut c = at(None, Some(600), None, t0);
+        let p = c.try_acquire(5000, t0).unwrap();
+        c.release(p, Some(5000), t0);
+        // 4400 of debt + a full bucket = 5000 tokens = 500 s at ten per second.
+        assert_eq!(c.try_acquire(5000, t0), Err(Wait::For(secs(500))));
+    }
+
+    #[test]
+    fn a_zero_limit_never_serves() {
+        let t0 = Instant::now();
+        let mut c = at(Some(0), None, None, t0);
+        assert_eq!(c.try_acquire(0, t0 + secs(3600)), Err(Wait::Never));
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[test]
+    fn snapshot_serializes_with_nulls_for_no_limit() {
+        let t0 = Instant::now();
+        let mut c = at(Some(100), None, None, t0);
+        let _p = c.try_acquire(50, t0).unwrap();
+        let v = serde_json::to_value(c.snapshot(t0)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "in_flight": 1, "max_parallel": 100,
+                "rpm_used": 1, "rpm_limit": 100,
+                "tpm_used": 0, "tpm_limit": null
+            })
+        );
+    }
+}

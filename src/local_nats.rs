@@ -1,0 +1,126 @@
+//! A `nats-server` child process on a loopback port with JetStream on: what `llmbus up`
+//! starts when nothing answers at the configured URL, and what the tests start privately.
+//!
+//! Readiness is read from the server's own log ("Server is ready"), never guessed with a sleep.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalNatsError {
+    /// `nats-server` is not installed.
+    #[error(
+        "nats-server is not on PATH: install it (Debian/Ubuntu: apt-get install -y nats-server; \
+         macOS: brew install nats-server) or point --nats-url at a running server"
+    )]
+    NotInstalled,
+    /// It could not be started.
+    #[error("could not start nats-server: {0}")]
+    Spawn(std::io::Error),
+    /// It exited or stayed silent instead of becoming ready.
+    #[error("nats-server on port {port} did not become ready (port taken?)")]
+    NotReady {
+        /// The port tried.
+        port: u16,
+    },
+}
+
+/// A running nats-server child; killed when dropped.
+#[derive(Debug)]
+pub struct LocalNats {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl LocalNats {
+    /// Starts `nats-server -a 127.0.0.1 -p <port> -js -sd <store>` and waits until it is ready.
+    pub fn start(port: u16, store: &Path) -> Result<Self, LocalNatsError> {
+        let child = spawn(port, store)?;
+        Ok(Self {
+            port,
+            store: store.to_path_buf(),
+            child: Some(child),
+        })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills it at once (SIGKILL: clients get no goodbye).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) -> Result<(), LocalNatsError> {
+        self.kill();
+        self.child = Some(spawn(self.port, &self.store)?);
+        Ok(())
+    }
+}
+
+impl Drop for LocalNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port on the loopback interface that nothing listens on right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(port: u16, store: &Path) -> Result<Child, LocalNatsError> {
+    let mut child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LocalNatsError::NotInstalled,
+            _ => LocalNatsError::Spawn(e),
+        })?;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ready = false;
+        // Keep reading to the end so the server never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !ready && line.contains("Server is ready") {
+                ready = true;
+                let _ = tx.send(true);
+            }
+        }
+        let _ = tx.send(false);
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(true) => Ok(child),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(LocalNatsError::NotReady { port })
+        }
+    }
+}

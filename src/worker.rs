@@ -1,0 +1,194 @@
+//! A worker: the actors of one llmbus process, started from a [`Config`] on a NATS connection.
+//!
+//! [`Worker::start`] builds one provider per deployment (sharing one HTTP client pool),
+//! spawns the router (which spawns the deployment actors), the cost actor and ingress, and
+//! returns once the worker is subscribed and serving.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use ractor::{Actor, ActorRef};
+
+use crate::{
+    actors::{
+        WorkerContext,
+        cost::{CostActor, CostMsg, Spend},
+        deployment::{DeploymentInfo, Live},
+        ingress::{IngressActor, IngressArgs, IngressMsg},
+        router::{RouterActor, RouterArgs, RouterMsg},
+    },
+    config::{Config, ConfigError},
+    pricing, providers,
+    wire::Subjects,
+};
+
+/// Why a worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A deployment's settings are wrong (for example an unknown provider).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The configuration has no deployment.
+    #[error("the configuration has no deployment: add at least one entry to model_list")]
+    NoDeployments,
+    /// An actor did not start.
+    #[error("starting the {0} actor: {1}")]
+    Actor(&'static str, String),
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client: {0}")]
+    Http(String),
+}
+
+/// A running worker.
+pub struct Worker {
+    ingress: ActorRef<IngressMsg>,
+    router: ActorRef<RouterMsg>,
+    cost: ActorRef<CostMsg>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts a worker serving `config` on `client`.
+    pub async fn start(config: &Config, client: async_nats::Client) -> Result<Self, StartError> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| StartError::Http(e.to_string()))?;
+        let deployments = deployments(config, &http)?;
+        if deployments.is_empty() {
+            return Err(StartError::NoDeployments);
+        }
+        let subjects = Subjects::new(config.llmbus.subject_prefix.clone());
+        let aliases = config
+            .router_settings
+            .model_group_alias
+            .iter()
+            .map(|(alias, t)| (alias.clone(), (t.group().to_string(), t.hidden())))
+            .collect();
+        let mut fallbacks: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for entry in &config.router_settings.fallbacks {
+            for (group, list) in entry {
+                fallbacks
+                    .entry(group.clone())
+                    .or_default()
+                    .extend(list.iter().cloned());
+            }
+        }
+        let mut handles = Vec::new();
+        let (router, h) = Actor::spawn(
+            None,
+            RouterActor,
+            RouterArgs {
+                deployments,
+                aliases,
+                fallbacks,
+            },
+        )
+        .await
+        .map_err(|e| StartError::Actor("router", e.to_string()))?;
+        handles.push(h);
+        let (cost, h) = Actor::spawn(None, CostActor, (client.clone(), subjects.clone()))
+            .await
+            .map_err(|e| StartError::Actor("cost", e.to_string()))?;
+        handles.push(h);
+        let ctx = Arc::new(WorkerContext {
+            max_payload: client.server_info().max_payload,
+            client,
+            subjects,
+            router: router.clone(),
+            cost: cost.clone(),
+            default_timeout: config.default_timeout(),
+            num_retries: config.num_retries(),
+        });
+        let (ingress, h) = Actor::spawn(
+            None,
+            IngressActor,
+            IngressArgs {
+                ctx,
+                queue_group: config.llmbus.queue_group.clone(),
+                max_in_flight: config.llmbus.max_in_flight,
+            },
+        )
+        .await
+        .map_err(|e| StartError::Actor("ingress", e.to_string()))?;
+        handles.push(h);
+        Ok(Self {
+            ingress,
+            router,
+            cost,
+            handles,
+        })
+    }
+
+    /// The totals the cost actor has counted so far.
+    pub async fn spend(&self) -> Option<Spend> {
+        ractor::call!(self.cost, crate::actors::cost::CostMsg::Spend).ok()
+    }
+
+    /// Stops taking jobs and stops every actor.
+    pub async fn stop(self) {
+        self.ingress.stop(None);
+        self.router.stop(None);
+        self.cost.stop(None);
+        for h in self.handles {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    }
+}
+
+/// One [`DeploymentInfo`] per `model_list` entry.
+fn deployments(
+    config: &Config,
+    http: &reqwest::Client,
+) -> Result<Vec<Arc<DeploymentInfo>>, StartError> {
+    let mut seen = HashSet::new();
+    let mut per_group: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for entry in &config.model_list {
+        let p = &entry.litellm_params;
+        let (provider, upstream_model) = providers::build(p, http)?;
+        let n = per_group.entry(entry.model_name.as_str()).or_default();
+        *n += 1;
+        let mut id = entry
+            .model_info
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", entry.model_name, n));
+        while !seen.insert(id.clone()) {
+            id.push('\'');
+        }
+        let rpm = entry.rpm();
+        let tpm = entry.tpm();
+        let weight = p
+            .weight
+            .or(rpm.map(|r| r as f64))
+            .or(tpm.map(|t| t as f64))
+            .unwrap_or(1.0);
+        let price_model = entry.model_info.base_model.as_deref().unwrap_or(&p.model);
+        let price = pricing::price_for(
+            price_model,
+            entry.model_info.input_cost_per_token,
+            entry.model_info.output_cost_per_token,
+        );
+        out.push(Arc::new(DeploymentInfo {
+            id,
+            model_group: entry.model_name.clone(),
+            model: p.model.clone(),
+            upstream_model,
+            provider,
+            timeout: p.timeout.map(Duration::from_secs_f64),
+            stream_timeout: p.stream_timeout.map(Duration::from_secs_f64),
+            weight,
+            price,
+            rpm,
+            tpm,
+            max_parallel: p.max_parallel_requests,
+            live: Live::default(),
+        }));
+    }
+    Ok(out)
+}
