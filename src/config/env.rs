@@ -98,7 +98,8 @@ impl<'a> Resolver<'a> {
         self.string(&mut l.nats_tls_key, &path.key("nats_tls_key"));
     }
 
-    /// Looks `value` up when it is a reference: `Ok(value)` when it is not one.
+    /// The value to use: `value` itself when it is not a reference, else the variable's value,
+    /// or `None` (and a warning) when the variable is not set.
     fn lookup(&mut self, value: &str, path: &KeyPath) -> Option<String> {
         let Some(name) = reference(value) else {
             return Some(value.to_owned());
@@ -110,7 +111,7 @@ impl<'a> Resolver<'a> {
                 None => self.origin.to_owned(),
             };
             self.warnings.push(format!(
-                "{at}: {path}: environment variable `{name}` is not set; {path} is left unset"
+                "{at}: {path}: environment variable `{name}` is not set; the key is left unset"
             ));
         }
         found

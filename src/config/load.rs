@@ -71,12 +71,19 @@ impl ConfigError {
         if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
             message = rest.to_owned();
         }
-        if let Some(field) = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.strip_suffix('`'))
-        {
-            path = path.key(field);
-            message = "required key is missing".to_owned();
+        // serde names the parent of a missing or repeated key; name the key itself.
+        for (prefix, replacement) in [
+            ("missing field `", "required key is missing"),
+            ("duplicate field `", "key appears more than once"),
+        ] {
+            if let Some(field) = message
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix('`'))
+            {
+                path = path.key(field);
+                message = replacement.to_owned();
+                break;
+            }
         }
         Self::at(origin, &path, position, message)
     }

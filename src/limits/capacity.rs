@@ -69,7 +69,8 @@ impl Wait {
 }
 
 /// The right to make one upstream call. Give it back with [`Capacity::release`] (or
-/// [`Capacity::cancel`] when the call was never made); it cannot be copied.
+/// [`Capacity::cancel`] when the call was never made); it cannot be copied, and dropping it
+/// without giving it back keeps its parallel slot taken.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a permit holds a parallel slot until it is released"]
 pub struct Permit {

@@ -44,7 +44,6 @@ pub const JOB_ID: &str = "Llm-Job-Id";
 /// header name → value. NATS headers may repeat a name; this view keeps one value per name.
 /// Every header is optional, and other headers (`Nats-Msg-Id`, ...) pass through.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(title = "llmbus request headers")]
 pub struct RequestHeaders {
     /// `Bearer <virtual key>`. Required when the gateway has virtual keys; a malformed value
     /// is a 401.
@@ -53,6 +52,7 @@ pub struct RequestHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     #[schemars(regex(pattern = r"^[Bb][Ee][Aa][Rr][Ee][Rr] +[^ ]+ *$"))]
     pub authorization: Option<String>,
     /// The job's deadline in milliseconds from receipt, a positive integer; anything else is a
@@ -62,11 +62,13 @@ pub struct RequestHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     #[schemars(regex(pattern = r"^ *[1-9][0-9]* *$"))]
     pub timeout_ms: Option<String>,
-    /// Comma-separated routing tags (a deployment with `tags` serves only requests that carry
-    /// one of them).
+    /// Comma-separated routing tags, matched against the deployments' `tags` (LiteLLM's tag
+    /// routing).
     #[serde(rename = "Llm-Tags", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub tags: Option<String>,
     /// Comma-separated model groups to try, in order, when the requested one fails.
     #[serde(
@@ -74,6 +76,7 @@ pub struct RequestHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     pub fallbacks: Option<String>,
     /// W3C trace context `00-<trace id>-<parent id>-<flags>`; an invalid value is ignored, as
     /// the W3C recommendation says, and a new trace is started.
@@ -82,6 +85,7 @@ pub struct RequestHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     #[schemars(regex(pattern = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"))]
     pub traceparent: Option<String>,
     /// Any other header, passed along untouched.
@@ -96,7 +100,6 @@ pub struct RequestHeaders {
 /// routing headers. An error reply (body `{"error": ...}`) carries `Llm-Status` with the error
 /// status.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(title = "llmbus reply headers")]
 pub struct ReplyHeaders {
     /// The HTTP-style status of the job: `200`, or the error's status (`400`, `401`, `404`,
     /// `413`, `429`, `500`, `502`, `503`, `504`, ...).
@@ -105,10 +108,12 @@ pub struct ReplyHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     #[schemars(regex(pattern = r"^[1-5][0-9]{2}$"))]
     pub status: Option<String>,
     /// Stream chunks only: 1, 2, 3, ... A gap means a chunk was lost (slow consumer).
     #[serde(rename = "Llm-Seq", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     #[schemars(regex(pattern = r"^[1-9][0-9]*$"))]
     pub seq: Option<String>,
     /// The model group that served the job.
@@ -117,6 +122,7 @@ pub struct ReplyHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     pub model_group: Option<String>,
     /// The deployment that served the job.
     #[serde(
@@ -124,6 +130,7 @@ pub struct ReplyHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     pub deployment: Option<String>,
     /// How many upstream attempts the job took (retries and fallbacks included).
     #[serde(
@@ -131,6 +138,7 @@ pub struct ReplyHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     #[schemars(regex(pattern = r"^[1-9][0-9]*$"))]
     pub attempts: Option<String>,
     /// The job's cost in US dollars, a decimal number.
@@ -139,10 +147,12 @@ pub struct ReplyHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"))]
     pub cost_usd: Option<String>,
     /// `hit` or `miss` when a response cache was consulted.
     #[serde(rename = "Llm-Cache", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     #[schemars(regex(pattern = r"^(hit|miss)$"))]
     pub cache: Option<String>,
     /// The job id that the worker's logs carry.
@@ -151,6 +161,7 @@ pub struct ReplyHeaders {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "String")]
     pub job_id: Option<String>,
     /// Any other header.
     #[serde(flatten)]

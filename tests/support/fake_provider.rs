@@ -46,12 +46,12 @@ use std::{
 use axum::{
     Router,
     body::{Body, Bytes},
-    extract::{Path, Request, State},
+    extract::{ConnectInfo, Path, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::Response,
     routing::post,
 };
-use futures::{SinkExt, channel::mpsc};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -204,6 +204,8 @@ impl Fault {
 /// One request the fake received.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// The client's address: two requests with the same `peer` came on one connection.
+    pub peer: SocketAddr,
     /// `POST`, ...
     pub method: String,
     /// The path, `/v1/chat/completions` or the Azure one.
@@ -281,6 +283,7 @@ impl FakeProvider {
             .expect("fake provider: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("fake provider: local address");
         let server = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let _ = axum::serve(listener, app).await;
         });
         FakeProvider {
@@ -379,12 +382,13 @@ impl Shared {
     }
 
     /// Records a request and wakes the waiters.
-    async fn record(&self, req: Request) -> Recorded {
+    async fn record(&self, peer: SocketAddr, req: Request) -> Recorded {
         let (parts, body) = req.into_parts();
         let bytes = axum::body::to_bytes(body, usize::MAX)
             .await
             .unwrap_or_default();
         let recorded = Recorded {
+            peer,
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().map(str::to_owned),
@@ -430,8 +434,12 @@ impl Shared {
     }
 }
 
-async fn openai_route(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let recorded = shared.record(req).await;
+async fn openai_route(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let recorded = shared.record(peer, req).await;
     let bearer = recorded
         .header("authorization")
         .and_then(|v| v.strip_prefix("Bearer "));
@@ -444,10 +452,11 @@ async fn openai_route(State(shared): State<Arc<Shared>>, req: Request) -> Respon
 
 async fn azure_route(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(deployment): Path<String>,
     req: Request,
 ) -> Response {
-    let recorded = shared.record(req).await;
+    let recorded = shared.record(peer, req).await;
     let has_version = recorded
         .query
         .as_deref()
@@ -464,8 +473,12 @@ async fn azure_route(
     answer(shared, recorded, deployment).await
 }
 
-async fn unknown_route(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    let recorded = shared.record(req).await;
+async fn unknown_route(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let recorded = shared.record(peer, req).await;
     let message = format!("Invalid URL ({} {})", recorded.method, recorded.path);
     json_response(
         404,
@@ -748,7 +761,11 @@ impl Reply {
     }
 
     fn role_chunk(&self) -> Value {
-        let content = if self.tool_call { Value::Null } else { json!("") };
+        let content = if self.tool_call {
+            Value::Null
+        } else {
+            json!("")
+        };
         self.chunk(
             json!({"role": "assistant", "content": content, "refusal": null}),
             Value::Null,
@@ -838,30 +855,33 @@ enum Step {
     Hang,
 }
 
-/// A 200 response whose body plays `steps` from a task (so waits happen between writes).
+/// A 200 response whose body plays `steps` as the server polls it. Each wait (and the moment
+/// before a break) returns `Pending` to the server, which flushes what it has, so the client
+/// really receives everything sent before a break or a silence.
 fn play(shared: Arc<Shared>, content_type: &'static str, steps: Vec<Step>) -> Response {
-    let (mut tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        let broken = || Err(std::io::Error::other("fake provider broke the connection"));
-        for step in steps {
-            let sent = match step {
-                Step::Send(bytes) => tx.send(Ok(bytes)).await,
+    let broken = || std::io::Error::other("fake provider broke the connection");
+    let steps = futures::stream::iter(steps).then(move |step| {
+        let shared = shared.clone();
+        async move {
+            match step {
+                Step::Send(bytes) => Some(Ok(bytes)),
                 Step::Sleep(wait) => {
                     shared.sleep(wait).await;
-                    Ok(())
+                    None
                 }
-                Step::Abort => tx.send(broken()).await,
+                Step::Abort => {
+                    tokio::task::yield_now().await;
+                    Some(Err(broken()))
+                }
                 Step::Hang => {
                     shared.closed().await;
-                    tx.send(broken()).await
+                    Some(Err(broken()))
                 }
-            };
-            if sent.is_err() {
-                return; // the client went away
             }
         }
     });
-    let mut response = Response::new(Body::from_stream(rx));
+    let body = steps.filter_map(futures::future::ready);
+    let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -880,7 +900,10 @@ fn rate_limited(retry_after_secs: u64) -> Response {
     let secs = HeaderValue::from(retry_after_secs);
     headers.insert(header::RETRY_AFTER, secs);
     headers.insert("x-ratelimit-limit-requests", HeaderValue::from_static("3"));
-    headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("0"));
+    headers.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from_static("0"),
+    );
     if let Ok(reset) = HeaderValue::from_str(&format!("{retry_after_secs}s")) {
         headers.insert("x-ratelimit-reset-requests", reset);
     }
