@@ -233,19 +233,6 @@ async fn stream_yields_role_pieces_finish_in_order() {
 }
 
 #[tokio::test]
-async fn finished_streams_give_their_connection_back() {
-    let fake = FakeProvider::start().await;
-    let (provider, ctx) = openai(&fake);
-    for _ in 0..3 {
-        let items = collect(provider.as_ref(), &request(true, false), &ctx).await;
-        assert!(items.iter().all(Result::is_ok));
-    }
-    provider.complete(&request(false, false), &ctx).await.unwrap();
-    let seen = fake.wait_for_requests(4, WAIT).await;
-    assert!(seen.iter().all(|r| r.peer == seen[0].peer), "one pooled connection");
-}
-
-#[tokio::test]
 async fn usage_chunk_comes_only_with_include_usage() {
     let fake = FakeProvider::start().await;
     let (provider, ctx) = openai(&fake);
@@ -553,10 +540,11 @@ async fn connection_refused_is_a_connection_error_without_url() {
 
 #[tokio::test]
 async fn an_upstream_echoing_the_key_does_not_leak_it() {
+    let message = format!("key {KEY} is revoked");
+    let body = json!({"error": {"message": message, "type": "invalid_request_error"}});
     let echo = Fault::Status {
         status: 401,
-        body: json!({"error": {"message": format!("key {KEY} is revoked"), "type": "invalid_request_error"}})
-            .to_string(),
+        body: body.to_string(),
     };
     for err in [complete_err(echo.clone()).await, stream_err(echo).await] {
         assert_eq!(err.class, ErrorClass::Authentication);

@@ -222,11 +222,9 @@ impl DeploymentState {
             match self.capacity.try_acquire(*est_tokens, now) {
                 Ok(permit) => {
                     let (_, reply) = self.waiting.pop_front().expect("front exists");
-                    if let Err(unsent) = reply.send(permit) {
+                    if let Err(ractor::MessagingErr::SendErr(permit)) = reply.send(permit) {
                         // The job went away between the check and the send.
-                        if let ractor::MessagingErr::SendErr(permit) = unsent {
-                            self.capacity.cancel(permit, now);
-                        }
+                        self.capacity.cancel(permit, now);
                     }
                 }
                 Err(wait) => {

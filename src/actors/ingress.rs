@@ -206,10 +206,10 @@ impl Actor for IngressActor {
                     return Ok(());
                 };
                 tracing::error!(error = %err, "a request actor failed");
-                if !job.done.swap(true, Ordering::AcqRel) {
-                    if let Some(reply) = job.reply {
-                        answer_failed_job(&state.ctx.client, reply).await;
-                    }
+                if !job.done.swap(true, Ordering::AcqRel)
+                    && let Some(reply) = job.reply
+                {
+                    answer_failed_job(&state.ctx.client, reply).await;
                 }
             }
             _ => {}

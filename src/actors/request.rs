@@ -500,6 +500,8 @@ impl RequestState {
             failure: Some(e.class),
         });
         drop(call);
+        // Nothing of this attempt reached the client: forget what it buffered.
+        self.out = StreamOut::default();
         tracing::warn!(deployment = %dep.id, class = ?e.class, status = ?e.status, error = %e.message, "upstream attempt failed");
         let panicked = e.status == Some(500) && e.message.contains("(panic)");
         self.last_error = Some(if panicked {

@@ -553,10 +553,7 @@ fn chunks(response: reqwest::Response, key: Option<Secret>) -> ChunkStream {
             match st.events.next().await {
                 Some(Ok(event)) => match chunk_of(&event) {
                     Step::Skip => continue,
-                    Step::Done => {
-                        drain_ready(&mut st.events);
-                        return None;
-                    }
+                    Step::Done => return None,
                     Step::Chunk(chunk) => break Ok(*chunk),
                     Step::Error(err) => break Err(err),
                 },
@@ -576,19 +573,6 @@ fn chunks(response: reqwest::Response, key: Option<Secret>) -> ChunkStream {
         Some((item, st))
     })
     .boxed()
-}
-
-/// Reads what is already buffered after `[DONE]` (normally just the end of the body), without
-/// waiting: a body read to its end lets the connection go back to the pool, a dropped one
-/// closes it.
-fn drain_ready(events: &mut futures::stream::BoxStream<'static, Result<SseEvent, ProviderError>>) {
-    use futures::FutureExt;
-    for _ in 0..8 {
-        match events.next().now_or_never() {
-            Some(Some(_)) => continue,
-            Some(None) | None => return,
-        }
-    }
 }
 
 /// What one SSE event means in an OpenAI stream.
