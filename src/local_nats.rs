@@ -36,16 +36,24 @@ pub enum LocalNatsError {
 pub struct LocalNats {
     port: u16,
     store: PathBuf,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl LocalNats {
     /// Starts `nats-server -a 127.0.0.1 -p <port> -js -sd <store>` and waits until it is ready.
     pub fn start(port: u16, store: &Path) -> Result<Self, LocalNatsError> {
-        let child = spawn(port, store)?;
+        Self::start_with(port, store, &[])
+    }
+
+    /// Like [`LocalNats::start`], with more command-line options (for example `--auth TOKEN`).
+    pub fn start_with(port: u16, store: &Path, args: &[&str]) -> Result<Self, LocalNatsError> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = spawn(port, store, &args)?;
         Ok(Self {
             port,
             store: store.to_path_buf(),
+            args,
             child: Some(child),
         })
     }
@@ -71,7 +79,7 @@ impl LocalNats {
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) -> Result<(), LocalNatsError> {
         self.kill();
-        self.child = Some(spawn(self.port, &self.store)?);
+        self.child = Some(spawn(self.port, &self.store, &self.args)?);
         Ok(())
     }
 }
@@ -89,10 +97,11 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn spawn(port: u16, store: &Path) -> Result<Child, LocalNatsError> {
+fn spawn(port: u16, store: &Path, args: &[String]) -> Result<Child, LocalNatsError> {
     let mut child = Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -140,3 +140,75 @@ async fn a_request_too_large_for_nats_is_refused_clearly_by_the_client() {
     // The worker is unharmed.
     assert_eq!(gw.complete(chat("demo", "hi")).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_panic_inside_one_job_is_answered_with_500_and_harms_no_other_job() {
+    let gw = Gateway::start(
+        r#"
+model_list:
+  - model_name: crash
+    litellm_params: {model: openai/x, mock_response: "llmbus.panic"}
+  - model_name: demo
+    litellm_params: {model: openai/demo, mock_response: "hello there"}
+"#,
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let client = gw.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let model = if i % 2 == 0 { "crash" } else { "demo" };
+            let mut body = chat(model, "x");
+            if i % 4 < 2 {
+                body["stream"] = json!(true);
+                let (msgs, end) = client
+                    .stream(Default::default(), body.to_string().into(), support::gateway::PATIENCE)
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                (model, end.status, msgs.last().map(|m| m.json()))
+            } else {
+                let r = client
+                    .complete(Default::default(), body.to_string().into(), support::gateway::PATIENCE)
+                    .await
+                    .unwrap();
+                (model, r.status, Some(r.json()))
+            }
+        }));
+    }
+    for t in tasks {
+        let (model, status, last) = t.await.unwrap();
+        if model == "crash" {
+            assert_eq!(status, 500);
+            assert_eq!(last.unwrap()["error"]["type"], "api_error");
+        } else {
+            assert_eq!(status, 200);
+        }
+    }
+}
+
+#[tokio::test]
+async fn simulated_upstream_failures_map_to_their_statuses() {
+    let gw = Gateway::start(
+        r#"
+model_list:
+  - model_name: limited
+    litellm_params: {model: openai/x, mock_response: "litellm.RateLimitError"}
+  - model_name: down
+    litellm_params: {model: openai/x, mock_response: "litellm.InternalServerError"}
+  - model_name: denied
+    litellm_params: {model: openai/x, mock_response: "litellm.AuthenticationError"}
+router_settings: {num_retries: 1}
+"#,
+    )
+    .await;
+    let r = gw.complete(chat("limited", "x")).await;
+    assert_error(&r, 429, "rate_limit_error");
+    assert_eq!(r.header("Llm-Attempts"), Some("2"));
+    assert_error(&gw.complete(chat("down", "x")).await, 502, "api_error");
+    let r = gw.complete(chat("denied", "x")).await;
+    assert_error(&r, 401, "authentication_error");
+    assert_eq!(r.header("Llm-Attempts"), Some("1"), "auth failures are not retried");
+}

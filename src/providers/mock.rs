@@ -1,4 +1,5 @@
-//! `mock_response` deployments: answer with a fixed text, no network, no key.
+//! `mock_response` deployments: answer with a fixed text, no network, no key — or, for
+//! LiteLLM's special values such as `litellm.RateLimitError`, fail the way that error would.
 //!
 //! The answer has OpenAI's exact shapes, so everything downstream (usage accounting, cost,
 //! streaming to NATS) runs as it would against a real upstream: a `chat.completion` for a
@@ -7,7 +8,7 @@
 
 use futures::{future::BoxFuture, stream};
 
-use super::{CallContext, ChunkStream, Provider, ProviderError};
+use super::{CallContext, ChunkStream, ErrorClass, Provider, ProviderError};
 use crate::{
     limits::{estimate_prompt_tokens, estimate_text_tokens},
     wire::openai::{
@@ -57,6 +58,33 @@ pub fn pieces(text: &str) -> Vec<&str> {
     out
 }
 
+/// LiteLLM's `mock_response` values that simulate a failure instead of answering, and one of
+/// llmbus's own: `llmbus.panic` makes the adapter panic, to show that a crashing job is
+/// answered with a 500 and harms no other job.
+fn simulated_failure(text: &str) -> Option<ProviderError> {
+    let (class, status, message) = match text {
+        "litellm.RateLimitError" => (ErrorClass::RateLimit, 429, "mock rate limit"),
+        "litellm.InternalServerError" => (ErrorClass::InternalServer, 500, "mock server error"),
+        "litellm.ServiceUnavailableError" => (ErrorClass::InternalServer, 503, "mock overload"),
+        "litellm.Timeout" => (ErrorClass::Timeout, 408, "mock timeout"),
+        "litellm.AuthenticationError" => (ErrorClass::Authentication, 401, "mock auth failure"),
+        "litellm.BadRequestError" => (ErrorClass::BadRequest, 400, "mock bad request"),
+        "litellm.ContextWindowExceededError" => (
+            ErrorClass::ContextWindowExceeded,
+            400,
+            "mock context window exceeded",
+        ),
+        "litellm.ContentPolicyViolationError" => (
+            ErrorClass::ContentPolicyViolation,
+            400,
+            "mock content policy violation",
+        ),
+        "llmbus.panic" => panic!("mock_response asked for a panic (llmbus.panic)"),
+        _ => return None,
+    };
+    Some(ProviderError::new(class, message).with_status(status))
+}
+
 fn completion_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
 }
@@ -67,6 +95,9 @@ impl Provider for MockProvider {
         request: &'a ChatCompletionRequest,
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
+        if let Some(e) = simulated_failure(&self.text) {
+            return Box::pin(async move { Err(e) });
+        }
         let response = ChatCompletionResponse {
             id: completion_id(),
             object: "chat.completion".into(),
@@ -91,6 +122,9 @@ impl Provider for MockProvider {
         request: &'a ChatCompletionRequest,
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+        if let Some(e) = simulated_failure(&self.text) {
+            return Box::pin(async move { Err(e) });
+        }
         let id = completion_id();
         let created = unix_now();
         let chunk = |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {

@@ -16,12 +16,17 @@ impl NatsServer {
     ///
     /// Panics with a clear message when `nats-server` is not on PATH.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with more command-line options (`--auth TOKEN`, `--user U --pass P`).
+    pub fn start_with(args: &[&str]) -> Self {
         let store = tempfile::tempdir().expect("temporary directory for the JetStream store");
         let mut last = None;
         // Another process may take the free port before the server binds it: try a few.
         for _ in 0..5 {
             let port = free_port().expect("a free loopback port");
-            match LocalNats::start(port, store.path()) {
+            match LocalNats::start_with(port, store.path(), args) {
                 Ok(server) => {
                     return Self {
                         server,
@@ -38,6 +43,11 @@ impl NatsServer {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         self.server.url()
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.server.port()
     }
 
     /// A new client connection.

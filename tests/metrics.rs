@@ -1,0 +1,44 @@
+//! Prometheus metrics: after a job, the exporter shows requests by status, latency and
+//! overhead histograms with explicit buckets, tokens and jobs in flight.
+
+mod support;
+
+use llmbus::{local_nats::free_port, telemetry};
+use support::gateway::{Gateway, chat};
+
+#[tokio::test]
+async fn metrics_are_exported_with_buckets() {
+    let port = free_port().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    telemetry::install_metrics(addr).expect("metrics listener");
+    let gw = Gateway::start(
+        r#"
+model_list:
+  - model_name: demo
+    litellm_params: {model: openai/gpt-4o-mini, mock_response: "hello", rpm: 100, api_key: sk-metric-secret}
+"#,
+    )
+    .await;
+    assert_eq!(gw.complete(chat("demo", "hi")).await.status, 200);
+    assert_eq!(gw.complete(chat("nope", "hi")).await.status, 404);
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"llmbus_requests_total{model_group="demo",deployment="demo-1",status="200"} 1"#,
+        r#"llmbus_requests_total{model_group="unknown",deployment="none",status="404"} 1"#,
+        "llmbus_request_duration_seconds_bucket{",
+        "llmbus_overhead_seconds_bucket{le=\"0.0001\"}",
+        "llmbus_upstream_duration_seconds_bucket{",
+        r#"llmbus_prompt_tokens_total{model_group="demo",deployment="demo-1"}"#,
+        "llmbus_spend_usd{",
+        "llmbus_jobs_in_flight",
+        r#"llmbus_deployment_rpm_used{deployment="demo-1"} 1"#,
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    assert!(!text.contains("sk-metric-secret"));
+}
