@@ -295,7 +295,7 @@ fn bad_subject_prefix_names_the_key_and_line() {
     assert_eq!(line, Some(8));
     assert!(message.contains("line 8, column 3"), "{message}");
     assert!(
-        message.contains("`acme.llm` is not a NATS subject token"),
+        message.contains("`acme.*` is not a NATS subject prefix"),
         "{message}"
     );
 }

@@ -130,16 +130,20 @@ impl Checker<'_> {
     fn llmbus(&self, config: &Config) -> Result<(), ConfigError> {
         let l = &config.llmbus;
         let path = KeyPath::root().key("llmbus");
-        for (key, value) in [
-            ("subject_prefix", &l.subject_prefix),
-            ("queue_group", &l.queue_group),
-        ] {
-            if !is_subject_token(value) {
-                let message = format!(
-                    "`{value}` is not a NATS subject token (one non-empty word: no `.`, `*`, `>` or spaces)"
-                );
-                return Err(self.fail(&path.key(key), message));
-            }
+        // A prefix may have several tokens (`acme.llm`); a queue group name is one token.
+        if !l.subject_prefix.split('.').all(is_subject_token) {
+            let message = format!(
+                "`{}` is not a NATS subject prefix (dot-separated non-empty words without `*`, `>` or spaces)",
+                l.subject_prefix
+            );
+            return Err(self.fail(&path.key("subject_prefix"), message));
+        }
+        if !is_subject_token(&l.queue_group) {
+            let message = format!(
+                "`{}` is not a NATS queue group name (one non-empty word: no `.`, `*`, `>` or spaces)",
+                l.queue_group
+            );
+            return Err(self.fail(&path.key("queue_group"), message));
         }
         if l.max_in_flight == 0 {
             return Err(self.fail(&path.key("max_in_flight"), "must be at least 1"));

@@ -603,14 +603,6 @@ fn chunk_of(event: &SseEvent) -> Step {
         Ok(chunk) => Step::Chunk(Box::new(chunk)),
         Err(e) => match serde_json::from_str::<Value>(data) {
             Ok(v) if http::is_error_body(&v) => Step::Error(http::error_from_event(&v)),
-            // vLLM and others send the usage chunk with `"choices": null` or without it.
-            Ok(Value::Object(mut map)) if map.get("choices").is_none_or(Value::is_null) => {
-                map.insert("choices".into(), Value::Array(Vec::new()));
-                match serde_json::from_value(Value::Object(map)) {
-                    Ok(chunk) => Step::Chunk(Box::new(chunk)),
-                    Err(e) => Step::Error(unparsable(&e)),
-                }
-            }
             _ => Step::Error(unparsable(&e)),
         },
     }

@@ -383,7 +383,9 @@ pub struct ChatCompletionChunk {
     pub created: u64,
     /// The upstream model that answers.
     pub model: String,
-    /// Deltas; empty on the usage chunk.
+    /// Deltas; empty on the usage chunk (some servers send `null` or leave it out there,
+    /// which reads as empty).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub choices: Vec<ChunkChoice>,
     /// Present on the last chunk when `stream_options.include_usage` was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -496,6 +498,15 @@ pub struct Model {
     pub created: u64,
     /// Who serves it (`llmbus`).
     pub owned_by: String,
+}
+
+/// Reads `null` as an empty list.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Unix time in whole seconds.
