@@ -544,7 +544,10 @@ fn row(name: &str, s: &Stats) {
         s.errors
     );
     if let Some(e) = &s.first_error {
-        println!("    first error: {}", e.chars().take(200).collect::<String>());
+        println!(
+            "    first error: {}",
+            e.chars().take(200).collect::<String>()
+        );
     }
 }
 
@@ -643,7 +646,11 @@ llmbus:
     println!();
     println!(
         "llmbus load benchmark{} — loopback, {} CPUs, request {} B, reply ≈ {} B, phase {:.1} s",
-        if s.smoke { " (smoke pass: not a measurement)" } else { "" },
+        if s.smoke {
+            " (smoke pass: not a measurement)"
+        } else {
+            ""
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.body.len(),
         client_rt.block_on(async {
@@ -738,7 +745,9 @@ llmbus:
 
     if s.runs("open") {
         println!();
-        println!("gateway, open loop (sends on schedule; latency from the scheduled send, and from the actual send)");
+        println!(
+            "gateway, open loop (sends on schedule; latency from the scheduled send, and from the actual send)"
+        );
         println!(
             "  {:>8} {:>8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}",
             "offered",
@@ -771,7 +780,10 @@ llmbus:
                 run.max_lag.as_secs_f64() * 1e6,
             );
             if let Some(e) = &f.first_error {
-                println!("    first error: {}", e.chars().take(200).collect::<String>());
+                println!(
+                    "    first error: {}",
+                    e.chars().take(200).collect::<String>()
+                );
             }
             // Let the worker drain before the next rate.
             std::thread::sleep(Duration::from_millis(200));
@@ -809,7 +821,10 @@ llmbus:
                 st.total.errors
             );
             if let Some(e) = &st.total.first_error {
-                println!("    first error: {}", e.chars().take(200).collect::<String>());
+                println!(
+                    "    first error: {}",
+                    e.chars().take(200).collect::<String>()
+                );
             }
         }
     }

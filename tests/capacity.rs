@@ -20,11 +20,17 @@ model_list:
     assert_eq!(gw.complete(chat("slow", "first")).await.status, 200);
     let started = Instant::now();
     let r = gw
-        .complete_with(headers(&[("Llm-Timeout-Ms", "400")]), chat("slow", "second"))
+        .complete_with(
+            headers(&[("Llm-Timeout-Ms", "400")]),
+            chat("slow", "second"),
+        )
         .await;
     assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["error"]["type"], "rate_limit_error");
-    assert!(started.elapsed() >= Duration::from_millis(400), "it waited for capacity first");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "it waited for capacity first"
+    );
 }
 
 #[tokio::test]
@@ -72,7 +78,12 @@ llmbus:
 "#,
     )
     .await;
-    assert_eq!(gw.complete(chat("slow", "uses the one request")).await.status, 200);
+    assert_eq!(
+        gw.complete(chat("slow", "uses the one request"))
+            .await
+            .status,
+        200
+    );
     // Two jobs wait for capacity and fill the worker. They are published (not awaited) on
     // the client's connection, so NATS delivers them before the probe sent after them.
     let mut waiting = Vec::new();
@@ -89,7 +100,10 @@ llmbus:
         waiting.push(reader);
     }
     let r = gw
-        .complete_with(headers(&[("Llm-Timeout-Ms", "50")]), chat("slow", "one too many"))
+        .complete_with(
+            headers(&[("Llm-Timeout-Ms", "50")]),
+            chat("slow", "one too many"),
+        )
         .await;
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["error"]["code"], "worker_busy");
@@ -119,7 +133,11 @@ model_list:
             if i % 2 == 0 {
                 body["stream"] = serde_json::json!(true);
                 let (chunks, end) = client
-                    .stream(Default::default(), body.to_string().into(), support::gateway::PATIENCE)
+                    .stream(
+                        Default::default(),
+                        body.to_string().into(),
+                        support::gateway::PATIENCE,
+                    )
                     .await
                     .unwrap()
                     .collect()
@@ -128,7 +146,11 @@ model_list:
                 (end.status, support::gateway::streamed_text(&chunks))
             } else {
                 let r = client
-                    .complete(Default::default(), body.to_string().into(), support::gateway::PATIENCE)
+                    .complete(
+                        Default::default(),
+                        body.to_string().into(),
+                        support::gateway::PATIENCE,
+                    )
                     .await
                     .unwrap();
                 (r.status, support::gateway::content(&r))

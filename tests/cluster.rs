@@ -26,7 +26,11 @@ async fn two_workers_share_the_load_through_the_queue_group() {
     let mut per_worker: HashMap<String, usize> = HashMap::new();
     for i in 0..200 {
         let r = client
-            .complete(Default::default(), chat("demo", &format!("{i}")).to_string().into(), PATIENCE)
+            .complete(
+                Default::default(),
+                chat("demo", &format!("{i}")).to_string().into(),
+                PATIENCE,
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 200);
@@ -42,7 +46,11 @@ async fn two_workers_share_the_load_through_the_queue_group() {
     // With one worker stopped, the other still answers everything.
     for _ in 0..20 {
         let r = client
-            .complete(Default::default(), chat("demo", "x").to_string().into(), PATIENCE)
+            .complete(
+                Default::default(),
+                chat("demo", "x").to_string().into(),
+                PATIENCE,
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 200);

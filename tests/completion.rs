@@ -39,7 +39,12 @@ async fn a_completion_reaches_the_upstream_and_comes_back_unchanged() {
     body["logit_bias"] = json!({"50256": -100});
     body["some_future_field"] = json!({"nested": [1, 2, 3]});
     let reply = gw.complete(body).await;
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let v = reply.json();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(content(&reply), "echo: hello world");
@@ -49,7 +54,10 @@ async fn a_completion_reaches_the_upstream_and_comes_back_unchanged() {
     let seen = fake.last_request().expect("the upstream was called");
     assert_eq!(seen.path, "/v1/chat/completions");
     assert_eq!(seen.model(), Some("gpt-4o-mini"), "provider prefix removed");
-    assert_eq!(seen.header("authorization"), Some("Bearer sk-test-key-0123456789"));
+    assert_eq!(
+        seen.header("authorization"),
+        Some("Bearer sk-test-key-0123456789")
+    );
     assert_eq!(seen.body["temperature"], json!(0.2));
     assert_eq!(seen.body["logit_bias"], json!({"50256": -100}));
     assert_eq!(seen.body["some_future_field"], json!({"nested": [1, 2, 3]}));
@@ -67,10 +75,18 @@ async fn azure_deployments_use_the_deployment_url_and_api_key_header() {
     let fake = FakeProvider::start().await;
     let gw = Gateway::start(&config(&fake)).await;
     let reply = gw.complete(chat("azure-gpt", "hi azure")).await;
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert_eq!(content(&reply), "echo: hi azure");
     let seen = fake.last_request().unwrap();
-    assert_eq!(seen.path, "/openai/deployments/my-gpt4o-deployment/chat/completions");
+    assert_eq!(
+        seen.path,
+        "/openai/deployments/my-gpt4o-deployment/chat/completions"
+    );
     assert_eq!(seen.query.as_deref(), Some("api-version=2024-10-21"));
     assert_eq!(seen.header("api-key"), Some("azure-key-abcdef"));
     assert_eq!(seen.header("authorization"), None);
@@ -97,7 +113,14 @@ async fn a_stream_arrives_in_order_with_llm_seq_and_ends_with_a_sentinel() {
     assert!(sentinel.body.is_empty());
     assert_eq!(sentinel.status, 200);
     assert_eq!(sentinel.header("Llm-Model-Group"), Some("gpt-4o-mini"));
-    assert!(sentinel.header("Llm-Cost-Usd").unwrap().parse::<f64>().unwrap() > 0.0);
+    assert!(
+        sentinel
+            .header("Llm-Cost-Usd")
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            > 0.0
+    );
     // The worker asked for usage anyway, to count the cost.
     let seen = fake.last_request().unwrap();
     assert_eq!(seen.body["stream_options"]["include_usage"], true);
@@ -115,7 +138,10 @@ async fn include_usage_adds_the_usage_chunk_last() {
     let last = chunks.last().unwrap().json();
     assert_eq!(last["choices"], json!([]));
     let usage = &last["usage"];
-    let (p, c) = (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    let (p, c) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
     assert!(p > 0 && c > 0);
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), p + c);
     assert_eq!(streamed_text(&chunks), "echo: count me");
@@ -145,7 +171,10 @@ async fn streamed_tool_call_arguments_arrive_in_their_pieces() {
         }
     }
     assert_eq!(args, TOOL_ARGUMENTS);
-    assert!(fragments > 2, "fragments kept apart, not collapsed: {fragments}");
+    assert!(
+        fragments > 2,
+        "fragments kept apart, not collapsed: {fragments}"
+    );
     // Non-stream: the whole call.
     body["stream"] = json!(false);
     let reply = gw.complete(body).await;
@@ -191,7 +220,10 @@ async fn traceparent_is_propagated_upstream() {
     let gw = Gateway::start(&config(&fake)).await;
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let reply = gw
-        .complete_with(headers(&[("traceparent", tp)]), chat("gpt-4o-mini", "trace me"))
+        .complete_with(
+            headers(&[("traceparent", tp)]),
+            chat("gpt-4o-mini", "trace me"),
+        )
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(fake.last_request().unwrap().header("traceparent"), Some(tp));

@@ -13,10 +13,19 @@ model_list:
 "#;
 
 fn assert_error(reply: &llmbus::client::Reply, status: u16, kind: &str) -> serde_json::Value {
-    assert_eq!(reply.status, status, "body: {}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let v = reply.json();
     assert_eq!(v["error"]["type"], kind, "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     assert!(v["error"].get("param").is_some() && v["error"].get("code").is_some());
     v
 }
@@ -24,9 +33,16 @@ fn assert_error(reply: &llmbus::client::Reply, status: u16, kind: &str) -> serde
 #[tokio::test]
 async fn malformed_json_is_a_400() {
     let gw = Gateway::start(CONFIG).await;
-    let r = gw.complete_raw(b"{\"model\": \"demo\", \"messages\": [").await;
+    let r = gw
+        .complete_raw(b"{\"model\": \"demo\", \"messages\": [")
+        .await;
     let v = assert_error(&r, 400, "invalid_request_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("invalid request body"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid request body")
+    );
     let r = gw.complete_raw(b"").await;
     assert_error(&r, 400, "invalid_request_error");
     let r = gw.complete_raw(b"[1,2,3]").await;
@@ -39,7 +55,13 @@ async fn wrong_field_types_are_a_400_naming_the_field() {
     let mut body = chat("demo", "hi");
     body["temperature"] = json!("hot");
     let v = assert_error(&gw.complete(body).await, 400, "invalid_request_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("invalid type"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type"),
+        "{v}"
+    );
     let body = json!({"model": "demo", "messages": [{"role": "wizard", "content": "hi"}]});
     assert_error(&gw.complete(body).await, 400, "invalid_request_error");
     let body = json!({"model": 42, "messages": [{"role": "user", "content": "hi"}]});
@@ -50,12 +72,17 @@ async fn wrong_field_types_are_a_400_naming_the_field() {
 async fn missing_model_or_messages_is_a_400() {
     let gw = Gateway::start(CONFIG).await;
     let v = assert_error(
-        &gw.complete(json!({"messages": [{"role": "user", "content": "hi"}]})).await,
+        &gw.complete(json!({"messages": [{"role": "user", "content": "hi"}]}))
+            .await,
         400,
         "invalid_request_error",
     );
     assert!(v["error"]["message"].as_str().unwrap().contains("model"));
-    let v = assert_error(&gw.complete(json!({"model": "demo"})).await, 400, "invalid_request_error");
+    let v = assert_error(
+        &gw.complete(json!({"model": "demo"})).await,
+        400,
+        "invalid_request_error",
+    );
     assert!(v["error"]["message"].as_str().unwrap().contains("messages"));
     let v = assert_error(
         &gw.complete(json!({"model": "demo", "messages": []})).await,
@@ -68,7 +95,11 @@ async fn missing_model_or_messages_is_a_400() {
 #[tokio::test]
 async fn an_unknown_model_is_a_404_model_not_found() {
     let gw = Gateway::start(CONFIG).await;
-    let v = assert_error(&gw.complete(chat("gpt-17", "hi")).await, 404, "invalid_request_error");
+    let v = assert_error(
+        &gw.complete(chat("gpt-17", "hi")).await,
+        404,
+        "invalid_request_error",
+    );
     assert_eq!(v["error"]["code"], "model_not_found");
     assert_eq!(v["error"]["param"], "model");
     assert!(v["error"]["message"].as_str().unwrap().contains("gpt-17"));
@@ -81,7 +112,13 @@ async fn a_bad_timeout_header_is_a_400_naming_the_header() {
         .complete_with(headers(&[("Llm-Timeout-Ms", "soon")]), chat("demo", "hi"))
         .await;
     let v = assert_error(&r, 400, "invalid_request_error");
-    assert!(v["error"]["message"].as_str().unwrap().contains("Llm-Timeout-Ms"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Llm-Timeout-Ms"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -110,7 +147,11 @@ async fn bad_input_does_not_harm_other_jobs() {
                 _ => chat("demo", "x").to_string().into_bytes(),
             };
             let r = client
-                .complete(Default::default(), payload.into(), support::gateway::PATIENCE)
+                .complete(
+                    Default::default(),
+                    payload.into(),
+                    support::gateway::PATIENCE,
+                )
                 .await
                 .unwrap();
             (i % 3, r.status)
@@ -162,7 +203,11 @@ model_list:
             if i % 4 < 2 {
                 body["stream"] = json!(true);
                 let (msgs, end) = client
-                    .stream(Default::default(), body.to_string().into(), support::gateway::PATIENCE)
+                    .stream(
+                        Default::default(),
+                        body.to_string().into(),
+                        support::gateway::PATIENCE,
+                    )
                     .await
                     .unwrap()
                     .collect()
@@ -171,7 +216,11 @@ model_list:
                 (model, end.status, msgs.last().map(|m| m.json()))
             } else {
                 let r = client
-                    .complete(Default::default(), body.to_string().into(), support::gateway::PATIENCE)
+                    .complete(
+                        Default::default(),
+                        body.to_string().into(),
+                        support::gateway::PATIENCE,
+                    )
                     .await
                     .unwrap();
                 (model, r.status, Some(r.json()))
@@ -210,5 +259,9 @@ router_settings: {num_retries: 1}
     assert_error(&gw.complete(chat("down", "x")).await, 502, "api_error");
     let r = gw.complete(chat("denied", "x")).await;
     assert_error(&r, 401, "authentication_error");
-    assert_eq!(r.header("Llm-Attempts"), Some("1"), "auth failures are not retried");
+    assert_eq!(
+        r.header("Llm-Attempts"),
+        Some("1"),
+        "auth failures are not retried"
+    );
 }

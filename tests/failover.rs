@@ -36,14 +36,20 @@ async fn a_failing_deployment_is_retried_on_the_other_one() {
         let attempts: u32 = r.header("Llm-Attempts").unwrap().parse().unwrap();
         assert!(attempts == 1 || attempts == 2);
     }
-    assert!(bad.request_count() > 0, "the bad one was tried at least once");
+    assert!(
+        bad.request_count() > 0,
+        "the bad one was tried at least once"
+    );
 }
 
 #[tokio::test]
 async fn a_job_fails_with_502_after_its_retries() {
     let bad = FakeProvider::start().await;
     bad.set_default(Fault::status(503));
-    let yaml = format!("model_list:\n{}router_settings: {{num_retries: 2}}\n", deployment("g", &bad, "only"));
+    let yaml = format!(
+        "model_list:\n{}router_settings: {{num_retries: 2}}\n",
+        deployment("g", &bad, "only")
+    );
     let gw = Gateway::start(&yaml).await;
     let r = gw.complete(chat("g", "x")).await;
     assert_eq!(r.status, 502);
@@ -73,7 +79,9 @@ async fn a_client_error_is_not_retried_and_keeps_its_status() {
 #[tokio::test]
 async fn a_rate_limited_call_is_retried() {
     let fake = FakeProvider::start().await;
-    fake.push(Fault::RateLimited { retry_after_secs: 1 });
+    fake.push(Fault::RateLimited {
+        retry_after_secs: 1,
+    });
     let gw = Gateway::start(&format!("model_list:\n{}", deployment("g", &fake, "d"))).await;
     let r = gw.complete(chat("g", "again")).await;
     assert_eq!(r.status, 200);
@@ -111,7 +119,10 @@ async fn the_llm_fallbacks_header_adds_fallbacks() {
     );
     let gw = Gateway::start(&yaml).await;
     let r = gw
-        .complete_with(headers(&[("Llm-Fallbacks", "nope, spare")]), chat("primary", "x"))
+        .complete_with(
+            headers(&[("Llm-Fallbacks", "nope, spare")]),
+            chat("primary", "x"),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("Llm-Model-Group"), Some("spare"));
@@ -129,7 +140,10 @@ async fn the_requester_gets_a_504_at_its_deadline_when_the_upstream_hangs() {
     let took = started.elapsed();
     assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["error"]["type"], "timeout_error");
-    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
@@ -148,7 +162,10 @@ async fn a_stream_that_breaks_before_its_first_content_fails_over_silently() {
         .iter()
         .filter(|c| c.json()["choices"][0]["delta"]["role"] == "assistant")
         .count();
-    assert_eq!(roles, 1, "the abandoned attempt's role chunk never reached the client");
+    assert_eq!(
+        roles, 1,
+        "the abandoned attempt's role chunk never reached the client"
+    );
 }
 
 #[tokio::test]
@@ -161,7 +178,12 @@ async fn a_stream_that_breaks_after_it_started_ends_with_an_error_and_the_sentin
     let (messages, sentinel) = gw.stream(Default::default(), body).await;
     let last = messages.last().unwrap();
     assert_eq!(last.status, 502);
-    assert!(last.json()["error"]["message"].as_str().unwrap().contains("broke"));
+    assert!(
+        last.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broke")
+    );
     assert!(messages.len() >= 3, "the content chunks came first");
     assert_eq!(sentinel.status, 502);
     assert_eq!(fake.request_count(), 1, "no retry once content went out");
