@@ -407,55 +407,57 @@ struct OpenRun {
 }
 
 /// Sends gateway jobs at `rate` per second for `duration`, on a schedule that does not wait
-/// for replies. A plain thread keeps the schedule (`thread::sleep` is far finer than tokio's
-/// 1 ms timer) and spawns each job onto the client runtime.
+/// for replies. The generator is a task on the client runtime: it sleeps until the next send
+/// is due (tokio's timer has 1 ms ticks, so at high rates it sends the few jobs due in one
+/// tick together) and spawns each job as its own task.
 fn open_loop(rt: &Runtime, load: &Load, rate: u64, duration: Duration) -> OpenRun {
     let n = ((rate as f64 * duration.as_secs_f64()) as u64).clamp(1, MAX_PER_PHASE);
     let period = Duration::from_secs_f64(1.0 / rate as f64);
-    let results: Arc<Mutex<(Stats, Stats)>> = Arc::new(Mutex::new((Stats::new(), Stats::new())));
-    let handle = rt.handle().clone();
-    let start = Instant::now() + Duration::from_millis(5);
-    let mut max_lag = Duration::ZERO;
-    let mut tasks = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let due = start + period.mul_f64(i as f64);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        } else {
-            max_lag = max_lag.max(now - due);
+    let load = load.clone();
+    rt.block_on(async move {
+        let results: Arc<Mutex<(Stats, Stats)>> =
+            Arc::new(Mutex::new((Stats::new(), Stats::new())));
+        let start = Instant::now() + Duration::from_millis(5);
+        let mut max_lag = Duration::ZERO;
+        let mut tasks = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let due = start + period.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep_until(due.into()).await;
+            } else {
+                max_lag = max_lag.max(now - due);
+            }
+            let load = load.clone();
+            let results = results.clone();
+            tasks.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                let r = load.call(Target::Gateway, i as usize).await;
+                let done = Instant::now();
+                let mut g = results.lock().expect("results lock");
+                g.0.record(done - due, r.clone());
+                g.1.record(done - sent, r);
+            }));
         }
-        let load = load.clone();
-        let results = results.clone();
-        tasks.push(handle.spawn(async move {
-            let sent = Instant::now();
-            let r = load.call(Target::Gateway, i as usize).await;
-            let done = Instant::now();
-            let mut g = results.lock().expect("results lock");
-            g.0.record(done - due, r.clone());
-            g.1.record(done - sent, r);
-        }));
-    }
-    rt.block_on(async {
         for t in tasks {
             let _ = t.await;
         }
-    });
-    let elapsed = start.elapsed();
-    let (mut from_schedule, mut from_send) = Arc::try_unwrap(results)
-        .ok()
-        .expect("every task ended")
-        .into_inner()
-        .expect("results lock");
-    from_schedule.elapsed = elapsed;
-    from_send.elapsed = elapsed;
-    OpenRun {
-        offered: rate,
-        sent: n,
-        from_schedule,
-        from_send,
-        max_lag,
-    }
+        let elapsed = start.elapsed();
+        let (mut from_schedule, mut from_send) = Arc::try_unwrap(results)
+            .ok()
+            .expect("every task ended")
+            .into_inner()
+            .expect("results lock");
+        from_schedule.elapsed = elapsed;
+        from_send.elapsed = elapsed;
+        OpenRun {
+            offered: rate,
+            sent: n,
+            from_schedule,
+            from_send,
+            max_lag,
+        }
+    })
 }
 
 /// One streaming measure: first-chunk and total latencies.

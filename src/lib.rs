@@ -55,6 +55,7 @@ pub mod config;
 pub mod limits;
 pub mod local_nats;
 pub mod nats;
+pub mod policy;
 pub mod pricing;
 pub mod providers;
 pub mod telemetry;
