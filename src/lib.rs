@@ -52,6 +52,7 @@
 pub mod actors;
 pub mod client;
 pub mod config;
+pub mod health;
 pub mod limits;
 pub mod local_nats;
 pub mod nats;

@@ -16,11 +16,12 @@ use crate::{
     actors::{
         WorkerContext,
         cost::{CostActor, CostMsg, Spend},
-        deployment::{DeploymentInfo, Live},
+        deployment::{DeploymentInfo, Gossip, Live},
         ingress::{IngressActor, IngressArgs, IngressMsg},
         router::{RouterActor, RouterArgs, RouterMsg},
     },
     config::{Config, ConfigError},
+    policy::Policies,
     pricing, providers,
     wire::Subjects,
 };
@@ -69,15 +70,12 @@ impl Worker {
             .iter()
             .map(|(alias, t)| (alias.clone(), (t.group().to_string(), t.hidden())))
             .collect();
-        let mut fallbacks: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for entry in &config.router_settings.fallbacks {
-            for (group, list) in entry {
-                fallbacks
-                    .entry(group.clone())
-                    .or_default()
-                    .extend(list.iter().cloned());
-            }
-        }
+        let policies = Policies::from_config(config);
+        let gossip = Gossip {
+            client: client.clone(),
+            subjects: subjects.clone(),
+            worker: uuid::Uuid::new_v4().simple().to_string(),
+        };
         let mut handles = Vec::new();
         let (router, h) = Actor::spawn(
             None,
@@ -85,7 +83,11 @@ impl Worker {
             RouterArgs {
                 deployments,
                 aliases,
-                fallbacks,
+                strategy: policies.strategy,
+                tag_filtering: config.router_settings.enable_tag_filtering,
+                pre_call_checks: config.router_settings.enable_pre_call_checks,
+                health: policies.health,
+                gossip: Some(gossip),
             },
         )
         .await
@@ -102,7 +104,8 @@ impl Worker {
             router: router.clone(),
             cost: cost.clone(),
             default_timeout: config.default_timeout(),
-            num_retries: config.num_retries(),
+            retry: policies.retry,
+            fallbacks: policies.fallbacks,
         });
         let (ingress, h) = Actor::spawn(
             None,
@@ -181,12 +184,17 @@ fn deployments(
             upstream_model,
             provider,
             timeout: p.timeout.map(Duration::from_secs_f64),
-            stream_timeout: p.stream_timeout.map(Duration::from_secs_f64),
+            stream_timeout: p
+                .stream_timeout
+                .or(config.router_settings.stream_timeout)
+                .map(Duration::from_secs_f64),
             weight,
             price,
             rpm,
             tpm,
             max_parallel: p.max_parallel_requests,
+            tags: p.tags.clone(),
+            max_input_tokens: entry.model_info.max_input_tokens,
             live: Live::default(),
         }));
     }

@@ -179,7 +179,6 @@ fn full_litellm_config_loads_settings() {
     assert_eq!(l.nats_password.as_ref().unwrap().expose(), "nats-secret");
     assert_eq!(l.subject_prefix, "acme");
     assert_eq!(l.queue_group, "llmbus-prod");
-    assert_eq!(l.http_listen, Some("0.0.0.0:4000".parse().unwrap()));
     assert_eq!(l.metrics_listen, Some("0.0.0.0:9464".parse().unwrap()));
     assert_eq!(l.max_in_flight, 2_048);
 }
@@ -196,7 +195,6 @@ fn full_litellm_config_reports_unsupported_keys_and_missing_variables() {
             "model_list[5].model_info.supports_vision",
             "router_settings.redis_host",
             "router_settings.redis_password",
-            "router_settings.enable_pre_call_checks",
             "litellm_settings.drop_params",
             "litellm_settings.success_callback",
             "litellm_settings.failure_callback",
@@ -206,6 +204,7 @@ fn full_litellm_config_reports_unsupported_keys_and_missing_variables() {
             "general_settings.database_url",
             "general_settings.alerting",
             "environment_variables",
+            "llmbus.http_listen",
         ]
     );
     assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);

@@ -6,6 +6,18 @@
 //!
 //! It supervises the request actors: when one fails (a panic), the job still gets an answer,
 //! a 500, and no other job notices.
+//!
+//! It also owns the worker's way out ([`IngressMsg::Drain`], then [`IngressMsg::CutOff`]):
+//! draining unsubscribes every endpoint and flushes, so that once the drain call returns the
+//! server routes nothing more to this worker (the queue group sends new jobs to the others);
+//! the jobs already delivered to the subscriptions' buffers are still admitted and run.
+//! Cutting off answers every job still running with a 503 (and a sentinel, for streams) and
+//! stops its actor: a job is never left without an answer.
+//!
+//! async-nats caveat: an endpoint can only *unsubscribe* (`Endpoint::stop`), not drain; a job
+//! the server routed here in the instant before it processed the unsubscription (about one
+//! round trip) reaches the connection after the subscription is gone and is dropped by the
+//! client library. Nothing in the worker can see that job.
 
 use std::{
     collections::HashMap,
@@ -13,7 +25,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use async_nats::{
@@ -22,8 +34,10 @@ use async_nats::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::task::JoinHandle;
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
+use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
     WorkerContext,
@@ -31,12 +45,16 @@ use super::{
     router::RouterMsg,
 };
 use crate::{
+    health::{Readiness, State},
     telemetry,
     wire::{ApiError, headers},
 };
 
 /// The name the worker registers under with the NATS services framework.
 pub const SERVICE_NAME: &str = "llmbus";
+
+/// How long leaving the queue group may take (reading the endpoint buffers, then the flush).
+const LEAVE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Ingress's arguments.
 pub struct IngressArgs {
@@ -56,14 +74,39 @@ pub enum IngressMsg {
     Models(Request),
     /// A `llm.deployments` request arrived.
     Deployments(Request),
+    /// Stop taking jobs: unsubscribe every endpoint, admit the jobs already delivered, flush.
+    /// The reply comes once the server routes nothing more to this worker.
+    Drain(RpcReplyPort<Draining>),
+    /// The endpoints are unsubscribed and their buffers read (sent by ingress to itself).
+    Left(RpcReplyPort<Draining>),
+    /// Answer every job still running with a 503 and stop it; replies with the drain's counts.
+    CutOff(RpcReplyPort<DrainCounts>),
+}
+
+/// What [`IngressMsg::Drain`] answers: the jobs in flight, as they change.
+pub struct Draining {
+    /// The number of jobs running; it reaches 0 when the last one has answered.
+    pub in_flight: watch::Receiver<usize>,
+}
+
+/// What [`IngressMsg::CutOff`] answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainCounts {
+    /// Jobs that ran during the drain: those in flight when it began, and those already
+    /// delivered to this worker that it admitted while leaving the queue group.
+    pub jobs: usize,
+    /// Of those, the jobs still running at the cut-off, answered with a 503.
+    pub cut_off: usize,
 }
 
 /// The ingress actor.
 pub struct IngressActor;
 
 struct Running {
+    id: String,
     reply: Option<Subject>,
     done: Arc<AtomicBool>,
+    actor: ActorCell,
 }
 
 /// Ingress's state.
@@ -71,8 +114,15 @@ pub struct IngressState {
     ctx: Arc<WorkerContext>,
     service: Option<Service>,
     readers: Vec<JoinHandle<()>>,
+    /// Set to true to make the readers unsubscribe their endpoints.
+    leave: watch::Sender<bool>,
     max_in_flight: usize,
     running: HashMap<ActorId, Running>,
+    /// `running.len()`, for the drain to wait on and for `$SRV.STATS`.
+    in_flight: watch::Sender<usize>,
+    readiness: Readiness,
+    /// Jobs run since the drain began; `None` while serving.
+    drain_jobs: Option<usize>,
     next_job: u64,
     worker_id: String,
 }
@@ -89,10 +139,24 @@ impl Actor for IngressActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let ctx = args.ctx;
         let subjects = &ctx.subjects;
+        let readiness = Readiness::new();
+        let in_flight = watch::Sender::new(0usize);
+        let stats = {
+            let readiness = readiness.clone();
+            let in_flight = in_flight.subscribe();
+            // `$SRV.STATS` carries the live state (`$SRV.INFO` metadata is fixed at start).
+            move |_endpoint: String, _stats: async_nats::service::endpoint::Stats| {
+                serde_json::json!({
+                    "state": readiness.state().as_str(),
+                    "in_flight": *in_flight.borrow(),
+                })
+            }
+        };
         let service = ctx
             .client
             .service_builder()
             .description("llmbus: an OpenAI-shaped LLM gateway on NATS")
+            .stats_handler(stats)
             .metadata(HashMap::from([
                 ("subject_prefix".to_string(), subjects.prefix().to_string()),
                 ("queue_group".to_string(), args.queue_group.clone()),
@@ -116,25 +180,36 @@ impl Actor for IngressActor {
         let completion = endpoint("completion", subjects.completion()).await?;
         let models = endpoint("models", subjects.models()).await?;
         let deployments = endpoint("deployments", subjects.deployments()).await?;
+        let (leave, _) = watch::channel(false);
         let readers = vec![
-            read(completion, myself.clone(), |r| {
+            read(completion, myself.clone(), leave.subscribe(), |r| {
                 IngressMsg::Completion(r, Instant::now())
             }),
-            read(models, myself.clone(), IngressMsg::Models),
-            read(deployments, myself.clone(), IngressMsg::Deployments),
+            read(models, myself.clone(), leave.subscribe(), IngressMsg::Models),
+            read(
+                deployments,
+                myself.clone(),
+                leave.subscribe(),
+                IngressMsg::Deployments,
+            ),
         ];
         // Make sure the server has our subscriptions before anyone is told we serve.
         ctx.client
             .flush()
             .await
             .map_err(|e| format!("flushing subscriptions: {e}"))?;
+        readiness.set(State::Serving);
         tracing::info!(worker_id = %worker_id, subject = %subjects.completion(), queue_group = %args.queue_group, "worker is serving");
         Ok(IngressState {
             ctx,
             service: Some(service),
             readers,
+            leave,
             max_in_flight: args.max_in_flight,
             running: HashMap::new(),
+            in_flight,
+            readiness,
+            drain_jobs: None,
             next_job: 0,
             worker_id,
         })
@@ -145,6 +220,7 @@ impl Actor for IngressActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.readiness.set(State::Stopped);
         for reader in state.readers.drain(..) {
             reader.abort();
         }
@@ -186,6 +262,23 @@ impl Actor for IngressActor {
                     }
                 });
             }
+            IngressMsg::Drain(reply) => state.drain(&myself, reply),
+            IngressMsg::Left(reply) => {
+                tracing::info!(
+                    jobs_in_flight = state.running.len(),
+                    "left the queue group: new jobs go to the other workers"
+                );
+                let _ = reply.send(Draining {
+                    in_flight: state.in_flight.subscribe(),
+                });
+            }
+            IngressMsg::CutOff(reply) => {
+                let cut_off = state.cut_off().await;
+                let _ = reply.send(DrainCounts {
+                    jobs: state.drain_jobs.unwrap_or(0),
+                    cut_off,
+                });
+            }
         }
         Ok(())
     }
@@ -209,12 +302,12 @@ impl Actor for IngressActor {
                 if !job.done.swap(true, Ordering::AcqRel)
                     && let Some(reply) = job.reply
                 {
-                    answer_failed_job(&state.ctx.client, reply).await;
+                    answer_failed_job(&state.ctx.client, reply, Some(&job.id)).await;
                 }
             }
             _ => {}
         }
-        metrics::gauge!(telemetry::IN_FLIGHT).set(state.running.len() as f64);
+        state.counted();
         Ok(())
     }
 }
@@ -238,7 +331,7 @@ impl IngressState {
         let job = Job {
             request,
             received,
-            id,
+            id: id.clone(),
             done: done.clone(),
         };
         match Actor::spawn_linked(
@@ -250,29 +343,136 @@ impl IngressState {
         .await
         {
             Ok((actor, _)) => {
-                self.running.insert(actor.get_id(), Running { reply, done });
-                metrics::gauge!(telemetry::IN_FLIGHT).set(self.running.len() as f64);
+                if let Some(n) = self.drain_jobs.as_mut() {
+                    *n += 1;
+                }
+                self.running.insert(
+                    actor.get_id(),
+                    Running {
+                        id,
+                        reply,
+                        done,
+                        actor: actor.get_cell(),
+                    },
+                );
+                self.counted();
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not start a request actor");
                 if let Some(reply) = reply {
-                    answer_failed_job(&self.ctx.client, reply).await;
+                    answer_failed_job(&self.ctx.client, reply, Some(&id)).await;
                 }
             }
         }
     }
+
+    /// Publishes the number of running jobs (gauge, drain watchers, `$SRV.STATS`).
+    fn counted(&self) {
+        metrics::gauge!(telemetry::IN_FLIGHT).set(self.running.len() as f64);
+        self.in_flight.send_replace(self.running.len());
+    }
+
+    /// Begins the drain: the readers unsubscribe their endpoints and forward what their
+    /// buffers still hold; once they have ended, a flush makes sure the server has processed
+    /// the unsubscriptions, and `Left` answers `reply`.
+    fn drain(&mut self, myself: &ActorRef<IngressMsg>, reply: RpcReplyPort<Draining>) {
+        if self.drain_jobs.is_some() {
+            let _ = reply.send(Draining {
+                in_flight: self.in_flight.subscribe(),
+            });
+            return;
+        }
+        self.readiness.set(State::Draining);
+        self.drain_jobs = Some(self.running.len());
+        tracing::info!(
+            jobs_in_flight = self.running.len(),
+            "draining: leaving the queue group, finishing the jobs in flight"
+        );
+        self.leave.send_replace(true);
+        let readers = std::mem::take(&mut self.readers);
+        let client = self.ctx.client.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + LEAVE_PATIENCE;
+            for mut reader in readers {
+                if tokio::time::timeout_at(until, &mut reader).await.is_err() {
+                    tracing::warn!("an endpoint reader did not end; dropping it");
+                    reader.abort();
+                }
+            }
+            // Every UNSUB went out before this PING: after the PONG, nothing more is routed here.
+            match tokio::time::timeout_at(until, client.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "flushing the unsubscriptions"),
+                Err(_) => tracing::warn!("flushing the unsubscriptions timed out"),
+            }
+            // Queued behind every job the readers forwarded, so they are all admitted first.
+            let _ = myself.cast(IngressMsg::Left(reply));
+        });
+    }
+
+    /// Answers every job still running with a 503 (and a sentinel) and stops its actor.
+    /// Returns how many jobs were answered so.
+    async fn cut_off(&mut self) -> usize {
+        let mut cut = 0;
+        for (_, job) in self.running.drain() {
+            if !job.done.swap(true, Ordering::AcqRel) {
+                cut += 1;
+                tracing::warn!(job_id = %job.id, "the shutdown grace period ran out: answering 503");
+                if let Some(reply) = job.reply {
+                    let e = ApiError::unavailable(
+                        "the worker stopped before this job finished (its shutdown grace period \
+                         ran out); retry it",
+                    )
+                    .with_code("worker_shutting_down");
+                    answer_job(&self.ctx.client, reply, &e, Some(&job.id)).await;
+                }
+            }
+            job.actor.stop(Some("cut off at shutdown".into()));
+        }
+        if let Err(e) = self.ctx.client.flush().await {
+            tracing::debug!(error = %e, "flushing the cut-off answers");
+        }
+        self.counted();
+        cut
+    }
 }
 
-/// Forwards every request of an endpoint to ingress.
+/// Forwards every request of an endpoint to ingress. When `leave` turns true it unsubscribes
+/// the endpoint, forwards what the subscription's buffer still holds, and ends.
 fn read(
     mut endpoint: async_nats::service::endpoint::Endpoint,
     ingress: ActorRef<IngressMsg>,
+    mut leave: watch::Receiver<bool>,
     wrap: impl Fn(Request) -> IngressMsg + Send + 'static,
 ) -> JoinHandle<()> {
+    enum Step {
+        Leave,
+        Next(Option<Request>),
+    }
     tokio::spawn(async move {
-        while let Some(request) = endpoint.next().await {
-            if ingress.cast(wrap(request)).is_err() {
-                break;
+        let mut left = false;
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = leave.wait_for(|l| *l), if !left => Step::Leave,
+                next = endpoint.next() => Step::Next(next),
+            };
+            match step {
+                Step::Leave => {
+                    left = true;
+                    // Unsubscribes and closes the buffer; what it holds is still read below.
+                    if let Err(e) = endpoint.stop().await {
+                        tracing::warn!(error = %e, "unsubscribing an endpoint");
+                        break;
+                    }
+                }
+                Step::Next(Some(request)) => {
+                    if ingress.cast(wrap(request)).is_err() {
+                        break;
+                    }
+                }
+                Step::Next(None) => break,
             }
         }
     })
@@ -280,10 +480,24 @@ fn read(
 
 /// A job whose actor died before answering: a 500 error body, then a sentinel (so a streaming
 /// requester stops reading too).
-async fn answer_failed_job(client: &async_nats::Client, reply: Subject) {
+async fn answer_failed_job(client: &async_nats::Client, reply: Subject, job_id: Option<&str>) {
     let e = ApiError::internal("internal error while running the job; it was not completed");
+    answer_job(client, reply, &e, job_id).await;
+}
+
+/// Answers a job on ingress's behalf: the error body, then a sentinel (a non-streaming
+/// requester keeps the first message; a streaming one reads to the sentinel).
+async fn answer_job(
+    client: &async_nats::Client,
+    reply: Subject,
+    e: &ApiError,
+    job_id: Option<&str>,
+) {
     let mut h = HeaderMap::new();
-    h.insert(headers::STATUS, "500");
+    h.insert(headers::STATUS, e.status.to_string().as_str());
+    if let Some(id) = job_id {
+        h.insert(headers::JOB_ID, id);
+    }
     let _ = client
         .publish_with_headers(reply.clone(), h.clone(), e.to_json())
         .await;

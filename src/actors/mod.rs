@@ -34,8 +34,10 @@ pub struct WorkerContext {
     pub cost: ActorRef<cost::CostMsg>,
     /// A job's deadline when its request sets none.
     pub default_timeout: Duration,
-    /// Retries within a model group after the first attempt.
-    pub num_retries: u32,
+    /// Retries per error class and back-off.
+    pub retry: crate::policy::retry::RetryPolicy,
+    /// Fallback lists.
+    pub fallbacks: crate::policy::retry::Fallbacks,
     /// The largest message the NATS server takes.
     pub max_payload: usize,
 }
@@ -45,7 +47,7 @@ impl std::fmt::Debug for WorkerContext {
         f.debug_struct("WorkerContext")
             .field("subjects", &self.subjects)
             .field("default_timeout", &self.default_timeout)
-            .field("num_retries", &self.num_retries)
+            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }

@@ -27,10 +27,14 @@ use tracing::Instrument;
 use super::{
     WorkerContext,
     deployment::DeploymentMsg,
-    router::{Route, RouterMsg},
+    router::{Route, RouteError, RouteRequest, RouterMsg},
 };
 use crate::{
     limits::{Permit, estimate_prompt_tokens},
+    policy::{
+        retry::FallbackKind,
+        routing::random,
+    },
     pricing,
     providers::{CallContext, ErrorClass, ProviderError},
     telemetry,
@@ -40,9 +44,6 @@ use crate::{
         openai::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Usage},
     },
 };
-
-/// The most fallback groups one job tries (LiteLLM's `max_fallbacks` default).
-const MAX_FALLBACKS: usize = 5;
 
 /// One job as ingress hands it over.
 pub struct Job {
@@ -80,6 +81,8 @@ pub enum RequestMsg {
         /// Which attempt.
         attempt: u32,
     },
+    /// A back-off before a retry is over.
+    Retry,
     /// The job's deadline passed.
     Deadline,
 }
@@ -110,6 +113,7 @@ struct Call {
     route: Route,
     held: Held,
     started: Instant,
+    first_chunk: Option<Duration>,
     task: JoinHandle<()>,
 }
 
@@ -132,13 +136,22 @@ pub struct RequestState {
     client_wants_usage: bool,
     /// Model groups to try: the requested one, then fallbacks.
     groups: Vec<String>,
-    header_fallbacks: Vec<String>,
+    /// Fallbacks the request itself named (`Llm-Fallbacks`, then the body's `fallbacks`).
+    request_fallbacks: Vec<String>,
+    fallbacks_planned: bool,
+    tags: Vec<String>,
+    prompt_tokens: u64,
     group_index: usize,
     tries_in_group: u32,
     excluded: Vec<String>,
     attempts: u32,
+    /// True while a back-off runs, and for the attempt right after it.
+    waited: bool,
     call: Option<Call>,
     last_error: Option<ApiError>,
+    last_retry_after: Option<Duration>,
+    /// The group the requested model resolved to.
+    first_group: Option<String>,
     served_group: Option<String>,
     upstream_time: Duration,
     out: StreamOut,
@@ -179,13 +192,19 @@ impl Actor for RequestActor {
             stream: false,
             client_wants_usage: false,
             groups: Vec::new(),
-            header_fallbacks: Vec::new(),
+            request_fallbacks: Vec::new(),
+            fallbacks_planned: false,
+            tags: Vec::new(),
+            prompt_tokens: 0,
             group_index: 0,
             tries_in_group: 0,
             excluded: Vec::new(),
             attempts: 0,
+            waited: false,
             call: None,
             last_error: None,
+            last_retry_after: None,
+            first_group: None,
             served_group: None,
             upstream_time: Duration::ZERO,
             out: StreamOut::default(),
@@ -220,6 +239,7 @@ impl Actor for RequestActor {
                 RequestMsg::StreamEnd { attempt } if attempt == state.attempts => {
                     state.end_stream().await
                 }
+                RequestMsg::Retry if state.call.is_none() => state.next_attempt(&myself).await,
                 RequestMsg::Deadline => {
                     let ms = state
                         .deadline
@@ -255,7 +275,8 @@ impl RequestState {
             self.deadline = self.job.received + t;
         }
         self.traceparent = parsed.traceparent;
-        self.header_fallbacks = parsed.fallbacks;
+        self.request_fallbacks = parsed.fallbacks;
+        self.tags = parsed.tags;
         if let Some(tp) = &self.traceparent {
             self.span.record("traceparent", tp.as_str());
             tracing::debug!(traceparent = %tp, "job has a trace context");
@@ -279,6 +300,8 @@ impl RequestState {
                     });
             opts.include_usage = Some(true);
         }
+        self.request_fallbacks.extend(take_body_fallbacks(&mut body));
+        self.prompt_tokens = estimate_prompt_tokens(&body);
         self.groups.push(body.model.clone());
         self.body = Some(Arc::new(body));
         self.next_attempt(myself).await;
@@ -299,45 +322,76 @@ impl RequestState {
             if remaining.is_zero() {
                 return self.fail(deadline_error(self)).await;
             }
-            let exclude = self.excluded.clone();
-            let route = match self
+            let request = RouteRequest {
+                model,
+                exclude: self.excluded.clone(),
+                tags: self.tags.clone(),
+                prompt_tokens: self.prompt_tokens,
+                stream: self.stream,
+            };
+            let routed = self
                 .ctx
                 .router
-                .call(
-                    |reply| RouterMsg::Route {
-                        model: model.clone(),
-                        exclude,
-                        reply,
-                    },
-                    Some(remaining),
-                )
-                .await
-            {
+                .call(|reply| RouterMsg::Route(request, reply), Some(remaining))
+                .await;
+            let route = match routed {
                 Ok(CallResult::Success(Ok(route))) => route,
-                Ok(CallResult::Success(Err(e))) if self.group_index == 0 => {
-                    return self.fail(e).await;
-                }
-                Ok(CallResult::Success(Err(_))) => {
+                Ok(CallResult::Success(Err(RouteError::UnknownModel(e)))) => {
+                    if self.group_index == 0 {
+                        return self.fail(e).await;
+                    }
                     // A fallback group that does not exist: skip it.
                     self.next_group();
                     continue;
                 }
-                Ok(CallResult::Timeout) => return self.fail(deadline_error(self)).await,
-                _ => {
-                    return self
-                        .fail(ApiError::internal("the router is not running"))
-                        .await;
+                Ok(CallResult::Success(Err(RouteError::Unavailable {
+                    group,
+                    error,
+                    retry_in,
+                }))) => {
+                    self.first_group.get_or_insert(group);
+                    self.last_error = Some(error);
+                    // Every deployment is cooling down: wait for the first to come back when
+                    // the retries and the deadline allow it, else fall back.
+                    let retries = self.ctx.retry.retries_for(ErrorClass::RateLimit);
+                    if let Some(wait) = retry_in
+                        && !self.waited
+                        && self.tries_in_group < retries + 1
+                        && self.wait_then_retry(myself, wait)
+                    {
+                        self.tries_in_group += 1;
+                        return;
+                    }
+                    self.exhaust_group(FallbackKind::Generic);
+                    continue;
                 }
+                Ok(CallResult::Success(Err(RouteError::ContextWindow { group, error }))) => {
+                    self.first_group.get_or_insert(group);
+                    self.last_error = Some(error);
+                    self.exhaust_group(FallbackKind::ContextWindow);
+                    continue;
+                }
+                Ok(CallResult::Timeout) => return self.fail(deadline_error(self)).await,
+                _ => return self.fail(ApiError::internal("the router is not running")).await,
             };
-            if self.group_index == 0 && self.groups.len() == 1 {
-                self.plan_fallbacks(&route);
+            self.first_group.get_or_insert_with(|| route.group.clone());
+            if !route.fresh && self.attempts > 0 && !self.waited {
+                // Nothing but the deployment that just failed: back off before trying it again.
+                let jitter = random();
+                let wait = self
+                    .ctx
+                    .retry
+                    .backoff(self.tries_in_group, self.last_retry_after, jitter);
+                if self.wait_then_retry(myself, wait) {
+                    return;
+                }
+                self.exhaust_group(FallbackKind::Generic);
+                continue;
             }
+            self.waited = false;
 
-            let body = self
-                .body
-                .clone()
-                .expect("body parsed before the first attempt");
-            let est_tokens = estimate_prompt_tokens(&body);
+            let body = self.body.clone().expect("body parsed before the first attempt");
+            let est_tokens = self.prompt_tokens;
             let permit = match route
                 .actor
                 .call(
@@ -376,34 +430,51 @@ impl RequestState {
                 route,
                 held,
                 started: Instant::now(),
+                first_chunk: None,
                 task,
             });
             return;
         }
     }
 
-    /// The group's configured fallbacks, then the `Llm-Fallbacks` header's, at most 5.
-    fn plan_fallbacks(&mut self, route: &Route) {
-        let candidates: Vec<String> = route
-            .fallbacks
-            .iter()
-            .chain(self.header_fallbacks.iter())
-            .cloned()
-            .collect();
-        for g in candidates {
-            if self.groups.len() > MAX_FALLBACKS {
-                break;
-            }
-            if g != route.group && !self.groups.contains(&g) {
-                self.groups.push(g);
+    /// Schedules a [`RequestMsg::Retry`] after `wait`, unless that would pass the deadline.
+    fn wait_then_retry(&mut self, myself: &ActorRef<RequestMsg>, wait: Duration) -> bool {
+        if Instant::now() + wait >= self.deadline {
+            return false;
+        }
+        self.waited = true;
+        myself.send_after(wait, || RequestMsg::Retry);
+        true
+    }
+
+    /// The current group is done for: move on to the next, planning the fallbacks when the
+    /// first group is left (by the kind of its last failure).
+    fn exhaust_group(&mut self, kind: FallbackKind) {
+        if !self.fallbacks_planned {
+            self.fallbacks_planned = true;
+            let first = self
+                .first_group
+                .clone()
+                .unwrap_or_else(|| self.groups[0].clone());
+            let planned = self.ctx.fallbacks.for_group(&first, kind);
+            let max = self.ctx.fallbacks.max();
+            for g in planned.into_iter().chain(self.request_fallbacks.clone()) {
+                if self.groups.len() > max {
+                    break;
+                }
+                if g != first && !self.groups.contains(&g) {
+                    self.groups.push(g);
+                }
             }
         }
+        self.next_group();
     }
 
     fn next_group(&mut self) {
         self.group_index += 1;
         self.tries_in_group = 0;
         self.excluded.clear();
+        self.waited = false;
     }
 
     fn spawn_call(
@@ -497,31 +568,29 @@ impl RequestState {
         self.upstream_time += latency;
         let _ = call.route.actor.cast(DeploymentMsg::Outcome {
             latency,
-            failure: Some(e.class),
+            ttft: None,
+            failure: Some((e.class, e.retry_after)),
         });
         drop(call);
         // Nothing of this attempt reached the client: forget what it buffered.
         self.out = StreamOut::default();
         tracing::warn!(deployment = %dep.id, class = ?e.class, status = ?e.status, error = %e.message, "upstream attempt failed");
         let panicked = e.status == Some(500) && e.message.contains("(panic)");
-        self.last_error = Some(if panicked {
-            ApiError::internal(format!(
+        if panicked {
+            let err = ApiError::internal(format!(
                 "internal error while calling deployment `{}`; the job was not completed",
                 dep.id
-            ))
-        } else {
-            upstream_error(&dep.id, &e)
-        });
-        if panicked || !e.is_retryable() {
-            let err = self.last_error.take().expect("just set");
+            ));
             return self.fail(err).await;
         }
-        if self.tries_in_group > self.ctx.num_retries {
-            self.next_group();
-        } else {
+        self.last_error = Some(upstream_error(&dep.id, &e));
+        self.last_retry_after = e.retry_after;
+        if self.tries_in_group <= self.ctx.retry.retries_for(e.class) {
             self.excluded.push(dep.id.clone());
             metrics::counter!(telemetry::RETRIES, "model_group" => dep.model_group.clone())
                 .increment(1);
+        } else {
+            self.exhaust_group(FallbackKind::of(e.class));
         }
         self.next_attempt(myself).await;
     }
@@ -547,6 +616,7 @@ impl RequestState {
         call.held.actual_tokens = Some(usage.total_tokens);
         let _ = call.route.actor.cast(DeploymentMsg::Outcome {
             latency,
+            ttft: None,
             failure: None,
         });
         let cost = self.record_usage(&call.route, &usage);
@@ -569,6 +639,9 @@ impl RequestState {
     }
 
     async fn chunk(&mut self, mut chunk: ChatCompletionChunk) {
+        if let Some(call) = &mut self.call {
+            call.first_chunk.get_or_insert_with(|| call.started.elapsed());
+        }
         if let Some(u) = &chunk.usage {
             self.out.usage = Some(u.clone());
         }
@@ -621,6 +694,7 @@ impl RequestState {
         call.held.actual_tokens = Some(usage.total_tokens);
         let _ = call.route.actor.cast(DeploymentMsg::Outcome {
             latency,
+            ttft: call.first_chunk,
             failure: None,
         });
         let cost = self.record_usage(&call.route, &usage);
@@ -636,7 +710,8 @@ impl RequestState {
         self.upstream_time += latency;
         let _ = call.route.actor.cast(DeploymentMsg::Outcome {
             latency,
-            failure: Some(e.class),
+            ttft: call.first_chunk,
+            failure: Some((e.class, e.retry_after)),
         });
         tracing::warn!(deployment = %call.route.deployment.id, error = %e.message, "stream failed after its first chunk");
         let mut err = upstream_error(&call.route.deployment.id, e);
@@ -767,6 +842,13 @@ impl RequestState {
             |r| r.group.clone(),
         );
         let deployment = route.map_or_else(|| "none".to_string(), |r| r.deployment.id.clone());
+        if self.group_index > 0
+            && let Some(first) = &self.first_group
+        {
+            let result = if status == 200 { "success" } else { "failure" };
+            metrics::counter!(telemetry::FALLBACKS, "model_group" => first.clone(), "result" => result)
+                .increment(1);
+        }
         let status = status.to_string();
         metrics::counter!(telemetry::REQUESTS, "model_group" => group.clone(), "deployment" => deployment.clone(), "status" => status.clone()).increment(1);
         metrics::histogram!(telemetry::REQUEST_SECONDS, "model_group" => group, "status" => status)
@@ -799,6 +881,27 @@ fn parse_body(payload: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
         );
     }
     Ok(body)
+}
+
+/// Removes LiteLLM's client-side `fallbacks` from the body (it must not reach the upstream)
+/// and returns the groups it names: `["a", "b"]` or `[{"group": ["a", "b"]}]`.
+fn take_body_fallbacks(body: &mut ChatCompletionRequest) -> Vec<String> {
+    let Some(value) = body.extra.remove("fallbacks") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in value.as_array().into_iter().flatten() {
+        match item {
+            serde_json::Value::String(g) => out.push(g.clone()),
+            serde_json::Value::Object(map) => {
+                for list in map.values() {
+                    out.extend(list.as_array().into_iter().flatten().filter_map(|g| g.as_str().map(str::to_string)));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 fn deadline_error(state: &RequestState) -> ApiError {

@@ -72,6 +72,18 @@ impl Checker<'_> {
         let r = &config.router_settings;
         let path = KeyPath::root().key("router_settings");
         self.seconds(r.timeout, &path.key("timeout"))?;
+        self.seconds(r.stream_timeout, &path.key("stream_timeout"))?;
+        if let Some(name) = &r.routing_strategy
+            && crate::policy::routing::Strategy::parse(name, 0.0).is_none()
+        {
+            return Err(self.fail(
+                &path.key("routing_strategy"),
+                format!(
+                    "unknown routing strategy `{name}` (llmbus has simple-shuffle, least-busy, \
+                     latency-based-routing, usage-based-routing-v2, cost-based-routing)"
+                ),
+            ));
+        }
         if let Some(secs) = r.cooldown_time
             && !(secs.is_finite() && secs >= 0.0)
         {

@@ -195,6 +195,36 @@ pub struct RouterSettings {
     /// Seconds a deployment stays out of rotation after too many failures (LiteLLM's default is 5).
     #[serde(default)]
     pub cooldown_time: Option<f64>,
+    /// Never cool deployments down.
+    #[serde(default)]
+    pub disable_cooldowns: bool,
+    /// Settings of the routing strategy.
+    #[serde(default)]
+    pub routing_strategy_args: RoutingStrategyArgs,
+    /// Leave out deployments whose `model_info.max_input_tokens` the prompt exceeds.
+    #[serde(default)]
+    pub enable_pre_call_checks: bool,
+    /// Route by the request's `Llm-Tags` and the deployments' `tags`.
+    #[serde(default)]
+    pub enable_tag_filtering: bool,
+    /// The least seconds to wait before a retry that has to wait.
+    #[serde(default)]
+    pub retry_after: Option<f64>,
+    /// Seconds a stream may stay silent between chunks, for deployments that set none.
+    #[serde(default)]
+    pub stream_timeout: Option<f64>,
+}
+
+/// `router_settings.routing_strategy_args`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RoutingStrategyArgs {
+    /// `latency-based-routing`: deployments within this share of the lowest latency (0.1 =
+    /// 10 %) share the load.
+    #[serde(default)]
+    pub lowest_latency_buffer: Option<f64>,
+    /// LiteLLM's window for latency samples, in seconds (llmbus keeps a moving average).
+    #[serde(default)]
+    pub ttl: Option<f64>,
 }
 
 /// `router_settings.retry_policy`: retries per kind of failure, in LiteLLM's key names.
@@ -323,13 +353,13 @@ pub struct LlmbusSettings {
     pub subject_prefix: String,
     /// The queue group the workers share. Default `llmbus`.
     pub queue_group: String,
-    /// Where the OpenAI-compatible HTTP front listens. Unset (the default): no HTTP front.
-    pub http_listen: Option<SocketAddr>,
     /// Where Prometheus scrapes metrics. Default `127.0.0.1:9464`; `null` turns it off.
     pub metrics_listen: Option<SocketAddr>,
     /// Jobs one worker runs at once; past it, a 503. Default 1024.
     #[serde(deserialize_with = "num::int")]
     pub max_in_flight: usize,
+    /// Seconds a stopping worker lets its jobs in flight finish. Default 30.
+    pub shutdown_grace_secs: f64,
 }
 
 impl Default for LlmbusSettings {
@@ -347,9 +377,9 @@ impl Default for LlmbusSettings {
             nats_require_tls: false,
             subject_prefix: "llm".into(),
             queue_group: "llmbus".into(),
-            http_listen: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             max_in_flight: 1024,
+            shutdown_grace_secs: 30.0,
         }
     }
 }

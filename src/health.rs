@@ -1,0 +1,215 @@
+//! Readiness and health: the [`Readiness`] state one worker process reports (`/readyz`, and the
+//! `state` in its `$SRV.STATS` endpoint data), and [`check`], the client side of
+//! `llmbus health`: which llmbus workers answer on a NATS server and whether they serve.
+//!
+//! A worker is *ready* while it takes jobs. It is not ready before its subscriptions are in
+//! place, nor once it drains (after `SIGTERM`), when it has left the queue group and only
+//! finishes the jobs it already has. The services framework fixes `$SRV.INFO` metadata when
+//! the service starts, so the live state travels in the `data` of each endpoint's `$SRV.STATS`
+//! entry: `{"state": "serving" | "draining", "in_flight": <jobs>}`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{Client, StatusCode};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::{actors::ingress::SERVICE_NAME, wire::Subjects};
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not subscribed yet.
+    Starting,
+    /// Taking jobs.
+    Serving,
+    /// Left the queue group; finishing the jobs in flight.
+    Draining,
+    /// Done.
+    Stopped,
+}
+
+impl State {
+    /// `starting`, `serving`, `draining` or `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Serving => "serving",
+            State::Draining => "draining",
+            State::Stopped => "stopped",
+        }
+    }
+
+    fn from_u8(v: u8) -> State {
+        match v {
+            1 => State::Serving,
+            2 => State::Draining,
+            3 => State::Stopped,
+            _ => State::Starting,
+        }
+    }
+}
+
+/// A shared, cheap-to-clone readiness flag: every clone sees the same state.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicU8>);
+
+impl Readiness {
+    /// A new flag in [`State::Starting`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        State::from_u8(self.0.load(Ordering::Acquire))
+    }
+
+    /// Moves to `state`.
+    pub fn set(&self, state: State) {
+        let v = match state {
+            State::Starting => 0,
+            State::Serving => 1,
+            State::Draining => 2,
+            State::Stopped => 3,
+        };
+        self.0.store(v, Ordering::Release);
+    }
+
+    /// True while serving.
+    pub fn is_ready(&self) -> bool {
+        self.state() == State::Serving
+    }
+}
+
+/// What one worker said about itself.
+#[derive(Debug, Clone)]
+pub struct WorkerStatus {
+    /// The service instance id.
+    pub id: String,
+    /// The llmbus version it runs.
+    pub version: String,
+    /// Its state from `$SRV.STATS` (`serving`, `draining`, or `unknown` when it did not say).
+    pub state: String,
+    /// Jobs it runs, when it said.
+    pub in_flight: Option<u64>,
+    /// True when its `$SRV.INFO` lists the completion endpoint of the prefix asked about.
+    pub serves_prefix: bool,
+}
+
+impl WorkerStatus {
+    /// Serves the prefix and takes jobs.
+    pub fn is_ready(&self) -> bool {
+        self.serves_prefix && self.state == State::Serving.as_str()
+    }
+}
+
+/// Asks every llmbus worker on `client`'s server about itself: `$SRV.PING.llmbus` (replies
+/// gathered for up to `wait`, or until `wait / 4` passes without a new one), then each
+/// responder's `$SRV.INFO` and `$SRV.STATS`. An empty list means no worker answered.
+pub async fn check(client: &Client, prefix: &str, wait: Duration) -> Result<Vec<WorkerStatus>, String> {
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("subscribing to a reply inbox: {e}"))?;
+    client
+        .publish_with_reply(format!("$SRV.PING.{SERVICE_NAME}"), inbox, Bytes::new())
+        .await
+        .map_err(|e| format!("sending $SRV.PING.{SERVICE_NAME}: {e}"))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| format!("flushing to NATS: {e}"))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let quiet = wait / 4;
+    let mut ids: Vec<(String, String)> = Vec::new();
+    loop {
+        let until = if ids.is_empty() {
+            deadline
+        } else {
+            (tokio::time::Instant::now() + quiet).min(deadline)
+        };
+        let Ok(Some(msg)) = tokio::time::timeout_at(until, replies.next()).await else {
+            break;
+        };
+        if msg.status == Some(StatusCode::NO_RESPONDERS) {
+            break;
+        }
+        let Ok(pong) = serde_json::from_slice::<Value>(&msg.payload) else {
+            continue;
+        };
+        if let Some(id) = pong["id"].as_str()
+            && !ids.iter().any(|(seen, _)| seen == id)
+        {
+            let version = pong["version"].as_str().unwrap_or_default().to_string();
+            ids.push((id.to_string(), version));
+        }
+    }
+    let completion = Subjects::new(prefix).completion();
+    let mut out = Vec::new();
+    for (id, version) in ids {
+        let info = ask(client, format!("$SRV.INFO.{SERVICE_NAME}.{id}"), wait).await;
+        let stats = ask(client, format!("$SRV.STATS.{SERVICE_NAME}.{id}"), wait).await;
+        let serves_prefix = info.as_ref().is_some_and(|info| {
+            info["metadata"]["subject_prefix"].as_str() == Some(prefix)
+                && endpoints(info).any(|e| e["subject"].as_str() == Some(&completion))
+        });
+        let data = stats.as_ref().and_then(|stats| {
+            endpoints(stats)
+                .find(|e| e["subject"].as_str() == Some(&completion))
+                .map(|e| e["data"].clone())
+        });
+        let state = data
+            .as_ref()
+            .and_then(|d| d["state"].as_str())
+            .unwrap_or("unknown")
+            .to_string();
+        let in_flight = data.as_ref().and_then(|d| d["in_flight"].as_u64());
+        out.push(WorkerStatus {
+            id,
+            version,
+            state,
+            in_flight,
+            serves_prefix,
+        });
+    }
+    Ok(out)
+}
+
+fn endpoints(v: &Value) -> impl Iterator<Item = &Value> {
+    v["endpoints"].as_array().into_iter().flatten()
+}
+
+async fn ask(client: &Client, subject: String, wait: Duration) -> Option<Value> {
+    let reply = tokio::time::timeout(wait, client.request(subject, Bytes::new()))
+        .await
+        .ok()?
+        .ok()?;
+    serde_json::from_slice(&reply.payload).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_is_shared_by_clones() {
+        let r = Readiness::new();
+        let seen = r.clone();
+        assert_eq!(seen.state(), State::Starting);
+        assert!(!seen.is_ready());
+        r.set(State::Serving);
+        assert!(seen.is_ready());
+        r.set(State::Draining);
+        assert_eq!(seen.state().as_str(), "draining");
+        assert!(!seen.is_ready());
+    }
+}
