@@ -89,6 +89,19 @@ impl Readiness {
     }
 }
 
+/// What a worker's drain did (see `Worker::drain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Jobs that ran during the drain: in flight when it began, or already delivered.
+    pub jobs: usize,
+    /// Of those, the jobs that finished with their own answer.
+    pub finished: usize,
+    /// Of those, the jobs still running when the grace period ran out, answered with a 503.
+    pub cut_off: usize,
+    /// How long the drain took.
+    pub took: Duration,
+}
+
 /// What one worker said about itself.
 #[derive(Debug, Clone)]
 pub struct WorkerStatus {
@@ -114,7 +127,11 @@ impl WorkerStatus {
 /// Asks every llmbus worker on `client`'s server about itself: `$SRV.PING.llmbus` (replies
 /// gathered for up to `wait`, or until `wait / 4` passes without a new one), then each
 /// responder's `$SRV.INFO` and `$SRV.STATS`. An empty list means no worker answered.
-pub async fn check(client: &Client, prefix: &str, wait: Duration) -> Result<Vec<WorkerStatus>, String> {
+pub async fn check(
+    client: &Client,
+    prefix: &str,
+    wait: Duration,
+) -> Result<Vec<WorkerStatus>, String> {
     let inbox = client.new_inbox();
     let mut replies = client
         .subscribe(inbox.clone())

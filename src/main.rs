@@ -1,5 +1,10 @@
-//! The `llmbus` command: run a worker (`up`, `serve`) or talk to one (`complete`, `models`,
-//! `deployments`).
+//! The `llmbus` command: run a worker (`up`, `serve`), talk to one (`complete`, `models`,
+//! `deployments`), or check that one serves (`health`).
+//!
+//! A running worker stops on `SIGTERM` or `SIGINT` by draining: it leaves the queue group,
+//! finishes the jobs in flight for up to the grace period (`llmbus.shutdown_grace_secs`, or
+//! `--grace-secs`), answers those still running then with a 503, and exits 0. A second signal
+//! during the drain exits at once, with status 1.
 
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -8,6 +13,7 @@ use llmbus::{
     Worker,
     client::LlmClient,
     config::{Config, Loaded},
+    health::{self, Readiness, State},
     local_nats::LocalNats,
     nats, telemetry,
     wire::{headers, openai::ChatCompletionChunk},
@@ -37,12 +43,30 @@ enum Command {
         /// Where the started nats-server keeps its JetStream data (default: a temp dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Seconds to let jobs in flight finish on SIGTERM/SIGINT (overrides
+        /// llmbus.shutdown_grace_secs, default 30).
+        #[arg(long)]
+        grace_secs: Option<f64>,
     },
     /// Run a worker against an existing NATS server.
     Serve {
         /// A LiteLLM-style config file.
         #[arg(long, short, env = "LLMBUS_CONFIG")]
         config: PathBuf,
+        /// Seconds to let jobs in flight finish on SIGTERM/SIGINT (overrides
+        /// llmbus.shutdown_grace_secs, default 30).
+        #[arg(long)]
+        grace_secs: Option<f64>,
+    },
+    /// Exit 0 when at least one llmbus worker answers on NATS and serves the prefix's
+    /// completion subject (not starting, not draining); non-zero otherwise.
+    Health {
+        /// Subject prefix.
+        #[arg(long, default_value = "llm")]
+        prefix: String,
+        /// How long to wait for workers to answer, in milliseconds.
+        #[arg(long, default_value_t = 2_000)]
+        wait_ms: u64,
     },
     /// Send a chat completion and print the answer as it streams.
     Complete {
@@ -87,8 +111,13 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Up { config, data_dir } => up(cli.nats_url, config, data_dir).await,
-        Command::Serve { config } => serve(cli.nats_url, config).await,
+        Command::Up {
+            config,
+            data_dir,
+            grace_secs,
+        } => up(cli.nats_url, config, data_dir, grace_secs).await,
+        Command::Serve { config, grace_secs } => serve(cli.nats_url, config, grace_secs).await,
+        Command::Health { prefix, wait_ms } => health(cli.nats_url, &prefix, wait_ms).await,
         Command::Complete {
             model,
             no_stream,
@@ -133,28 +162,69 @@ fn load(path: Option<&PathBuf>) -> Result<Config, Box<dyn std::error::Error>> {
     Ok(config)
 }
 
-async fn run_worker(config: Config, client: async_nats::Client) -> Res {
-    if let Some(addr) = config.llmbus.metrics_listen {
-        match telemetry::install_metrics(addr) {
-            Ok(()) => tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics"),
-            Err(e) => tracing::warn!("metrics are off: {e}"),
+/// The shutdown grace period: the flag, else `llmbus.shutdown_grace_secs`.
+fn grace(config: &Config, flag: Option<f64>) -> Result<Duration, String> {
+    let secs = flag.unwrap_or(config.llmbus.shutdown_grace_secs);
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        format!("the shutdown grace period must be a number of seconds >= 0, not {secs}")
+    })
+}
+
+async fn run_worker(config: Config, client: async_nats::Client, grace: Duration) -> Res {
+    // Before the worker says it serves, so that a SIGTERM right after that drains it.
+    let mut signals = Signals::install()?;
+    let readiness = match config.llmbus.metrics_listen {
+        Some(addr) => match telemetry::install_metrics(addr) {
+            Ok(r) => {
+                tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics; /healthz, /readyz");
+                r
+            }
+            Err(e) => {
+                tracing::warn!("metrics are off: {e}");
+                Readiness::new()
+            }
+        },
+        None => Readiness::new(),
+    };
+    let worker = Worker::start(&config, client).await?;
+    readiness.set(State::Serving);
+    let signal = signals.next().await;
+    readiness.set(State::Draining);
+    tracing::info!(
+        signal,
+        grace_secs = grace.as_secs_f64(),
+        "stopping: draining the jobs in flight"
+    );
+    tokio::select! {
+        report = worker.drain(grace) => {
+            readiness.set(State::Stopped);
+            if report.cut_off > 0 {
+                tracing::warn!(cut_off = report.cut_off, "jobs still running after the grace period were answered with a 503");
+            }
+            tracing::info!("stopped");
+            Ok(())
+        }
+        signal = signals.next() => {
+            Err(format!("{signal} during the drain: stopped without finishing the jobs in flight").into())
         }
     }
-    let worker = Worker::start(&config, client).await?;
-    shutdown_signal().await;
-    tracing::info!("stopping");
-    worker.stop().await;
-    Ok(())
 }
 
-async fn serve(url: Option<String>, path: PathBuf) -> Res {
+async fn serve(url: Option<String>, path: PathBuf, grace_secs: Option<f64>) -> Res {
     let config = load(Some(&path))?;
+    let grace = grace(&config, grace_secs)?;
     let client = nats::connect(&config.llmbus, url.as_deref(), "llmbus-worker").await?;
-    run_worker(config, client).await
+    run_worker(config, client, grace).await
 }
 
-async fn up(url: Option<String>, path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Res {
+async fn up(
+    url: Option<String>,
+    path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    grace_secs: Option<f64>,
+) -> Res {
     let config = load(path.as_ref())?;
+    let grace = grace(&config, grace_secs)?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let mut _local = None;
     let mut _temp = None;
@@ -204,7 +274,7 @@ async fn up(url: Option<String>, path: Option<PathBuf>, data_dir: Option<PathBuf
          Ctrl-C stops it.\n",
         groups.join(", ")
     );
-    run_worker(config, client).await
+    run_worker(config, client, grace).await
 }
 
 /// The port of a `nats://127.0.0.1:<port>` or `nats://localhost:<port>` URL.
@@ -218,19 +288,82 @@ fn local_port(url: &str) -> Option<u16> {
     matches!(host, "127.0.0.1" | "localhost" | "[::1]").then_some(port)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT, listened to from the moment they are installed.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term =
+                signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+            let int =
+                signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+            Ok(Self { term, int })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Waits for the next signal and names it.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+}
+
+async fn health(url: Option<String>, prefix: &str, wait_ms: u64) -> Res {
+    let settings = llmbus::config::LlmbusSettings::default();
+    let nats = nats::connect(&settings, url.as_deref(), "llmbus-health").await?;
+    let workers = health::check(&nats, prefix, Duration::from_millis(wait_ms.max(1))).await?;
+    for w in &workers {
+        println!(
+            "{}  llmbus {}  {}  jobs in flight: {}{}",
+            w.id,
+            w.version,
+            w.state,
+            w.in_flight.map_or("?".to_string(), |n| n.to_string()),
+            if w.serves_prefix {
+                String::new()
+            } else {
+                format!("  (does not serve {prefix}.completion)")
+            }
+        );
+    }
+    let ready = workers.iter().filter(|w| w.is_ready()).count();
+    let completion = format!("{prefix}.completion");
+    if ready > 0 {
+        println!(
+            "ready: {ready} of {} llmbus workers serve {completion}",
+            workers.len()
+        );
+        return Ok(());
+    }
+    let at = nats::url(&settings, url.as_deref());
+    if workers.is_empty() {
+        return Err(format!("no llmbus worker answers $SRV.PING.llmbus on {at}").into());
+    }
+    Err(format!(
+        "no llmbus worker is ready to serve {completion} on {at}: {} answer, none serving",
+        workers.len()
+    )
+    .into())
 }
 
 fn completion_body(

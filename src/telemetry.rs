@@ -1,9 +1,14 @@
-//! Logs and metrics: the `tracing` subscriber (text or JSON) and the Prometheus exporter, with
-//! the names of every metric llmbus records in one place.
+//! Logs and metrics: the `tracing` subscriber (text or JSON), the names of every metric llmbus
+//! records in one place, and the worker's small operations HTTP server on
+//! `llmbus.metrics_listen`: `GET /metrics` (Prometheus text), `GET /healthz` (the process is
+//! up) and `GET /readyz` (200 while the worker serves, 503 before it does and while it drains).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use axum::{Router, extract::State as Extract, http::StatusCode, routing::get};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::health::Readiness;
 
 /// Jobs answered, by `model_group`, `deployment` and `status`.
 pub const REQUESTS: &str = "llmbus_requests_total";
@@ -72,9 +77,15 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// Serves Prometheus metrics on `addr` (`GET /metrics`), with explicit histogram buckets.
-pub fn install_metrics(addr: SocketAddr) -> Result<(), String> {
-    let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+/// Installs the Prometheus recorder (explicit histogram buckets) and serves `/metrics`,
+/// `/healthz` and `/readyz` on `addr`. Returns the [`Readiness`] that `/readyz` reports; it
+/// starts in `starting` (503) and the caller moves it on. The server runs on the current Tokio
+/// runtime, or on a thread of its own when there is none.
+pub fn install_metrics(addr: SocketAddr) -> Result<Readiness, String> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("metrics listener on {addr}: {e}"))?;
+    let mut builder = PrometheusBuilder::new();
     for name in [
         REQUEST_SECONDS,
         UPSTREAM_SECONDS,
@@ -85,11 +96,70 @@ pub fn install_metrics(addr: SocketAddr) -> Result<(), String> {
             .set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)
             .map_err(|e| e.to_string())?;
     }
-    builder
-        .install()
-        .map_err(|e| format!("metrics listener on {addr}: {e}"))?;
+    let handle = builder
+        .install_recorder()
+        .map_err(|e| format!("installing the metrics recorder: {e}"))?;
     describe();
-    Ok(())
+    let readiness = Readiness::new();
+    let serve = serve_ops(listener, handle, readiness.clone());
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(serve);
+        }
+        Err(_) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("a runtime for the metrics listener: {e}"))?;
+            std::thread::Builder::new()
+                .name("llmbus-metrics".into())
+                .spawn(move || rt.block_on(serve))
+                .map_err(|e| format!("a thread for the metrics listener: {e}"))?;
+        }
+    }
+    Ok(readiness)
+}
+
+/// Serves the operations endpoints until the process ends, and runs the recorder's upkeep.
+async fn serve_ops(listener: std::net::TcpListener, handle: PrometheusHandle, ready: Readiness) {
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are off: the listener failed");
+            return;
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|Extract(h): Extract<PrometheusHandle>| async move { h.render() }),
+        )
+        .with_state(handle)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|Extract(r): Extract<Readiness>| async move {
+                let state = r.state();
+                let code = if r.is_ready() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (code, format!("{}\n", state.as_str()))
+            }),
+        )
+        .with_state(ready);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
 }
 
 fn describe() {

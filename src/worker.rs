@@ -132,14 +132,68 @@ impl Worker {
         ractor::call!(self.cost, crate::actors::cost::CostMsg::Spend).ok()
     }
 
-    /// Stops taking jobs and stops every actor.
+    /// Stops at once: [`Worker::drain`] without a grace period. The worker leaves the queue
+    /// group (once this returns, the server routes no job here), the jobs still running are
+    /// answered with a 503, and every actor stops.
     pub async fn stop(self) {
+        self.drain(Duration::ZERO).await;
+    }
+
+    /// Stops gracefully. The worker leaves the queue group at once, so the other workers get
+    /// the new jobs; the jobs already delivered to it still run. It waits up to `grace` for
+    /// every job in flight (streams included) to finish; a job still running then is answered
+    /// with a 503 (`worker_shutting_down`; an error chunk and the sentinel for a stream).
+    /// Then every actor stops. Never leaves a job without an answer.
+    pub async fn drain(self, grace: Duration) -> crate::health::DrainReport {
+        use crate::actors::ingress::DrainCounts;
+        let began = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + grace;
+        // Leaving takes one round trip to the server; its own bound is 10 s inside ingress.
+        let counts = match ractor::call_t!(self.ingress, IngressMsg::Drain, 30_000) {
+            Ok(mut draining) => {
+                let idle = tokio::time::timeout_at(
+                    deadline,
+                    draining.in_flight.wait_for(|jobs| *jobs == 0),
+                )
+                .await;
+                if idle.is_err() {
+                    tracing::warn!(
+                        grace_secs = grace.as_secs_f64(),
+                        "the shutdown grace period ran out with jobs still running"
+                    );
+                }
+                ractor::call_t!(self.ingress, IngressMsg::CutOff, 30_000).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "ingress did not answer the cut-off");
+                    DrainCounts::default()
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ingress did not answer the drain");
+                DrainCounts::default()
+            }
+        };
+        let report = crate::health::DrainReport {
+            jobs: counts.jobs,
+            finished: counts.jobs.saturating_sub(counts.cut_off),
+            cut_off: counts.cut_off,
+            took: began.elapsed(),
+        };
+        tracing::info!(
+            jobs = report.jobs,
+            finished = report.finished,
+            cut_off = report.cut_off,
+            took_ms = report.took.as_millis() as u64,
+            "drained: {} jobs finished, {} cut off",
+            report.finished,
+            report.cut_off
+        );
         self.ingress.stop(None);
         self.router.stop(None);
         self.cost.stop(None);
         for h in self.handles {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
+        report
     }
 }
 

@@ -185,7 +185,12 @@ impl Actor for IngressActor {
             read(completion, myself.clone(), leave.subscribe(), |r| {
                 IngressMsg::Completion(r, Instant::now())
             }),
-            read(models, myself.clone(), leave.subscribe(), IngressMsg::Models),
+            read(
+                models,
+                myself.clone(),
+                leave.subscribe(),
+                IngressMsg::Models,
+            ),
             read(
                 deployments,
                 myself.clone(),

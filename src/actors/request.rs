@@ -31,10 +31,7 @@ use super::{
 };
 use crate::{
     limits::{Permit, estimate_prompt_tokens},
-    policy::{
-        retry::FallbackKind,
-        routing::random,
-    },
+    policy::{retry::FallbackKind, routing::random},
     pricing,
     providers::{CallContext, ErrorClass, ProviderError},
     telemetry,
@@ -300,7 +297,8 @@ impl RequestState {
                     });
             opts.include_usage = Some(true);
         }
-        self.request_fallbacks.extend(take_body_fallbacks(&mut body));
+        self.request_fallbacks
+            .extend(take_body_fallbacks(&mut body));
         self.prompt_tokens = estimate_prompt_tokens(&body);
         self.groups.push(body.model.clone());
         self.body = Some(Arc::new(body));
@@ -372,16 +370,20 @@ impl RequestState {
                     continue;
                 }
                 Ok(CallResult::Timeout) => return self.fail(deadline_error(self)).await,
-                _ => return self.fail(ApiError::internal("the router is not running")).await,
+                _ => {
+                    return self
+                        .fail(ApiError::internal("the router is not running"))
+                        .await;
+                }
             };
             self.first_group.get_or_insert_with(|| route.group.clone());
             if !route.fresh && self.attempts > 0 && !self.waited {
                 // Nothing but the deployment that just failed: back off before trying it again.
                 let jitter = random();
-                let wait = self
-                    .ctx
-                    .retry
-                    .backoff(self.tries_in_group, self.last_retry_after, jitter);
+                let wait =
+                    self.ctx
+                        .retry
+                        .backoff(self.tries_in_group, self.last_retry_after, jitter);
                 if self.wait_then_retry(myself, wait) {
                     return;
                 }
@@ -390,7 +392,10 @@ impl RequestState {
             }
             self.waited = false;
 
-            let body = self.body.clone().expect("body parsed before the first attempt");
+            let body = self
+                .body
+                .clone()
+                .expect("body parsed before the first attempt");
             let est_tokens = self.prompt_tokens;
             let permit = match route
                 .actor
@@ -633,14 +638,18 @@ impl RequestState {
             .with_code("reply_too_large");
             return self.fail(e).await;
         }
-        let headers = self.final_headers(200, Some(&call.route), Some(cost));
+        // Settle the capacity before answering, so the next job sees the real usage.
+        let route = call.route.clone();
+        drop(call);
+        let headers = self.final_headers(200, Some(&route), Some(cost));
         self.send_final(payload, headers).await;
-        self.observe(200, Some(&call.route));
+        self.observe(200, Some(&route));
     }
 
     async fn chunk(&mut self, mut chunk: ChatCompletionChunk) {
         if let Some(call) = &mut self.call {
-            call.first_chunk.get_or_insert_with(|| call.started.elapsed());
+            call.first_chunk
+                .get_or_insert_with(|| call.started.elapsed());
         }
         if let Some(u) = &chunk.usage {
             self.out.usage = Some(u.clone());
@@ -698,9 +707,11 @@ impl RequestState {
             failure: None,
         });
         let cost = self.record_usage(&call.route, &usage);
-        let headers = self.final_headers(200, Some(&call.route), Some(cost));
+        let route = call.route.clone();
+        drop(call);
+        let headers = self.final_headers(200, Some(&route), Some(cost));
         self.send_final(Bytes::new(), headers).await;
-        self.observe(200, Some(&call.route));
+        self.observe(200, Some(&route));
     }
 
     /// A committed stream broke: an error body, then the sentinel with the error status.
@@ -895,7 +906,12 @@ fn take_body_fallbacks(body: &mut ChatCompletionRequest) -> Vec<String> {
             serde_json::Value::String(g) => out.push(g.clone()),
             serde_json::Value::Object(map) => {
                 for list in map.values() {
-                    out.extend(list.as_array().into_iter().flatten().filter_map(|g| g.as_str().map(str::to_string)));
+                    out.extend(
+                        list.as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|g| g.as_str().map(str::to_string)),
+                    );
                 }
             }
             _ => {}

@@ -232,7 +232,10 @@ impl Actor for RouterActor {
                 });
             }
             RouterMsg::Remote(event) => {
-                let own = state.gossip.as_ref().is_some_and(|g| g.worker == event.worker);
+                let own = state
+                    .gossip
+                    .as_ref()
+                    .is_some_and(|g| g.worker == event.worker);
                 if !own
                     && state.health.is_some()
                     && let Some(&i) = state.by_id.get(&event.deployment)
@@ -302,7 +305,8 @@ impl RouterState {
             policy: self.health.clone().unwrap_or_default(),
             gossip: self.gossip.clone(),
         };
-        let (actor, _) = Actor::spawn_linked(None, DeploymentActor, args, myself.get_cell()).await?;
+        let (actor, _) =
+            Actor::spawn_linked(None, DeploymentActor, args, myself.get_cell()).await?;
         Ok(actor)
     }
 
@@ -311,7 +315,9 @@ impl RouterState {
             return Some(model);
         }
         let (group, _) = self.aliases.get(model)?;
-        self.groups.contains_key(group.as_str()).then_some(group.as_str())
+        self.groups
+            .contains_key(group.as_str())
+            .then_some(group.as_str())
     }
 
     // The result travels in a message right away; boxing the error would only add an allocation.
@@ -370,7 +376,11 @@ impl RouterState {
                     .copied()
                     .filter(|&i| self.slots[i].info.tags.iter().any(|t| t == "default"))
                     .collect();
-                if defaults.is_empty() { pool.clone() } else { defaults }
+                if defaults.is_empty() {
+                    pool.clone()
+                } else {
+                    defaults
+                }
             } else {
                 pool.iter()
                     .copied()

@@ -165,13 +165,18 @@ impl Health {
         self.outcomes.push_back((now, Some(class)));
         let policy_limit = self.policy.per_class.get(&class).copied();
         let fails = match policy_limit {
-            Some(_) => self.outcomes.iter().filter(|(_, c)| *c == Some(class)).count(),
+            Some(_) => self
+                .outcomes
+                .iter()
+                .filter(|(_, c)| *c == Some(class))
+                .count(),
             None => self.outcomes.iter().filter(|(_, c)| c.is_some()).count(),
         };
         let allowed = policy_limit.unwrap_or(self.policy.allowed_fails) as usize;
         let misconfigured = policy_limit.is_none()
             && matches!(class, ErrorClass::Authentication | ErrorClass::NotFound);
-        let rate_tripped = self.outcomes.len() >= RATE_MIN_REQUESTS && fails * 2 > self.outcomes.len();
+        let rate_tripped =
+            self.outcomes.len() >= RATE_MIN_REQUESTS && fails * 2 > self.outcomes.len();
         let tripped = was_half_open || misconfigured || fails > allowed || rate_tripped;
         let length = match (tripped, retry_after) {
             (true, Some(r)) => self.policy.cooldown.max(r),
@@ -222,19 +227,32 @@ mod tests {
         let mut h = Health::new(HealthPolicy::default());
         let t = Instant::now();
         for i in 0..3 {
-            assert_eq!(h.failure(ErrorClass::InternalServer, None, t), None, "fail {i}");
+            assert_eq!(
+                h.failure(ErrorClass::InternalServer, None, t),
+                None,
+                "fail {i}"
+            );
         }
         assert_eq!(h.state(t), HealthState::Healthy);
-        assert_eq!(h.failure(ErrorClass::InternalServer, None, t), Some(secs(5)));
+        assert_eq!(
+            h.failure(ErrorClass::InternalServer, None, t),
+            Some(secs(5))
+        );
         assert_eq!(h.state(t + secs(1)), HealthState::CoolingDown);
         assert_eq!(h.state(t + secs(5)), HealthState::HalfOpen);
         // The probe fails: a new cooldown at once.
-        assert_eq!(h.failure(ErrorClass::Timeout, None, t + secs(6)), Some(secs(5)));
+        assert_eq!(
+            h.failure(ErrorClass::Timeout, None, t + secs(6)),
+            Some(secs(5))
+        );
         assert_eq!(h.state(t + secs(7)), HealthState::CoolingDown);
         // The next probe succeeds: healthy, old failures forgotten.
         h.success(t + secs(12));
         assert_eq!(h.state(t + secs(12)), HealthState::Healthy);
-        assert_eq!(h.failure(ErrorClass::InternalServer, None, t + secs(13)), None);
+        assert_eq!(
+            h.failure(ErrorClass::InternalServer, None, t + secs(13)),
+            None
+        );
         assert_eq!(h.cooldowns(), 2);
     }
 
@@ -269,7 +287,10 @@ mod tests {
     fn retry_after_keeps_it_cooled_down_at_least_that_long() {
         let mut h = Health::new(HealthPolicy::default());
         let t = Instant::now();
-        assert_eq!(h.failure(ErrorClass::RateLimit, Some(secs(2)), t), Some(secs(2)));
+        assert_eq!(
+            h.failure(ErrorClass::RateLimit, Some(secs(2)), t),
+            Some(secs(2))
+        );
         assert_eq!(h.state(t + secs(1)), HealthState::CoolingDown);
         assert_eq!(h.state(t + secs(2)), HealthState::HalfOpen);
         // Past the threshold, the longer of cooldown_time and Retry-After.
@@ -277,7 +298,10 @@ mod tests {
         for _ in 0..3 {
             h.failure(ErrorClass::InternalServer, None, t);
         }
-        assert_eq!(h.failure(ErrorClass::RateLimit, Some(secs(30)), t), Some(secs(30)));
+        assert_eq!(
+            h.failure(ErrorClass::RateLimit, Some(secs(30)), t),
+            Some(secs(30))
+        );
     }
 
     #[test]
@@ -308,12 +332,19 @@ mod tests {
         let t = Instant::now();
         assert_eq!(h.failure(ErrorClass::RateLimit, None, t), None);
         assert_eq!(h.failure(ErrorClass::InternalServer, None, t), None);
-        assert!(h.failure(ErrorClass::RateLimit, None, t).is_some(), "2 > 1 rate limits");
+        assert!(
+            h.failure(ErrorClass::RateLimit, None, t).is_some(),
+            "2 > 1 rate limits"
+        );
         let mut h = Health::new(HealthPolicy {
             per_class: HashMap::from([(ErrorClass::Authentication, 2)]),
             ..HealthPolicy::default()
         });
-        assert_eq!(h.failure(ErrorClass::Authentication, None, t), None, "policy overrides");
+        assert_eq!(
+            h.failure(ErrorClass::Authentication, None, t),
+            None,
+            "policy overrides"
+        );
     }
 
     #[test]
@@ -323,7 +354,10 @@ mod tests {
         for _ in 0..3 {
             h.failure(ErrorClass::InternalServer, None, t);
         }
-        assert_eq!(h.failure(ErrorClass::InternalServer, None, t + secs(61)), None);
+        assert_eq!(
+            h.failure(ErrorClass::InternalServer, None, t + secs(61)),
+            None
+        );
         assert_eq!(h.window_counts(t + secs(61)), (1, 1));
     }
 }

@@ -48,18 +48,26 @@ impl Policies {
         let ap = &r.allowed_fails_policy;
         let fail_classes = [
             (ErrorClass::BadRequest, ap.bad_request_error_allowed_fails),
-            (ErrorClass::Authentication, ap.authentication_error_allowed_fails),
+            (
+                ErrorClass::Authentication,
+                ap.authentication_error_allowed_fails,
+            ),
             (ErrorClass::Timeout, ap.timeout_error_allowed_fails),
             (ErrorClass::RateLimit, ap.rate_limit_error_allowed_fails),
             (
                 ErrorClass::ContentPolicyViolation,
                 ap.content_policy_violation_error_allowed_fails,
             ),
-            (ErrorClass::InternalServer, ap.internal_server_error_allowed_fails),
+            (
+                ErrorClass::InternalServer,
+                ap.internal_server_error_allowed_fails,
+            ),
         ];
         let known = |list: &[(ErrorClass, Option<u32>)]| -> HashMap<ErrorClass, u32> {
-            let mut map: HashMap<ErrorClass, u32> =
-                list.iter().filter_map(|(c, n)| n.map(|n| (*c, n))).collect();
+            let mut map: HashMap<ErrorClass, u32> = list
+                .iter()
+                .filter_map(|(c, n)| n.map(|n| (*c, n)))
+                .collect();
             // LiteLLM's timeout and server-error classes cover connection errors and broken
             // upstream bodies too.
             if let Some(n) = map.get(&ErrorClass::Timeout).copied() {

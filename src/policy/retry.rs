@@ -75,7 +75,8 @@ impl RetryPolicy {
         let wait = match retry_after {
             Some(r) => r,
             None => {
-                let exp = (INITIAL_DELAY * 2f64.powi(retry.saturating_sub(1) as i32)).min(MAX_DELAY);
+                let exp =
+                    (INITIAL_DELAY * 2f64.powi(retry.saturating_sub(1) as i32)).min(MAX_DELAY);
                 Duration::from_secs_f64(exp * (1.0 - 0.25 * jitter.clamp(0.0, 1.0)))
             }
         };
@@ -126,7 +127,9 @@ impl Fallbacks {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for entry in entries {
             for (group, list) in entry {
-                out.entry(group.clone()).or_default().extend(list.iter().cloned());
+                out.entry(group.clone())
+                    .or_default()
+                    .extend(list.iter().cloned());
             }
         }
         out
@@ -179,7 +182,10 @@ mod tests {
         assert_eq!(p.backoff(2, None, 0.0), Duration::from_secs(1));
         assert_eq!(p.backoff(10, None, 0.0), Duration::from_secs(8));
         assert_eq!(p.backoff(1, None, 1.0), Duration::from_millis(375));
-        assert_eq!(p.backoff(1, Some(Duration::from_secs(3)), 0.5), Duration::from_secs(3));
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(3)), 0.5),
+            Duration::from_secs(3)
+        );
         let p = RetryPolicy {
             min_wait: Duration::from_secs(2),
             ..RetryPolicy::default()
@@ -200,7 +206,10 @@ mod tests {
         assert_eq!(f.for_group("a", FallbackKind::ContextWindow), ["a-long"]);
         assert_eq!(f.for_group("a", FallbackKind::ContentPolicy), ["b"]);
         assert_eq!(f.for_group("x", FallbackKind::Generic), ["d"]);
-        assert_eq!(f.for_group("d", FallbackKind::Generic), Vec::<String>::new());
+        assert_eq!(
+            f.for_group("d", FallbackKind::Generic),
+            Vec::<String>::new()
+        );
         assert_eq!(f.max(), 5);
     }
 }

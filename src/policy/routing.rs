@@ -134,8 +134,14 @@ mod tests {
 
     #[test]
     fn names_parse_as_litellm_spells_them() {
-        assert_eq!(Strategy::parse("simple-shuffle", 0.0), Some(Strategy::SimpleShuffle));
-        assert_eq!(Strategy::parse("usage-based-routing-v2", 0.0), Some(Strategy::LowestUsage));
+        assert_eq!(
+            Strategy::parse("simple-shuffle", 0.0),
+            Some(Strategy::SimpleShuffle)
+        );
+        assert_eq!(
+            Strategy::parse("usage-based-routing-v2", 0.0),
+            Some(Strategy::LowestUsage)
+        );
         assert_eq!(
             Strategy::parse("latency-based-routing", 0.1),
             Some(Strategy::LowestLatency { buffer: 0.1 })
@@ -157,13 +163,21 @@ mod tests {
 
     #[test]
     fn least_busy_takes_the_fewest_in_flight() {
-        let cs = [c(|x| x.in_flight = 3), c(|x| x.in_flight = 1), c(|x| x.in_flight = 2)];
+        let cs = [
+            c(|x| x.in_flight = 3),
+            c(|x| x.in_flight = 1),
+            c(|x| x.in_flight = 2),
+        ];
         assert_eq!(pick(Strategy::LeastBusy, &cs, 0.99), 1);
     }
 
     #[test]
     fn latency_takes_the_fastest_or_one_within_the_buffer() {
-        let cs = [c(|x| x.latency_us = 900), c(|x| x.latency_us = 300), c(|x| x.latency_us = 320)];
+        let cs = [
+            c(|x| x.latency_us = 900),
+            c(|x| x.latency_us = 300),
+            c(|x| x.latency_us = 320),
+        ];
         let s = Strategy::LowestLatency { buffer: 0.0 };
         assert_eq!(pick(s, &cs, 0.99), 1);
         let s = Strategy::LowestLatency { buffer: 0.1 };
@@ -191,7 +205,11 @@ mod tests {
 
     #[test]
     fn cost_takes_the_cheapest_and_unknown_last() {
-        let cs = [c(|x| x.price = None), c(|x| x.price = Some(3e-6)), c(|x| x.price = Some(1e-6))];
+        let cs = [
+            c(|x| x.price = None),
+            c(|x| x.price = Some(3e-6)),
+            c(|x| x.price = Some(1e-6)),
+        ];
         assert_eq!(pick(Strategy::LowestCost, &cs, 0.5), 2);
     }
 }
