@@ -78,6 +78,13 @@ impl<'a> Resolver<'a> {
         self.secret(&mut p.api_key, &path.key("api_key"));
         self.string(&mut p.api_version, &path.key("api_version"));
         self.string(&mut p.organization, &path.key("organization"));
+        self.string(&mut p.vertex_project, &path.key("vertex_project"));
+        self.string(&mut p.vertex_location, &path.key("vertex_location"));
+        self.secret(&mut p.vertex_credentials, &path.key("vertex_credentials"));
+        self.string(&mut p.aws_region_name, &path.key("aws_region_name"));
+        self.secret(&mut p.aws_access_key_id, &path.key("aws_access_key_id"));
+        self.secret(&mut p.aws_secret_access_key, &path.key("aws_secret_access_key"));
+        self.secret(&mut p.aws_session_token, &path.key("aws_session_token"));
         self.map(&mut p.extra_headers, &path.key("extra_headers"));
         Ok(())
     }

@@ -125,6 +125,31 @@ pub struct LitellmParams {
     /// OpenAI organization header.
     #[serde(default)]
     pub organization: Option<String>,
+    /// Drop request parameters the provider does not take instead of refusing the request
+    /// (LiteLLM's `drop_params`); `litellm_settings.drop_params` sets it for every deployment.
+    #[serde(default)]
+    pub drop_params: Option<bool>,
+    /// Vertex AI: the Google Cloud project.
+    #[serde(default)]
+    pub vertex_project: Option<String>,
+    /// Vertex AI: the region (`us-central1`, ...).
+    #[serde(default)]
+    pub vertex_location: Option<String>,
+    /// Vertex AI: a service-account key, as a JSON document or the path of a file holding one.
+    #[serde(default)]
+    pub vertex_credentials: Option<Secret>,
+    /// Bedrock: the AWS region.
+    #[serde(default)]
+    pub aws_region_name: Option<String>,
+    /// Bedrock: the AWS access key id.
+    #[serde(default)]
+    pub aws_access_key_id: Option<Secret>,
+    /// Bedrock: the AWS secret access key.
+    #[serde(default)]
+    pub aws_secret_access_key: Option<Secret>,
+    /// Bedrock: an AWS session token (temporary credentials).
+    #[serde(default)]
+    pub aws_session_token: Option<Secret>,
 }
 
 /// `model_info` of a deployment.
@@ -315,6 +340,9 @@ pub struct LitellmSettings {
     /// Seconds, when `router_settings.timeout` is unset.
     #[serde(default)]
     pub request_timeout: Option<f64>,
+    /// Drop parameters a provider does not take instead of refusing the request.
+    #[serde(default)]
+    pub drop_params: bool,
 }
 
 /// `general_settings`: the keys llmbus honours.

@@ -8,11 +8,19 @@ use std::{sync::Arc, time::Duration};
 
 use futures::{future::BoxFuture, stream::BoxStream};
 
-use crate::wire::openai::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse};
+use crate::wire::openai::{
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest,
+    EmbeddingResponse,
+};
 
+pub mod anthropic;
+pub mod bedrock;
+pub mod cohere;
 pub mod error;
+pub mod gemini;
 pub mod http;
 pub mod mock;
+pub mod ollama;
 pub mod openai_compat;
 pub mod sse;
 
@@ -50,6 +58,28 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         request: &'a ChatCompletionRequest,
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>>;
+
+    /// Embeddings. Providers without an embeddings API keep this default: a 400 saying so.
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse, ProviderError>> {
+        let _ = (request, ctx);
+        Box::pin(async {
+            Err(ProviderError::new(
+                ErrorClass::BadRequest,
+                "this deployment's provider has no embeddings API in llmbus",
+            )
+            .with_status(400))
+        })
+    }
+}
+
+/// The provider prefix of a `litellm_params.model` (`anthropic` for `anthropic/claude-…`),
+/// or `None` for a bare model name (which means OpenAI).
+pub fn prefix(model: &str) -> Option<&str> {
+    model.split_once('/').map(|(p, _)| p)
 }
 
 /// Builds the provider of one deployment from its `litellm_params`.
@@ -65,5 +95,14 @@ pub fn build(
             params.model.clone(),
         ));
     }
-    openai_compat::build(params, http)
+    // Native wire formats first; everything else is the OpenAI-compatible family.
+    match prefix(&params.model) {
+        Some("anthropic") => anthropic::build(params, http),
+        Some("gemini") => gemini::build(params, http),
+        Some("vertex_ai") => gemini::build_vertex(params, http),
+        Some("bedrock") => bedrock::build(params, http),
+        Some("cohere_chat") | Some("cohere") => cohere::build(params, http),
+        Some("ollama") | Some("ollama_chat") => ollama::build(params, http),
+        _ => openai_compat::build(params, http),
+    }
 }

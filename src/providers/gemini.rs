@@ -1,0 +1,27 @@
+//! Google Gemini (`gemini/`) and Vertex AI (`vertex_ai/`).
+//!
+//! Not written yet: building a deployment with this prefix is a configuration error.
+
+use std::sync::Arc;
+
+use super::Provider;
+use crate::config::{ConfigError, LitellmParams};
+
+/// Builds the provider of one deployment.
+pub fn build(
+    params: &LitellmParams,
+    _http: &reqwest::Client,
+) -> Result<(Arc<dyn Provider>, String), ConfigError> {
+    Err(ConfigError::Invalid(format!(
+        "model `{}`: this provider is not supported yet",
+        params.model
+    )))
+}
+
+/// Builds a Vertex AI deployment.
+pub fn build_vertex(
+    params: &LitellmParams,
+    http: &reqwest::Client,
+) -> Result<(Arc<dyn Provider>, String), ConfigError> {
+    build(params, http)
+}
