@@ -460,6 +460,61 @@ fn open_loop(rt: &Runtime, load: &Load, rate: u64, duration: Duration) -> OpenRu
     })
 }
 
+fn open_loop_thread(rt: &Runtime, load: &Load, rate: u64, duration: Duration) -> OpenRun {
+    let n = ((rate as f64 * duration.as_secs_f64()) as u64).clamp(1, MAX_PER_PHASE);
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let min_gap: Duration = Duration::from_micros(
+        std::env::var("GAP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let results: Arc<Mutex<(Stats, Stats)>> = Arc::new(Mutex::new((Stats::new(), Stats::new())));
+    let handle = rt.handle().clone();
+    let start = Instant::now() + Duration::from_millis(5);
+    let mut max_lag = Duration::ZERO;
+    let mut tasks = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let due = start + period.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep((due - now).max(min_gap));
+        } else {
+            max_lag = max_lag.max(now - due);
+        }
+        let load = load.clone();
+        let results = results.clone();
+        tasks.push(handle.spawn(async move {
+            let sent = Instant::now();
+            let r = load.call(Target::Gateway, i as usize).await;
+            let done = Instant::now();
+            let mut g = results.lock().expect("results lock");
+            g.0.record(done - due, r.clone());
+            g.1.record(done - sent, r);
+        }));
+    }
+    rt.block_on(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let elapsed = start.elapsed();
+    let (mut from_schedule, mut from_send) = Arc::try_unwrap(results)
+        .ok()
+        .expect("every task ended")
+        .into_inner()
+        .expect("results lock");
+    from_schedule.elapsed = elapsed;
+    from_send.elapsed = elapsed;
+    OpenRun {
+        offered: rate,
+        sent: n,
+        from_schedule,
+        from_send,
+        max_lag,
+    }
+}
+
 /// One streaming measure: first-chunk and total latencies.
 struct StreamStats {
     first: Stats,
@@ -494,6 +549,37 @@ where
     s.first.elapsed = start.elapsed();
     s.total.elapsed = s.first.elapsed;
     s
+}
+
+/// The `_sum` and `_count` of the worker's latency histograms, added over their label sets,
+/// read from the Prometheus endpoint.
+async fn scrape(http: &reqwest::Client, url: &str) -> Option<BTreeMap<String, f64>> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = key.split('{').next().unwrap_or(key);
+        if (name.ends_with("_sum") || name.ends_with("_count"))
+            && let Ok(v) = value.parse::<f64>()
+        {
+            *out.entry(name.to_string()).or_insert(0.0) += v;
+        }
+    }
+    Some(out)
+}
+
+/// The mean of histogram `name` between two scrapes, in µs.
+fn mean_between(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    name: &str,
+) -> Option<f64> {
+    let d =
+        |k: String| after.get(&k).copied().unwrap_or(0.0) - before.get(&k).copied().unwrap_or(0.0);
+    let count = d(format!("{name}_count"));
+    (count > 0.0).then(|| d(format!("{name}_sum")) / count * 1e6)
 }
 
 fn runtime(name: &str, threads: usize) -> Runtime {
@@ -559,12 +645,13 @@ fn verdict(ok: bool) -> &'static str {
 
 fn main() {
     let settings = Settings::from_env();
-    if settings.telemetry {
+    let metrics_url = settings.telemetry.then(|| {
         llmbus::telemetry::init_logging(llmbus::telemetry::LogFormat::Text);
         let port = free_port().expect("a free port for metrics");
         llmbus::telemetry::install_metrics(([127, 0, 0, 1], port).into())
             .expect("the Prometheus recorder");
-    }
+        format!("http://127.0.0.1:{port}/metrics")
+    });
 
     // The NATS server.
     let store = tempfile::tempdir().expect("a temporary JetStream store");
@@ -695,11 +782,32 @@ llmbus:
         }
     }
     if s.runs("single") {
-        let st = client_rt.block_on(async {
+        let (st, inside) = client_rt.block_on(async {
             sequential(&load, Target::Gateway, s.warmup()).await;
-            sequential(&load, Target::Gateway, s.phase).await
+            let before = match &metrics_url {
+                Some(url) => scrape(&load.http, url).await,
+                None => None,
+            };
+            let st = sequential(&load, Target::Gateway, s.phase).await;
+            let after = match &metrics_url {
+                Some(url) => scrape(&load.http, url).await,
+                None => None,
+            };
+            (st, before.zip(after))
         });
         row("gateway (llmbus)", &st);
+        if let Some((before, after)) = inside {
+            let m = |name| mean_between(&before, &after, name).unwrap_or(f64::NAN);
+            let total = m(llmbus::telemetry::REQUEST_SECONDS);
+            let upstream = m(llmbus::telemetry::UPSTREAM_SECONDS);
+            println!(
+                "    inside the worker (its Prometheus histograms, means): receipt→reply {total:.1} µs \
+                 = upstream call {upstream:.1} µs + llmbus {:.1} µs; the rest of the mean, {:.1} µs, \
+                 is NATS and the client",
+                m(llmbus::telemetry::OVERHEAD_SECONDS),
+                st.mean() - total
+            );
+        }
         singles.insert("gateway", st);
     }
     if let (Some(a), Some(b), Some(g)) = (
@@ -765,7 +873,11 @@ llmbus:
             "max lag"
         );
         for &rate in &s.rates {
-            let run = open_loop(&client_rt, &load, rate, s.phase);
+            let run = if std::env::var("GEN").is_ok() {
+                open_loop_thread(&client_rt, &load, rate, s.phase)
+            } else {
+                open_loop(&client_rt, &load, rate, s.phase)
+            };
             let f = &run.from_schedule;
             println!(
                 "  {:>8} {:>8} {:>9.0} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>9.1}",

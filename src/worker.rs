@@ -206,7 +206,11 @@ fn deployments(
     let mut per_group: BTreeMap<&str, usize> = BTreeMap::new();
     let mut out = Vec::new();
     for entry in &config.model_list {
-        let p = &entry.litellm_params;
+        let mut params = entry.litellm_params.clone();
+        params.drop_params = params
+            .drop_params
+            .or(Some(config.litellm_settings.drop_params));
+        let p = &params;
         let (provider, upstream_model) = providers::build(p, http)?;
         let n = per_group.entry(entry.model_name.as_str()).or_default();
         *n += 1;

@@ -7,6 +7,9 @@
 //! (unknown model, malformed JSON, a stream that fails before it starts), NATS "no responders",
 //! and `llm.models`.
 //!
+//! A second test runs the Python example of `schemas/README.md` as it is written (only its
+//! server URL changed), so the documentation cannot drift from what works.
+//!
 //! It needs `python3` with nats-py (`pip install nats-py`; `.ci/run` installs it). A missing
 //! nats-py fails this test: it is never skipped.
 
@@ -14,7 +17,7 @@ mod support;
 
 use std::{
     io::Read,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -35,13 +38,35 @@ model_list:
       mock_response: "Hello from the mock: several words, ünïcode and  double  spaces."
   - model_name: small
     litellm_params: {model: mock/small, mock_response: "hi"}
+  # The model group the examples of schemas/README.md use.
+  - model_name: gpt-4o-mini
+    litellm_params: {model: mock/gpt-4o-mini, mock_response: "Hello from the README's model."}
 "#;
 
 /// The script's own deadline is 120 s; this one only catches a stuck interpreter.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
 
-fn script() -> std::path::PathBuf {
+fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_test.py")
+}
+
+/// The first ```python block of the "Python (nats-py)" section of `schemas/README.md`.
+fn readme_example() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/README.md"))
+            .expect("schemas/README.md");
+    let section = readme
+        .split("### Python (nats-py)")
+        .nth(1)
+        .expect("a Python (nats-py) section");
+    let code = section
+        .split("```python\n")
+        .nth(1)
+        .expect("a python code block");
+    code.split("```")
+        .next()
+        .expect("a closed block")
+        .to_string()
 }
 
 /// Fails with a clear message when python3 or nats-py is missing.
@@ -125,4 +150,36 @@ async fn nats_py_client_speaks_the_contract() {
         "the script exited 0 without finishing\n{stdout}"
     );
     drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_python_example_runs() {
+    require_nats_py();
+    let gw = Gateway::start(CONFIG).await;
+    let example = readme_example();
+    let default_url = "\"nats://127.0.0.1:4222\"";
+    assert!(
+        example.contains(default_url),
+        "the README example no longer connects to {default_url}: update this test"
+    );
+    let example = example.replace(default_url, &format!("\"{}\"", gw.nats.url()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("readme_example.py");
+    std::fs::write(&path, example).expect("write the example");
+    let url = gw.nats.url();
+    let (ok, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_python(&path, &url, SCRIPT_LIMIT))
+            .await
+            .expect("python runner");
+    assert!(
+        ok,
+        "the README's Python example failed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
+    // complete() prints the answer, stream() prints it again, then its usage and cost.
+    assert_eq!(
+        stdout.matches("Hello from the README's model.").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(stdout.contains(" tokens, $"), "{stdout}");
 }

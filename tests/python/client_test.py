@@ -22,7 +22,7 @@ except ImportError as e:  # tests/python.rs checks this first; a clear message a
 
 # Keep in sync with the config in tests/python.rs.
 MOCK_TEXT = "Hello from the mock: several words, ünïcode and  double  spaces."
-GROUPS = {"demo", "small"}
+GROUPS = {"demo", "small", "gpt-4o-mini"}
 
 # How long any one reply may take, and the overall budget for the whole script.
 PATIENCE = 30.0

@@ -6,3 +6,4 @@
 pub mod fake_provider;
 pub mod gateway;
 pub mod nats_server;
+pub mod worker_process;
