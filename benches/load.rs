@@ -70,6 +70,8 @@ const PATIENCE: Duration = Duration::from_secs(5);
 const TARGET_OVERHEAD_US: f64 = 150.0;
 /// Target: throughput with 64 concurrent clients.
 const TARGET_RPS: f64 = 5000.0;
+/// The open-loop generator's shortest sleep: at most one wake-up per this long.
+const MIN_GAP: Duration = Duration::from_micros(200);
 /// The most requests any one phase sends (a bound on every loop).
 const MAX_PER_PHASE: u64 = 5_000_000;
 
@@ -407,68 +409,13 @@ struct OpenRun {
 }
 
 /// Sends gateway jobs at `rate` per second for `duration`, on a schedule that does not wait
-/// for replies. The generator is a task on the client runtime: it sleeps until the next send
-/// is due (tokio's timer has 1 ms ticks, so at high rates it sends the few jobs due in one
-/// tick together) and spawns each job as its own task.
+/// for replies. A plain thread keeps the schedule (`thread::sleep` is far finer than tokio's
+/// 1 ms timer) and spawns each job onto the client runtime; it wakes at most every
+/// [`MIN_GAP`], sending every job then due, so that at high rates the generator's own wake-ups
+/// do not eat the CPU the gateway needs.
 fn open_loop(rt: &Runtime, load: &Load, rate: u64, duration: Duration) -> OpenRun {
     let n = ((rate as f64 * duration.as_secs_f64()) as u64).clamp(1, MAX_PER_PHASE);
     let period = Duration::from_secs_f64(1.0 / rate as f64);
-    let load = load.clone();
-    rt.block_on(async move {
-        let results: Arc<Mutex<(Stats, Stats)>> =
-            Arc::new(Mutex::new((Stats::new(), Stats::new())));
-        let start = Instant::now() + Duration::from_millis(5);
-        let mut max_lag = Duration::ZERO;
-        let mut tasks = Vec::with_capacity(n as usize);
-        for i in 0..n {
-            let due = start + period.mul_f64(i as f64);
-            let now = Instant::now();
-            if due > now {
-                tokio::time::sleep_until(due.into()).await;
-            } else {
-                max_lag = max_lag.max(now - due);
-            }
-            let load = load.clone();
-            let results = results.clone();
-            tasks.push(tokio::spawn(async move {
-                let sent = Instant::now();
-                let r = load.call(Target::Gateway, i as usize).await;
-                let done = Instant::now();
-                let mut g = results.lock().expect("results lock");
-                g.0.record(done - due, r.clone());
-                g.1.record(done - sent, r);
-            }));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let elapsed = start.elapsed();
-        let (mut from_schedule, mut from_send) = Arc::try_unwrap(results)
-            .ok()
-            .expect("every task ended")
-            .into_inner()
-            .expect("results lock");
-        from_schedule.elapsed = elapsed;
-        from_send.elapsed = elapsed;
-        OpenRun {
-            offered: rate,
-            sent: n,
-            from_schedule,
-            from_send,
-            max_lag,
-        }
-    })
-}
-
-fn open_loop_thread(rt: &Runtime, load: &Load, rate: u64, duration: Duration) -> OpenRun {
-    let n = ((rate as f64 * duration.as_secs_f64()) as u64).clamp(1, MAX_PER_PHASE);
-    let period = Duration::from_secs_f64(1.0 / rate as f64);
-    let min_gap: Duration = Duration::from_micros(
-        std::env::var("GAP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-    );
     let results: Arc<Mutex<(Stats, Stats)>> = Arc::new(Mutex::new((Stats::new(), Stats::new())));
     let handle = rt.handle().clone();
     let start = Instant::now() + Duration::from_millis(5);
@@ -478,7 +425,7 @@ fn open_loop_thread(rt: &Runtime, load: &Load, rate: u64, duration: Duration) ->
         let due = start + period.mul_f64(i as f64);
         let now = Instant::now();
         if due > now {
-            std::thread::sleep((due - now).max(min_gap));
+            std::thread::sleep((due - now).max(MIN_GAP));
         } else {
             max_lag = max_lag.max(now - due);
         }
@@ -686,17 +633,19 @@ llmbus:
         let client = async_nats::connect(&url).await.expect("worker connects");
         Worker::start(&config, client).await.expect("worker starts")
     });
-    let echo = gw_rt.block_on(async {
+    // Floor A's responder lives on the gateway's runtime, as the worker would.
+    let (nc, mut sub) = gw_rt.block_on(async {
         let nc = async_nats::connect(&url).await.expect("echo connects");
-        let mut sub = nc.subscribe(ECHO_SUBJECT).await.expect("echo subscribes");
+        let sub = nc.subscribe(ECHO_SUBJECT).await.expect("echo subscribes");
         nc.flush().await.expect("echo flushes");
-        tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                if let Some(reply) = m.reply {
-                    let _ = nc.publish(reply, m.payload).await;
-                }
+        (nc, sub)
+    });
+    let echo = gw_rt.spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Some(reply) = m.reply {
+                let _ = nc.publish(reply, m.payload).await;
             }
-        })
+        }
     });
     let load = client_rt.block_on(async {
         let mut clients = Vec::new();
@@ -873,11 +822,7 @@ llmbus:
             "max lag"
         );
         for &rate in &s.rates {
-            let run = if std::env::var("GEN").is_ok() {
-                open_loop_thread(&client_rt, &load, rate, s.phase)
-            } else {
-                open_loop(&client_rt, &load, rate, s.phase)
-            };
+            let run = open_loop(&client_rt, &load, rate, s.phase);
             let f = &run.from_schedule;
             println!(
                 "  {:>8} {:>8} {:>9.0} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>9.1}",

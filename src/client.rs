@@ -146,6 +146,17 @@ impl LlmClient {
             .await
     }
 
+    /// Embeddings: `body` is the OpenAI embeddings request JSON.
+    pub async fn embed(
+        &self,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        self.request(self.subjects.embedding(), headers, body, timeout)
+            .await
+    }
+
     /// Starts a streaming completion; read it with [`ChunkReader::next`]. `stall` bounds the
     /// wait for each message.
     pub async fn stream(

@@ -46,6 +46,10 @@ static TABLE: &[(&str, Price)] = &[
     ("gpt-4o-2024-05-13", per_m(5.00, None, 15.00)),
     ("gpt-4o-mini", per_m(0.15, Some(0.075), 0.60)),
     ("gpt-4.1", per_m(2.00, Some(0.50), 8.00)),
+    // OpenAI embeddings (https://platform.openai.com/docs/pricing, "Embeddings"): input only.
+    ("text-embedding-3-small", per_m(0.02, None, 0.0)),
+    ("text-embedding-3-large", per_m(0.13, None, 0.0)),
+    ("text-embedding-ada-002", per_m(0.10, None, 0.0)),
     ("gpt-4.1-mini", per_m(0.40, Some(0.10), 1.60)),
     ("gpt-4.1-nano", per_m(0.10, Some(0.025), 0.40)),
     ("gpt-5", per_m(1.25, Some(0.125), 10.00)),

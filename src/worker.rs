@@ -151,12 +151,14 @@ impl Worker {
         // Leaving takes one round trip to the server; its own bound is 10 s inside ingress.
         let counts = match ractor::call_t!(self.ingress, IngressMsg::Drain, 30_000) {
             Ok(mut draining) => {
+                // `is_ok` drops the watch's read guard at once: ingress writes to it.
                 let idle = tokio::time::timeout_at(
                     deadline,
                     draining.in_flight.wait_for(|jobs| *jobs == 0),
                 )
-                .await;
-                if idle.is_err() {
+                .await
+                .is_ok();
+                if !idle {
                     tracing::warn!(
                         grace_secs = grace.as_secs_f64(),
                         "the shutdown grace period ran out with jobs still running"

@@ -60,11 +60,13 @@ impl Line {
     }
 }
 
-/// A running child whose stdout and stderr lines arrive on a channel; killed when dropped.
+/// A running child whose stdout and stderr lines arrive on a channel; killed when dropped,
+/// with the processes it started that are registered in `also_kill`.
 struct Running {
     child: Child,
     lines: mpsc::Receiver<Line>,
     seen: Vec<Line>,
+    also_kill: Vec<u32>,
 }
 
 impl Running {
@@ -79,6 +81,7 @@ impl Running {
             child,
             lines,
             seen: Vec::new(),
+            also_kill: Vec::new(),
         }
     }
 
@@ -160,6 +163,17 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A SIGKILLed `up` cannot stop its nats-server: do it here (a test that failed midway).
+        for pid in &self.also_kill {
+            #[cfg(target_os = "linux")]
+            if !alive(*pid) {
+                continue;
+            }
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -303,7 +317,10 @@ fn up_starts_nats_and_a_worker_and_stops_both_on_sigterm() {
         .unwrap_or_else(|| panic!("no nats-server process with -p {port}\n{}", up.transcript()));
 
     #[cfg(target_os = "linux")]
-    assert!(alive(nats_pid), "pid {nats_pid} is not a live process");
+    {
+        assert!(alive(nats_pid), "pid {nats_pid} is not a live process");
+        up.also_kill.push(nats_pid);
+    }
 
     let answers = quickstart_answers();
 

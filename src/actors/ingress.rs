@@ -41,7 +41,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
     WorkerContext,
-    request::{Job, RequestActor},
+    request::{Job, JobKind, RequestActor},
     router::RouterMsg,
 };
 use crate::{
@@ -70,6 +70,8 @@ pub struct IngressArgs {
 pub enum IngressMsg {
     /// A completion job arrived.
     Completion(Request, Instant),
+    /// An embeddings job arrived.
+    Embedding(Request, Instant),
     /// A `llm.models` request arrived.
     Models(Request),
     /// A `llm.deployments` request arrived.
@@ -178,12 +180,16 @@ impl Actor for IngressActor {
             }
         };
         let completion = endpoint("completion", subjects.completion()).await?;
+        let embedding = endpoint("embedding", subjects.embedding()).await?;
         let models = endpoint("models", subjects.models()).await?;
         let deployments = endpoint("deployments", subjects.deployments()).await?;
         let (leave, _) = watch::channel(false);
         let readers = vec![
             read(completion, myself.clone(), leave.subscribe(), |r| {
                 IngressMsg::Completion(r, Instant::now())
+            }),
+            read(embedding, myself.clone(), leave.subscribe(), |r| {
+                IngressMsg::Embedding(r, Instant::now())
             }),
             read(
                 models,
@@ -243,7 +249,14 @@ impl Actor for IngressActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             IngressMsg::Completion(request, received) => {
-                state.admit(&myself, request, received).await;
+                state
+                    .admit(&myself, JobKind::Completion, request, received)
+                    .await;
+            }
+            IngressMsg::Embedding(request, received) => {
+                state
+                    .admit(&myself, JobKind::Embedding, request, received)
+                    .await;
             }
             IngressMsg::Models(request) => {
                 let router = state.ctx.router.clone();
@@ -318,7 +331,13 @@ impl Actor for IngressActor {
 }
 
 impl IngressState {
-    async fn admit(&mut self, myself: &ActorRef<IngressMsg>, request: Request, received: Instant) {
+    async fn admit(
+        &mut self,
+        myself: &ActorRef<IngressMsg>,
+        kind: JobKind,
+        request: Request,
+        received: Instant,
+    ) {
         if self.running.len() >= self.max_in_flight {
             metrics::counter!(telemetry::REJECTED).increment(1);
             let e = ApiError::unavailable(format!(
@@ -334,6 +353,7 @@ impl IngressState {
         let done = Arc::new(AtomicBool::new(false));
         let reply = request.message.reply.clone();
         let job = Job {
+            kind,
             request,
             received,
             id: id.clone(),

@@ -30,7 +30,7 @@ use super::{
     router::{Route, RouteError, RouteRequest, RouterMsg},
 };
 use crate::{
-    limits::{Permit, estimate_prompt_tokens},
+    limits::{Permit, estimate_prompt_tokens, estimate_text_tokens},
     policy::{retry::FallbackKind, routing::random},
     pricing,
     providers::{CallContext, ErrorClass, ProviderError},
@@ -38,12 +38,33 @@ use crate::{
     wire::{
         ApiError,
         headers::{self, RequestHeaders},
-        openai::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Usage},
+        openai::{
+            ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest,
+            EmbeddingResponse, Usage,
+        },
     },
 };
 
+/// What a job asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// A chat completion (`llm.completion`).
+    Completion,
+    /// Embeddings (`llm.embedding`).
+    Embedding,
+}
+
+/// A parsed request body, as sent upstream.
+#[derive(Clone)]
+enum Body {
+    Chat(Arc<ChatCompletionRequest>),
+    Embedding(Arc<EmbeddingRequest>),
+}
+
 /// One job as ingress hands it over.
 pub struct Job {
+    /// What it asks for.
+    pub kind: JobKind,
     /// The NATS request (payload, headers, reply subject).
     pub request: Request,
     /// When the worker received it.
@@ -65,6 +86,13 @@ pub enum RequestMsg {
         attempt: u32,
         /// The upstream's answer.
         result: Result<ChatCompletionResponse, ProviderError>,
+    },
+    /// An embeddings call ended.
+    Embedded {
+        /// Which attempt.
+        attempt: u32,
+        /// The upstream's answer.
+        result: Result<EmbeddingResponse, ProviderError>,
     },
     /// One item of a streaming call.
     Chunk {
@@ -128,7 +156,7 @@ pub struct RequestState {
     deadline: Instant,
     traceparent: Option<String>,
     /// The body sent upstream (streams always ask for usage, to count cost).
-    body: Option<Arc<ChatCompletionRequest>>,
+    body: Option<Body>,
     stream: bool,
     client_wants_usage: bool,
     /// Model groups to try: the requested one, then fallbacks.
@@ -228,6 +256,12 @@ impl Actor for RequestActor {
                         Err(e) => state.upstream_failed(&myself, e).await,
                     }
                 }
+                RequestMsg::Embedded { attempt, result } if attempt == state.attempts => {
+                    match result {
+                        Ok(response) => state.embedded(response).await,
+                        Err(e) => state.upstream_failed(&myself, e).await,
+                    }
+                }
                 RequestMsg::Chunk { attempt, item } if attempt == state.attempts => match item {
                     Ok(chunk) => state.chunk(chunk).await,
                     Err(e) if state.out.committed => state.fail_stream(&e).await,
@@ -281,6 +315,23 @@ impl RequestState {
         let after = self.deadline.saturating_duration_since(Instant::now());
         myself.send_after(after, || RequestMsg::Deadline);
 
+        if self.job.kind == JobKind::Embedding {
+            let mut body = match parse_embedding(&message.payload) {
+                Ok(b) => b,
+                Err(e) => return self.fail(e).await,
+            };
+            self.request_fallbacks
+                .extend(take_fallbacks(&mut body.extra));
+            self.prompt_tokens = body
+                .input
+                .texts()
+                .iter()
+                .map(|t| estimate_text_tokens(t))
+                .sum();
+            self.groups.push(body.model.clone());
+            self.body = Some(Body::Embedding(Arc::new(body)));
+            return self.next_attempt(myself).await;
+        }
         let mut body = match parse_body(&message.payload) {
             Ok(b) => b,
             Err(e) => return self.fail(e).await,
@@ -298,10 +349,10 @@ impl RequestState {
             opts.include_usage = Some(true);
         }
         self.request_fallbacks
-            .extend(take_body_fallbacks(&mut body));
+            .extend(take_fallbacks(&mut body.extra));
         self.prompt_tokens = estimate_prompt_tokens(&body);
         self.groups.push(body.model.clone());
-        self.body = Some(Arc::new(body));
+        self.body = Some(Body::Chat(Arc::new(body)));
         self.next_attempt(myself).await;
     }
 
@@ -486,7 +537,7 @@ impl RequestState {
         &self,
         myself: &ActorRef<RequestMsg>,
         route: &Route,
-        body: Arc<ChatCompletionRequest>,
+        body: Body,
         remaining: Duration,
     ) -> JoinHandle<()> {
         let dep = route.deployment.clone();
@@ -501,6 +552,14 @@ impl RequestState {
         let stream = self.stream;
         let idle = dep.stream_timeout.map_or(remaining, |t| t.min(remaining));
         let work = async move {
+            let body = match body {
+                Body::Embedding(body) => {
+                    let result = dep.provider.embed(&body, &cctx).await;
+                    let _ = me.cast(RequestMsg::Embedded { attempt, result });
+                    return;
+                }
+                Body::Chat(body) => body,
+            };
             if !stream {
                 let result = dep.provider.complete(&body, &cctx).await;
                 let _ = me.cast(RequestMsg::Reply { attempt, result });
@@ -607,13 +666,12 @@ impl RequestState {
         let latency = call.started.elapsed();
         self.upstream_time += latency;
         let usage = response.usage.clone().unwrap_or_else(|| {
-            let body = self.body.as_ref().expect("body parsed");
             let text: usize = response
                 .choices
                 .iter()
                 .map(|c| c.message.text_content().len())
                 .sum();
-            Usage::new(estimate_prompt_tokens(body), (text as u64).div_ceil(4))
+            Usage::new(self.prompt_tokens, (text as u64).div_ceil(4))
         });
         if response.usage.is_none() {
             response.usage = Some(usage.clone());
@@ -625,7 +683,36 @@ impl RequestState {
             failure: None,
         });
         let cost = self.record_usage(&call.route, &usage);
-        let payload = match serde_json::to_vec(&response) {
+        // Settle the capacity before answering, so the next job sees the real usage.
+        let route = call.route.clone();
+        drop(call);
+        self.send_payload(&response, &route, cost).await;
+    }
+
+    async fn embedded(&mut self, mut response: EmbeddingResponse) {
+        let Some(mut call) = self.call.take() else { return };
+        let latency = call.started.elapsed();
+        self.upstream_time += latency;
+        if response.usage.prompt_tokens == 0 {
+            response.usage = Usage::new(self.prompt_tokens, 0);
+        }
+        let usage = response.usage.clone();
+        call.held.actual_tokens = Some(usage.total_tokens);
+        let _ = call.route.actor.cast(DeploymentMsg::Outcome {
+            latency,
+            ttft: None,
+            failure: None,
+        });
+        let cost = self.record_usage(&call.route, &usage);
+        let route = call.route.clone();
+        drop(call);
+        self.send_payload(&response, &route, cost).await;
+    }
+
+    /// Sends a successful non-streaming answer, or a clear error when it does not fit in a
+    /// NATS message.
+    async fn send_payload<T: serde::Serialize>(&mut self, answer: &T, route: &Route, cost: f64) {
+        let payload = match serde_json::to_vec(answer) {
             Ok(p) => Bytes::from(p),
             Err(e) => return self.fail(ApiError::internal(format!("reply: {e}"))).await,
         };
@@ -636,14 +723,11 @@ impl RequestState {
                 self.ctx.max_payload
             ))
             .with_code("reply_too_large");
-            return self.fail(e).await;
+            return self.send_error(&e, Some(route)).await;
         }
-        // Settle the capacity before answering, so the next job sees the real usage.
-        let route = call.route.clone();
-        drop(call);
-        let headers = self.final_headers(200, Some(&route), Some(cost));
+        let headers = self.final_headers(200, Some(route), Some(cost));
         self.send_final(payload, headers).await;
-        self.observe(200, Some(&route));
+        self.observe(200, Some(route));
     }
 
     async fn chunk(&mut self, mut chunk: ChatCompletionChunk) {
@@ -693,13 +777,11 @@ impl RequestState {
         };
         let latency = call.started.elapsed();
         self.upstream_time += latency;
-        let usage = self.out.usage.clone().unwrap_or_else(|| {
-            let body = self.body.as_ref().expect("body parsed");
-            Usage::new(
-                estimate_prompt_tokens(body),
-                (self.out.text as u64).div_ceil(4),
-            )
-        });
+        let usage = self
+            .out
+            .usage
+            .clone()
+            .unwrap_or_else(|| Usage::new(self.prompt_tokens, (self.out.text as u64).div_ceil(4)));
         call.held.actual_tokens = Some(usage.total_tokens);
         let _ = call.route.actor.cast(DeploymentMsg::Outcome {
             latency,
@@ -894,10 +976,28 @@ fn parse_body(payload: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
     Ok(body)
 }
 
-/// Removes LiteLLM's client-side `fallbacks` from the body (it must not reach the upstream)
-/// and returns the groups it names: `["a", "b"]` or `[{"group": ["a", "b"]}]`.
-fn take_body_fallbacks(body: &mut ChatCompletionRequest) -> Vec<String> {
-    let Some(value) = body.extra.remove("fallbacks") else {
+/// Parses and checks an embeddings body: JSON, the field types, `model` and `input`.
+fn parse_embedding(payload: &[u8]) -> Result<EmbeddingRequest, ApiError> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "the request body is empty: publish an OpenAI embeddings request as JSON",
+        ));
+    }
+    let body: EmbeddingRequest = serde_json::from_slice(payload)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    if body.model.trim().is_empty() {
+        return Err(ApiError::bad_request("`model` must not be empty").with_param("model"));
+    }
+    if body.input.is_empty() {
+        return Err(ApiError::bad_request("`input` must not be empty").with_param("input"));
+    }
+    Ok(body)
+}
+
+/// Removes LiteLLM's client-side `fallbacks` from a body's extra fields (it must not reach
+/// the upstream) and returns the groups it names: `["a", "b"]` or `[{"group": ["a", "b"]}]`.
+fn take_fallbacks(extra: &mut crate::wire::openai::Extra) -> Vec<String> {
+    let Some(value) = extra.remove("fallbacks") else {
         return Vec::new();
     };
     let mut out = Vec::new();

@@ -13,7 +13,8 @@ use crate::{
     limits::{estimate_prompt_tokens, estimate_text_tokens},
     wire::openai::{
         ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, Choice,
-        ChunkChoice, Delta, Extra, Role, Usage, unix_now,
+        ChunkChoice, Delta, Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, Extra,
+        Role, Usage, unix_now,
     },
 };
 
@@ -85,11 +86,61 @@ fn simulated_failure(text: &str) -> Option<ProviderError> {
     Some(ProviderError::new(class, message).with_status(status))
 }
 
+/// A deterministic unit vector for `text`: the same text always embeds the same way, different
+/// texts (almost always) differently.
+fn mock_vector(text: &str, dims: usize) -> Vec<f64> {
+    use std::hash::{Hash, Hasher};
+    let mut v: Vec<f64> = (0..dims)
+        .map(|i| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (text, i).hash(&mut h);
+            (h.finish() % 2000) as f64 / 1000.0 - 1.0
+        })
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
 fn completion_id() -> String {
     format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
 }
 
 impl Provider for MockProvider {
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse, ProviderError>> {
+        if let Some(e) = simulated_failure(&self.text) {
+            return Box::pin(async move { Err(e) });
+        }
+        let dims = request.dimensions.unwrap_or(8).clamp(1, 4096) as usize;
+        let texts: Vec<String> = match &request.input {
+            EmbeddingInput::Text(t) => vec![t.clone()],
+            EmbeddingInput::Texts(ts) => ts.clone(),
+            EmbeddingInput::Tokens(t) => vec![format!("{t:?}")],
+            EmbeddingInput::TokenArrays(ts) => ts.iter().map(|t| format!("{t:?}")).collect(),
+        };
+        let prompt_tokens = texts.iter().map(|t| estimate_text_tokens(t)).sum();
+        let response = EmbeddingResponse {
+            object: "list".into(),
+            data: texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Embedding {
+                    object: "embedding".into(),
+                    index: i as u32,
+                    embedding: mock_vector(t, dims).into(),
+                })
+                .collect(),
+            model: ctx.upstream_model.clone(),
+            usage: Usage::new(prompt_tokens, 0),
+            extra: Extra::new(),
+        };
+        Box::pin(async move { Ok(response) })
+    }
+
     fn complete<'a>(
         &'a self,
         request: &'a ChatCompletionRequest,

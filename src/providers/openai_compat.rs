@@ -22,7 +22,10 @@ use super::{
 };
 use crate::{
     config::{ConfigError, LitellmParams, Secret},
-    wire::openai::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse},
+    wire::openai::{
+        ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest,
+        EmbeddingResponse,
+    },
 };
 
 /// The Azure OpenAI `api-version` used when neither the deployment nor `AZURE_API_VERSION`
@@ -244,15 +247,19 @@ pub fn build_with_env(
     };
 
     let headers = base_headers(spec, params, key.as_ref())?;
-    let endpoint = match spec.flavor {
-        Flavor::OpenAi => join(&base, &["chat", "completions"]),
-        Flavor::Azure => base,
+    let (endpoint, embeddings) = match spec.flavor {
+        Flavor::OpenAi => (
+            join(&base, &["chat", "completions"]),
+            join(&base, &["embeddings"]),
+        ),
+        Flavor::Azure => (base.clone(), base),
     };
     let provider = OpenAiCompatible {
         provider: spec.prefix,
         flavor: spec.flavor,
         http: http.clone(),
         endpoint,
+        embeddings,
         api_version,
         headers,
         key,
@@ -338,6 +345,8 @@ pub struct OpenAiCompatible {
     http: reqwest::Client,
     /// The full chat-completions URL (OpenAI flavor) or the resource base URL (Azure).
     endpoint: Url,
+    /// The full embeddings URL (OpenAI flavor) or the resource base URL (Azure).
+    embeddings: Url,
     /// Azure's `api-version`.
     api_version: Option<String>,
     headers: HeaderMap,
@@ -360,23 +369,26 @@ impl OpenAiCompatible {
     fn url(&self, upstream_model: &str) -> Url {
         match self.flavor {
             Flavor::OpenAi => self.endpoint.clone(),
-            Flavor::Azure => {
-                let mut url = join(
-                    &self.endpoint,
-                    &[
-                        "openai",
-                        "deployments",
-                        upstream_model,
-                        "chat",
-                        "completions",
-                    ],
-                );
-                if let Some(version) = &self.api_version {
-                    url.query_pairs_mut().append_pair("api-version", version);
-                }
-                url
-            }
+            Flavor::Azure => self.azure_url(upstream_model, &["chat", "completions"]),
         }
+    }
+
+    fn embeddings_url(&self, upstream_model: &str) -> Url {
+        match self.flavor {
+            Flavor::OpenAi => self.embeddings.clone(),
+            Flavor::Azure => self.azure_url(upstream_model, &["embeddings"]),
+        }
+    }
+
+    /// `{base}/openai/deployments/{deployment}/{operation}?api-version=…`.
+    fn azure_url(&self, deployment: &str, operation: &[&str]) -> Url {
+        let mut path = vec!["openai", "deployments", deployment];
+        path.extend_from_slice(operation);
+        let mut url = join(&self.endpoint, &path);
+        if let Some(version) = &self.api_version {
+            url.query_pairs_mut().append_pair("api-version", version);
+        }
+        url
     }
 
     fn key(&self) -> Option<&str> {
@@ -399,7 +411,19 @@ impl OpenAiCompatible {
             body.stream = None;
             body.stream_options = None;
         }
-        let body = serde_json::to_vec(&body).map_err(|e| {
+        self.post(self.url(&ctx.upstream_model), &body, ctx, stream)
+            .await
+    }
+
+    /// Posts `body` as JSON to `url` with the deployment's headers and the trace context.
+    async fn post(
+        &self,
+        url: Url,
+        body: &impl serde::Serialize,
+        ctx: &CallContext,
+        stream: bool,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let body = serde_json::to_vec(body).map_err(|e| {
             ProviderError::new(
                 ErrorClass::BadRequest,
                 format!("the request cannot be serialized: {e}"),
@@ -418,7 +442,7 @@ impl OpenAiCompatible {
             );
         }
         self.http
-            .post(self.url(&ctx.upstream_model))
+            .post(url)
             .headers(headers)
             .body(body)
             .send()
@@ -448,6 +472,30 @@ impl OpenAiCompatible {
                 .with_status(status),
             }),
         }
+    }
+
+    async fn embed_inner(
+        &self,
+        request: &EmbeddingRequest,
+        ctx: &CallContext,
+    ) -> Result<EmbeddingResponse, ProviderError> {
+        let mut body = request.clone();
+        body.model.clone_from(&ctx.upstream_model);
+        let response = self
+            .post(self.embeddings_url(&ctx.upstream_model), &body, ctx, false)
+            .await?;
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            return Err(error_of(response).await);
+        }
+        let body = response.bytes().await.map_err(http::error_from_reqwest)?;
+        serde_json::from_slice::<EmbeddingResponse>(&body).map_err(|e| {
+            ProviderError::new(
+                ErrorClass::InvalidResponse,
+                format!("the upstream's answer is not an embeddings list: {e}"),
+            )
+            .with_status(status)
+        })
     }
 
     /// Sends a stream request and waits for a 2xx event stream (anything else is an error).
@@ -524,6 +572,19 @@ impl Provider for OpenAiCompatible {
                 .unwrap_or_else(|_| Err(timeout_error(ctx, "response headers")))
                 .map_err(|e| e.redact(self.key()))?;
             Ok(chunks(response, self.key.clone()))
+        })
+    }
+
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse, ProviderError>> {
+        Box::pin(async move {
+            tokio::time::timeout(ctx.timeout, self.embed_inner(request, ctx))
+                .await
+                .unwrap_or_else(|_| Err(timeout_error(ctx, "embeddings")))
+                .map_err(|e| e.redact(self.key()))
         })
     }
 }

@@ -300,10 +300,13 @@ pub struct Choice {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Usage {
     /// Tokens in the prompt, cached ones included.
+    #[serde(default)]
     pub prompt_tokens: u64,
-    /// Tokens generated, reasoning included.
+    /// Tokens generated, reasoning included (absent from embeddings usage: 0).
+    #[serde(default)]
     pub completion_tokens: u64,
     /// The sum of the two.
+    #[serde(default)]
     pub total_tokens: u64,
     /// Breakdown of the prompt tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::error::ErrorBody;
 use super::headers::{ReplyHeaders, RequestHeaders};
 use super::openai::{
-    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ModelList,
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest,
+    EmbeddingResponse, ModelList,
 };
 
 /// The base of every schema's `$id`.
@@ -32,6 +33,16 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             "chat-completion-chunk.json",
             "Chat completion chunk",
             "One message of a streamed `llm.completion` reply, with an `Llm-Seq` header.",
+        ),
+        entry::<EmbeddingRequest>(
+            "embedding-request.json",
+            "Embedding request",
+            "The payload published to `llm.embedding`: an OpenAI embeddings request body.",
+        ),
+        entry::<EmbeddingResponse>(
+            "embedding-response.json",
+            "Embedding response",
+            "The reply to an `llm.embedding` request (Llm-Status 200).",
         ),
         entry::<ErrorBody>(
             "error.json",
@@ -79,7 +90,7 @@ mod tests {
     #[test]
     fn every_schema_has_an_id_a_title_and_the_2020_12_dialect() {
         let all = schemas();
-        assert_eq!(all.len(), 7);
+        assert_eq!(all.len(), 9);
         for (file, schema) in all {
             assert!(file.ends_with(".json"));
             assert!(schema["$id"].as_str().unwrap().starts_with(SCHEMA_ID_BASE));

@@ -276,6 +276,11 @@ impl FakeProvider {
                 "/openai/deployments/{deployment}/chat/completions",
                 post(azure_route),
             )
+            .route("/v1/embeddings", post(embeddings_route))
+            .route(
+                "/openai/deployments/{deployment}/embeddings",
+                post(azure_embeddings_route),
+            )
             .fallback(unknown_route)
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -471,6 +476,79 @@ async fn azure_route(
         return denied;
     }
     answer(shared, recorded, deployment).await
+}
+
+/// `POST /v1/embeddings`: one vector per input, `[index, chars of the text, 1.0]` (padded with
+/// zeros to `dimensions` when given), so tests can check order and content. `Status`,
+/// `RateLimited` and `Delay` faults apply; other faults answer normally.
+async fn embeddings_route(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let recorded = shared.record(peer, req).await;
+    let bearer = recorded
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(denied) = shared.check_key(bearer) {
+        return denied;
+    }
+    let model = recorded
+        .model()
+        .unwrap_or("text-embedding-3-small")
+        .to_owned();
+    embed_answer(shared, recorded, model).await
+}
+
+/// Azure's embeddings path; like [`embeddings_route`].
+async fn azure_embeddings_route(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(deployment): Path<String>,
+    req: Request,
+) -> Response {
+    let recorded = shared.record(peer, req).await;
+    if let Some(denied) = shared.check_key(recorded.header("api-key")) {
+        return denied;
+    }
+    embed_answer(shared, recorded, deployment).await
+}
+
+async fn embed_answer(shared: Arc<Shared>, req: Recorded, model: String) -> Response {
+    match shared.next_fault() {
+        Fault::Status { status, body } => return raw_response(status, "application/json", body),
+        Fault::RateLimited { retry_after_secs } => return rate_limited(retry_after_secs),
+        Fault::Delay(wait) => shared.sleep(wait).await,
+        _ => {}
+    }
+    let texts: Vec<String> = match &req.body["input"] {
+        Value::String(t) => vec![t.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect(),
+        other => vec![other.to_string()],
+    };
+    let dims = req.body["dimensions"].as_u64().unwrap_or(3).max(3) as usize;
+    let data: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut v = vec![json!(i as f64), json!(t.chars().count() as f64), json!(1.0)];
+            v.resize(dims, json!(0.0));
+            json!({"object": "embedding", "index": i, "embedding": v})
+        })
+        .collect();
+    let tokens: usize = texts.iter().map(|t| t.chars().count().div_ceil(4)).sum();
+    json_response(
+        200,
+        json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}
+        }),
+    )
 }
 
 async fn unknown_route(

@@ -3,6 +3,7 @@
 //! (server + worker + client) in one call.
 #![allow(dead_code)]
 
+pub mod fake_native;
 pub mod fake_provider;
 pub mod gateway;
 pub mod nats_server;

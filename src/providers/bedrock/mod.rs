@@ -1,0 +1,474 @@
+//! AWS Bedrock through the Converse API (`bedrock/MODEL_ID`, also `bedrock/converse/MODEL_ID`).
+//!
+//! - Chat: `POST {endpoint}/model/{modelId}/converse`, streams from `/converse-stream`
+//!   (binary event-stream frames, see [`stream`]). The endpoint is
+//!   `https://bedrock-runtime.{region}.amazonaws.com` unless `api_base` names another.
+//! - Region: `aws_region_name`, else `AWS_REGION_NAME`, `AWS_REGION`, `AWS_DEFAULT_REGION`.
+//! - Credentials: `aws_access_key_id`/`aws_secret_access_key`/`aws_session_token`, else the
+//!   `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` variables, signed with
+//!   SigV4 (service `bedrock`, see [`sign`]); or a Bedrock API key (`api_key`, else
+//!   `AWS_BEARER_TOKEN_BEDROCK`) sent as a bearer token. Missing credentials are not a
+//!   configuration error: each call fails with an authentication error instead.
+//! - Embeddings: InvokeModel for Titan text embeddings (`amazon.titan-embed-*`, one call per
+//!   input) and Cohere embeddings (`cohere.embed-*`, one call).
+//!
+//! [`request`] converts the request, [`response`] the answer, [`error`] the errors.
+
+use std::{fmt, sync::Arc, time::SystemTime};
+
+use futures::{StreamExt, future::BoxFuture};
+use reqwest::Url;
+use serde_json::{Value, json};
+
+use super::{CallContext, ChunkStream, ErrorClass, Provider, ProviderError, http};
+use crate::{
+    config::{ConfigError, LitellmParams, Secret},
+    wire::openai::{
+        ChatCompletionRequest, ChatCompletionResponse, Embedding, EmbeddingInput, EmbeddingRequest,
+        EmbeddingResponse, Extra, Usage,
+    },
+};
+
+pub mod error;
+pub mod request;
+pub mod response;
+pub mod sign;
+pub mod stream;
+
+use sign::{AwsAuth, AwsKeys};
+
+/// Builds the provider of one deployment; the upstream model is the Bedrock model id.
+pub fn build(
+    params: &LitellmParams,
+    http: &reqwest::Client,
+) -> Result<(Arc<dyn Provider>, String), ConfigError> {
+    build_with_env(params, http, |name| std::env::var(name).ok())
+}
+
+/// [`build`] with the environment given as a function (for tests).
+pub fn build_with_env(
+    params: &LitellmParams,
+    http: &reqwest::Client,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Arc<dyn Provider>, String), ConfigError> {
+    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let model = params.model.trim();
+    let id = model.strip_prefix("bedrock/").unwrap_or(model);
+    let id = id.strip_prefix("converse/").unwrap_or(id);
+    if id.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "model `{model}` names no Bedrock model id"
+        )));
+    }
+    if id.starts_with("invoke/") {
+        return Err(ConfigError::Invalid(format!(
+            "model `{model}`: llmbus calls Bedrock through the Converse API only; drop `invoke/`"
+        )));
+    }
+    let region = params
+        .aws_region_name
+        .clone()
+        .or_else(|| env("AWS_REGION_NAME"))
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "model `{model}`: Bedrock needs `aws_region_name` (or AWS_REGION)"
+            ))
+        })?;
+    let base = params
+        .api_base
+        .clone()
+        .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
+    let base = Url::parse(base.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "model `{model}`: `api_base` must be an http(s) URL"
+            ))
+        })?;
+    let secret = |s: &Option<Secret>, var: &str| {
+        s.clone()
+            .or_else(|| env(var).map(Secret::new))
+            .filter(|s| !s.expose().is_empty())
+    };
+    let auth = match (
+        secret(&params.aws_access_key_id, "AWS_ACCESS_KEY_ID"),
+        secret(&params.aws_secret_access_key, "AWS_SECRET_ACCESS_KEY"),
+    ) {
+        (Some(access_key_id), Some(secret_access_key)) => AwsAuth::Keys(AwsKeys {
+            access_key_id,
+            secret_access_key,
+            session_token: secret(&params.aws_session_token, "AWS_SESSION_TOKEN"),
+        }),
+        _ => match secret(&params.api_key, "AWS_BEARER_TOKEN_BEDROCK") {
+            Some(token) => AwsAuth::Bearer(token),
+            None => AwsAuth::Missing,
+        },
+    };
+    let provider = Bedrock {
+        http: http.clone(),
+        base,
+        region,
+        auth,
+        extra_headers: params
+            .extra_headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+        drop_params: params.drop_params.unwrap_or(false),
+    };
+    Ok((Arc::new(provider), id.to_owned()))
+}
+
+/// The adapter of one Bedrock deployment.
+pub struct Bedrock {
+    http: reqwest::Client,
+    base: Url,
+    region: String,
+    auth: AwsAuth,
+    extra_headers: Vec<(String, String)>,
+    drop_params: bool,
+}
+
+impl fmt::Debug for Bedrock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bedrock")
+            .field("base", &self.base.as_str())
+            .field("region", &self.region)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+/// Percent-encodes a URI label as the AWS SDKs do: everything but unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`), so `anthropic.claude-v2:1` becomes `anthropic.claude-v2%3A1`.
+pub fn encode_label(label: &str) -> String {
+    let mut out = String::with_capacity(label.len());
+    for byte in label.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl Bedrock {
+    /// `{base}/model/{modelId}/{action}`.
+    pub fn url(&self, model_id: &str, action: &str) -> Url {
+        let mut url = self.base.clone();
+        let path = format!(
+            "{}/model/{}/{action}",
+            url.path().trim_end_matches('/'),
+            encode_label(model_id)
+        );
+        url.set_path(&path);
+        url
+    }
+
+    fn redact(&self, err: ProviderError) -> ProviderError {
+        self.auth
+            .secrets()
+            .into_iter()
+            .fold(err, |e, s| e.redact(Some(s)))
+    }
+
+    /// Signs and posts `body` to `url`.
+    async fn post(
+        &self,
+        url: Url,
+        body: Vec<u8>,
+        accept: &str,
+        ctx: &CallContext,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut headers: Vec<(String, String)> = vec![
+            ("content-type".into(), "application/json".into()),
+            ("accept".into(), accept.into()),
+        ];
+        headers.extend(self.extra_headers.iter().cloned());
+        let signed: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let auth = self.auth.headers(
+            "POST",
+            url.as_str(),
+            &signed,
+            &body,
+            &self.region,
+            SystemTime::now(),
+        )?;
+        let mut builder = self.http.post(url).body(body);
+        for (name, value) in headers.iter().chain(auth.iter()) {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        if let Some(tp) = &ctx.traceparent {
+            builder = builder.header("traceparent", tp.as_str());
+        }
+        let response = builder.send().await.map_err(http::error_from_reqwest)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap_or_default();
+        Err(error::from_response(status, &headers, &body))
+    }
+
+    async fn complete_inner(
+        &self,
+        request: &ChatCompletionRequest,
+        ctx: &CallContext,
+    ) -> Result<ChatCompletionResponse, ProviderError> {
+        let body = request::converse_body(request, self.drop_params)?;
+        let url = self.url(&ctx.upstream_model, "converse");
+        let response = self
+            .post(url, body.to_string().into_bytes(), "application/json", ctx)
+            .await?;
+        let bytes = response.bytes().await.map_err(http::error_from_reqwest)?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ProviderError::new(
+                ErrorClass::InvalidResponse,
+                format!("the Converse response is not JSON: {e}"),
+            )
+        })?;
+        response::completion(&value, &ctx.upstream_model)
+    }
+
+    async fn open_stream(
+        &self,
+        request: &ChatCompletionRequest,
+        ctx: &CallContext,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let body = request::converse_body(request, self.drop_params)?;
+        let url = self.url(&ctx.upstream_model, "converse-stream");
+        self.post(
+            url,
+            body.to_string().into_bytes(),
+            "application/vnd.amazon.eventstream",
+            ctx,
+        )
+        .await
+    }
+
+    async fn invoke(
+        &self,
+        model: &str,
+        body: Value,
+        ctx: &CallContext,
+    ) -> Result<(Value, Option<u64>), ProviderError> {
+        let response = self
+            .post(
+                self.url(model, "invoke"),
+                body.to_string().into_bytes(),
+                "application/json",
+                ctx,
+            )
+            .await?;
+        let tokens = response
+            .headers()
+            .get("x-amzn-bedrock-input-token-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let bytes = response.bytes().await.map_err(http::error_from_reqwest)?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            ProviderError::new(
+                ErrorClass::InvalidResponse,
+                format!("the InvokeModel response is not JSON: {e}"),
+            )
+        })?;
+        Ok((value, tokens))
+    }
+
+    async fn embed_inner(
+        &self,
+        request: &EmbeddingRequest,
+        ctx: &CallContext,
+    ) -> Result<EmbeddingResponse, ProviderError> {
+        let model = ctx.upstream_model.as_str();
+        let texts = match &request.input {
+            EmbeddingInput::Text(t) => vec![t.as_str()],
+            EmbeddingInput::Texts(ts) => ts.iter().map(String::as_str).collect(),
+            _ => {
+                return Err(ProviderError::new(
+                    ErrorClass::BadRequest,
+                    "bedrock embeddings take text, not token arrays",
+                )
+                .with_status(400));
+            }
+        };
+        let mut vectors = Vec::with_capacity(texts.len());
+        let mut prompt_tokens = 0;
+        if model.starts_with("amazon.titan-embed") {
+            for text in texts {
+                let mut body = json!({ "inputText": text });
+                if let Some(d) = request.dimensions {
+                    body["dimensions"] = d.into();
+                }
+                let (value, _) = self.invoke(model, body, ctx).await?;
+                prompt_tokens += value
+                    .get("inputTextTokenCount")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                vectors.push(value.get("embedding").cloned().ok_or_else(|| {
+                    ProviderError::new(ErrorClass::InvalidResponse, "no `embedding` in the answer")
+                })?);
+            }
+        } else if model.starts_with("cohere.embed") {
+            let input_type = request
+                .extra
+                .get("input_type")
+                .cloned()
+                .unwrap_or_else(|| "search_document".into());
+            let body = json!({ "texts": texts, "input_type": input_type });
+            let (value, tokens) = self.invoke(model, body, ctx).await?;
+            prompt_tokens = tokens.unwrap_or(0);
+            let list = value
+                .get("embeddings")
+                .and_then(Value::as_array)
+                .ok_or_else(|| {
+                    ProviderError::new(ErrorClass::InvalidResponse, "no `embeddings` in the answer")
+                })?;
+            vectors.extend(list.iter().cloned());
+        } else {
+            return Err(ProviderError::new(
+                ErrorClass::BadRequest,
+                format!("llmbus embeds with Bedrock's Titan and Cohere models, not `{model}`"),
+            )
+            .with_status(400));
+        }
+        Ok(EmbeddingResponse {
+            object: "list".into(),
+            data: vectors
+                .into_iter()
+                .enumerate()
+                .map(|(i, embedding)| Embedding {
+                    object: "embedding".into(),
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    embedding,
+                })
+                .collect(),
+            model: model.to_owned(),
+            usage: Usage::new(prompt_tokens, 0),
+            extra: Extra::new(),
+        })
+    }
+}
+
+fn timeout_error(ctx: &CallContext, what: &str) -> ProviderError {
+    ProviderError::new(
+        ErrorClass::Timeout,
+        format!("no {what} from Bedrock within {:?}", ctx.timeout),
+    )
+}
+
+impl Provider for Bedrock {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatCompletionRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
+        Box::pin(async move {
+            tokio::time::timeout(ctx.timeout, self.complete_inner(request, ctx))
+                .await
+                .unwrap_or_else(|_| Err(timeout_error(ctx, "answer")))
+                .map_err(|e| self.redact(e))
+        })
+    }
+
+    fn stream<'a>(
+        &'a self,
+        request: &'a ChatCompletionRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+        Box::pin(async move {
+            let response = tokio::time::timeout(ctx.timeout, self.open_stream(request, ctx))
+                .await
+                .unwrap_or_else(|_| Err(timeout_error(ctx, "response headers")))
+                .map_err(|e| self.redact(e))?;
+            let info = stream::StreamInfo {
+                model: ctx.upstream_model.clone(),
+                include_usage: request.include_usage(),
+            };
+            let bytes = response
+                .bytes_stream()
+                .map(|r| r.map_err(http::error_from_reqwest));
+            let secrets = self.auth.secrets().into_iter().map(str::to_owned).collect();
+            Ok(stream::chunks(bytes, info, secrets))
+        })
+    }
+
+    fn embed<'a>(
+        &'a self,
+        request: &'a EmbeddingRequest,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<EmbeddingResponse, ProviderError>> {
+        Box::pin(async move {
+            tokio::time::timeout(ctx.timeout, self.embed_inner(request, ctx))
+                .await
+                .unwrap_or_else(|_| Err(timeout_error(ctx, "embeddings")))
+                .map_err(|e| self.redact(e))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(model: &str) -> LitellmParams {
+        LitellmParams {
+            model: model.into(),
+            ..LitellmParams::default()
+        }
+    }
+
+    fn built(p: &LitellmParams, env: &[(&str, &str)]) -> Result<(String, String), String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        build_with_env(p, &reqwest::Client::new(), move |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+        .map(|(p, m)| (format!("{p:?}"), m))
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn region_and_credentials_come_from_params_or_env() {
+        let err = built(&params("bedrock/anthropic.claude-v2"), &[]).unwrap_err();
+        assert!(err.contains("aws_region_name"), "{err}");
+        let env = [
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "SECRET"),
+        ];
+        let (debug, model) =
+            built(&params("bedrock/converse/anthropic.claude-v2:1"), &env).unwrap();
+        assert_eq!(model, "anthropic.claude-v2:1");
+        assert!(debug.contains("https://bedrock-runtime.eu-west-1.amazonaws.com/"));
+        assert!(
+            debug.contains("Keys(***)") && !debug.contains("SECRET"),
+            "{debug}"
+        );
+        let (debug, _) = built(&params("bedrock/m"), &[("AWS_REGION", "us-east-1")]).unwrap();
+        assert!(debug.contains("Missing"));
+        assert!(built(&params("bedrock/invoke/m"), &env).is_err());
+    }
+
+    #[test]
+    fn model_ids_are_encoded_in_the_path() {
+        assert_eq!(
+            encode_label("anthropic.claude-v2:1"),
+            "anthropic.claude-v2%3A1"
+        );
+        assert_eq!(
+            encode_label("arn:aws:bedrock:us-east-1:1:inference-profile/x"),
+            "arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fx"
+        );
+    }
+}
