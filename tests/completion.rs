@@ -228,3 +228,39 @@ async fn traceparent_is_propagated_upstream() {
     assert_eq!(reply.status, 200);
     assert_eq!(fake.last_request().unwrap().header("traceparent"), Some(tp));
 }
+
+#[tokio::test]
+async fn an_azure_content_filter_refusal_is_a_content_policy_error_with_its_fallbacks() {
+    let fake = FakeProvider::start().await;
+    // Azure's documented body for a prompt its content filter refused.
+    fake.push(Fault::Status {
+        status: 400,
+        body: json!({"error": {
+            "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+            "type": null,
+            "param": "prompt",
+            "code": "content_filter",
+            "status": 400,
+            "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
+                "hate": {"filtered": true, "severity": "high"}
+            }}
+        }})
+        .to_string(),
+    });
+    let yaml = format!(
+        "{}router_settings:\n  content_policy_fallbacks: [{{azure-gpt: [gpt-4o-mini]}}]\n",
+        config(&fake)
+    );
+    let gw = Gateway::start(&yaml).await;
+    let reply = gw.complete(chat("azure-gpt", "something")).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.header("Llm-Model-Group"), Some("gpt-4o-mini"));
+    assert_eq!(reply.header("Llm-Attempts"), Some("2"), "no retry on a content-policy refusal");
+
+    // Without a fallback the client sees the refusal as such.
+    fake.push(Fault::error(400, "The response was filtered", "invalid_request_error", json!("content_filter")));
+    let gw = Gateway::start(&config(&fake)).await;
+    let reply = gw.complete(chat("azure-gpt", "something")).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["code"], "content_policy_violation");
+}
