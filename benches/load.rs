@@ -155,6 +155,8 @@ struct Stats {
     errors: u64,
     first_error: Option<String>,
     elapsed: Duration,
+    /// CPU µs per successful request: gateway, fake, nats-server, load generator.
+    cpu: Option<[f64; 4]>,
 }
 
 impl Stats {
@@ -164,6 +166,7 @@ impl Stats {
             errors: 0,
             first_error: None,
             elapsed: Duration::ZERO,
+            cpu: None,
         }
     }
 
@@ -353,9 +356,83 @@ impl Load {
     }
 }
 
+/// CPU time used so far, in ns, by each part of the setup: the gateway runtime's threads, the
+/// fake provider's, the `nats-server` process, and everything else in this process (the load
+/// generator). Read from Linux's `/proc` (`schedstat`); `None` elsewhere.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    gateway: u64,
+    fake: u64,
+    nats: u64,
+    client: u64,
+}
+
+impl Cpu {
+    fn now() -> Option<Cpu> {
+        let mut cpu = Cpu::default();
+        for (comm, ns) in threads(std::path::Path::new("/proc/self/task"))? {
+            if comm.starts_with("gateway") {
+                cpu.gateway += ns;
+            } else if comm.starts_with("fake") {
+                cpu.fake += ns;
+            } else {
+                cpu.client += ns;
+            }
+        }
+        if let Some(pid) = nats_pid() {
+            let tasks = std::path::PathBuf::from(format!("/proc/{pid}/task"));
+            cpu.nats = threads(&tasks).map_or(0, |t| t.iter().map(|(_, ns)| ns).sum());
+        }
+        Some(cpu)
+    }
+
+    /// CPU µs per request of each part between `self` (earlier) and `later`.
+    fn per_request(&self, later: &Cpu, requests: u64) -> [f64; 4] {
+        let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1000.0 / requests.max(1) as f64;
+        [
+            per(self.gateway, later.gateway),
+            per(self.fake, later.fake),
+            per(self.nats, later.nats),
+            per(self.client, later.client),
+        ]
+    }
+}
+
+/// `(name, ns on CPU)` of every thread under a `/proc/<pid>/task` directory.
+fn threads(dir: &std::path::Path) -> Option<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        out.push((comm.trim().to_string(), ns));
+    }
+    Some(out)
+}
+
+/// The pid of our `nats-server` child.
+fn nats_pid() -> Option<u32> {
+    static PID: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *PID.get_or_init(|| {
+        let me = std::process::id();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`: the comm may hold spaces, so split after ')'.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == me && head.ends_with("(nats-server")).then_some(pid)
+        })
+    })
+}
+
 /// Sends `target` requests one after another for `duration`.
 async fn sequential(load: &Load, target: Target, duration: Duration) -> Stats {
     let mut stats = Stats::new();
+    let cpu = Cpu::now();
     let start = Instant::now();
     for i in 0..MAX_PER_PHASE {
         if start.elapsed() >= duration {
@@ -366,11 +443,15 @@ async fn sequential(load: &Load, target: Target, duration: Duration) -> Stats {
         stats.record(t.elapsed(), r);
     }
     stats.elapsed = start.elapsed();
+    stats.cpu = cpu
+        .zip(Cpu::now())
+        .map(|(a, b)| a.per_request(&b, stats.ok()));
     stats
 }
 
 /// `concurrency` tasks each sending `target` requests back to back for `duration`.
 async fn closed_loop(load: &Load, target: Target, concurrency: usize, duration: Duration) -> Stats {
+    let cpu = Cpu::now();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..concurrency)
@@ -395,6 +476,9 @@ async fn closed_loop(load: &Load, target: Target, concurrency: usize, duration: 
         all.merge(t.await.expect("a closed-loop task"));
     }
     all.elapsed = start.elapsed();
+    all.cpu = cpu
+        .zip(Cpu::now())
+        .map(|(a, b)| a.per_request(&b, all.ok()));
     all
 }
 
@@ -418,6 +502,7 @@ fn open_loop(rt: &Runtime, load: &Load, rate: u64, duration: Duration) -> OpenRu
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let results: Arc<Mutex<(Stats, Stats)>> = Arc::new(Mutex::new((Stats::new(), Stats::new())));
     let handle = rt.handle().clone();
+    let cpu = Cpu::now();
     let start = Instant::now() + Duration::from_millis(5);
     let mut max_lag = Duration::ZERO;
     let mut tasks = Vec::with_capacity(n as usize);
@@ -453,6 +538,9 @@ fn open_loop(rt: &Runtime, load: &Load, rate: u64, duration: Duration) -> OpenRu
         .expect("results lock");
     from_schedule.elapsed = elapsed;
     from_send.elapsed = elapsed;
+    from_schedule.cpu = cpu
+        .zip(Cpu::now())
+        .map(|(a, b)| a.per_request(&b, from_schedule.ok() + from_schedule.errors));
     OpenRun {
         offered: rate,
         sent: n,
@@ -560,14 +648,26 @@ fn chat_body(stream: bool) -> Bytes {
 
 fn header_row() {
     println!(
-        "  {:<34} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
-        "", "ok", "req/s", "p50", "p90", "p99", "mean", "max", "errors"
+        "  {:<34} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} │ {:>6} {:>6} {:>6} {:>6}",
+        "",
+        "ok",
+        "req/s",
+        "p50",
+        "p90",
+        "p99",
+        "mean",
+        "max",
+        "errors",
+        "gw",
+        "fake",
+        "nats",
+        "gen"
     );
 }
 
 fn row(name: &str, s: &Stats) {
     println!(
-        "  {:<34} {:>8} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7}",
+        "  {:<34} {:>8} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7} │ {}",
         name,
         s.ok(),
         s.rps(),
@@ -576,7 +676,8 @@ fn row(name: &str, s: &Stats) {
         s.p(0.99),
         s.mean(),
         s.hist.max() as f64 / 1000.0,
-        s.errors
+        s.errors,
+        cpu_cells(s.cpu)
     );
     if let Some(e) = &s.first_error {
         println!(
@@ -586,8 +687,20 @@ fn row(name: &str, s: &Stats) {
     }
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok { "meets" } else { "MISSES" }
+/// The CPU µs per request of each part, or blanks.
+fn cpu_cells(cpu: Option<[f64; 4]>) -> String {
+    match cpu {
+        Some(c) => format!("{:>6.1} {:>6.1} {:>6.1} {:>6.1}", c[0], c[1], c[2], c[3]),
+        None => format!("{:>6} {:>6} {:>6} {:>6}", "-", "-", "-", "-"),
+    }
+}
+
+fn verdict(smoke: bool, ok: bool) -> &'static str {
+    match (smoke, ok) {
+        (true, _) => "not judged in this run",
+        (false, true) => "meets",
+        (false, false) => "MISSES",
+    }
 }
 
 fn main() {
@@ -709,7 +822,10 @@ llmbus:
             "off"
         }
     );
-    println!("  latencies in µs");
+    println!(
+        "  latencies in µs; right of │: CPU µs per request of the gateway's threads, the fake's, \
+         nats-server's, and the load generator's (the rest of this process)"
+    );
 
     let mut singles: BTreeMap<&str, Stats> = BTreeMap::new();
     if s.runs("floors") || s.runs("single") {
@@ -770,7 +886,7 @@ llmbus:
         println!(
             "  overhead = gateway − (A + B):      p50 {o50:.1} µs   p99 {o99:.1} µs   mean {omean:.1} µs   \
              (target p50 ≤ {TARGET_OVERHEAD_US:.0} µs: {})",
-            verdict(o50 <= TARGET_OVERHEAD_US)
+            verdict(s.smoke, o50 <= TARGET_OVERHEAD_US)
         );
     }
 
@@ -798,7 +914,7 @@ llmbus:
         }
         println!(
             "  gateway throughput {gateway_rps:.0} req/s (target ≥ {TARGET_RPS:.0} req/s with 64 clients: {})",
-            verdict(gateway_rps >= TARGET_RPS)
+            verdict(s.smoke || s.concurrency != 64, gateway_rps >= TARGET_RPS)
         );
     }
 
@@ -808,7 +924,7 @@ llmbus:
             "gateway, open loop (sends on schedule; latency from the scheduled send, and from the actual send)"
         );
         println!(
-            "  {:>8} {:>8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}",
+            "  {:>8} {:>8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} │ {:>6} {:>6} {:>6} {:>6}",
             "offered",
             "sent",
             "achieved",
@@ -819,13 +935,17 @@ llmbus:
             "p99.9",
             "p50 sent",
             "p99 sent",
-            "max lag"
+            "max lag",
+            "gw",
+            "fake",
+            "nats",
+            "gen"
         );
         for &rate in &s.rates {
             let run = open_loop(&client_rt, &load, rate, s.phase);
             let f = &run.from_schedule;
             println!(
-                "  {:>8} {:>8} {:>9.0} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>9.1}",
+                "  {:>8} {:>8} {:>9.0} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>9.1} │ {}",
                 run.offered,
                 run.sent,
                 f.rps(),
@@ -837,6 +957,7 @@ llmbus:
                 run.from_send.p(0.5),
                 run.from_send.p(0.99),
                 run.max_lag.as_secs_f64() * 1e6,
+                cpu_cells(f.cpu),
             );
             if let Some(e) = &f.first_error {
                 println!(
@@ -847,7 +968,10 @@ llmbus:
             // Let the worker drain before the next rate.
             std::thread::sleep(Duration::from_millis(200));
         }
-        println!("  (max lag: how far the generator thread fell behind its schedule, µs)");
+        println!(
+            "  (max lag: how far the generator thread fell behind its schedule, µs; \
+             gw/fake/nats/gen: CPU µs per request sent)"
+        );
     }
 
     if s.runs("stream") {

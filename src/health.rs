@@ -98,6 +98,8 @@ pub struct DrainReport {
     pub finished: usize,
     /// Of those, the jobs still running when the grace period ran out, answered with a 503.
     pub cut_off: usize,
+    /// Jobs and requests that arrived during the drain and were relayed to other workers.
+    pub relayed: usize,
     /// How long the drain took.
     pub took: Duration,
 }

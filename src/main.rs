@@ -170,7 +170,9 @@ fn grace(config: &Config, flag: Option<f64>) -> Result<Duration, String> {
     })
 }
 
-async fn run_worker(config: Config, client: async_nats::Client, grace: Duration) -> Res {
+/// Runs a worker on `client` until a signal, then drains it. `url` is where a second
+/// connection relays the jobs that arrive while the worker leaves the queue group.
+async fn run_worker(config: Config, client: async_nats::Client, url: &str, grace: Duration) -> Res {
     // Before the worker says it serves, so that a SIGTERM right after that drains it.
     let mut signals = Signals::install()?;
     let readiness = match config.llmbus.metrics_listen {
@@ -187,6 +189,14 @@ async fn run_worker(config: Config, client: async_nats::Client, grace: Duration)
         None => Readiness::new(),
     };
     let worker = Worker::start(&config, client).await?;
+    // Without it the drain still works, but may lose a job routed here in its last instant.
+    let relay = match nats::connect(&config.llmbus, Some(url), "llmbus-worker-relay").await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("no relay connection for the drain: {e}");
+            None
+        }
+    };
     readiness.set(State::Serving);
     let signal = signals.next().await;
     readiness.set(State::Draining);
@@ -196,7 +206,7 @@ async fn run_worker(config: Config, client: async_nats::Client, grace: Duration)
         "stopping: draining the jobs in flight"
     );
     tokio::select! {
-        report = worker.drain(grace) => {
+        report = worker.drain_via(grace, relay) => {
             readiness.set(State::Stopped);
             if report.cut_off > 0 {
                 tracing::warn!(cut_off = report.cut_off, "jobs still running after the grace period were answered with a 503");
@@ -213,8 +223,9 @@ async fn run_worker(config: Config, client: async_nats::Client, grace: Duration)
 async fn serve(url: Option<String>, path: PathBuf, grace_secs: Option<f64>) -> Res {
     let config = load(Some(&path))?;
     let grace = grace(&config, grace_secs)?;
-    let client = nats::connect(&config.llmbus, url.as_deref(), "llmbus-worker").await?;
-    run_worker(config, client, grace).await
+    let url = nats::url(&config.llmbus, url.as_deref());
+    let client = nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await?;
+    run_worker(config, client, &url, grace).await
 }
 
 async fn up(
@@ -228,6 +239,7 @@ async fn up(
     let url = nats::url(&config.llmbus, url.as_deref());
     let mut _local = None;
     let mut _temp = None;
+    let mut used = url.clone();
     let client = match nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await {
         Ok(c) => {
             tracing::info!(%url, "using the NATS server that answers there");
@@ -252,7 +264,8 @@ async fn up(
             tracing::info!(port, store = %dir.display(), "no NATS server answers; starting nats-server");
             let server =
                 tokio::task::spawn_blocking(move || LocalNats::start(port, &dir)).await??;
-            let c = nats::connect(&config.llmbus, Some(&server.url()), "llmbus-worker").await?;
+            used = server.url();
+            let c = nats::connect(&config.llmbus, Some(&used), "llmbus-worker").await?;
             _local = Some(server);
             c
         }
@@ -274,7 +287,7 @@ async fn up(
          Ctrl-C stops it.\n",
         groups.join(", ")
     );
-    run_worker(config, client, grace).await
+    run_worker(config, client, &used, grace).await
 }
 
 /// The port of a `nats://127.0.0.1:<port>` or `nats://localhost:<port>` URL.

@@ -132,24 +132,40 @@ impl Worker {
         ractor::call!(self.cost, crate::actors::cost::CostMsg::Spend).ok()
     }
 
-    /// Stops at once: [`Worker::drain`] without a grace period. The worker leaves the queue
-    /// group (once this returns, the server routes no job here), the jobs still running are
-    /// answered with a 503, and every actor stops.
+    /// Stops at once: [`Worker::drain`] without a grace period. The jobs still running are
+    /// answered with a 503, the worker leaves the queue group (once this returns, the server
+    /// routes no job here; what was already buffered is relayed to the other workers), and
+    /// every actor stops.
     pub async fn stop(self) {
         self.drain(Duration::ZERO).await;
     }
 
-    /// Stops gracefully. The worker leaves the queue group at once, so the other workers get
-    /// the new jobs; the jobs already delivered to it still run. It waits up to `grace` for
-    /// every job in flight (streams included) to finish; a job still running then is answered
-    /// with a 503 (`worker_shutting_down`; an error chunk and the sentinel for a stream).
-    /// Then every actor stops. Never leaves a job without an answer.
+    /// Stops gracefully: [`Worker::drain_via`] without a relay connection. Leaving the queue
+    /// group then unsubscribes the endpoints: a job the server routed here in the last round
+    /// trip before it processed that is lost (async-nats endpoints cannot drain).
     pub async fn drain(self, grace: Duration) -> crate::health::DrainReport {
+        self.drain_via(grace, None).await
+    }
+
+    /// Stops gracefully. From now on the worker takes no new job: one that still arrives is
+    /// relayed (published again with its reply subject) to the other workers of the queue
+    /// group. It waits up to `grace` for every job in flight (streams included) to finish; a
+    /// job still running then is answered with a 503 (`worker_shutting_down`; an error
+    /// message and the sentinel for a stream). Then it leaves the queue group: with `relay`
+    /// (a second connection to the same NATS), by draining its own connection, which loses no
+    /// job (what arrives meanwhile is relayed on `relay`); this closes the worker's
+    /// connection. Then every actor stops. Never leaves a job without an answer.
+    ///
+    /// Relaying needs publish permission on the request subjects (`llm.completion`, ...).
+    pub async fn drain_via(
+        self,
+        grace: Duration,
+        relay: Option<async_nats::Client>,
+    ) -> crate::health::DrainReport {
         use crate::actors::ingress::DrainCounts;
         let began = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + grace;
-        // Leaving takes one round trip to the server; its own bound is 10 s inside ingress.
-        let counts = match ractor::call_t!(self.ingress, IngressMsg::Drain, 30_000) {
+        match ractor::call_t!(self.ingress, IngressMsg::Drain, 30_000) {
             Ok(mut draining) => {
                 // `is_ok` drops the watch's read guard at once: ingress writes to it.
                 let idle = tokio::time::timeout_at(
@@ -158,36 +174,41 @@ impl Worker {
                 )
                 .await
                 .is_ok();
-                if !idle {
+                if !idle && !grace.is_zero() {
                     tracing::warn!(
                         grace_secs = grace.as_secs_f64(),
                         "the shutdown grace period ran out with jobs still running"
                     );
                 }
-                ractor::call_t!(self.ingress, IngressMsg::CutOff, 30_000).unwrap_or_else(|e| {
+                if let Err(e) = ractor::call_t!(self.ingress, IngressMsg::CutOff, 30_000) {
                     tracing::warn!(error = %e, "ingress did not answer the cut-off");
-                    DrainCounts::default()
-                })
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "ingress did not answer the drain");
+            Err(e) => tracing::warn!(error = %e, "ingress did not answer the drain"),
+        }
+        // Leaving takes a round trip to the server; ingress bounds it by 10 s.
+        let counts = ractor::call_t!(self.ingress, IngressMsg::Leave, 30_000, relay)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "ingress did not answer the leave");
                 DrainCounts::default()
-            }
-        };
+            });
         let report = crate::health::DrainReport {
             jobs: counts.jobs,
             finished: counts.jobs.saturating_sub(counts.cut_off),
             cut_off: counts.cut_off,
+            relayed: counts.relayed,
             took: began.elapsed(),
         };
         tracing::info!(
             jobs = report.jobs,
             finished = report.finished,
             cut_off = report.cut_off,
+            relayed = report.relayed,
             took_ms = report.took.as_millis() as u64,
-            "drained: {} jobs finished, {} cut off",
+            "drained: {} jobs finished, {} cut off, {} relayed to other workers",
             report.finished,
-            report.cut_off
+            report.cut_off,
+            report.relayed
         );
         self.ingress.stop(None);
         self.router.stop(None);

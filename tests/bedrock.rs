@@ -356,6 +356,13 @@ model_list:
       aws_access_key_id: AKIDEXAMPLE
       aws_secret_access_key: wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY
       {token}
+  - model_name: titan
+    litellm_params:
+      model: bedrock/amazon.titan-embed-text-v2:0
+      api_base: {url}
+      aws_region_name: us-east-1
+      aws_access_key_id: AKIDEXAMPLE
+      aws_secret_access_key: wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY
 router_settings:
   num_retries: 0
 "#,
@@ -537,4 +544,40 @@ async fn a_tool_call_stream_and_errors_over_nats() {
     let reply = gw.complete(body).await;
     assert_eq!(reply.status, 400);
     assert!(String::from_utf8_lossy(&reply.body).contains("logit_bias"));
+}
+
+async fn embed_over_nats(gw: &Gateway, body: Value) -> llmbus::client::Reply {
+    gw.client
+        .embed(
+            Default::default(),
+            bytes::Bytes::from(body.to_string()),
+            support::gateway::PATIENCE,
+        )
+        .await
+        .expect("an embeddings reply")
+}
+
+#[tokio::test]
+async fn titan_embeddings_over_nats() {
+    let fake = FakeNative::start().await;
+    let gw = Gateway::start(&config(&fake, "")).await;
+    let reply = embed_over_nats(&gw, json!({"model": "titan", "input": "abc"})).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        reply.json()["data"][0]["embedding"],
+        json!([0.25, -0.5, 3.0])
+    );
+    assert_eq!(reply.json()["usage"]["prompt_tokens"], 3);
+    let seen = fake.last();
+    assert_eq!(seen.path, "/model/amazon.titan-embed-text-v2%3A0/invoke");
+    assert!(
+        seen.header("authorization")
+            .unwrap()
+            .contains("/bedrock/aws4_request")
+    );
 }

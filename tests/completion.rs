@@ -253,12 +253,26 @@ async fn an_azure_content_filter_refusal_is_a_content_policy_error_with_its_fall
     );
     let gw = Gateway::start(&yaml).await;
     let reply = gw.complete(chat("azure-gpt", "something")).await;
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert_eq!(reply.header("Llm-Model-Group"), Some("gpt-4o-mini"));
-    assert_eq!(reply.header("Llm-Attempts"), Some("2"), "no retry on a content-policy refusal");
+    assert_eq!(
+        reply.header("Llm-Attempts"),
+        Some("2"),
+        "no retry on a content-policy refusal"
+    );
 
     // Without a fallback the client sees the refusal as such.
-    fake.push(Fault::error(400, "The response was filtered", "invalid_request_error", json!("content_filter")));
+    fake.push(Fault::error(
+        400,
+        "The response was filtered",
+        "invalid_request_error",
+        json!("content_filter"),
+    ));
     let gw = Gateway::start(&config(&fake)).await;
     let reply = gw.complete(chat("azure-gpt", "something")).await;
     assert_eq!(reply.status, 400);

@@ -71,7 +71,11 @@ async fn azure_and_mock_embeddings() {
     assert_eq!(seen.path, "/openai/deployments/my-embedder/embeddings");
     assert_eq!(seen.header("api-key"), Some("az-key"));
 
-    let a = embed(&gw, json!({"model": "mock-embed", "input": ["x", "y", "x"]})).await;
+    let a = embed(
+        &gw,
+        json!({"model": "mock-embed", "input": ["x", "y", "x"]}),
+    )
+    .await;
     assert_eq!(a.status, 200);
     let data = a.json()["data"].clone();
     assert_eq!(data.as_array().unwrap().len(), 3);
@@ -85,7 +89,12 @@ async fn embedding_errors_are_openai_errors() {
     let gw = Gateway::start(&config(&fake)).await;
     let r = embed(&gw, json!({"model": "embed-small"})).await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("input"));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("input")
+    );
     let r = embed(&gw, json!({"model": "embed-small", "input": []})).await;
     assert_eq!(r.status, 400);
     let r = embed(&gw, json!({"model": "nope", "input": "x"})).await;

@@ -37,7 +37,7 @@ fn entry(id: &str, api_base: &str, extra: &str) -> String {
         format!(", {extra}")
     };
     format!(
-        "  - model_name: g\n    litellm_params: {{model: openai/m, api_base: \"{api_base}\", api_key: k{extra}}}\n    model_info: {{id: {id}}}\n"
+        "  - model_name: g\n    litellm_params: {{model: openai/m, api_base: \"{api_base}\", api_key: sk-fake-0123456789abcdef{extra}}}\n    model_info: {{id: {id}}}\n"
     )
 }
 
@@ -165,12 +165,13 @@ fn assert_error(r: &Reply, status: u16, kind: &str) -> Value {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(keys, HashSet::from(["message", "type", "param", "code"]), "{v}");
-    assert_eq!(e["type"], kind, "{v}");
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+    assert_eq!(
+        keys,
+        HashSet::from(["message", "type", "param", "code"]),
         "{v}"
     );
+    assert_eq!(e["type"], kind, "{v}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     assert!(e["code"].is_string(), "the code is a string: {v}");
     e
 }
@@ -239,7 +240,6 @@ async fn server_error_counts_then_cools_down(status: u16) {
             "{e}"
         );
         assert_eq!(attempts(&r), 1);
-        assert_eq!(r.header("Llm-Deployment"), Some("d"));
         let d = rig.status("d").await;
         assert_healthy(&d, i);
         assert_eq!(num(&d, "failures"), i, "{d}");
@@ -284,7 +284,10 @@ async fn a_429_with_retry_after_cools_the_deployment_down_at_least_that_long() {
     let mut rig = Rig::start(&config(&[entry("d", &fake.url(), "")], "num_retries: 0")).await;
     let r = rig.gw.complete(chat("g", "x")).await;
     let e = assert_error(&r, 429, "rate_limit_error");
-    assert!(e["message"].as_str().unwrap().contains("deployment `d`"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("deployment `d`"),
+        "{e}"
+    );
     assert_eq!(attempts(&r), 1);
     let d = rig.status("d").await;
     assert_eq!(d["state"], "cooling_down", "{d}");
@@ -314,7 +317,10 @@ async fn a_400_from_the_upstream_never_counts_against_the_deployment() {
     let replies = concurrent(&rig.gw.client, 25, "bad").await;
     for r in &replies {
         let e = assert_error(r, 400, "invalid_request_error");
-        assert!(e["message"].as_str().unwrap().contains("deployment `d`"), "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("deployment `d`"),
+            "{e}"
+        );
         assert_eq!(attempts(r), 1, "a client error is not retried");
     }
     let d = rig.status("d").await;
@@ -333,14 +339,13 @@ async fn a_400_from_the_upstream_never_counts_against_the_deployment() {
 async fn a_401_cools_the_deployment_down_at_once() {
     let fake = FakeProvider::start().await;
     fake.set_default(Fault::status(401));
-    let mut rig = Rig::start(&config(
-        &[entry("d", &fake.url(), "")],
-        "cooldown_time: 60",
-    ))
-    .await;
+    let mut rig = Rig::start(&config(&[entry("d", &fake.url(), "")], "cooldown_time: 60")).await;
     let r = rig.gw.complete(chat("g", "x")).await;
     let e = assert_error(&r, 401, "authentication_error");
-    assert!(e["message"].as_str().unwrap().contains("Incorrect API key"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("Incorrect API key"),
+        "{e}"
+    );
     assert_eq!(attempts(&r), 1, "an authentication error is not retried");
     let d = rig.status("d").await;
     // One failure, with allowed_fails at its default of 3: a misconfigured key.
@@ -377,7 +382,10 @@ async fn fails_twice_then_cools_down(
     for i in 1..=2 {
         let r = rig.gw.complete(chat("g", "x")).await;
         let e = assert_error(&r, status, kind);
-        assert!(e["message"].as_str().unwrap().contains("deployment `d`"), "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("deployment `d`"),
+            "{e}"
+        );
         assert_eq!(attempts(&r), 1);
         let d = rig.status("d").await;
         if i == 1 {
@@ -426,10 +434,16 @@ async fn a_slow_first_byte_past_the_deployment_timeout_is_a_504_and_a_timeout() 
 
 #[tokio::test]
 async fn connection_refused_is_a_502_and_counts() {
-    // A free port nobody listens on.
-    let port = llmbus::local_nats::free_port().expect("a free port");
+    // A port bound but never listened on: connections to it are refused, and no other test
+    // can take it meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind a free port");
+    let port = socket.local_addr().expect("its address").port();
     let base = format!("http://127.0.0.1:{port}/v1");
     fails_twice_then_cools_down(&base, "", "", 502, "api_error", "Connection").await;
+    drop(socket);
 }
 
 #[tokio::test]
@@ -456,7 +470,10 @@ async fn a_malformed_json_body_is_a_502_invalid_response() {
 /// deployment the first attempt goes to.
 async fn two_on_one_fake(fake: &FakeProvider, extra: &str, router: &str) -> Rig {
     Rig::start(&config(
-        &[entry("a", &fake.url(), extra), entry("b", &fake.url(), extra)],
+        &[
+            entry("a", &fake.url(), extra),
+            entry("b", &fake.url(), extra),
+        ],
         router,
     ))
     .await
@@ -493,7 +510,10 @@ async fn cut_before_content_fails_over_silently(fault: Fault) {
         .iter()
         .filter(|c| c.json()["choices"][0]["delta"]["role"] == "assistant")
         .count();
-    assert_eq!(roles, 1, "{fault:?}: the abandoned attempt's role chunk never went out");
+    assert_eq!(
+        roles, 1,
+        "{fault:?}: the abandoned attempt's role chunk never went out"
+    );
     assert_eq!(fake.request_count(), 2);
     let (failed, served) = failed_and_served(&rig).await;
     assert_ne!(failed, served);
@@ -524,7 +544,10 @@ async fn cut_after_content_ends_with_error_then_sentinel(fault: Fault, status: u
     let (last, content_chunks) = messages.split_last().expect("at least the error body");
     let e = assert_error(last, status, kind);
     assert!(
-        e["message"].as_str().unwrap().contains("broke after it started"),
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("broke after it started"),
         "{fault:?}: {e}"
     );
     let sent = streamed_text(content_chunks);
@@ -573,7 +596,11 @@ async fn sse_with_garbage_lines_arrives_whole() {
     assert_eq!(sentinel.status, 200);
     assert_eq!(attempts(&sentinel), 1);
     assert_eq!(streamed_text(&chunks), "echo: through the noise");
-    assert!(chunks.iter().all(|c| c.status == 200 && c.json().get("error").is_none()));
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.status == 200 && c.json().get("error").is_none())
+    );
     let last = chunks.last().unwrap().json();
     assert_eq!(last["choices"][0]["finish_reason"], "stop", "{last}");
     let d = rig.status("d").await;
@@ -607,7 +634,10 @@ async fn a_stream_that_never_ends_gets_an_error_and_a_504_sentinel_within_its_de
     );
     let (last, content_chunks) = messages.split_last().expect("an error body");
     let e = assert_error(last, 504, "timeout_error");
-    assert!(e["message"].as_str().unwrap().contains("sent nothing"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("sent nothing"),
+        "{e}"
+    );
     assert_eq!(streamed_text(content_chunks), "echo: one");
     assert_eq!(sentinel.status, 504);
     assert!(sentinel.body.is_empty());
@@ -688,7 +718,10 @@ async fn one_deployment_of_two_failing_under_200_concurrent_jobs() {
         retries += n as usize - 1;
     }
     let after_wave1 = bad.request_count();
-    assert_eq!(after_wave1, retries, "every request to `a` was one retried attempt");
+    assert_eq!(
+        after_wave1, retries,
+        "every request to `a` was one retried attempt"
+    );
     assert_eq!(good.request_count(), 200);
     // How many reached `a` depends on how many were routed before its 4th failure came back
     // (with 200 at once, up to all of them); what is certain is that it cooled down.
@@ -708,7 +741,11 @@ async fn one_deployment_of_two_failing_under_200_concurrent_jobs() {
         assert_eq!(attempts(r), 1, "no retries: `a` is never picked");
         assert_eq!(r.header("Llm-Deployment"), Some("b"));
     }
-    assert_eq!(bad.request_count(), after_wave1, "`a` got requests in wave 2");
+    assert_eq!(
+        bad.request_count(),
+        after_wave1,
+        "`a` got requests in wave 2"
+    );
     assert_eq!(good.request_count(), 400);
 }
 
@@ -736,7 +773,11 @@ async fn after_a_cooldown_one_probe_decides() {
     }
     assert_eq!(bad.request_count(), 2);
     let a = rig.status("a").await;
-    assert_eq!(num(&a, "cooldowns"), 2, "the failed probe started a new cooldown: {a}");
+    assert_eq!(
+        num(&a, "cooldowns"),
+        2,
+        "the failed probe started a new cooldown: {a}"
+    );
     assert_ne!(a["state"], "healthy", "{a}");
 
     // 2. A successful probe. `a` recovers but answers slowly, so the probe is still out while
@@ -754,7 +795,11 @@ async fn after_a_cooldown_one_probe_decides() {
     assert_eq!(bad.request_count(), 3);
     let a = rig.status("a").await;
     assert_eq!(a["state"], "healthy", "{a}");
-    assert_eq!(num(&a, "failures_last_minute"), 0, "old failures forgotten: {a}");
+    assert_eq!(
+        num(&a, "failures_last_minute"),
+        0,
+        "old failures forgotten: {a}"
+    );
     assert_eq!(num(&a, "successes"), 1, "{a}");
 
     // Healthy again: it takes its share of the traffic.
@@ -793,7 +838,7 @@ async fn a_cooldown_on_one_worker_reaches_the_other_through_gossip() {
                 PATIENCE,
             )
             .await
-            .unwrap();
+            .expect("a started worker answers at once");
         assert_eq!(r.status, 404);
         worker_of(&r)
     };
@@ -813,7 +858,11 @@ async fn a_cooldown_on_one_worker_reaches_the_other_through_gossip() {
     // Jobs until one hits `a`: its 401 cools `a` down at once on the worker that served it.
     let hit = loop {
         let r = client
-            .complete(HeaderMap::new(), chat("g", "x").to_string().into(), PATIENCE)
+            .complete(
+                HeaderMap::new(),
+                chat("g", "x").to_string().into(),
+                PATIENCE,
+            )
             .await
             .unwrap();
         if r.status == 401 {
@@ -843,7 +892,10 @@ async fn a_cooldown_on_one_worker_reaches_the_other_through_gossip() {
         if a["state"] == "cooling_down" {
             break a;
         }
-        assert!(started.elapsed() < PATIENCE, "the gossip never arrived: {a}");
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the gossip never arrived: {a}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(num(&a, "failures"), 0, "this worker never called `a`: {a}");
@@ -857,6 +909,72 @@ async fn a_cooldown_on_one_worker_reaches_the_other_through_gossip() {
         assert_eq!(r.header("Llm-Deployment"), Some("b"));
         assert_eq!(attempts(r), 1);
     }
-    assert_eq!(bad.request_count(), 1, "the other worker sent `a` a request");
+    assert_eq!(
+        bad.request_count(),
+        1,
+        "the other worker sent `a` a request"
+    );
     other.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "bug: an attempt cut by the job's deadline is never reported to its deployment \
+            (RequestMsg::Deadline drops the call without a DeploymentMsg::Outcome)"]
+async fn a_hanging_upstream_cut_by_the_jobs_deadline_counts_as_a_timeout() {
+    let fake = FakeProvider::start().await;
+    fake.set_default(Fault::NeverEnding { after_chunks: 0 });
+    // No deployment `timeout`: only the job's deadline ends the call. allowed_fails is 3.
+    let mut rig = Rig::start(&config(
+        &[entry("d", &fake.url(), "")],
+        "num_retries: 0, cooldown_time: 60",
+    ))
+    .await;
+    for i in 1..=4u64 {
+        let r = rig
+            .gw
+            .complete_with(headers(&[("Llm-Timeout-Ms", "300")]), chat("g", "x"))
+            .await;
+        assert_error(&r, 504, "timeout_error");
+        let d = rig.status("d").await;
+        assert_eq!(
+            num(&d, "failures_last_minute"),
+            i,
+            "the hung call counts: {d}"
+        );
+    }
+    // A deployment that hangs on every call leaves the rotation like any failing one.
+    let d = rig.status("d").await;
+    assert_eq!(d["state"], "cooling_down", "{d}");
+    let e = rig.next_cooldown().await;
+    assert_cooldown_event(&e, "d", "Timeout", 60_000);
+}
+
+#[tokio::test]
+#[ignore = "bug: each failure of a call already in flight when the cooldown started starts \
+            (and counts, logs and gossips) another cooldown"]
+async fn failures_in_flight_when_the_cooldown_starts_do_not_start_more_cooldowns() {
+    let fake = FakeProvider::start().await;
+    fake.set_default(Fault::Delay(Duration::from_secs(60)));
+    // allowed_fails 0: the first failure cools down. Four calls are in flight together, and
+    // all four time out (0.5 s) at about the same time.
+    let mut rig = Rig::start(&config(
+        &[entry("d", &fake.url(), "timeout: 0.5")],
+        "num_retries: 0, allowed_fails: 0, cooldown_time: 60",
+    ))
+    .await;
+    let replies = concurrent(&rig.gw.client, 4, "in flight").await;
+    for r in &replies {
+        assert_error(r, 504, "timeout_error");
+    }
+    assert_eq!(fake.request_count(), 4, "all four were in flight together");
+    let e = rig.next_cooldown().await;
+    assert_cooldown_event(&e, "d", "Timeout", 60_000);
+    let d = rig.status("d").await;
+    assert_eq!(d["state"], "cooling_down", "{d}");
+    assert_eq!(
+        num(&d, "failures_last_minute"),
+        4,
+        "every failure is recorded: {d}"
+    );
+    assert_eq!(num(&d, "cooldowns"), 1, "one incident, one cooldown: {d}");
 }

@@ -371,18 +371,18 @@ async fn a_rolling_restart_under_load_loses_no_request() {
     let a = WorkerProcess::start("a", &nats.url(), &yaml, options.clone()).await;
     let b = WorkerProcess::start("b", &nats.url(), &yaml, options.clone()).await;
     let started = Instant::now();
-    let mut load = Load::start(&nats, 6, 2_000).await;
-    load.wait_for_more(30).await;
+    let mut load = Load::start(&nats, 8, 2_000).await;
+    load.wait_for_more(80).await;
 
     // Replace a while b serves, then b while a' serves: one worker is always up.
     a.terminate();
     let a2 = WorkerProcess::start("a'", &nats.url(), &yaml, options.clone()).await;
     a.assert_exits_cleanly(EXIT_PATIENCE).await;
-    load.wait_for_more(30).await;
+    load.wait_for_more(80).await;
     b.terminate();
     let b2 = WorkerProcess::start("b'", &nats.url(), &yaml, options.clone()).await;
     b.assert_exits_cleanly(EXIT_PATIENCE).await;
-    load.wait_for_more(30).await;
+    load.wait_for_more(80).await;
 
     let (ok, failures) = load.finish().await;
     eprintln!(
@@ -400,7 +400,10 @@ async fn a_rolling_restart_under_load_loses_no_request() {
         b.log()
     );
     for w in [&a, &b] {
-        assert!(w.logged("drained:"), "{}", w.log());
+        let log = w.log();
+        let drained = log.lines().find(|l| l.contains("drained:"));
+        assert!(drained.is_some(), "{log}");
+        eprintln!("{}", drained.unwrap_or_default());
     }
     drop((a2, b2));
 }

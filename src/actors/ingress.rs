@@ -7,17 +7,22 @@
 //! It supervises the request actors: when one fails (a panic), the job still gets an answer,
 //! a 500, and no other job notices.
 //!
-//! It also owns the worker's way out ([`IngressMsg::Drain`], then [`IngressMsg::CutOff`]):
-//! draining unsubscribes every endpoint and flushes, so that once the drain call returns the
-//! server routes nothing more to this worker (the queue group sends new jobs to the others);
-//! the jobs already delivered to the subscriptions' buffers are still admitted and run.
-//! Cutting off answers every job still running with a 503 (and a sentinel, for streams) and
-//! stops its actor: a job is never left without an answer.
+//! It also owns the worker's way out, without losing a job:
+//! 1. [`IngressMsg::Drain`]: the worker stops taking jobs but stays subscribed. A job that
+//!    still arrives is *relayed*: published again to the same subject with the same reply
+//!    subject and headers (plus `Llm-Relayed: <hops>`), so the queue group hands it to another
+//!    worker. After [`MAX_RELAYS`] hops (this worker is likely alone) it runs here instead.
+//! 2. The jobs in flight finish; [`IngressMsg::CutOff`] answers those still running when the
+//!    grace period ends with a 503 (an error message and the sentinel) and stops them.
+//! 3. [`IngressMsg::Leave`] leaves the queue group. With a relay connection, the worker's
+//!    connection is *drained* (`Client::drain`: the server confirms every unsubscription, and
+//!    every job it routed here before that is still delivered), and what arrives meanwhile is
+//!    relayed on the relay connection. Without one, the endpoints unsubscribe (async-nats's
+//!    `Endpoint::stop`): a job routed here in the instant before the server processed the
+//!    unsubscription (about one round trip) is dropped by the client library, unseen.
 //!
-//! async-nats caveat: an endpoint can only *unsubscribe* (`Endpoint::stop`), not drain; a job
-//! the server routed here in the instant before it processed the unsubscription (about one
-//! round trip) reaches the connection after the subscription is gone and is dropped by the
-//! client library. Nothing in the worker can see that job.
+//! Endpoints can only unsubscribe, not drain, in async-nats 0.51: that is why step 1 keeps the
+//! subscriptions and relays instead, and why step 3 drains the whole connection.
 
 use std::{
     collections::HashMap,
@@ -53,8 +58,14 @@ use crate::{
 /// The name the worker registers under with the NATS services framework.
 pub const SERVICE_NAME: &str = "llmbus";
 
-/// How long leaving the queue group may take (reading the endpoint buffers, then the flush).
+/// How long leaving the queue group may take (reading the endpoint buffers, then a round trip).
 const LEAVE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The header counting how many times draining workers relayed a job.
+pub const RELAYED: &str = "Llm-Relayed";
+
+/// Relays after which a draining worker runs a job itself.
+pub const MAX_RELAYS: u32 = 8;
 
 /// Ingress's arguments.
 pub struct IngressArgs {
@@ -76,13 +87,17 @@ pub enum IngressMsg {
     Models(Request),
     /// A `llm.deployments` request arrived.
     Deployments(Request),
-    /// Stop taking jobs: unsubscribe every endpoint, admit the jobs already delivered, flush.
-    /// The reply comes once the server routes nothing more to this worker.
+    /// Stop taking jobs: from now on new jobs are relayed to the other workers. Replies at once
+    /// with the jobs in flight.
     Drain(RpcReplyPort<Draining>),
-    /// The endpoints are unsubscribed and their buffers read (sent by ingress to itself).
-    Left(RpcReplyPort<Draining>),
-    /// Answer every job still running with a 503 and stop it; replies with the drain's counts.
-    CutOff(RpcReplyPort<DrainCounts>),
+    /// Answer every job still running with a 503 and stop it; replies with how many.
+    CutOff(RpcReplyPort<usize>),
+    /// Leave the queue group: drain the connection and relay on the given connection, or
+    /// without one unsubscribe the endpoints. Replies with the drain's counts once the server
+    /// routes nothing more to this worker.
+    Leave(Option<async_nats::Client>, RpcReplyPort<DrainCounts>),
+    /// The endpoints' subscriptions have ended (sent by ingress to itself).
+    Left(RpcReplyPort<DrainCounts>),
 }
 
 /// What [`IngressMsg::Drain`] answers: the jobs in flight, as they change.
@@ -99,6 +114,19 @@ pub struct DrainCounts {
     pub jobs: usize,
     /// Of those, the jobs still running at the cut-off, answered with a 503.
     pub cut_off: usize,
+    /// Jobs and requests that arrived during the drain and were relayed to the other workers.
+    pub relayed: usize,
+}
+
+/// Where ingress is in the worker's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Taking jobs.
+    Serving,
+    /// Relaying new jobs, finishing those in flight.
+    Draining,
+    /// Leaving the queue group: relaying everything that still arrives.
+    Leaving,
 }
 
 /// The ingress actor.
@@ -123,8 +151,11 @@ pub struct IngressState {
     /// `running.len()`, for the drain to wait on and for `$SRV.STATS`.
     in_flight: watch::Sender<usize>,
     readiness: Readiness,
-    /// Jobs run since the drain began; `None` while serving.
-    drain_jobs: Option<usize>,
+    phase: Phase,
+    /// The connection that relays what arrives while leaving (else the worker's own).
+    relay: Option<async_nats::Client>,
+    /// The drain's counts so far.
+    counts: DrainCounts,
     next_job: u64,
     worker_id: String,
 }
@@ -204,11 +235,11 @@ impl Actor for IngressActor {
                 IngressMsg::Deployments,
             ),
         ];
-        // Make sure the server has our subscriptions before anyone is told we serve.
-        ctx.client
-            .flush()
+        // Make sure the server has our subscriptions before anyone is told we serve (a flush
+        // only writes them to the socket).
+        tokio::time::timeout(LEAVE_PATIENCE, round_trip(&ctx.client))
             .await
-            .map_err(|e| format!("flushing subscriptions: {e}"))?;
+            .map_err(|_| "the NATS server did not confirm the subscriptions".to_string())??;
         readiness.set(State::Serving);
         tracing::info!(worker_id = %worker_id, subject = %subjects.completion(), queue_group = %args.queue_group, "worker is serving");
         Ok(IngressState {
@@ -220,7 +251,9 @@ impl Actor for IngressActor {
             running: HashMap::new(),
             in_flight,
             readiness,
-            drain_jobs: None,
+            phase: Phase::Serving,
+            relay: None,
+            counts: DrainCounts::default(),
             next_job: 0,
             worker_id,
         })
@@ -250,13 +283,18 @@ impl Actor for IngressActor {
         match msg {
             IngressMsg::Completion(request, received) => {
                 state
-                    .admit(&myself, JobKind::Completion, request, received)
+                    .take(&myself, JobKind::Completion, request, received)
                     .await;
             }
             IngressMsg::Embedding(request, received) => {
                 state
-                    .admit(&myself, JobKind::Embedding, request, received)
+                    .take(&myself, JobKind::Embedding, request, received)
                     .await;
+            }
+            IngressMsg::Models(request) | IngressMsg::Deployments(request)
+                if state.phase == Phase::Leaving =>
+            {
+                state.relay(request, 0).await;
             }
             IngressMsg::Models(request) => {
                 let router = state.ctx.router.clone();
@@ -280,22 +318,30 @@ impl Actor for IngressActor {
                     }
                 });
             }
-            IngressMsg::Drain(reply) => state.drain(&myself, reply),
-            IngressMsg::Left(reply) => {
-                tracing::info!(
-                    jobs_in_flight = state.running.len(),
-                    "left the queue group: new jobs go to the other workers"
-                );
+            IngressMsg::Drain(reply) => {
+                state.drain();
                 let _ = reply.send(Draining {
                     in_flight: state.in_flight.subscribe(),
                 });
             }
             IngressMsg::CutOff(reply) => {
                 let cut_off = state.cut_off().await;
-                let _ = reply.send(DrainCounts {
-                    jobs: state.drain_jobs.unwrap_or(0),
-                    cut_off,
-                });
+                let _ = reply.send(cut_off);
+            }
+            IngressMsg::Leave(relay, reply) => state.leave(&myself, relay, reply).await,
+            IngressMsg::Left(reply) => {
+                if let Some(relay) = &state.relay {
+                    match tokio::time::timeout(LEAVE_PATIENCE, relay.flush()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "flushing the relayed jobs"),
+                        Err(_) => tracing::warn!("flushing the relayed jobs timed out"),
+                    }
+                }
+                tracing::info!(
+                    relayed = state.counts.relayed,
+                    "left the queue group: new jobs go to the other workers"
+                );
+                let _ = reply.send(state.counts);
             }
         }
         Ok(())
@@ -331,6 +377,56 @@ impl Actor for IngressActor {
 }
 
 impl IngressState {
+    /// A job arrived: run it, or relay it while draining.
+    async fn take(
+        &mut self,
+        myself: &ActorRef<IngressMsg>,
+        kind: JobKind,
+        request: Request,
+        received: Instant,
+    ) {
+        match self.phase {
+            Phase::Serving => self.admit(myself, kind, request, received).await,
+            Phase::Draining => {
+                let hops = relays(&request);
+                if hops < MAX_RELAYS {
+                    self.relay(request, hops).await;
+                } else {
+                    self.admit(myself, kind, request, received).await;
+                }
+            }
+            Phase::Leaving => {
+                let hops = relays(&request);
+                self.relay(request, hops).await;
+            }
+        }
+    }
+
+    /// Publishes `request` again on its subject, with its reply subject and headers, for
+    /// another worker of the queue group.
+    async fn relay(&mut self, request: Request, hops: u32) {
+        let client = self.relay.as_ref().unwrap_or(&self.ctx.client);
+        let message = request.message;
+        let mut h = message.headers.unwrap_or_default();
+        h.insert(RELAYED, (hops + 1).to_string().as_str());
+        let sent = match message.reply {
+            Some(reply) => {
+                client
+                    .publish_with_reply_and_headers(message.subject, reply, h, message.payload)
+                    .await
+            }
+            None => {
+                client
+                    .publish_with_headers(message.subject, h, message.payload)
+                    .await
+            }
+        };
+        match sent {
+            Ok(()) => self.counts.relayed += 1,
+            Err(e) => tracing::warn!(error = %e, "relaying a job to the other workers failed"),
+        }
+    }
+
     async fn admit(
         &mut self,
         myself: &ActorRef<IngressMsg>,
@@ -368,8 +464,8 @@ impl IngressState {
         .await
         {
             Ok((actor, _)) => {
-                if let Some(n) = self.drain_jobs.as_mut() {
-                    *n += 1;
+                if self.phase != Phase::Serving {
+                    self.counts.jobs += 1;
                 }
                 self.running.insert(
                     actor.get_id(),
@@ -397,25 +493,57 @@ impl IngressState {
         self.in_flight.send_replace(self.running.len());
     }
 
-    /// Begins the drain: the readers unsubscribe their endpoints and forward what their
-    /// buffers still hold; once they have ended, a flush makes sure the server has processed
-    /// the unsubscriptions, and `Left` answers `reply`.
-    fn drain(&mut self, myself: &ActorRef<IngressMsg>, reply: RpcReplyPort<Draining>) {
-        if self.drain_jobs.is_some() {
-            let _ = reply.send(Draining {
-                in_flight: self.in_flight.subscribe(),
-            });
+    /// Begins the drain: new jobs are relayed from now on.
+    fn drain(&mut self) {
+        if self.phase != Phase::Serving {
             return;
         }
+        self.phase = Phase::Draining;
         self.readiness.set(State::Draining);
-        self.drain_jobs = Some(self.running.len());
+        self.counts.jobs = self.running.len();
         tracing::info!(
             jobs_in_flight = self.running.len(),
-            "draining: leaving the queue group, finishing the jobs in flight"
+            "draining: new jobs go to the other workers; finishing the jobs in flight"
         );
-        self.leave.send_replace(true);
+    }
+
+    /// Leaves the queue group. With `relay`, the worker's connection drains (lossless: every
+    /// job the server routed here before it processed the unsubscriptions is delivered, and
+    /// relayed); without, the endpoints unsubscribe and a round trip makes sure the server has
+    /// processed that. `Left` answers `reply` once the readers have forwarded everything.
+    async fn leave(
+        &mut self,
+        myself: &ActorRef<IngressMsg>,
+        relay: Option<async_nats::Client>,
+        reply: RpcReplyPort<DrainCounts>,
+    ) {
+        if self.phase == Phase::Serving {
+            self.drain();
+        }
+        if self.phase == Phase::Leaving {
+            let _ = reply.send(self.counts);
+            return;
+        }
+        self.phase = Phase::Leaving;
+        let drained = match relay {
+            Some(relay) => {
+                self.relay = Some(relay);
+                match self.ctx.client.drain().await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "draining the NATS connection; unsubscribing");
+                        self.relay = None;
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        if !drained {
+            self.leave.send_replace(true);
+        }
         let readers = std::mem::take(&mut self.readers);
-        let client = self.ctx.client.clone();
+        let client = (!drained).then(|| self.ctx.client.clone());
         let myself = myself.clone();
         tokio::spawn(async move {
             let until = tokio::time::Instant::now() + LEAVE_PATIENCE;
@@ -425,13 +553,16 @@ impl IngressState {
                     reader.abort();
                 }
             }
-            // Every UNSUB went out before this PING: after the PONG, nothing more is routed here.
-            match tokio::time::timeout_at(until, client.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "flushing the unsubscriptions"),
-                Err(_) => tracing::warn!("flushing the unsubscriptions timed out"),
+            // Every UNSUB went out before this round trip's message: once it is back, the
+            // server has processed them and routes nothing more here.
+            if let Some(client) = client {
+                match tokio::time::timeout_at(until, round_trip(&client)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "confirming the unsubscriptions"),
+                    Err(_) => tracing::warn!("confirming the unsubscriptions timed out"),
+                }
             }
-            // Queued behind every job the readers forwarded, so they are all admitted first.
+            // Queued behind every request the readers forwarded, so they are all relayed first.
             let _ = myself.cast(IngressMsg::Left(reply));
         });
     }
@@ -458,9 +589,39 @@ impl IngressState {
         if let Err(e) = self.ctx.client.flush().await {
             tracing::debug!(error = %e, "flushing the cut-off answers");
         }
+        self.counts.cut_off += cut;
         self.counted();
         cut
     }
+}
+
+/// A message to a fresh inbox of our own and back: once it arrives, the server has processed
+/// everything this connection sent before it (`Client::flush` only writes to the socket).
+async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
+    let inbox = client.new_inbox();
+    let mut sub = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("round trip to the NATS server: {e}"))?;
+    client
+        .publish(inbox, Bytes::new())
+        .await
+        .map_err(|e| format!("round trip to the NATS server: {e}"))?;
+    sub.next()
+        .await
+        .map(|_| ())
+        .ok_or_else(|| "round trip to the NATS server: the subscription ended".to_string())
+}
+
+/// How many times draining workers relayed `request` already.
+fn relays(request: &Request) -> u32 {
+    request
+        .message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(RELAYED))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Forwards every request of an endpoint to ingress. When `leave` turns true it unsubscribes
@@ -471,6 +632,8 @@ fn read(
     mut leave: watch::Receiver<bool>,
     wrap: impl Fn(Request) -> IngressMsg + Send + 'static,
 ) -> JoinHandle<()> {
+    // A stack temporary, moved out at once: boxing it would cost an allocation per job.
+    #[allow(clippy::large_enum_variant)]
     enum Step {
         Leave,
         Next(Option<Request>),

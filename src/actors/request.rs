@@ -690,7 +690,9 @@ impl RequestState {
     }
 
     async fn embedded(&mut self, mut response: EmbeddingResponse) {
-        let Some(mut call) = self.call.take() else { return };
+        let Some(mut call) = self.call.take() else {
+            return;
+        };
         let latency = call.started.elapsed();
         self.upstream_time += latency;
         if response.usage.prompt_tokens == 0 {
@@ -777,11 +779,10 @@ impl RequestState {
         };
         let latency = call.started.elapsed();
         self.upstream_time += latency;
-        let usage = self
-            .out
-            .usage
-            .clone()
-            .unwrap_or_else(|| Usage::new(self.prompt_tokens, (self.out.text as u64).div_ceil(4)));
+        let usage =
+            self.out.usage.clone().unwrap_or_else(|| {
+                Usage::new(self.prompt_tokens, (self.out.text as u64).div_ceil(4))
+            });
         call.held.actual_tokens = Some(usage.total_tokens);
         let _ = call.route.actor.cast(DeploymentMsg::Outcome {
             latency,

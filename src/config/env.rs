@@ -83,7 +83,10 @@ impl<'a> Resolver<'a> {
         self.secret(&mut p.vertex_credentials, &path.key("vertex_credentials"));
         self.string(&mut p.aws_region_name, &path.key("aws_region_name"));
         self.secret(&mut p.aws_access_key_id, &path.key("aws_access_key_id"));
-        self.secret(&mut p.aws_secret_access_key, &path.key("aws_secret_access_key"));
+        self.secret(
+            &mut p.aws_secret_access_key,
+            &path.key("aws_secret_access_key"),
+        );
         self.secret(&mut p.aws_session_token, &path.key("aws_session_token"));
         self.map(&mut p.extra_headers, &path.key("extra_headers"));
         Ok(())

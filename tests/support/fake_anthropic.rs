@@ -224,7 +224,11 @@ async fn messages(State(shared): State<Arc<Mutex<Shared>>>, req: Request) -> Res
         return error(401, "authentication_error", "invalid x-api-key");
     }
     if req.body.is_null() {
-        return error(400, "invalid_request_error", "The request body is not valid JSON.");
+        return error(
+            400,
+            "invalid_request_error",
+            "The request body is not valid JSON.",
+        );
     }
     let fault = {
         let mut state = lock(&shared);
@@ -294,7 +298,11 @@ impl Answer {
             .iter()
             .map(|m| 4 + tokens(&text_of(&m["content"])))
             .sum::<u64>()
-            + if system.is_empty() { 0 } else { 4 + tokens(&system) }
+            + if system.is_empty() {
+                0
+            } else {
+                4 + tokens(&system)
+            }
             + 3;
         let last_user = messages
             .iter()

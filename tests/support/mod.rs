@@ -3,6 +3,8 @@
 //! (server + worker + client) in one call.
 #![allow(dead_code)]
 
+pub mod fake_anthropic;
+pub mod fake_gemini;
 pub mod fake_native;
 pub mod fake_provider;
 pub mod gateway;

@@ -251,14 +251,28 @@ fn tool_result(message: &ChatMessage) -> Result<Value, ProviderError> {
     Ok(block)
 }
 
-/// Anthropic refuses a final assistant turn (a prefill) that ends in whitespace.
-fn trim_final_assistant(turns: &mut [(&'static str, Vec<Value>)]) {
-    if let Some(("assistant", blocks)) = turns.last_mut().map(|(r, b)| (*r, b))
-        && let Some(last) = blocks.last_mut()
+/// Anthropic refuses a final assistant turn (a prefill) that ends in whitespace; a text
+/// block left empty by the trim goes, and so does a turn left empty.
+fn trim_final_assistant(turns: &mut Vec<(&'static str, Vec<Value>)>) {
+    let Some((role, blocks)) = turns.last_mut() else {
+        return;
+    };
+    if *role != "assistant" {
+        return;
+    }
+    if let Some(last) = blocks.last_mut()
         && last["type"] == "text"
         && let Some(text) = last["text"].as_str()
     {
-        last["text"] = json!(text.trim_end());
+        let trimmed = text.trim_end().to_owned();
+        if trimmed.is_empty() {
+            blocks.pop();
+        } else {
+            last["text"] = json!(trimmed);
+        }
+    }
+    if blocks.is_empty() {
+        turns.pop();
     }
 }
 

@@ -47,9 +47,12 @@ pub struct Converted {
     pub json_mode: bool,
 }
 
+/// Whether a parameter's value asks for something (`logprobs: false` asks for nothing).
+type Asks = fn(&Value) -> bool;
+
 /// OpenAI parameters Anthropic has no equivalent of, with the test that says whether a value
 /// asks for something (`n: 1` or `logprobs: false` ask for nothing and are simply left out).
-const UNSUPPORTED: &[(&str, fn(&Value) -> bool)] = &[
+const UNSUPPORTED: &[(&str, Asks)] = &[
     ("logit_bias", not_null),
     ("presence_penalty", not_null),
     ("frequency_penalty", not_null),

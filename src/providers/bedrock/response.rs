@@ -97,7 +97,7 @@ pub fn completion(body: &Value, model: &str) -> Result<ChatCompletionResponse, P
     }
     let message = ChatMessage {
         role: Role::Assistant,
-        content: (!(text.is_empty() && !calls.is_empty())).then_some(MessageContent::Text(text)),
+        content: (!text.is_empty() || calls.is_empty()).then_some(MessageContent::Text(text)),
         name: None,
         tool_calls: (!calls.is_empty()).then_some(calls),
         tool_call_id: None,

@@ -31,7 +31,9 @@ pub fn texts(request: &EmbeddingRequest, drop_params: bool) -> Result<Vec<&str>,
         request.input,
         EmbeddingInput::Tokens(_) | EmbeddingInput::TokenArrays(_)
     ) {
-        return Err(bad_request("gemini embeds text; token-array inputs are not supported"));
+        return Err(bad_request(
+            "gemini embeds text; token-array inputs are not supported",
+        ));
     }
     if request.input.is_empty() {
         return Err(bad_request("`input` is empty"));
@@ -113,7 +115,11 @@ pub fn from_batch(
     let vectors: Vec<&Value> = body
         .get("embeddings")
         .and_then(Value::as_array)
-        .map(|list| list.iter().map(|e| e.get("values").unwrap_or(&Value::Null)).collect())
+        .map(|list| {
+            list.iter()
+                .map(|e| e.get("values").unwrap_or(&Value::Null))
+                .collect()
+        })
         .unwrap_or_default();
     let prompt: u64 = texts
         .iter()

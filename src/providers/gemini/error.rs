@@ -25,9 +25,8 @@ use crate::providers::{ErrorClass, ProviderError, http};
 pub fn from_response(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     match parsed.as_ref().and_then(google_error) {
-        Some(error) => classify(error, Some(status)).with_retry_after(
-            http::retry_after(headers).or_else(|| retry_delay(error)),
-        ),
+        Some(error) => classify(error, Some(status))
+            .with_retry_after(http::retry_after(headers).or_else(|| retry_delay(error))),
         None => http::error_from_response(status, headers, body),
     }
 }
@@ -64,9 +63,7 @@ fn classify(error: &Value, http_status: Option<u16>) -> ProviderError {
         .and_then(|c| u16::try_from(c).ok());
     let status = http_status.or(code);
     let class = match text("status") {
-        Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE") => {
-            ErrorClass::BadRequest
-        }
+        Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE") => ErrorClass::BadRequest,
         Some("UNAUTHENTICATED") => ErrorClass::Authentication,
         Some("PERMISSION_DENIED") => ErrorClass::PermissionDenied,
         Some("NOT_FOUND") => ErrorClass::NotFound,
@@ -96,9 +93,15 @@ fn refine(error: &Value, message: &str) -> ErrorClass {
         error
             .get("details")
             .and_then(Value::as_array)
-            .is_some_and(|d| d.iter().any(|x| x.get("reason").and_then(Value::as_str) == Some(wanted)))
+            .is_some_and(|d| {
+                d.iter()
+                    .any(|x| x.get("reason").and_then(Value::as_str) == Some(wanted))
+            })
     };
-    if reason_is("API_KEY_INVALID") || lower.contains("api key not valid") || lower.contains("api key expired") {
+    if reason_is("API_KEY_INVALID")
+        || lower.contains("api key not valid")
+        || lower.contains("api key expired")
+    {
         return ErrorClass::Authentication;
     }
     let token_limit = lower.contains("exceeds the maximum number of tokens")

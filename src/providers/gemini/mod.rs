@@ -155,7 +155,12 @@ pub fn vertex_provider(
         .or_else(|| env("VERTEXAI_PROJECT"))
         .or_else(|| env("GOOGLE_CLOUD_PROJECT"))
         .or_else(|| key.project_id.clone())
-        .ok_or_else(|| invalid(model, "Vertex AI needs `vertex_project` (or VERTEXAI_PROJECT)"))?;
+        .ok_or_else(|| {
+            invalid(
+                model,
+                "Vertex AI needs `vertex_project` (or VERTEXAI_PROJECT)",
+            )
+        })?;
     let location = params
         .vertex_location
         .clone()
@@ -233,7 +238,10 @@ fn base_headers(params: &LitellmParams) -> Result<HeaderMap, ConfigError> {
             )
         })?;
         let header_value = HeaderValue::from_str(value).map_err(|_| {
-            invalid(model, &format!("`extra_headers.{name}` is not a header value"))
+            invalid(
+                model,
+                &format!("`extra_headers.{name}` is not a header value"),
+            )
         })?;
         headers.insert(header_name, header_value);
     }

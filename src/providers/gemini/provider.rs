@@ -95,7 +95,9 @@ pub enum Auth {
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Auth::ApiKey(key) => write!(f, "ApiKey({})", if key.is_some() { "***" } else { "none" }),
+            Auth::ApiKey(key) => {
+                write!(f, "ApiKey({})", if key.is_some() { "***" } else { "none" })
+            }
             Auth::ServiceAccount(source) => write!(f, "ServiceAccount({source:?})"),
         }
     }
@@ -165,7 +167,10 @@ impl GeminiProvider {
             headers.insert(HeaderName::from_static("traceparent"), value);
         }
         if sse {
-            headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
         }
         Ok((headers, secrets))
     }
@@ -212,10 +217,7 @@ impl GeminiProvider {
     }
 
     /// Reads a 2xx JSON body.
-    async fn json(
-        response: reqwest::Response,
-        secrets: &[Secret],
-    ) -> Result<Value, ProviderError> {
+    async fn json(response: reqwest::Response, secrets: &[Secret]) -> Result<Value, ProviderError> {
         let status = response.status().as_u16();
         let body = response
             .bytes()
@@ -272,7 +274,8 @@ impl GeminiProvider {
         match &self.endpoint {
             Endpoint::AiStudio { .. } => {
                 let body = embed::batch_request(req, model, &texts);
-                let (response, secrets) = self.post(ctx, "batchEmbedContents", &body, false).await?;
+                let (response, secrets) =
+                    self.post(ctx, "batchEmbedContents", &body, false).await?;
                 let value = Self::json(response, &secrets).await?;
                 embed::from_batch(&value, req, model, &texts)
             }

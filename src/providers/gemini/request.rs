@@ -101,7 +101,9 @@ struct Turn {
 }
 
 /// The `systemInstruction` (if any) and the `contents`.
-fn convert_messages(messages: &[ChatMessage]) -> Result<(Option<Value>, Vec<Value>), ProviderError> {
+fn convert_messages(
+    messages: &[ChatMessage],
+) -> Result<(Option<Value>, Vec<Value>), ProviderError> {
     let mut system_parts = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
     let mut call_names: HashMap<String, String> = HashMap::new();
@@ -131,7 +133,10 @@ fn convert_messages(messages: &[ChatMessage]) -> Result<(Option<Value>, Vec<Valu
         // Gemini needs at least one turn: a prompt made only of instructions is sent as the
         // user's turn.
         return match system {
-            Some(system) => Ok((None, vec![json!({"role": "user", "parts": system["parts"]})])),
+            Some(system) => Ok((
+                None,
+                vec![json!({"role": "user", "parts": system["parts"]})],
+            )),
             None => Err(bad_request("the request has no message with content")),
         };
     }
@@ -169,7 +174,9 @@ fn content_part(part: &ContentPart, i: usize, j: usize) -> Result<Option<Value>,
                 .image_url
                 .as_ref()
                 .ok_or_else(|| bad_request(format!("{} has no `image_url`", at())))?;
-            media_part(&image.url, None).map(Some).map_err(|e| located(e, &at()))
+            media_part(&image.url, None)
+                .map(Some)
+                .map_err(|e| located(e, &at()))
         }
         "input_audio" => {
             let audio = part.extra.get("input_audio");
@@ -233,7 +240,10 @@ fn media_part(url: &str, mime: Option<&str>) -> Result<Value, ProviderError> {
     {
         let mut file = Map::new();
         file.insert("fileUri".into(), json!(url));
-        if let Some(mime) = mime.map(str::to_owned).or_else(|| mime_from_extension(&lower)) {
+        if let Some(mime) = mime
+            .map(str::to_owned)
+            .or_else(|| mime_from_extension(&lower))
+        {
             file.insert("mimeType".into(), json!(mime));
         }
         return Ok(json!({"fileData": file}));
@@ -360,16 +370,11 @@ fn tool_config(choice: &Value, drop_params: bool) -> Result<Option<Value>, Provi
             _ if drop_params => return Ok(None),
             other => return Err(bad_request(format!("unknown `tool_choice` `{other}`"))),
         },
-        Value::Object(_) => {
-            match choice
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-            {
-                Some(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
-                None if drop_params => return Ok(None),
-                None => return Err(bad_request("`tool_choice` names no function")),
-            }
-        }
+        Value::Object(_) => match choice.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+            None if drop_params => return Ok(None),
+            None => return Err(bad_request("`tool_choice` names no function")),
+        },
         Value::Null => return Ok(None),
         _ if drop_params => return Ok(None),
         _ => return Err(bad_request("`tool_choice` must be a string or an object")),

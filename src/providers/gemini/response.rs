@@ -19,8 +19,8 @@ use serde_json::Value;
 use crate::{
     providers::{ErrorClass, ProviderError},
     wire::openai::{
-        ChatCompletionResponse, ChatMessage, Choice, CompletionTokensDetails, Extra,
-        FunctionCall, MessageContent, PromptTokensDetails, Role, ToolCall, Usage, unix_now,
+        ChatCompletionResponse, ChatMessage, Choice, CompletionTokensDetails, Extra, FunctionCall,
+        MessageContent, PromptTokensDetails, Role, ToolCall, Usage, unix_now,
     },
 };
 
@@ -140,7 +140,10 @@ impl Gathered {
             .unwrap_or_default();
         for part in parts {
             if let Some(call) = &part.function_call {
-                let args = call.args.clone().unwrap_or_else(|| Value::Object(Extra::new()));
+                let args = call
+                    .args
+                    .clone()
+                    .unwrap_or_else(|| Value::Object(Extra::new()));
                 out.calls.push((call.name.clone(), args.to_string()));
             } else if let Some(text) = &part.text {
                 if part.thought == Some(true) {
@@ -188,7 +191,10 @@ pub fn finish_reason(reason: &str, called_functions: bool) -> &'static str {
 /// The OpenAI usage of Gemini's `usageMetadata`.
 pub fn usage(meta: &UsageMetadata) -> Usage {
     let thoughts = meta.thoughts_token_count.unwrap_or(0);
-    let mut usage = Usage::new(meta.prompt_token_count, meta.candidates_token_count + thoughts);
+    let mut usage = Usage::new(
+        meta.prompt_token_count,
+        meta.candidates_token_count + thoughts,
+    );
     if let Some(cached) = meta.cached_content_token_count {
         usage.prompt_tokens_details = Some(PromptTokensDetails {
             cached_tokens: Some(cached),

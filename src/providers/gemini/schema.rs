@@ -75,10 +75,11 @@ fn convert(node: &Value, defs: &Map<String, Value>, depth: usize) -> Value {
     for (key, value) in map {
         match key.as_str() {
             "anyOf" | "oneOf" => merge_alternatives(&mut out, value, defs, depth),
-            "allOf" => match value.as_array().map(Vec::as_slice) {
-                Some([only]) => merge_into(&mut out, convert(only, defs, depth + 1)),
-                _ => {}
-            },
+            "allOf" => {
+                if let Some([only]) = value.as_array().map(Vec::as_slice) {
+                    merge_into(&mut out, convert(only, defs, depth + 1));
+                }
+            }
             "type" => set_type(&mut out, value),
             "const" => {
                 out.insert("enum".into(), json!([value]));
@@ -115,7 +116,10 @@ fn set_type(out: &mut Map<String, Value>, value: &Value) {
         out.insert("type".into(), value.clone());
         return;
     };
-    let non_null: Vec<&Value> = types.iter().filter(|t| t.as_str() != Some("null")).collect();
+    let non_null: Vec<&Value> = types
+        .iter()
+        .filter(|t| t.as_str() != Some("null"))
+        .collect();
     if non_null.len() < types.len() {
         out.insert("nullable".into(), Value::Bool(true));
     }
@@ -253,7 +257,9 @@ mod tests {
 
     #[test]
     fn empty_objects_are_detected() {
-        assert!(is_empty_object(&json!({"type": "object", "properties": {}})));
+        assert!(is_empty_object(
+            &json!({"type": "object", "properties": {}})
+        ));
         assert!(is_empty_object(&json!({})));
         assert!(!is_empty_object(
             &json!({"type": "object", "properties": {"a": {"type": "string"}}})

@@ -81,7 +81,9 @@ impl StreamConverter {
         let event: GenerateContentResponse = serde_json::from_value(document).map_err(|e| {
             ProviderError::new(
                 ErrorClass::InvalidResponse,
-                format!("the upstream sent a stream event that is not a GenerateContentResponse: {e}"),
+                format!(
+                    "the upstream sent a stream event that is not a GenerateContentResponse: {e}"
+                ),
             )
         })?;
         if let Some(err) = response::prompt_blocked(&event) {
