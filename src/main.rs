@@ -172,7 +172,14 @@ fn grace(config: &Config, flag: Option<f64>) -> Result<Duration, String> {
 
 /// Runs a worker on `client` until a signal, then drains it. `url` is where a second
 /// connection relays the jobs that arrive while the worker leaves the queue group.
-async fn run_worker(config: Config, client: async_nats::Client, url: &str, grace: Duration) -> Res {
+/// `banner` is printed once the worker serves.
+async fn run_worker(
+    config: Config,
+    client: async_nats::Client,
+    url: &str,
+    grace: Duration,
+    banner: Option<String>,
+) -> Res {
     // Before the worker says it serves, so that a SIGTERM right after that drains it.
     let mut signals = Signals::install()?;
     let readiness = match config.llmbus.metrics_listen {
@@ -198,6 +205,9 @@ async fn run_worker(config: Config, client: async_nats::Client, url: &str, grace
         }
     };
     readiness.set(State::Serving);
+    if let Some(banner) = banner {
+        println!("{banner}");
+    }
     let signal = signals.next().await;
     readiness.set(State::Draining);
     tracing::info!(
@@ -225,7 +235,7 @@ async fn serve(url: Option<String>, path: PathBuf, grace_secs: Option<f64>) -> R
     let grace = grace(&config, grace_secs)?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let client = nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await?;
-    run_worker(config, client, &url, grace).await
+    run_worker(config, client, &url, grace, None).await
 }
 
 async fn up(
@@ -276,18 +286,19 @@ async fn up(
             .iter()
             .map(|m| m.model_name.as_str())
             .collect();
-        g.dedup();
+        let mut seen = std::collections::HashSet::new();
+        g.retain(|m| seen.insert(*m));
         g
     };
     let prefix = &config.llmbus.subject_prefix;
     let first = groups.first().copied().unwrap_or("demo");
-    println!(
+    let banner = format!(
         "\nllmbus is up on {url}\n  model groups: {}\n\nTry:\n  llmbus complete -m {first} \"Say hello\"\n  \
          nats req {prefix}.completion '{{\"model\":\"{first}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n\
          Ctrl-C stops it.\n",
         groups.join(", ")
     );
-    run_worker(config, client, &used, grace).await
+    run_worker(config, client, &used, grace, Some(banner)).await
 }
 
 /// The port of a `nats://127.0.0.1:<port>` or `nats://localhost:<port>` URL.

@@ -918,8 +918,6 @@ async fn a_cooldown_on_one_worker_reaches_the_other_through_gossip() {
 }
 
 #[tokio::test]
-#[ignore = "bug: an attempt cut by the job's deadline is never reported to its deployment \
-            (RequestMsg::Deadline drops the call without a DeploymentMsg::Outcome)"]
 async fn a_hanging_upstream_cut_by_the_jobs_deadline_counts_as_a_timeout() {
     let fake = FakeProvider::start().await;
     fake.set_default(Fault::NeverEnding { after_chunks: 0 });
@@ -950,8 +948,6 @@ async fn a_hanging_upstream_cut_by_the_jobs_deadline_counts_as_a_timeout() {
 }
 
 #[tokio::test]
-#[ignore = "bug: each failure of a call already in flight when the cooldown started starts \
-            (and counts, logs and gossips) another cooldown"]
 async fn failures_in_flight_when_the_cooldown_starts_do_not_start_more_cooldowns() {
     let fake = FakeProvider::start().await;
     fake.set_default(Fault::Delay(Duration::from_secs(60)));

@@ -178,6 +178,8 @@ pub struct RequestState {
     /// The group the requested model resolved to.
     first_group: Option<String>,
     served_group: Option<String>,
+    /// The deployment of the last attempt that failed, for the reply headers.
+    last_route: Option<Route>,
     upstream_time: Duration,
     out: StreamOut,
     finished: bool,
@@ -231,6 +233,7 @@ impl Actor for RequestActor {
             last_retry_after: None,
             first_group: None,
             served_group: None,
+            last_route: None,
             upstream_time: Duration::ZERO,
             out: StreamOut::default(),
             finished: false,
@@ -279,7 +282,15 @@ impl Actor for RequestActor {
                     let e = ApiError::deadline(format!(
                         "the job's deadline of {ms} ms passed before the upstream answered"
                     ));
-                    state.call = None;
+                    // A call cut by the deadline is a timeout of its deployment.
+                    if let Some(call) = state.call.take() {
+                        let _ = call.route.actor.cast(DeploymentMsg::Outcome {
+                            latency: call.started.elapsed(),
+                            ttft: call.first_chunk,
+                            failure: Some((ErrorClass::Timeout, None)),
+                        });
+                        state.last_route = Some(call.route.clone());
+                    }
                     state.fail(e).await;
                 }
                 // A late message from an attempt already given up.
@@ -635,6 +646,7 @@ impl RequestState {
             ttft: None,
             failure: Some((e.class, e.retry_after)),
         });
+        self.last_route = Some(call.route.clone());
         drop(call);
         // Nothing of this attempt reached the client: forget what it buffered.
         self.out = StreamOut::default();
@@ -841,7 +853,11 @@ impl RequestState {
 
     /// Answers the job with an error (and, for a stream, the sentinel after it).
     async fn fail(&mut self, e: ApiError) {
-        let route = self.call.take().map(|c| c.route.clone());
+        let route = self
+            .call
+            .take()
+            .map(|c| c.route.clone())
+            .or_else(|| self.last_route.take());
         self.send_error(&e, route.as_ref()).await;
     }
 
@@ -889,7 +905,10 @@ impl RequestState {
     async fn send_final(&mut self, payload: Bytes, headers: HeaderMap) {
         self.finished = true;
         self.call = None;
-        self.job.done.store(true, Ordering::Release);
+        if self.job.done.swap(true, Ordering::AcqRel) {
+            // Ingress already answered this job (it was cut off at shutdown).
+            return;
+        }
         if self.job.request.message.reply.is_none() {
             return;
         }

@@ -161,8 +161,14 @@ impl Health {
             return None;
         }
         self.prune(now);
-        let was_half_open = self.state(now) == HealthState::HalfOpen;
+        let state = self.state(now);
         self.outcomes.push_back((now, Some(class)));
+        if state == HealthState::CoolingDown {
+            // A call that was already in flight when the cooldown started: it is counted,
+            // but the cooldown in force stands (no second one, no second announcement).
+            return None;
+        }
+        let was_half_open = state == HealthState::HalfOpen;
         let policy_limit = self.policy.per_class.get(&class).copied();
         let fails = match policy_limit {
             Some(_) => self
@@ -345,6 +351,19 @@ mod tests {
             None,
             "policy overrides"
         );
+    }
+
+    #[test]
+    fn failures_during_a_cooldown_do_not_start_another() {
+        let mut h = Health::new(HealthPolicy::default());
+        let t = Instant::now();
+        assert!(h.failure(ErrorClass::Authentication, None, t).is_some());
+        for _ in 0..5 {
+            assert_eq!(h.failure(ErrorClass::Timeout, None, t + secs(1)), None);
+        }
+        assert_eq!(h.cooldowns(), 1);
+        assert_eq!(h.cooling_until(), Some(t + secs(5)));
+        assert_eq!(h.window_counts(t + secs(1)), (6, 6));
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl ProviderError {
         if let Some(secret) = secret.filter(|s| !s.is_empty())
             && self.message.contains(secret)
         {
-            self.message = self.message.replace(secret, "***");
+            self.message = redact_in(&self.message, secret);
         }
         self
     }
@@ -113,5 +113,49 @@ impl ProviderError {
                 | ErrorClass::InternalServer
                 | ErrorClass::InvalidResponse
         )
+    }
+}
+
+/// Replaces `secret` in `text` with `***`. A secret shorter than 8 characters (a test key such
+/// as `k`) is replaced only where it stands as a whole word, so that redaction does not mangle
+/// ordinary words that happen to contain it.
+fn redact_in(text: &str, secret: &str) -> String {
+    if secret.chars().count() >= 8 {
+        return text.replace(secret, "***");
+    }
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(secret) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + secret.len()..].chars().next();
+        out.push_str(&rest[..i]);
+        out.push_str(if word(before) || word(after) {
+            secret
+        } else {
+            "***"
+        });
+        rest = &rest[i + secret.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn long_secrets_go_everywhere_short_ones_as_whole_words() {
+        let e = ProviderError::new(
+            ErrorClass::Authentication,
+            "key sk-abcdef123 is bad, sk-abcdef123!",
+        );
+        assert_eq!(
+            e.redact(Some("sk-abcdef123")).message,
+            "key *** is bad, ***!"
+        );
+        let e = ProviderError::new(ErrorClass::Authentication, "API key k refused");
+        assert_eq!(e.redact(Some("k")).message, "API key *** refused");
     }
 }
