@@ -37,6 +37,10 @@
 #[path = "../tests/support/fake_provider.rs"]
 mod fake_provider;
 
+/// The same allocator as the `llmbus` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     collections::BTreeMap,
     future::Future,

@@ -6,6 +6,11 @@
 //! `--grace-secs`), answers those still running then with a 503, and exits 0. A second signal
 //! during the drain exits at once, with status 1.
 
+/// mimalloc: in the load benchmark it cut the worker's CPU per request by about 30 % against
+/// glibc's allocator, whose arena locks and heap trimming showed up in profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
