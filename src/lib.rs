@@ -29,25 +29,33 @@
 //! ```
 //!
 //! 1. [`actors::ingress`] registers the `llmbus` service with the NATS services framework
-//!    (`$SRV.PING|INFO|STATS`), subscribes to `llm.completion`, `llm.models` and
-//!    `llm.deployments` in the queue group, and spawns one request actor per job while fewer
-//!    than `max_in_flight` run (else a 503 at once).
+//!    (`$SRV.PING|INFO|STATS`), subscribes to `llm.completion`, `llm.embedding`,
+//!    `llm.models` and `llm.deployments` in the queue group, and spawns one request actor per job while fewer
+//!    than `max_in_flight` run (else a 503 at once). On shutdown it drains: jobs that still reach
+//!    it are handed to the other workers, jobs in flight finish within the grace period.
 //! 2. [`actors::request`] owns the job: it parses the body ([`wire::openai`]), reads the
 //!    headers ([`wire::headers`]), schedules the deadline, asks the router for a deployment,
 //!    waits for that deployment's capacity, runs the upstream call in a task, retries on
 //!    another deployment or falls back to another group, and answers. Every failure becomes
 //!    the OpenAI error body with `Llm-Status` ([`wire::error`]).
-//! 3. [`actors::router`] resolves aliases, picks among healthy deployments with capacity
-//!    (weighted shuffle), and restarts a deployment actor that fails.
-//! 4. [`actors::deployment`] holds one deployment's limits ([`limits`]) and health; it grants
-//!    and settles capacity but never makes the HTTP call.
-//! 5. [`providers`] turn the OpenAI request into a provider's HTTP call and its answer or SSE
-//!    stream back into OpenAI shapes; [`pricing`] prices the usage, [`actors::cost`] totals it.
+//! 3. [`actors::router`] resolves aliases and picks among the group's healthy deployments
+//!    (tags, context window, capacity) with the configured routing strategy; it restarts a
+//!    deployment actor that fails, and passes on cooldowns other workers announce on
+//!    `llm.health.*`.
+//! 4. [`actors::deployment`] holds one deployment's limits ([`limits`]) and health (cooldowns,
+//!    half-open probes); it grants and settles capacity but never makes the HTTP call.
+//! 5. [`providers`] turn the OpenAI request into a provider's HTTP call and its answer or
+//!    stream back into OpenAI shapes: the OpenAI-compatible family (one table row each),
+//!    Anthropic, Gemini and Vertex AI, Bedrock Converse, Cohere and Ollama; [`pricing`]
+//!    prices the usage, [`actors::cost`] totals it.
+//!
+//! The rules behind retries, fallbacks, cooldowns and routing strategies live in [`policy`] as
+//! pure code. `llm.embedding` jobs take the same path as completions, without streaming.
 //!
 //! [`config`] loads a LiteLLM `config.yaml` as it is; [`worker::Worker`] starts the actors of
 //! one process; [`client`] is a small Rust client of the same NATS contract; [`telemetry`]
-//! sets up logs and Prometheus metrics; [`local_nats`] starts a private `nats-server` for
-//! `llmbus up` and the tests.
+//! sets up logs and Prometheus metrics; [`health`] serves `/healthz` and `/readyz` and answers
+//! `llmbus health`; [`local_nats`] starts a private `nats-server` for `llmbus up` and the tests.
 
 pub mod actors;
 pub mod client;
