@@ -250,6 +250,26 @@ impl ErrorDetail {
     }
 }
 
+/// Runs one upstream call within the call's time budget (`ctx.timeout`): past it, a `Timeout`
+/// error that says what did not arrive (`what`: "answer", "response headers", ...). Every
+/// error that comes out has `key` scrubbed from its message.
+pub async fn within<T>(
+    ctx: &super::CallContext,
+    what: &str,
+    key: Option<&str>,
+    call: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    tokio::time::timeout(ctx.timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProviderError::new(
+                ErrorClass::Timeout,
+                format!("no {what} from the upstream within {:?}", ctx.timeout),
+            ))
+        })
+        .map_err(|e| e.redact(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -540,13 +540,6 @@ async fn error_of(response: reqwest::Response) -> ProviderError {
     }
 }
 
-fn timeout_error(ctx: &CallContext, what: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorClass::Timeout,
-        format!("no {what} from the upstream within {:?}", ctx.timeout),
-    )
-}
-
 impl Provider for OpenAiCompatible {
     fn complete<'a>(
         &'a self,
@@ -554,10 +547,13 @@ impl Provider for OpenAiCompatible {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.complete_inner(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "complete answer")))
-                .map_err(|e| e.redact(self.key()))
+            http::within(
+                ctx,
+                "complete answer",
+                self.key(),
+                self.complete_inner(request, ctx),
+            )
+            .await
         })
     }
 
@@ -567,10 +563,13 @@ impl Provider for OpenAiCompatible {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         Box::pin(async move {
-            let response = tokio::time::timeout(ctx.timeout, self.open_stream(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "response headers")))
-                .map_err(|e| e.redact(self.key()))?;
+            let response = http::within(
+                ctx,
+                "response headers",
+                self.key(),
+                self.open_stream(request, ctx),
+            )
+            .await?;
             Ok(chunks(response, self.key.clone()))
         })
     }
@@ -581,10 +580,13 @@ impl Provider for OpenAiCompatible {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<EmbeddingResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.embed_inner(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "embeddings")))
-                .map_err(|e| e.redact(self.key()))
+            http::within(
+                ctx,
+                "embeddings",
+                self.key(),
+                self.embed_inner(request, ctx),
+            )
+            .await
         })
     }
 }

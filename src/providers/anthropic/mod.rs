@@ -273,13 +273,6 @@ impl Anthropic {
     }
 }
 
-fn timeout_error(ctx: &CallContext, what: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorClass::Timeout,
-        format!("no {what} from the upstream within {:?}", ctx.timeout),
-    )
-}
-
 impl Provider for Anthropic {
     fn complete<'a>(
         &'a self,
@@ -287,10 +280,13 @@ impl Provider for Anthropic {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.complete_inner(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "complete answer")))
-                .map_err(|e| e.redact(self.key()))
+            http::within(
+                ctx,
+                "complete answer",
+                self.key(),
+                self.complete_inner(request, ctx),
+            )
+            .await
         })
     }
 
@@ -300,10 +296,13 @@ impl Provider for Anthropic {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.open_stream(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "response headers")))
-                .map_err(|e| e.redact(self.key()))
+            http::within(
+                ctx,
+                "response headers",
+                self.key(),
+                self.open_stream(request, ctx),
+            )
+            .await
         })
     }
 }

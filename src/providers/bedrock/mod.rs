@@ -255,13 +255,6 @@ impl Bedrock {
     }
 }
 
-fn timeout_error(ctx: &CallContext, what: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorClass::Timeout,
-        format!("no {what} from Bedrock within {:?}", ctx.timeout),
-    )
-}
-
 impl Provider for Bedrock {
     fn complete<'a>(
         &'a self,
@@ -269,9 +262,8 @@ impl Provider for Bedrock {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.complete_inner(request, ctx))
+            http::within(ctx, "answer", None, self.complete_inner(request, ctx))
                 .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "answer")))
                 .map_err(|e| self.redact(e))
         })
     }
@@ -282,10 +274,14 @@ impl Provider for Bedrock {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         Box::pin(async move {
-            let response = tokio::time::timeout(ctx.timeout, self.open_stream(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "response headers")))
-                .map_err(|e| self.redact(e))?;
+            let response = http::within(
+                ctx,
+                "response headers",
+                None,
+                self.open_stream(request, ctx),
+            )
+            .await
+            .map_err(|e| self.redact(e))?;
             let info = stream::StreamInfo {
                 model: ctx.upstream_model.clone(),
                 include_usage: request.include_usage(),
@@ -304,9 +300,8 @@ impl Provider for Bedrock {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<EmbeddingResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.embed_inner(request, ctx))
+            http::within(ctx, "embeddings", None, self.embed_inner(request, ctx))
                 .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "embeddings")))
                 .map_err(|e| self.redact(e))
         })
     }

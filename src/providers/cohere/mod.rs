@@ -106,13 +106,6 @@ impl fmt::Debug for Cohere {
     }
 }
 
-fn timeout_error(ctx: &CallContext, what: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorClass::Timeout,
-        format!("no {what} from Cohere within {:?}", ctx.timeout),
-    )
-}
-
 fn invalid(what: &str, e: impl fmt::Display) -> ProviderError {
     ProviderError::new(
         ErrorClass::InvalidResponse,
@@ -324,10 +317,7 @@ impl Provider for Cohere {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.complete_inner(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "answer")))
-                .map_err(|e| e.redact(self.key()))
+            http::within(ctx, "answer", self.key(), self.complete_inner(request, ctx)).await
         })
     }
 
@@ -342,10 +332,7 @@ impl Provider for Cohere {
                     convert::chat_body(request, &ctx.upstream_model, true, self.drop_params)?;
                 self.post("v2/chat", &body, "text/event-stream", ctx).await
             };
-            let response = tokio::time::timeout(ctx.timeout, open)
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "response headers")))
-                .map_err(|e| e.redact(self.key()))?;
+            let response = http::within(ctx, "response headers", self.key(), open).await?;
             let bytes = response
                 .bytes_stream()
                 .map(|r| r.map_err(http::error_from_reqwest));
@@ -364,10 +351,13 @@ impl Provider for Cohere {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<EmbeddingResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.embed_inner(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "embeddings")))
-                .map_err(|e| e.redact(self.key()))
+            http::within(
+                ctx,
+                "embeddings",
+                self.key(),
+                self.embed_inner(request, ctx),
+            )
+            .await
         })
     }
 }

@@ -289,13 +289,6 @@ impl GeminiProvider {
     }
 }
 
-fn timeout_error(ctx: &CallContext, what: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorClass::Timeout,
-        format!("no {what} from the upstream within {:?}", ctx.timeout),
-    )
-}
-
 impl Provider for GeminiProvider {
     fn complete<'a>(
         &'a self,
@@ -303,9 +296,13 @@ impl Provider for GeminiProvider {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.complete_inner(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "complete answer")))
+            http::within(
+                ctx,
+                "complete answer",
+                None,
+                self.complete_inner(request, ctx),
+            )
+            .await
         })
     }
 
@@ -315,9 +312,13 @@ impl Provider for GeminiProvider {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.open_stream(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "response headers")))
+            http::within(
+                ctx,
+                "response headers",
+                None,
+                self.open_stream(request, ctx),
+            )
+            .await
         })
     }
 
@@ -327,9 +328,7 @@ impl Provider for GeminiProvider {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<EmbeddingResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.embed_inner(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "embeddings")))
+            http::within(ctx, "embeddings", None, self.embed_inner(request, ctx)).await
         })
     }
 }

@@ -104,13 +104,6 @@ impl fmt::Debug for Ollama {
     }
 }
 
-fn timeout_error(ctx: &CallContext, what: &str) -> ProviderError {
-    ProviderError::new(
-        ErrorClass::Timeout,
-        format!("no {what} from Ollama within {:?}", ctx.timeout),
-    )
-}
-
 fn invalid(what: &str, e: impl fmt::Display) -> ProviderError {
     ProviderError::new(
         ErrorClass::InvalidResponse,
@@ -266,10 +259,7 @@ impl Provider for Ollama {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<ChatCompletionResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.complete_inner(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "answer")))
-                .map_err(|e| e.redact(self.key()))
+            http::within(ctx, "answer", self.key(), self.complete_inner(request, ctx)).await
         })
     }
 
@@ -284,10 +274,7 @@ impl Provider for Ollama {
                     convert::chat_body(request, &ctx.upstream_model, true, self.drop_params)?;
                 self.post("api/chat", &body, ctx).await
             };
-            let response = tokio::time::timeout(ctx.timeout, open)
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "response headers")))
-                .map_err(|e| e.redact(self.key()))?;
+            let response = http::within(ctx, "response headers", self.key(), open).await?;
             let bytes = response
                 .bytes_stream()
                 .map(|r| r.map_err(http::error_from_reqwest));
@@ -306,10 +293,13 @@ impl Provider for Ollama {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<EmbeddingResponse, ProviderError>> {
         Box::pin(async move {
-            tokio::time::timeout(ctx.timeout, self.embed_inner(request, ctx))
-                .await
-                .unwrap_or_else(|_| Err(timeout_error(ctx, "embeddings")))
-                .map_err(|e| e.redact(self.key()))
+            http::within(
+                ctx,
+                "embeddings",
+                self.key(),
+                self.embed_inner(request, ctx),
+            )
+            .await
         })
     }
 }
