@@ -24,6 +24,9 @@ pub struct Price {
     pub cached_input_per_token: Option<f64>,
     /// Per completion token, reasoning tokens included.
     pub output_per_token: f64,
+    /// Per prompt token written to the provider's cache (Anthropic's and Bedrock's
+    /// `cache_creation_input_tokens`); `None` charges them as plain input.
+    pub cache_write_per_token: Option<f64>,
 }
 
 /// A table row in the unit price pages use: dollars per million tokens.
@@ -35,7 +38,16 @@ const fn per_m(input: f64, cached: Option<f64>, output: f64) -> Price {
             None => None,
         },
         output_per_token: output / 1e6,
+        cache_write_per_token: None,
     }
+}
+
+/// An Anthropic row: like [`per_m`], with cache writes (5-minute cache) at 1.25 × the input
+/// price, as https://docs.anthropic.com/en/docs/about-claude/pricing lists them.
+const fn anthropic_m(input: f64, cached: Option<f64>, output: f64) -> Price {
+    let mut p = per_m(input, cached, output);
+    p.cache_write_per_token = Some(input * 1.25 / 1e6);
+    p
 }
 
 /// The built-in table: (model name, price per million tokens), lower case.
@@ -70,20 +82,20 @@ static TABLE: &[(&str, Price)] = &[
     // & refreshes" is the cached price) and https://platform.claude.com/docs/en/about-claude/pricing
     // for Opus 4.5 and later; Haiku 4.5 from its model overview page ($1 / $5, cache hits at
     // 0.1x as for every Claude model).
-    ("claude-opus-4-7", per_m(5.00, Some(0.50), 25.00)),
-    ("claude-opus-4-6", per_m(5.00, Some(0.50), 25.00)),
-    ("claude-opus-4-5", per_m(5.00, Some(0.50), 25.00)),
-    ("claude-opus-4-1", per_m(15.00, Some(1.50), 75.00)),
-    ("claude-opus-4", per_m(15.00, Some(1.50), 75.00)),
-    ("claude-opus-4-0", per_m(15.00, Some(1.50), 75.00)),
-    ("claude-sonnet-4-5", per_m(3.00, Some(0.30), 15.00)),
-    ("claude-sonnet-4", per_m(3.00, Some(0.30), 15.00)),
-    ("claude-sonnet-4-0", per_m(3.00, Some(0.30), 15.00)),
-    ("claude-3-7-sonnet", per_m(3.00, Some(0.30), 15.00)),
-    ("claude-3-5-sonnet", per_m(3.00, Some(0.30), 15.00)),
-    ("claude-haiku-4-5", per_m(1.00, Some(0.10), 5.00)),
-    ("claude-3-5-haiku", per_m(0.80, Some(0.08), 4.00)),
-    ("claude-3-haiku", per_m(0.25, Some(0.03), 1.25)),
+    ("claude-opus-4-7", anthropic_m(5.00, Some(0.50), 25.00)),
+    ("claude-opus-4-6", anthropic_m(5.00, Some(0.50), 25.00)),
+    ("claude-opus-4-5", anthropic_m(5.00, Some(0.50), 25.00)),
+    ("claude-opus-4-1", anthropic_m(15.00, Some(1.50), 75.00)),
+    ("claude-opus-4", anthropic_m(15.00, Some(1.50), 75.00)),
+    ("claude-opus-4-0", anthropic_m(15.00, Some(1.50), 75.00)),
+    ("claude-sonnet-4-5", anthropic_m(3.00, Some(0.30), 15.00)),
+    ("claude-sonnet-4", anthropic_m(3.00, Some(0.30), 15.00)),
+    ("claude-sonnet-4-0", anthropic_m(3.00, Some(0.30), 15.00)),
+    ("claude-3-7-sonnet", anthropic_m(3.00, Some(0.30), 15.00)),
+    ("claude-3-5-sonnet", anthropic_m(3.00, Some(0.30), 15.00)),
+    ("claude-haiku-4-5", anthropic_m(1.00, Some(0.10), 5.00)),
+    ("claude-3-5-haiku", anthropic_m(0.80, Some(0.08), 4.00)),
+    ("claude-3-haiku", anthropic_m(0.25, Some(0.03), 1.25)),
     // Google Gemini (Gemini Developer API, paid tier, prompts up to 200k tokens). Source:
     // LiteLLM's table (commit above), entries citing https://ai.google.dev/gemini-api/docs/pricing.
     ("gemini-2.5-pro", per_m(1.25, Some(0.125), 10.00)),
@@ -164,6 +176,10 @@ pub fn price_for(
             None => table.and_then(|p| p.cached_input_per_token),
         },
         output_per_token: output.or(table.map(|p| p.output_per_token)).unwrap_or(0.0),
+        cache_write_per_token: match input {
+            Some(_) => None,
+            None => table.and_then(|p| p.cache_write_per_token),
+        },
     })
 }
 
@@ -175,12 +191,20 @@ pub fn price_for(
 /// they are not added again.
 pub fn cost(price: &Price, usage: &Usage) -> f64 {
     let cached = usage.cached_tokens().min(usage.prompt_tokens);
-    let uncached = usage.prompt_tokens - cached;
+    let written = usage
+        .extra
+        .get("cache_creation_input_tokens")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+        .min(usage.prompt_tokens - cached);
+    let plain = usage.prompt_tokens - cached - written;
     let cached_price = price
         .cached_input_per_token
         .unwrap_or(price.input_per_token);
-    uncached as f64 * price.input_per_token
+    let write_price = price.cache_write_per_token.unwrap_or(price.input_per_token);
+    plain as f64 * price.input_per_token
         + cached as f64 * cached_price
+        + written as f64 * write_price
         + usage.completion_tokens as f64 * price.output_per_token
 }
 
@@ -321,6 +345,26 @@ mod tests {
             ..Default::default()
         });
         assert!(close(cost(&p, &u), 10_000.0 * 0.5e-6 + 0.008));
+    }
+
+    #[test]
+    fn anthropic_cache_writes_cost_a_quarter_more_than_input() {
+        // claude-sonnet-4-5: 1,000 plain + 2,000 cache reads + 4,000 cache writes in, 100 out
+        // = 1,000 x $3/M + 2,000 x $0.30/M + 4,000 x $3.75/M + 100 x $15/M
+        // = $0.003 + $0.0006 + $0.015 + $0.0015 = $0.0201.
+        let p = lookup("claude-sonnet-4-5").unwrap();
+        let mut u = Usage::new(7_000, 100);
+        u.prompt_tokens_details = Some(PromptTokensDetails {
+            cached_tokens: Some(2_000),
+            ..Default::default()
+        });
+        u.extra.insert(
+            "cache_creation_input_tokens".into(),
+            serde_json::json!(4_000),
+        );
+        assert!(close(cost(&p, &u), 0.0201), "{}", cost(&p, &u));
+        // Other providers' rows charge writes as input.
+        assert_eq!(lookup("gpt-4o").unwrap().cache_write_per_token, None);
     }
 
     #[test]
