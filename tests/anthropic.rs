@@ -815,3 +815,21 @@ async fn drop_params_decides_between_a_400_and_a_dropped_parameter() {
             .is_none()
     );
 }
+
+#[test]
+fn cache_control_on_a_tool_definition_reaches_anthropic() {
+    let request = serde_json::json!({
+        "model": "claude",
+        "messages": [{"role": "user", "content": "weather?"}],
+        "tools": [{
+            "type": "function",
+            "function": {"name": "get_weather", "parameters": {"type": "object"}},
+            "cache_control": {"type": "ephemeral"}
+        }]
+    });
+    let converted = convert(&request, false).expect("converts");
+    assert_eq!(
+        converted.body["tools"][0]["cache_control"],
+        serde_json::json!({"type": "ephemeral"})
+    );
+}

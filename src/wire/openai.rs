@@ -215,6 +215,10 @@ pub struct Tool {
     pub kind: String,
     /// The function.
     pub function: FunctionDef,
+    /// Other fields (LiteLLM's `cache_control` for Anthropic prompt caching, ...), passed
+    /// through.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// A function the model may call.

@@ -274,6 +274,10 @@ fn tool(tool: &Tool) -> Result<Value, ProviderError> {
     if let Some(description) = &f.description {
         out["description"] = json!(description);
     }
+    // LiteLLM's way to mark a prompt-caching breakpoint on a tool definition.
+    if let Some(cache_control) = tool.extra.get("cache_control") {
+        out["cache_control"] = cache_control.clone();
+    }
     Ok(out)
 }
 
