@@ -22,6 +22,7 @@ pub mod http;
 pub mod mock;
 pub mod ollama;
 pub mod openai_compat;
+pub mod params;
 pub mod sse;
 
 pub use error::{ErrorClass, ProviderError};

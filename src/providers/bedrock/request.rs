@@ -15,8 +15,9 @@
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
+use crate::providers::params;
 use crate::{
-    providers::{ErrorClass, ProviderError},
+    providers::ProviderError,
     wire::openai::{ChatCompletionRequest, ChatMessage, ContentPart, MessageContent, Role, Stop},
 };
 
@@ -49,16 +50,6 @@ const PASSTHROUGH: &[&str] = &["guardrailConfig", "performanceConfig"];
 /// Image formats Converse takes.
 const IMAGE_FORMATS: &[&str] = &["png", "jpeg", "gif", "webp"];
 
-fn bad(message: impl Into<String>) -> ProviderError {
-    ProviderError::new(ErrorClass::BadRequest, message).with_status(400)
-}
-
-fn unsupported(param: &str) -> ProviderError {
-    bad(format!(
-        "bedrock does not support the parameter `{param}`; set `drop_params: true` to drop it"
-    ))
-}
-
 /// The Converse body for `request` (the model goes in the URL, not the body).
 pub fn converse_body(
     request: &ChatCompletionRequest,
@@ -66,28 +57,21 @@ pub fn converse_body(
 ) -> Result<Value, ProviderError> {
     let mut body = Map::new();
     let mut additional = Map::new();
-    for (key, value) in &request.extra {
-        if value.is_null() || IGNORED.contains(&key.as_str()) {
-            continue;
-        }
-        if UNSUPPORTED.contains(&key.as_str()) {
-            if !drop_params {
-                return Err(unsupported(key));
-            }
-        } else if PASSTHROUGH.contains(&key.as_str()) {
-            body.insert(key.clone(), value.clone());
+    for (key, value) in
+        params::pass_on("bedrock", &request.extra, IGNORED, UNSUPPORTED, drop_params)?
+    {
+        if PASSTHROUGH.contains(&key) {
+            body.insert(key.into(), value.clone());
         } else {
-            additional.insert(key.clone(), value.clone());
+            additional.insert(key.into(), value.clone());
         }
     }
-    if request.n.is_some_and(|n| n != 1) && !drop_params {
-        return Err(unsupported("n"));
-    }
+    params::check_n("bedrock", request.n, drop_params)?;
     if let Some(format) = &request.response_format
         && format.get("type").and_then(Value::as_str) != Some("text")
         && !drop_params
     {
-        return Err(unsupported("response_format"));
+        return Err(params::unsupported("bedrock", "response_format"));
     }
 
     let (system, messages) = messages(&request.messages)?;
@@ -169,11 +153,11 @@ fn tool_config(
         Some(Value::String(s)) if s == "required" => Some(json!({"any": {}})),
         Some(Value::Object(o)) => match o.get("function").and_then(|f| f.get("name")) {
             Some(Value::String(name)) => Some(json!({"tool": {"name": name}})),
-            _ => return Err(bad("`tool_choice` names no function")),
+            _ => return Err(params::bad_request("`tool_choice` names no function")),
         },
         Some(_) if drop_params => None,
         Some(other) => {
-            return Err(bad(format!(
+            return Err(params::bad_request(format!(
                 "bedrock does not support `tool_choice: {other}`; set `drop_params: true` to \
                  drop it"
             )));
@@ -202,7 +186,7 @@ fn messages(input: &[ChatMessage]) -> Result<(Vec<Value>, Vec<Value>), ProviderE
             Role::Assistant => ("assistant", assistant_blocks(message)?),
             Role::Tool => ("user", vec![tool_result(message)?]),
             Role::Function => {
-                return Err(bad(
+                return Err(params::bad_request(
                     "bedrock does not take `function` messages; use `tool` messages",
                 ));
             }
@@ -234,7 +218,7 @@ fn part_block(part: &ContentPart) -> Result<Value, ProviderError> {
     match (part.kind.as_str(), &part.text, &part.image_url) {
         ("text", Some(text), _) => Ok(json!({ "text": text })),
         ("image_url", _, Some(image)) => image_block(&image.url),
-        (kind, _, _) => Err(bad(format!(
+        (kind, _, _) => Err(params::bad_request(format!(
             "bedrock does not take `{kind}` content parts here"
         ))),
     }
@@ -243,14 +227,14 @@ fn part_block(part: &ContentPart) -> Result<Value, ProviderError> {
 /// `data:image/png;base64,...` → an image block. Other URLs are refused.
 fn image_block(url: &str) -> Result<Value, ProviderError> {
     let Some((mime, data)) = parse_data_url(url) else {
-        return Err(bad(
+        return Err(params::bad_request(
             "bedrock takes images as `data:` URLs with base64 content, not links",
         ));
     };
     let format = mime.strip_prefix("image/").unwrap_or("");
     let format = if format == "jpg" { "jpeg" } else { format };
     if !IMAGE_FORMATS.contains(&format) {
-        return Err(bad(format!(
+        return Err(params::bad_request(format!(
             "bedrock takes png, jpeg, gif and webp images, not `{mime}`"
         )));
     }
@@ -259,7 +243,9 @@ fn image_block(url: &str) -> Result<Value, ProviderError> {
         .decode(data.as_bytes())
         .is_err()
     {
-        return Err(bad("an image's `data:` URL does not hold valid base64"));
+        return Err(params::bad_request(
+            "an image's `data:` URL does not hold valid base64",
+        ));
     }
     Ok(json!({ "image": { "format": format, "source": { "bytes": data } } }))
 }
@@ -285,7 +271,7 @@ fn assistant_blocks(message: &ChatMessage) -> Result<Vec<Value>, ProviderError> 
             json!({})
         } else {
             serde_json::from_str(args).map_err(|_| {
-                bad(format!(
+                params::bad_request(format!(
                     "the arguments of tool call `{}` are not JSON",
                     call.id
                 ))
@@ -302,7 +288,7 @@ fn tool_result(message: &ChatMessage) -> Result<Value, ProviderError> {
     let id = message
         .tool_call_id
         .as_deref()
-        .ok_or_else(|| bad("a `tool` message has no `tool_call_id`"))?;
+        .ok_or_else(|| params::bad_request("a `tool` message has no `tool_call_id`"))?;
     Ok(json!({
         "toolResult": { "toolUseId": id, "content": [{ "text": message.text_content() }] }
     }))
@@ -341,7 +327,7 @@ mod tests {
     fn unsupported_params_refuse_or_drop() {
         let r = req(json!({"model": "m", "messages": [], "logit_bias": {"1": 2}}));
         let err = converse_body(&r, false).unwrap_err();
-        assert_eq!(err.class, ErrorClass::BadRequest);
+        assert_eq!(err.class, crate::providers::ErrorClass::BadRequest);
         assert!(err.message.contains("logit_bias"), "{}", err.message);
         let body = converse_body(&r, true).unwrap();
         assert!(body.get("additionalModelRequestFields").is_none());

@@ -15,9 +15,10 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::providers::params;
 use crate::{
     providers::{ErrorClass, ProviderError},
-    wire::openai::{ChatCompletionRequest, ChatMessage, MessageContent, Role, Stop, Usage},
+    wire::openai::{ChatCompletionRequest, ChatMessage, MessageContent, Role, Usage},
 };
 
 /// OpenAI parameters Cohere v2 cannot honour.
@@ -40,16 +41,6 @@ const UNSUPPORTED: &[&str] = &[
 /// Request fields that are neither sent nor refused.
 const IGNORED: &[&str] = &["metadata", "user", "stream", "stream_options"];
 
-fn bad(message: impl Into<String>) -> ProviderError {
-    ProviderError::new(ErrorClass::BadRequest, message).with_status(400)
-}
-
-fn unsupported(param: &str) -> ProviderError {
-    bad(format!(
-        "cohere does not support the parameter `{param}`; set `drop_params: true` to drop it"
-    ))
-}
-
 /// The `/v2/chat` body for `request`, sent to `model`.
 pub fn chat_body(
     request: &ChatCompletionRequest,
@@ -64,23 +55,13 @@ pub fn chat_body(
         Value::Array(messages(&request.messages)?),
     );
     body.insert("stream".into(), stream.into());
-    for (key, value) in &request.extra {
-        let key = key.as_str();
-        if value.is_null() || IGNORED.contains(&key) {
-            continue;
-        }
-        if UNSUPPORTED.contains(&key) {
-            if !drop_params {
-                return Err(unsupported(key));
-            }
-        } else {
-            // `seed`, `frequency_penalty`, `presence_penalty` and Cohere's own fields.
-            body.insert(key.into(), value.clone());
-        }
+    // `seed`, `frequency_penalty`, `presence_penalty` and Cohere's own fields.
+    for (key, value) in
+        params::pass_on("cohere", &request.extra, IGNORED, UNSUPPORTED, drop_params)?
+    {
+        body.insert(key.into(), value.clone());
     }
-    if request.n.is_some_and(|n| n != 1) && !drop_params {
-        return Err(unsupported("n"));
-    }
+    params::check_n("cohere", request.n, drop_params)?;
     if let Some(max) = request.max_completion_tokens.or(request.max_tokens) {
         body.insert("max_tokens".into(), max.into());
     }
@@ -90,14 +71,8 @@ pub fn chat_body(
     if let Some(p) = request.top_p {
         body.insert("p".into(), p.into());
     }
-    match &request.stop {
-        Some(Stop::One(s)) => {
-            body.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Stop::Many(v)) => {
-            body.insert("stop_sequences".into(), json!(v));
-        }
-        None => {}
+    if let Some(stop) = &request.stop {
+        body.insert("stop_sequences".into(), json!(stop.to_vec()));
     }
     if let Some(format) = &request.response_format {
         match format.get("type").and_then(Value::as_str) {
@@ -111,7 +86,11 @@ pub fn chat_body(
                         json!({"type": "json_object", "json_schema": schema}),
                     );
                 }
-                None => return Err(bad("`response_format.json_schema` has no `schema`")),
+                None => {
+                    return Err(params::bad_request(
+                        "`response_format.json_schema` has no `schema`",
+                    ));
+                }
             },
             _ => {}
         }
@@ -128,7 +107,7 @@ pub fn chat_body(
                 body.insert("tool_choice".into(), "NONE".into());
             }
             Some(_) if drop_params => {}
-            Some(_) => return Err(unsupported("tool_choice")),
+            Some(_) => return Err(params::unsupported("cohere", "tool_choice")),
         }
     }
     Ok(Value::Object(body))
@@ -145,7 +124,7 @@ fn messages(input: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
                 Role::Assistant => "assistant",
                 Role::Tool => "tool",
                 Role::Function => {
-                    return Err(bad(
+                    return Err(params::bad_request(
                         "cohere does not take `function` messages; use `tool` messages",
                     ));
                 }

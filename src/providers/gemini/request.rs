@@ -89,9 +89,7 @@ pub fn bad_request(message: impl Into<String>) -> ProviderError {
 }
 
 fn unsupported(param: &str) -> ProviderError {
-    bad_request(format!(
-        "gemini does not support the parameter `{param}`; set `drop_params: true` to drop it"
-    ))
+    super::super::params::unsupported("gemini", param)
 }
 
 /// One `Content` being built.

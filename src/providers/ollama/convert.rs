@@ -15,11 +15,11 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
+use crate::providers::params;
 use crate::{
-    providers::{ErrorClass, ProviderError},
+    providers::ProviderError,
     wire::openai::{
-        ChatCompletionRequest, ChatMessage, FunctionCall, MessageContent, Role, Stop, ToolCall,
-        Usage,
+        ChatCompletionRequest, ChatMessage, FunctionCall, MessageContent, Role, ToolCall, Usage,
     },
 };
 
@@ -45,16 +45,6 @@ const IGNORED: &[&str] = &["metadata", "user", "stream", "stream_options"];
 /// Top-level `/api/chat` fields a client may set as they are.
 const TOP_LEVEL: &[&str] = &["keep_alive", "think", "format"];
 
-fn bad(message: impl Into<String>) -> ProviderError {
-    ProviderError::new(ErrorClass::BadRequest, message).with_status(400)
-}
-
-fn unsupported(param: &str) -> ProviderError {
-    bad(format!(
-        "ollama does not support the parameter `{param}`; set `drop_params: true` to drop it"
-    ))
-}
-
 /// The `/api/chat` body for `request`, sent to `model`.
 pub fn chat_body(
     request: &ChatCompletionRequest,
@@ -64,16 +54,10 @@ pub fn chat_body(
 ) -> Result<Value, ProviderError> {
     let mut body = Map::new();
     let mut options = Map::new();
-    for (key, value) in &request.extra {
-        let key = key.as_str();
-        if value.is_null() || IGNORED.contains(&key) {
-            continue;
-        }
-        if UNSUPPORTED.contains(&key) {
-            if !drop_params {
-                return Err(unsupported(key));
-            }
-        } else if key == "reasoning_effort" {
+    for (key, value) in
+        params::pass_on("ollama", &request.extra, IGNORED, UNSUPPORTED, drop_params)?
+    {
+        if key == "reasoning_effort" {
             body.insert("think".into(), true.into());
         } else if TOP_LEVEL.contains(&key) {
             body.insert(key.into(), value.clone());
@@ -82,9 +66,7 @@ pub fn chat_body(
             options.insert(key.into(), value.clone());
         }
     }
-    if request.n.is_some_and(|n| n != 1) && !drop_params {
-        return Err(unsupported("n"));
-    }
+    params::check_n("ollama", request.n, drop_params)?;
     if let Some(max) = request.max_completion_tokens.or(request.max_tokens) {
         options.insert("num_predict".into(), max.into());
     }
@@ -94,14 +76,8 @@ pub fn chat_body(
     if let Some(p) = request.top_p {
         options.insert("top_p".into(), p.into());
     }
-    match &request.stop {
-        Some(Stop::One(s)) => {
-            options.insert("stop".into(), json!([s]));
-        }
-        Some(Stop::Many(v)) => {
-            options.insert("stop".into(), json!(v));
-        }
-        None => {}
+    if let Some(stop) = &request.stop {
+        options.insert("stop".into(), json!(stop.to_vec()));
     }
     if let Some(format) = &request.response_format {
         match format.get("type").and_then(Value::as_str) {
@@ -112,7 +88,11 @@ pub fn chat_body(
                 Some(schema) => {
                     body.insert("format".into(), schema.clone());
                 }
-                None => return Err(bad("`response_format.json_schema` has no `schema`")),
+                None => {
+                    return Err(params::bad_request(
+                        "`response_format.json_schema` has no `schema`",
+                    ));
+                }
             },
             _ => {}
         }
@@ -122,7 +102,7 @@ pub fn chat_body(
         Some(Value::String(s)) if s == "auto" => true,
         Some(Value::String(s)) if s == "none" => false,
         Some(_) if drop_params => true,
-        Some(_) => return Err(unsupported("tool_choice")),
+        Some(_) => return Err(params::unsupported("ollama", "tool_choice")),
     };
     body.insert("model".into(), model.into());
     body.insert(
@@ -149,7 +129,7 @@ fn messages(input: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
             Role::Assistant => "assistant",
             Role::Tool => "tool",
             Role::Function => {
-                return Err(bad(
+                return Err(params::bad_request(
                     "ollama does not take `function` messages; use `tool` messages",
                 ));
             }
@@ -174,7 +154,7 @@ fn messages(input: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
                         json!({})
                     } else {
                         serde_json::from_str(args).map_err(|_| {
-                            bad(format!(
+                            params::bad_request(format!(
                                 "the arguments of tool call `{}` are not JSON",
                                 call.id
                             ))
@@ -209,7 +189,9 @@ fn images(message: &ChatMessage) -> Result<Vec<String>, ProviderError> {
                 .and_then(|rest| rest.split_once(";base64,"))
                 .map(|(_, data)| data.to_owned())
                 .ok_or_else(|| {
-                    bad("ollama takes images as `data:` URLs with base64 content, not links")
+                    params::bad_request(
+                        "ollama takes images as `data:` URLs with base64 content, not links",
+                    )
                 })
         })
         .collect()
