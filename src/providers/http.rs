@@ -250,6 +250,21 @@ impl ErrorDetail {
     }
 }
 
+/// `response` when its status is 2xx; otherwise the error `to_error` makes of its status,
+/// headers and body (each wire format has its own error body).
+pub async fn successful(
+    response: reqwest::Response,
+    to_error: impl FnOnce(u16, &HeaderMap, &[u8]) -> ProviderError,
+) -> Result<reqwest::Response, ProviderError> {
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.unwrap_or_default();
+    Err(to_error(status, &headers, &body))
+}
+
 /// Runs one upstream call within the call's time budget (`ctx.timeout`): past it, a `Timeout`
 /// error that says what did not arrive (`what`: "answer", "response headers", ...). Every
 /// error that comes out has `key` scrubbed from its message.

@@ -457,9 +457,7 @@ impl OpenAiCompatible {
     ) -> Result<ChatCompletionResponse, ProviderError> {
         let response = self.send(request, ctx, false).await?;
         let status = response.status().as_u16();
-        if !response.status().is_success() {
-            return Err(error_of(response).await);
-        }
+        let response = http::successful(response, http::error_from_response).await?;
         let body = response.bytes().await.map_err(http::error_from_reqwest)?;
         match serde_json::from_slice::<ChatCompletionResponse>(&body) {
             Ok(completion) => Ok(completion),
@@ -485,9 +483,7 @@ impl OpenAiCompatible {
             .post(self.embeddings_url(&ctx.upstream_model), &body, ctx, false)
             .await?;
         let status = response.status().as_u16();
-        if !response.status().is_success() {
-            return Err(error_of(response).await);
-        }
+        let response = http::successful(response, http::error_from_response).await?;
         let body = response.bytes().await.map_err(http::error_from_reqwest)?;
         serde_json::from_slice::<EmbeddingResponse>(&body).map_err(|e| {
             ProviderError::new(
@@ -505,9 +501,7 @@ impl OpenAiCompatible {
         ctx: &CallContext,
     ) -> Result<reqwest::Response, ProviderError> {
         let response = self.send(request, ctx, true).await?;
-        if !response.status().is_success() {
-            return Err(error_of(response).await);
-        }
+        let response = http::successful(response, http::error_from_response).await?;
         let is_json = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -527,16 +521,6 @@ impl OpenAiCompatible {
             });
         }
         Ok(response)
-    }
-}
-
-/// The error of a non-2xx response (its body read, within the caller's deadline).
-async fn error_of(response: reqwest::Response) -> ProviderError {
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    match response.bytes().await {
-        Ok(body) => http::error_from_response(status, &headers, &body),
-        Err(_) => http::error_from_response(status, &headers, b""),
     }
 }
 

@@ -140,13 +140,7 @@ impl Ollama {
             builder = builder.header("traceparent", tp.as_str());
         }
         let response = builder.send().await.map_err(http::error_from_reqwest)?;
-        if response.status().is_success() {
-            return Ok(response);
-        }
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.unwrap_or_default();
-        Err(http::error_from_response(status, &headers, &body))
+        http::successful(response, http::error_from_response).await
     }
 
     async fn complete_inner(
