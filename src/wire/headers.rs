@@ -39,6 +39,9 @@ pub const COST_USD: &str = "Llm-Cost-Usd";
 pub const CACHE: &str = "Llm-Cache";
 /// Reply: the job id that the worker's logs carry.
 pub const JOB_ID: &str = "Llm-Job-Id";
+/// Reply: milliseconds the job spent in upstream calls (all attempts), so a front can report
+/// the gateway's own overhead (total minus upstream).
+pub const UPSTREAM_MS: &str = "Llm-Upstream-Ms";
 
 /// The headers a requester may set on `llm.completion` and `llm.embedding`, as a JSON object of
 /// header name → value. NATS headers may repeat a name; this view keeps one value per name.

@@ -39,6 +39,13 @@ impl Subjects {
         format!("{}.deployments", self.prefix)
     }
 
+    /// `llm.cancel`: a requester that gives up publishes its job's reply subject here (the
+    /// payload is the subject, UTF-8); the worker running that job stops its upstream call and
+    /// frees its capacity. Every worker listens (no queue group).
+    pub fn cancel(&self) -> String {
+        format!("{}.cancel", self.prefix)
+    }
+
     /// `llm.usage.<model_group>`: one usage event per finished request.
     pub fn usage(&self, model_group: &str) -> String {
         format!("{}.usage.{}", self.prefix, token(model_group))
