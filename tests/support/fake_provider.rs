@@ -255,6 +255,10 @@ struct FakeState {
     queue: VecDeque<Fault>,
     default: Fault,
     required_key: Option<String>,
+    /// False to count requests without keeping them (long benchmarks).
+    keep: bool,
+    /// Requests counted but not kept.
+    forgotten: usize,
 }
 
 impl FakeProvider {
@@ -266,6 +270,8 @@ impl FakeProvider {
                 queue: VecDeque::new(),
                 default: Fault::Ok,
                 required_key: None,
+                keep: true,
+                forgotten: 0,
             }),
             count: watch::channel(0).0,
             closed: watch::channel(false).0,
@@ -326,6 +332,12 @@ impl FakeProvider {
     /// From now on, requests without this key get OpenAI's 401 `invalid_api_key`.
     pub fn require_key(&self, key: impl Into<String>) {
         self.shared.lock().required_key = Some(key.into());
+    }
+
+    /// Whether requests are kept for [`FakeProvider::requests`] (the default) or only counted,
+    /// for benchmarks that send millions.
+    pub fn keep_requests(&self, keep: bool) {
+        self.shared.lock().keep = keep;
     }
 
     /// Every request so far, in arrival order.
@@ -402,8 +414,12 @@ impl Shared {
         };
         let count = {
             let mut state = self.lock();
-            state.requests.push(recorded.clone());
-            state.requests.len()
+            if state.keep {
+                state.requests.push(recorded.clone());
+            } else {
+                state.forgotten += 1;
+            }
+            state.requests.len() + state.forgotten
         };
         self.count.send_replace(count);
         recorded

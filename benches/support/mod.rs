@@ -1,0 +1,176 @@
+//! What the process-level benchmarks share: a worker run as its own process (so its memory
+//! is its own), its resident memory read from `/proc`, and latency statistics.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+
+/// `llmbus serve` as a child process; killed when dropped.
+pub struct WorkerProcess {
+    child: Child,
+    /// How long from spawning the process to its "worker is serving" log line.
+    pub started_in: Duration,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkerProcess {
+    /// Starts `llmbus serve --config <yaml>` on `nats_url` and waits (a minute at most) until
+    /// it logs that it serves. `RUST_LOG` is `warn` unless `log` says otherwise, so that a long
+    /// run's failures do not fill a pipe.
+    pub fn start(nats_url: &str, yaml: &str, log: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).expect("write the worker config");
+        let began = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_llmbus"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .args(["--nats-url", nats_url])
+            .env("RUST_LOG", format!("{log},llmbus::actors::ingress=info"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the llmbus binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (ready, serving) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut told = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !told && line.contains("worker is serving") {
+                    told = true;
+                    let _ = ready.send(Ok(()));
+                } else if !told {
+                    let _ = ready.send(Err(line));
+                }
+            }
+        });
+        let deadline = began + Duration::from_secs(60);
+        let mut log = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match serving.recv_timeout(left) {
+                Ok(Ok(())) => break,
+                Ok(Err(line)) => log.push(line),
+                Err(_) => panic!("the worker did not serve within a minute:\n{}", log.join("\n")),
+            }
+        }
+        Self {
+            started_in: began.elapsed(),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now, in MB.
+    pub fn rss_mb(&self) -> f64 {
+        rss_mb(self.pid())
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of process `pid` in MB (`VmRSS` of `/proc/<pid>/status`; 0 elsewhere).
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
+        .unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A multi-threaded tokio runtime whose threads carry `name`.
+pub fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Latencies (ns) and failures.
+#[derive(Clone)]
+pub struct Stats {
+    pub hist: Histogram<u64>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, 120_000_000_000, 3).expect("histogram bounds"),
+            errors: 0,
+            first_error: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+impl Stats {
+    pub fn record(&mut self, latency: Duration, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.hist.saturating_record(latency.as_nanos() as u64),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: &Stats) {
+        self.hist.add(&other.hist).expect("same histogram bounds");
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+        self.elapsed = self.elapsed.max(other.elapsed);
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// Percentile in µs.
+    pub fn p(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    pub fn rps(&self) -> f64 {
+        self.ok() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The least-squares slope of `ys` over `xs`.
+pub fn slope(xs: &[f64], ys: &[f64]) -> f64 {
+    let n = xs.len().min(ys.len()) as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mx = xs.iter().sum::<f64>() / n;
+    let my = ys.iter().sum::<f64>() / n;
+    let cov: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    if var == 0.0 { 0.0 } else { cov / var }
+}
