@@ -234,7 +234,7 @@ fn deployments(
             .drop_params
             .or(Some(config.litellm_settings.drop_params));
         let p = &params;
-        let (provider, upstream_model) = providers::build(p, http)?;
+        let prepared = providers::prepare(entry, p, http);
         let n = per_group.entry(entry.model_name.as_str()).or_default();
         *n += 1;
         let mut id = entry
@@ -245,6 +245,7 @@ fn deployments(
         while !seen.insert(id.clone()) {
             id.push('\'');
         }
+        prepared.warn(&id, entry.location.as_deref());
         let rpm = entry.rpm();
         let tpm = entry.tpm();
         let weight = p
@@ -262,8 +263,8 @@ fn deployments(
             id,
             model_group: entry.model_name.clone(),
             model: p.model.clone(),
-            upstream_model,
-            provider,
+            upstream_model: prepared.upstream_model,
+            provider: prepared.provider,
             timeout: p.timeout.map(Duration::from_secs_f64),
             stream_timeout: p
                 .stream_timeout
@@ -276,6 +277,7 @@ fn deployments(
             max_parallel: p.max_parallel_requests,
             tags: p.tags.clone(),
             max_input_tokens: entry.model_info.max_input_tokens,
+            misconfigured: prepared.misconfigured,
             live: Live::default(),
         }));
     }

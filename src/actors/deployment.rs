@@ -63,6 +63,9 @@ pub struct DeploymentInfo {
     pub tags: Vec<String>,
     /// The context window, for pre-call checks.
     pub max_input_tokens: Option<u64>,
+    /// Why the deployment cannot work, when it cannot: the router never routes to it
+    /// (`providers::misconfigured`).
+    pub misconfigured: Option<String>,
     /// Numbers the router reads without asking the actor.
     pub live: Live,
 }
@@ -201,8 +204,11 @@ pub struct DeploymentStatus {
     pub model_group: String,
     /// `provider/model`.
     pub model: String,
-    /// `healthy`, `cooling_down` or `half_open`.
+    /// `healthy`, `cooling_down`, `half_open` or `misconfigured`.
     pub state: HealthState,
+    /// Why the deployment cannot work (with state `misconfigured`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub misconfigured: Option<String>,
     /// Milliseconds left in the cooldown (0 when none).
     pub cooldown_remaining_ms: u64,
     /// Cooldowns started since the worker started.
@@ -254,6 +260,10 @@ impl Actor for DeploymentActor {
         let capacity = Capacity::new(info.rpm, info.tpm, info.max_parallel);
         // A restarted actor starts healthy.
         info.live.state.store(0, Ordering::Relaxed);
+        if info.misconfigured.is_some() {
+            metrics::gauge!(telemetry::DEPLOYMENT_STATE, "deployment" => info.id.clone())
+                .set(HealthState::Misconfigured.code() as f64);
+        }
         Ok(DeploymentState {
             info,
             capacity,
@@ -369,8 +379,12 @@ impl DeploymentState {
             Ordering::Relaxed,
         );
         live.state.store(state.code(), Ordering::Relaxed);
+        let shown = match self.info.misconfigured {
+            Some(_) => HealthState::Misconfigured,
+            None => state,
+        };
         metrics::gauge!(telemetry::DEPLOYMENT_STATE, "deployment" => self.info.id.clone())
-            .set(state.code() as f64);
+            .set(shown.code() as f64);
     }
 
     /// Grants capacity to waiting jobs in arrival order, while there is capacity.
@@ -436,7 +450,11 @@ impl DeploymentState {
             id: self.info.id.clone(),
             model_group: self.info.model_group.clone(),
             model: self.info.model.clone(),
-            state: self.health.state(now),
+            state: match self.info.misconfigured {
+                Some(_) => HealthState::Misconfigured,
+                None => self.health.state(now),
+            },
+            misconfigured: self.info.misconfigured.clone(),
             cooldown_remaining_ms: self
                 .health
                 .cooling_until()

@@ -556,7 +556,7 @@ impl RequestState {
         let me = myself.clone();
         let timeout = dep.timeout.map_or(remaining, |t| t.min(remaining));
         let cctx = CallContext {
-            upstream_model: dep.upstream_model.clone(),
+            upstream_model: route.upstream_model.clone(),
             timeout,
             traceparent: self.traceparent.clone(),
         };
@@ -924,7 +924,6 @@ impl RequestState {
 
     fn record_usage(&self, route: &Route, usage: &Usage) -> f64 {
         let cost = route
-            .deployment
             .price
             .as_ref()
             .map_or(0.0, |p| pricing::cost(p, usage));

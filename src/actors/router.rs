@@ -2,8 +2,11 @@
 //! of a job, and supervises the deployment actors (a deployment actor that fails is started
 //! again with the same settings; its counts restart from zero).
 //!
-//! A pick narrows the group's deployments step by step, then lets the routing strategy
-//! ([`crate::policy::routing`]) choose:
+//! A request's model names a group, an alias of one, or else matches a wildcard group
+//! ([`crate::policy::wildcard`], most specific pattern first). A pick narrows the group's
+//! deployments step by step, then lets the routing strategy ([`crate::policy::routing`])
+//! choose:
+//! 0. not misconfigured (a group with nothing else answers a 500 naming the reasons);
 //! 1. not already failed for this job (unless all have: then all again);
 //! 2. healthy — a cooling-down deployment gets nothing, a half-open one gets exactly one probe;
 //! 3. with `enable_tag_filtering`: tagged with one of the request's `Llm-Tags`, or `default`
@@ -32,7 +35,10 @@ use crate::{
     policy::{
         health::{HealthPolicy, HealthState},
         routing::{self, Candidate, Strategy},
+        wildcard::Wildcards,
     },
+    pricing::{self, Price},
+    providers::misconfigured,
     wire::{
         ApiError,
         openai::{Model, ModelList, unix_now},
@@ -94,6 +100,12 @@ pub struct Route {
     pub group: String,
     /// The chosen deployment.
     pub deployment: Arc<DeploymentInfo>,
+    /// The model name to send upstream: the deployment's, or for a wildcard group the one the
+    /// request's model resolved to ([`crate::policy::wildcard`]).
+    pub upstream_model: String,
+    /// The price of the call: the deployment's, or for a wildcard deployment without one the
+    /// price of the model the request resolved to.
+    pub price: Option<Price>,
     /// Its actor.
     pub actor: ActorRef<DeploymentMsg>,
     /// False when the deployment already failed this job (nothing else was left).
@@ -140,6 +152,7 @@ pub struct RouterState {
     by_id: HashMap<String, usize>,
     groups: HashMap<String, Vec<usize>>,
     group_order: Vec<String>,
+    wildcards: Wildcards,
     aliases: BTreeMap<String, (String, bool)>,
     strategy: Strategy,
     tag_filtering: bool,
@@ -165,6 +178,7 @@ impl Actor for RouterActor {
             by_id: HashMap::new(),
             groups: HashMap::new(),
             group_order: Vec::new(),
+            wildcards: Wildcards::default(),
             aliases: args.aliases,
             strategy: args.strategy,
             tag_filtering: args.tag_filtering,
@@ -188,6 +202,7 @@ impl Actor for RouterActor {
                 probe: None,
             });
         }
+        state.wildcards = Wildcards::new(state.group_order.iter().map(String::as_str));
         if let Some(g) = &state.gossip {
             state.listener = Some(listen(g.clone(), myself.clone()).await?);
         }
@@ -323,11 +338,42 @@ impl RouterState {
     // The result travels in a message right away; boxing the error would only add an allocation.
     #[allow(clippy::result_large_err)]
     fn route(&mut self, req: &RouteRequest, now: Instant) -> Result<Route, RouteError> {
-        let group = self
-            .resolve(&req.model)
-            .ok_or_else(|| RouteError::UnknownModel(ApiError::model_not_found(&req.model)))?
-            .to_string();
+        // An exact group or alias first, else the most specific wildcard group.
+        let (group, wildcard) = match self.resolve(&req.model) {
+            Some(group) => (group.to_string(), None),
+            None => match self.wildcards.resolve(&req.model) {
+                Some(m) => (m.group.clone(), Some(m)),
+                None => {
+                    return Err(RouteError::UnknownModel(ApiError::model_not_found(
+                        &req.model,
+                    )));
+                }
+            },
+        };
         let members = self.groups[&group].clone();
+
+        // 0. Never a misconfigured deployment; a group of nothing else answers why.
+        let (members, broken): (Vec<usize>, Vec<usize>) = members
+            .into_iter()
+            .partition(|&i| self.slots[i].info.misconfigured.is_none());
+        if members.is_empty() {
+            let reasons: Vec<(&str, &str)> = broken
+                .iter()
+                .map(|&i| {
+                    let info = &self.slots[i].info;
+                    (
+                        info.id.as_str(),
+                        info.misconfigured.as_deref().unwrap_or(""),
+                    )
+                })
+                .collect();
+            let error = misconfigured::group_error(&group, &reasons);
+            return Err(RouteError::Unavailable {
+                group,
+                error,
+                retry_in: None,
+            });
+        }
 
         // 1. Not already failed for this job, unless every one has.
         let fresh: Vec<usize> = members
@@ -450,8 +496,19 @@ impl RouterState {
                 .load(std::sync::atomic::Ordering::Relaxed);
             slot.probe = Some((now, until));
         }
+        let (upstream_model, price) = match &wildcard {
+            Some(m) => (
+                m.upstream(&slot.info.upstream_model),
+                slot.info
+                    .price
+                    .or_else(|| pricing::lookup(&m.upstream(&slot.info.model))),
+            ),
+            None => (slot.info.upstream_model.clone(), slot.info.price),
+        };
         Ok(Route {
             group,
+            upstream_model,
+            price,
             deployment: slot.info.clone(),
             actor: slot.actor.clone(),
             fresh: is_fresh,
@@ -463,7 +520,7 @@ impl RouterState {
         let slot = &self.slots[i];
         match slot.info.live.health(now) {
             HealthState::Healthy => true,
-            HealthState::CoolingDown => false,
+            HealthState::CoolingDown | HealthState::Misconfigured => false,
             HealthState::HalfOpen => {
                 let until = slot
                     .info
