@@ -51,6 +51,9 @@ model_list:
     assert_eq!(r.header("Llm-Model-Group"), Some("*"));
     assert_eq!(any.last_request().unwrap().model(), Some("gpt-4o-mini"));
     assert_eq!(content(&r), "echo: hi");
+    // Priced as the model it resolved to (`openai/gpt-4o-mini` is in the price table).
+    let cost: f64 = r.header("Llm-Cost-Usd").unwrap().parse().unwrap();
+    assert!(cost > 0.0, "{cost}");
 
     // The more specific pattern wins: `fake/claude-x` calls upstream model `claude-x`.
     let r = gw.complete(chat("fake/claude-x", "hello")).await;

@@ -83,7 +83,12 @@ async fn litellm_example_configs_start() {
     );
     let examples = files
         .iter()
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with("proxy_"))
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("proxy_")
+        })
         .count();
     let examples_started = started.iter().filter(|n| !n.starts_with("proxy_")).count();
     println!(

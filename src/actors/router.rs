@@ -350,14 +350,15 @@ impl RouterState {
                 }
             },
         };
-        let members = self.groups[&group].clone();
-
         // 0. Never a misconfigured deployment; a group of nothing else answers why.
-        let (members, broken): (Vec<usize>, Vec<usize>) = members
-            .into_iter()
-            .partition(|&i| self.slots[i].info.misconfigured.is_none());
+        let all = &self.groups[&group];
+        let members: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| self.slots[i].info.misconfigured.is_none())
+            .collect();
         if members.is_empty() {
-            let reasons: Vec<(&str, &str)> = broken
+            let reasons: Vec<(&str, &str)> = all
                 .iter()
                 .map(|&i| {
                     let info = &self.slots[i].info;
