@@ -342,3 +342,27 @@ fn serve_strict_refuses_a_config_with_problems_before_connecting() {
     );
     assert!(out.contains("ANTHROPIC_API_KEY"), "{out}");
 }
+
+#[test]
+fn wildcard_deployments_build_for_every_provider() {
+    let mut text = String::from("model_list:\n");
+    for provider in [
+        "openai",
+        "groq",
+        "together_ai",
+        "anthropic",
+        "gemini",
+        "bedrock",
+        "cohere_chat",
+        "ollama",
+    ] {
+        text.push_str(&format!(
+            "  - model_name: \"{provider}/*\"\n    litellm_params: {{model: \"{provider}/*\", api_key: k, aws_region_name: us-east-1}}\n"
+        ));
+    }
+    text.push_str("  - model_name: \"azure/*\"\n    litellm_params: {model: \"azure/*\", api_key: k, api_base: \"https://r.openai.azure.com\"}\n");
+    let loaded = load(&text).unwrap();
+    let report = preflight::examine_with_env(&loaded, &no_env);
+    assert!(report.ok(), "{:#?}", report.problems);
+    assert_eq!(report.ready, 9);
+}

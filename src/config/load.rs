@@ -2,9 +2,10 @@
 //!
 //! Parsing runs serde_yaml_ng's deserializer wrapped twice: in `serde_ignored`, which reports
 //! every key the structs do not take (collected as unsupported or, close to a known key, as a
-//! typo; neither is fatal), and in
-//! `serde_path_to_error`, which gives the dotted key path of a type error or a missing key.
-//! serde_yaml_ng gives the line and column.
+//! typo; neither is fatal), and in `serde_path_to_error`, which gives the dotted key path of a
+//! type error or a missing key. serde_yaml_ng gives the line and column. Then the security
+//! audit (`security`), the `os.environ/` references (`env`), the checks (`check`) and the
+//! per-deployment problems (`entries`).
 
 use std::path::Path;
 
