@@ -46,7 +46,12 @@ use support::{WorkerProcess, runtime, slope};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn config(fast: &FakeProvider, failing: &FakeProvider, slow: &FakeProvider, drip: &FakeProvider) -> String {
+fn config(
+    fast: &FakeProvider,
+    failing: &FakeProvider,
+    slow: &FakeProvider,
+    drip: &FakeProvider,
+) -> String {
     let dep = |name: &str, fake: &FakeProvider| {
         format!(
             "  - model_name: {name}\n    litellm_params: {{model: openai/gpt-4o-mini, api_base: \"{}\", api_key: sk-soak-0123456789}}\n",
@@ -110,7 +115,11 @@ async fn one(client: &LlmClient, nats: &async_nats::Client, i: u64) -> Result<()
         }
         16 => {
             let r = client
-                .complete(HeaderMap::new(), Bytes::from_static(b"{\"model\": 12"), PATIENCE)
+                .complete(
+                    HeaderMap::new(),
+                    Bytes::from_static(b"{\"model\": 12"),
+                    PATIENCE,
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             status(400, r.status)
@@ -127,13 +136,20 @@ async fn one(client: &LlmClient, nats: &async_nats::Client, i: u64) -> Result<()
         18 => {
             // The client walks away; the worker answers later into the void.
             let _ = client
-                .complete(HeaderMap::new(), body("slow", false), Duration::from_millis(5))
+                .complete(
+                    HeaderMap::new(),
+                    body("slow", false),
+                    Duration::from_millis(5),
+                )
                 .await;
             Ok(())
         }
         _ => {
             let inbox = nats.new_inbox();
-            let mut sub = nats.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+            let mut sub = nats
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             nats.publish_with_reply("llm.completion", inbox.clone(), body("drip", true))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -157,7 +173,11 @@ fn main() {
             .and_then(|v| v.trim().replace('_', "").parse().ok())
             .unwrap_or(default)
     };
-    let total = if smoke { 2_000 } else { var("LLMBUS_SOAK_JOBS", 1_000_000) };
+    let total = if smoke {
+        2_000
+    } else {
+        var("LLMBUS_SOAK_JOBS", 1_000_000)
+    };
     let concurrency = var("LLMBUS_SOAK_CONCURRENCY", 64).max(1);
 
     let store = tempfile::tempdir().expect("a JetStream store");
@@ -228,13 +248,26 @@ fn main() {
         }
     });
 
-    println!("llmbus soak: {total} mixed jobs, {concurrency} in flight; worker pid {}", worker.pid());
-    println!("idle RSS {idle:.1} MB (started in {} ms)\n", worker.started_in.as_millis());
-    println!("{:>8} {:>10} {:>9} {:>9}", "time s", "jobs", "jobs/s", "RSS MB");
+    println!(
+        "llmbus soak: {total} mixed jobs, {concurrency} in flight; worker pid {}",
+        worker.pid()
+    );
+    println!(
+        "idle RSS {idle:.1} MB (started in {} ms)\n",
+        worker.started_in.as_millis()
+    );
+    println!(
+        "{:>8} {:>10} {:>9} {:>9}",
+        "time s", "jobs", "jobs/s", "RSS MB"
+    );
     let warmup_at = total / 10;
     let mut warm_rss = None;
     let mut samples: Vec<(f64, f64)> = Vec::new();
-    let interval = if smoke { Duration::from_millis(200) } else { Duration::from_secs(5) };
+    let interval = if smoke {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(5)
+    };
     let mut last = (Instant::now(), 0u64);
     while !load.is_finished() {
         std::thread::sleep(interval);
@@ -242,7 +275,10 @@ fn main() {
         let rss = worker.rss_mb();
         let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
         last = (Instant::now(), n);
-        println!("{:>8.1} {n:>10} {rate:>9.0} {rss:>9.1}", began.elapsed().as_secs_f64());
+        println!(
+            "{:>8.1} {n:>10} {rate:>9.0} {rss:>9.1}",
+            began.elapsed().as_secs_f64()
+        );
         if warm_rss.is_none() && n >= warmup_at {
             warm_rss = Some(rss);
         }
@@ -254,7 +290,10 @@ fn main() {
     let after = worker.rss_mb();
     let elapsed = began.elapsed();
     let warm = warm_rss.unwrap_or(after);
-    let half: Vec<&(f64, f64)> = samples.iter().filter(|(n, _)| *n >= total as f64 / 2.0).collect();
+    let half: Vec<&(f64, f64)> = samples
+        .iter()
+        .filter(|(n, _)| *n >= total as f64 / 2.0)
+        .collect();
     let per_100k = slope(
         &half.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
         &half.iter().map(|(_, r)| *r).collect::<Vec<_>>(),
@@ -276,7 +315,14 @@ fn main() {
         "RSS: idle {idle:.1} MB, after warm-up {warm:.1} MB, after the run {after:.1} MB ({growth:+.1} %); \
          trend over the second half {per_100k:+.2} MB per 100,000 jobs"
     );
-    println!("verdict: {}", if pass { "PASS (flat)" } else { "FAIL (memory grows)" });
+    println!(
+        "verdict: {}",
+        if pass {
+            "PASS (flat)"
+        } else {
+            "FAIL (memory grows)"
+        }
+    );
     drop((fast, failing, slow, drip));
     if !pass && !smoke {
         std::process::exit(1);

@@ -152,7 +152,9 @@ impl Lane {
                     .request(ECHO.to_string(), HeaderMap::new(), body(false), PATIENCE)
                     .await
                     .map_err(|e| e.to_string())?;
-                (!r.body.is_empty()).then_some(()).ok_or("empty echo".into())
+                (!r.body.is_empty())
+                    .then_some(())
+                    .ok_or("empty echo".into())
             }
             Lane::Nats(c) => {
                 let r = c
@@ -162,7 +164,11 @@ impl Lane {
                 if r.status == 200 {
                     Ok(())
                 } else {
-                    Err(format!("Llm-Status {}: {}", r.status, String::from_utf8_lossy(&r.body)))
+                    Err(format!(
+                        "Llm-Status {}: {}",
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    ))
                 }
             }
             Lane::Http { http, url } => {
@@ -511,7 +517,10 @@ fn held_streams(rt: &Runtime, nats_url: &str, worker: &WorkerProcess, n: usize) 
         let payload = Bytes::from(body.to_string());
         let mut readers = Vec::with_capacity(n);
         for _ in 0..n {
-            match client.stream(HeaderMap::new(), payload.clone(), Duration::from_secs(120)).await {
+            match client
+                .stream(HeaderMap::new(), payload.clone(), Duration::from_secs(120))
+                .await
+            {
                 Ok(r) => readers.push(r),
                 Err(e) => {
                     eprintln!("  streams: {e}");
@@ -581,9 +590,21 @@ fn main() {
                 }
             }
         });
-        LlmClient::new(async_nats::connect(nats.url()).await.expect("connect"), "llm")
+        LlmClient::new(
+            async_nats::connect(nats.url()).await.expect("connect"),
+            "llm",
+        )
     });
-    let floor_http = measure(&load_rt, "direct HTTP", &direct, &Settings { rates: vec![], ..s_copy(&s) }, None);
+    let floor_http = measure(
+        &load_rt,
+        "direct HTTP",
+        &direct,
+        &Settings {
+            rates: vec![],
+            ..s_copy(&s)
+        },
+        None,
+    );
     let floor_echo = sequential(&load_rt, &Lane::Echo(echo_client), s.secs);
 
     let yaml = format!(
@@ -600,9 +621,18 @@ fn main() {
         }
         let worker = WorkerProcess::start(&nats.url(), &yaml, "warn");
         let client = load_rt.block_on(async {
-            LlmClient::new(async_nats::connect(nats.url()).await.expect("connect"), "llm")
+            LlmClient::new(
+                async_nats::connect(nats.url()).await.expect("connect"),
+                "llm",
+            )
         });
-        let mut f = measure(&load_rt, "llmbus (NATS)", &Lane::Nats(client), &s, Some(worker.pid()));
+        let mut f = measure(
+            &load_rt,
+            "llmbus (NATS)",
+            &Lane::Nats(client),
+            &s,
+            Some(worker.pid()),
+        );
         starts.sort_by(f64::total_cmp);
         f.started_ms = starts.get(starts.len() / 2).copied();
         if s.streams > 0 {
@@ -622,8 +652,13 @@ fn main() {
         }
     }
     if !s.smoke {
-        for entry in std::env::var("LLMBUS_SUITE_PEERS").unwrap_or_default().split(';') {
-            let Some((name, cmd)) = entry.split_once('=') else { continue };
+        for entry in std::env::var("LLMBUS_SUITE_PEERS")
+            .unwrap_or_default()
+            .split(';')
+        {
+            let Some((name, cmd)) = entry.split_once('=') else {
+                continue;
+            };
             let name = name.trim();
             if !s.wants(name) {
                 continue;
@@ -706,7 +741,10 @@ fn report(direct: &Figures, echo: &Stats, all: &[Figures]) {
             println!("{}: {n} concurrent streams held in {rss:.0} MB RSS", f.name);
         }
         for (rate, p99, errors) in &f.ladder {
-            println!("  {}: open loop {rate}/s → p99 {p99:.0} µs, {errors} errors", f.name);
+            println!(
+                "  {}: open loop {rate}/s → p99 {p99:.0} µs, {errors} errors",
+                f.name
+            );
         }
     }
 }

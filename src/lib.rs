@@ -74,12 +74,17 @@
 //! The rules behind retries, fallbacks, cooldowns and routing strategies live in [`policy`] as
 //! pure code. `llm.embedding` jobs take the same path as completions, without streaming.
 //!
-//! [`config`] loads a LiteLLM `config.yaml` as it is; [`worker::Worker`] starts the actors of
-//! one process; [`client`] is a small Rust client of the same NATS contract; [`telemetry`]
-//! sets up logs and Prometheus metrics; [`health`] serves `/healthz` and `/readyz` and answers
-//! `llmbus health`; [`local_nats`] starts a private `nats-server` for `llmbus up` and the tests.
+//! [`auth`] is the key check of every job (`general_settings.master_key`). [`config`] loads a
+//! LiteLLM `config.yaml` as it is, refusing security settings llmbus does not enforce and
+//! keeping a deployment that cannot work as *misconfigured* (it takes no traffic);
+//! [`preflight`] lists every problem of a config for `llmbus check` and `serve --strict`;
+//! [`worker::Worker`] starts the actors of one process; [`client`] is a small Rust client of
+//! the same NATS contract; [`telemetry`] sets up logs and Prometheus metrics; [`health`] serves
+//! `/healthz` and `/readyz` and answers `llmbus health`; [`local_nats`] starts a private
+//! `nats-server` for `llmbus up` and the tests.
 
 pub mod actors;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod health;
@@ -87,6 +92,7 @@ pub mod limits;
 pub mod local_nats;
 pub mod nats;
 pub mod policy;
+pub mod preflight;
 pub mod pricing;
 pub mod providers;
 pub mod telemetry;

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use llmbus::{
     Worker,
     client::LlmClient,
-    config::{Config, Loaded},
+    config::Config,
     health::{self, Readiness, State},
     local_nats::LocalNats,
     nats, telemetry,
@@ -58,10 +58,21 @@ enum Command {
         /// A LiteLLM-style config file.
         #[arg(long, short, env = "LLMBUS_CONFIG")]
         config: PathBuf,
+        /// Refuse to start over any problem `llmbus check` would report (a misconfigured
+        /// deployment, a deployment without credentials, a typo, an unset variable).
+        #[arg(long)]
+        strict: bool,
         /// Seconds to let jobs in flight finish on SIGTERM/SIGINT (overrides
         /// llmbus.shutdown_grace_secs, default 30).
         #[arg(long)]
         grace_secs: Option<f64>,
+    },
+    /// Check a config file without starting anything: list every problem (misconfigured
+    /// deployments, missing credentials, typos, refused security settings) and exit non-zero
+    /// when there is one.
+    Check {
+        /// The LiteLLM-style config file.
+        config: PathBuf,
     },
     /// Exit 0 when at least one llmbus worker answers on NATS and serves the prefix's
     /// completion subject (not starting, not draining); non-zero otherwise.
@@ -121,7 +132,12 @@ async fn main() -> ExitCode {
             data_dir,
             grace_secs,
         } => up(cli.nats_url, config, data_dir, grace_secs).await,
-        Command::Serve { config, grace_secs } => serve(cli.nats_url, config, grace_secs).await,
+        Command::Serve {
+            config,
+            strict,
+            grace_secs,
+        } => serve(cli.nats_url, config, strict, grace_secs).await,
+        Command::Check { config } => llmbus::preflight::check_command(&config),
         Command::Health { prefix, wait_ms } => health(cli.nats_url, &prefix, wait_ms).await,
         Command::Complete {
             model,
@@ -149,22 +165,12 @@ async fn main() -> ExitCode {
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 
-fn load(path: Option<&PathBuf>) -> Result<Config, Box<dyn std::error::Error>> {
-    let Loaded {
-        config,
-        unsupported,
-        warnings,
-    } = match path {
+fn load(path: Option<&PathBuf>, strict: bool) -> Result<Config, Box<dyn std::error::Error>> {
+    let loaded = match path {
         Some(p) => Config::load(p)?,
         None => Config::quickstart(),
     };
-    if !unsupported.is_empty() {
-        tracing::warn!(keys = %unsupported.join(", "), "config keys llmbus does not support yet are ignored");
-    }
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    Ok(config)
+    Ok(llmbus::preflight::startup(loaded, strict)?)
 }
 
 /// The shutdown grace period: the flag, else `llmbus.shutdown_grace_secs`.
@@ -235,8 +241,8 @@ async fn run_worker(
     }
 }
 
-async fn serve(url: Option<String>, path: PathBuf, grace_secs: Option<f64>) -> Res {
-    let config = load(Some(&path))?;
+async fn serve(url: Option<String>, path: PathBuf, strict: bool, grace_secs: Option<f64>) -> Res {
+    let config = load(Some(&path), strict)?;
     let grace = grace(&config, grace_secs)?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let client = nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await?;
@@ -249,7 +255,7 @@ async fn up(
     data_dir: Option<PathBuf>,
     grace_secs: Option<f64>,
 ) -> Res {
-    let config = load(path.as_ref())?;
+    let config = load(path.as_ref(), false)?;
     let grace = grace(&config, grace_secs)?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let mut _local = None;

@@ -38,7 +38,8 @@ pub const DEPLOYMENT_RPM_USED: &str = "llmbus_deployment_rpm_used";
 pub const DEPLOYMENT_TPM_USED: &str = "llmbus_deployment_tpm_used";
 /// Upstream attempts that failed, by `deployment` and `class`.
 pub const UPSTREAM_FAILURES: &str = "llmbus_upstream_failures_total";
-/// Health of a deployment: 0 healthy, 1 cooling down, 2 half-open; by `deployment`.
+/// Health of a deployment: 0 healthy, 1 cooling down, 2 half-open, 3 misconfigured; by
+/// `deployment`.
 pub const DEPLOYMENT_STATE: &str = "llmbus_deployment_state";
 /// Cooldowns started, by `deployment`.
 pub const COOLDOWNS: &str = "llmbus_cooldowns_total";
@@ -196,7 +197,10 @@ fn describe() {
     describe_gauge!(DEPLOYMENT_TPM_USED, "Tokens in the deployment's TPM window");
     describe_counter!(UPSTREAM_FAILURES, "Failed upstream attempts by error class");
     describe_counter!(RETRIES, "Retries made");
-    describe_gauge!(DEPLOYMENT_STATE, "0 healthy, 1 cooling down, 2 half-open");
+    describe_gauge!(
+        DEPLOYMENT_STATE,
+        "0 healthy, 1 cooling down, 2 half-open, 3 misconfigured"
+    );
     describe_counter!(COOLDOWNS, "Cooldowns started");
     describe_counter!(FALLBACKS, "Fallbacks to another model group, by result");
 }

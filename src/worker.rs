@@ -129,6 +129,7 @@ impl Worker {
             table,
             gate: Arc::new(Gate::new(config.llmbus.max_in_flight)),
             cancels,
+            auth: crate::auth::Auth::from_config(config),
             cost: cost.clone(),
             default_timeout: config.default_timeout(),
             retry: policies.retry,
@@ -270,7 +271,7 @@ fn deployments(
             .drop_params
             .or(Some(config.litellm_settings.drop_params));
         let p = &params;
-        let (provider, upstream_model) = providers::build(p, http)?;
+        let prepared = providers::prepare(entry, p, http);
         let n = per_group.entry(entry.model_name.as_str()).or_default();
         *n += 1;
         let mut id = entry
@@ -281,6 +282,7 @@ fn deployments(
         while !seen.insert(id.clone()) {
             id.push('\'');
         }
+        prepared.warn(&id, entry.location.as_deref());
         let rpm = entry.rpm();
         let tpm = entry.tpm();
         let weight = p
@@ -298,8 +300,8 @@ fn deployments(
             id,
             model_group: entry.model_name.clone(),
             model: p.model.clone(),
-            upstream_model,
-            provider,
+            upstream_model: prepared.upstream_model,
+            provider: prepared.provider,
             timeout: p.timeout.map(Duration::from_secs_f64),
             stream_timeout: p
                 .stream_timeout
@@ -312,6 +314,7 @@ fn deployments(
             max_parallel: p.max_parallel_requests,
             tags: p.tags.clone(),
             max_input_tokens: entry.model_info.max_input_tokens,
+            misconfigured: prepared.misconfigured,
             live: Live::default(),
         }));
     }

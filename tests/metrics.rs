@@ -1,5 +1,5 @@
 //! Prometheus metrics: after a job, the exporter shows requests by status, latency and
-//! overhead histograms with explicit buckets, tokens and jobs in flight.
+//! overhead histograms with explicit buckets, tokens, jobs in flight and deployment states.
 
 mod support;
 
@@ -16,6 +16,9 @@ async fn metrics_are_exported_with_buckets() {
 model_list:
   - model_name: demo
     litellm_params: {model: openai/gpt-4o-mini, mock_response: "hello", rpm: 100, api_key: sk-metric-secret}
+  - model_name: demo
+    litellm_params: {model: nosuch/provider}
+    model_info: {id: broken}
 "#,
     )
     .await;
@@ -37,6 +40,8 @@ model_list:
         "llmbus_spend_usd{",
         "llmbus_jobs_in_flight",
         r#"llmbus_deployment_rpm_used{deployment="demo-1"} 1"#,
+        // A misconfigured deployment is state 3.
+        r#"llmbus_deployment_state{deployment="broken"} 3"#,
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }

@@ -59,7 +59,10 @@ impl WorkerProcess {
             match serving.recv_timeout(left) {
                 Ok(Ok(())) => break,
                 Ok(Err(line)) => log.push(line),
-                Err(_) => panic!("the worker did not serve within a minute:\n{}", log.join("\n")),
+                Err(_) => panic!(
+                    "the worker did not serve within a minute:\n{}",
+                    log.join("\n")
+                ),
             }
         }
         Self {

@@ -68,6 +68,9 @@ pub struct DeploymentInfo {
     pub tags: Vec<String>,
     /// The context window, for pre-call checks.
     pub max_input_tokens: Option<u64>,
+    /// Why the deployment cannot work, when it cannot: the router never routes to it
+    /// (`providers::misconfigured`).
+    pub misconfigured: Option<String>,
     /// Numbers the router reads without a lock.
     pub live: Live,
 }
@@ -160,8 +163,11 @@ pub struct DeploymentStatus {
     pub model_group: String,
     /// `provider/model`.
     pub model: String,
-    /// `healthy`, `cooling_down` or `half_open`.
+    /// `healthy`, `cooling_down`, `half_open` or `misconfigured`.
     pub state: HealthState,
+    /// Why the deployment cannot work (with state `misconfigured`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub misconfigured: Option<String>,
     /// Milliseconds left in the cooldown (0 when none).
     pub cooldown_remaining_ms: u64,
     /// Cooldowns started since the worker started.
@@ -241,6 +247,9 @@ impl Deployment {
             state: metrics::gauge!(telemetry::DEPLOYMENT_STATE, "deployment" => id),
         };
         let capacity = Capacity::new(info.rpm, info.tpm, info.max_parallel);
+        if info.misconfigured.is_some() {
+            gauges.state.set(HealthState::Misconfigured.code() as f64);
+        }
         Self {
             core: Mutex::new(Core {
                 capacity,
@@ -393,7 +402,7 @@ impl Deployment {
     pub fn available(&self, now: Instant) -> bool {
         match self.info.live.health(now) {
             HealthState::Healthy => true,
-            HealthState::CoolingDown => false,
+            HealthState::CoolingDown | HealthState::Misconfigured => false,
             HealthState::HalfOpen => {
                 let until = self.info.live.cooling_until_ms.load(Ordering::Relaxed);
                 match self.lock().probe {
@@ -436,7 +445,11 @@ impl Deployment {
             id: self.info.id.clone(),
             model_group: self.info.model_group.clone(),
             model: self.info.model.clone(),
-            state: core.health.state(now),
+            state: match self.info.misconfigured {
+                Some(_) => HealthState::Misconfigured,
+                None => core.health.state(now),
+            },
+            misconfigured: self.info.misconfigured.clone(),
             cooldown_remaining_ms: core
                 .health
                 .cooling_until()
@@ -461,7 +474,11 @@ impl Deployment {
             Ordering::Relaxed,
         );
         live.state.store(state.code(), Ordering::Relaxed);
-        self.gauges.state.set(state.code() as f64);
+        let shown = match self.info.misconfigured {
+            Some(_) => HealthState::Misconfigured,
+            None => state,
+        };
+        self.gauges.state.set(shown.code() as f64);
     }
 
     fn publish_capacity(&self, core: &mut Core, now: Instant) {

@@ -401,6 +401,9 @@ impl Reader {
                 }
             },
             _ if phase == Phase::Leaving => self.relay(request, 0).await,
+            _ if let Err(e) = self.ctx.auth.check(request.message.headers.as_ref()) => {
+                respond_error(&request, &e).await;
+            }
             Endpoint::Models => {
                 let list = self.ctx.table.load().models();
                 respond_json(&request, &list).await;

@@ -45,6 +45,8 @@ pub struct WorkerContext {
     pub gate: Arc<gate::Gate>,
     /// Jobs their requesters may cancel.
     pub cancels: Arc<cancel::Cancels>,
+    /// Who may run jobs (the master key).
+    pub auth: crate::auth::Auth,
     /// The cost actor.
     pub cost: ActorRef<cost::CostMsg>,
     /// A job's deadline when its request sets none.

@@ -2,8 +2,11 @@
 //!
 //! The router actor builds it and publishes it through an `ArcSwap`; every job reads the
 //! current snapshot and picks its deployment with [`RoutingTable::route`] without a message
-//! to anyone. A pick narrows the group's deployments step by step, then lets the routing
-//! strategy ([`crate::policy::routing`]) choose:
+//! to anyone. A request's model names a group, an alias of one, or else matches a wildcard
+//! group ([`crate::policy::wildcard`], most specific pattern first). A pick narrows the
+//! group's deployments step by step, then lets the routing strategy
+//! ([`crate::policy::routing`]) choose:
+//! 0. not misconfigured (a group with nothing else answers a 500 naming the reasons);
 //! 1. not already failed for this job (unless all have: then all again);
 //! 2. healthy — a cooling-down deployment gets nothing, a half-open one gets exactly one probe;
 //! 3. with `enable_tag_filtering`: tagged with one of the request's `Llm-Tags`, or `default`
@@ -20,7 +23,12 @@ use std::{
 
 use super::deployment::{Deployment, DeploymentInfo, DeploymentStatus};
 use crate::{
-    policy::routing::{self, Candidate, Strategy},
+    policy::{
+        routing::{self, Candidate, Strategy},
+        wildcard::{Match, Wildcards},
+    },
+    pricing::{self, Price},
+    providers::misconfigured,
     wire::{
         ApiError,
         openai::{Model, ModelList},
@@ -64,6 +72,12 @@ pub struct Route {
     pub group: Arc<str>,
     /// The chosen deployment.
     pub deployment: Arc<Deployment>,
+    /// For a wildcard group, the model name to send upstream (the one the request's model
+    /// resolved to); `None` sends the deployment's own.
+    pub wildcard_model: Option<String>,
+    /// The price of the call: the deployment's, or for a wildcard deployment without one the
+    /// price of the model the request resolved to.
+    pub price: Option<Price>,
     /// False when the deployment already failed this job (nothing else was left).
     pub fresh: bool,
 }
@@ -72,6 +86,13 @@ impl Route {
     /// The chosen deployment's facts.
     pub fn info(&self) -> &DeploymentInfo {
         &self.deployment.info
+    }
+
+    /// The model name the provider gets.
+    pub fn upstream_model(&self) -> &str {
+        self.wildcard_model
+            .as_deref()
+            .unwrap_or(&self.deployment.info.upstream_model)
     }
 }
 
@@ -105,6 +126,7 @@ pub struct RoutingTable {
     by_id: HashMap<String, usize>,
     groups: HashMap<Arc<str>, Vec<usize>>,
     group_order: Vec<Arc<str>>,
+    wildcards: Wildcards,
     rules: RoutingRules,
     created: u64,
 }
@@ -127,11 +149,13 @@ impl RoutingTable {
                 }
             }
         }
+        let wildcards = Wildcards::new(group_order.iter().map(|g| &**g));
         Self {
             deployments,
             by_id,
             groups,
             group_order,
+            wildcards,
             rules,
             created,
         }
@@ -147,31 +171,60 @@ impl RoutingTable {
         self.by_id.get(id).map(|&i| &self.deployments[i])
     }
 
-    /// True when `model` names a group or an alias of one.
+    /// True when `model` names a group, an alias of one, or matches a wildcard group.
     pub fn serves(&self, model: &str) -> bool {
         self.resolve(model).is_some()
     }
 
-    fn resolve(&self, model: &str) -> Option<(&Arc<str>, &[usize])> {
-        if let Some((name, members)) = self.groups.get_key_value(model) {
-            return Some((name, members));
+    /// The group `model` names (exactly or by an alias), else the most specific wildcard
+    /// group it matches.
+    fn resolve(&self, model: &str) -> Option<(&Arc<str>, &[usize], Option<Match>)> {
+        let named = self.groups.get_key_value(model).or_else(|| {
+            let (group, _) = self.rules.aliases.get(model)?;
+            self.groups.get_key_value(group.as_str())
+        });
+        if let Some((name, members)) = named {
+            return Some((name, members, None));
         }
-        let (group, _) = self.rules.aliases.get(model)?;
-        self.groups
-            .get_key_value(group.as_str())
-            .map(|(name, members)| (name, members.as_slice()))
+        let m = self.wildcards.resolve(model)?;
+        let (name, members) = self.groups.get_key_value(m.group.as_str())?;
+        Some((name, members, Some(m)))
     }
 
     /// Picks a deployment for one attempt of a job.
     // The result is used at once; boxing the error would only add an allocation.
     #[allow(clippy::result_large_err)]
     pub fn route(&self, req: &RouteRequest<'_>, now: Instant) -> Result<Route, RouteError> {
-        let Some((group, members)) = self.resolve(req.model) else {
+        let Some((group, all, wildcard)) = self.resolve(req.model) else {
             return Err(RouteError::UnknownModel(ApiError::model_not_found(
                 req.model,
             )));
         };
         let dep = |i: usize| &self.deployments[i];
+
+        // 0. Never a misconfigured deployment; a group of nothing else answers why.
+        let members: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| dep(i).info.misconfigured.is_none())
+            .collect();
+        if members.is_empty() {
+            let reasons: Vec<(&str, &str)> = all
+                .iter()
+                .map(|&i| {
+                    let info = &dep(i).info;
+                    (
+                        info.id.as_str(),
+                        info.misconfigured.as_deref().unwrap_or(""),
+                    )
+                })
+                .collect();
+            return Err(RouteError::Unavailable {
+                group: group.clone(),
+                error: misconfigured::group_error(group, &reasons),
+                retry_in: None,
+            });
+        }
 
         // 1. Not already failed for this job, unless every one has.
         let mut pool: Vec<usize> = members
@@ -181,7 +234,7 @@ impl RoutingTable {
             .collect();
         let fresh = !pool.is_empty();
         if !fresh {
-            pool.extend_from_slice(members);
+            pool = members;
         }
 
         // 2. Healthy, or half-open with no probe out yet.
@@ -278,9 +331,20 @@ impl RoutingTable {
             // A half-open deployment takes exactly one probe: another job may have taken it
             // since the health filter looked.
             if dep(chosen).claim(now) {
+                let info = &dep(chosen).info;
+                let (wildcard_model, price) = match &wildcard {
+                    Some(m) => (
+                        Some(m.upstream(&info.upstream_model)),
+                        info.price
+                            .or_else(|| pricing::lookup(&m.upstream(&info.model))),
+                    ),
+                    None => (None, info.price),
+                };
                 return Ok(Route {
                     group: group.clone(),
                     deployment: dep(chosen).clone(),
+                    wildcard_model,
+                    price,
                     fresh,
                 });
             }

@@ -2,9 +2,11 @@
 //!
 //! After parsing, every string field that can hold a reference (keys, URLs, headers, the NATS
 //! credentials, ...) is replaced by the variable's value. A variable that is not set leaves the
-//! field unset and adds a warning naming the key and the variable, never a value.
-
-use std::collections::BTreeMap;
+//! field unset and is reported naming the file, line, key and variable, never a value: in a
+//! deployment's model, base URL, credentials, region or project it marks the deployment
+//! misconfigured (it is kept and takes no traffic); in `general_settings.master_key` it stops
+//! the load; anywhere else it is a warning. `llmbus check` and `serve --strict` treat every
+//! one as a problem.
 
 use super::{
     Config, ConfigError, GeneralSettings, LitellmParams, LlmbusSettings, Secret,
@@ -42,110 +44,178 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// Resolves every reference in the config. Fails only for a required field (`model`).
+    /// Resolves every reference in the config. A variable that is not set marks the
+    /// deployment that refers to it misconfigured (naming the variable and the key); for
+    /// `general_settings.master_key` it is an error, since the gateway would otherwise accept
+    /// every request without a key.
     pub(crate) fn config(&mut self, config: &mut Config) -> Result<(), ConfigError> {
         let list = KeyPath::root().key("model_list");
         for (i, entry) in config.model_list.iter_mut().enumerate() {
             let path = list.index(i).key("litellm_params");
-            self.params(&mut entry.litellm_params, &path)?;
+            let unset = self.params(&mut entry.litellm_params, &path);
+            if !unset.is_empty() {
+                entry.misconfigure(unset.join("; "));
+            }
         }
         self.general(
             &mut config.general_settings,
             &KeyPath::root().key("general_settings"),
-        );
+        )?;
         self.llmbus(&mut config.llmbus, &KeyPath::root().key("llmbus"));
         Ok(())
     }
 
-    fn params(&mut self, p: &mut LitellmParams, path: &KeyPath) -> Result<(), ConfigError> {
+    /// Resolves a deployment's references. Returns one line per variable that is not set in a
+    /// key that says where or as whom to call (model, base URL, credentials, region, project):
+    /// without it the call would go to the wrong place or account, so the deployment is
+    /// misconfigured. An unset variable in an optional decoration (`api_version`,
+    /// `organization`, `extra_headers`) only leaves that key unset, with a warning.
+    fn params(&mut self, p: &mut LitellmParams, path: &KeyPath) -> Vec<String> {
+        let mut unset = Vec::new();
         if let Some(name) = reference(&p.model) {
             match (self.env)(name) {
                 Some(value) => p.model = value,
-                None => {
-                    let path = path.key("model");
-                    return Err(ConfigError::at(
-                        self.origin,
-                        &path,
-                        locate(self.text, &path),
-                        format!(
-                            "environment variable `{name}` is not set (and `model` is required)"
-                        ),
-                    ));
-                }
+                None => unset.push(self.unset(name, &path.key("model"))),
             }
         }
-        self.string(&mut p.api_base, &path.key("api_base"));
-        self.secret(&mut p.api_key, &path.key("api_key"));
-        self.string(&mut p.api_version, &path.key("api_version"));
-        self.string(&mut p.organization, &path.key("organization"));
-        self.string(&mut p.vertex_project, &path.key("vertex_project"));
-        self.string(&mut p.vertex_location, &path.key("vertex_location"));
-        self.secret(&mut p.vertex_credentials, &path.key("vertex_credentials"));
-        self.string(&mut p.aws_region_name, &path.key("aws_region_name"));
-        self.secret(&mut p.aws_access_key_id, &path.key("aws_access_key_id"));
-        self.secret(
-            &mut p.aws_secret_access_key,
-            &path.key("aws_secret_access_key"),
+        for (value, key) in [
+            (&mut p.api_base, "api_base"),
+            (&mut p.vertex_project, "vertex_project"),
+            (&mut p.vertex_location, "vertex_location"),
+            (&mut p.aws_region_name, "aws_region_name"),
+        ] {
+            if let Err(line) = self.resolve(value, &path.key(key)) {
+                unset.push(line);
+            }
+        }
+        for (value, key) in [
+            (&mut p.api_key, "api_key"),
+            (&mut p.vertex_credentials, "vertex_credentials"),
+            (&mut p.aws_access_key_id, "aws_access_key_id"),
+            (&mut p.aws_secret_access_key, "aws_secret_access_key"),
+            (&mut p.aws_session_token, "aws_session_token"),
+        ] {
+            if let Err(line) = self.resolve_secret(value, &path.key(key)) {
+                unset.push(line);
+            }
+        }
+        let mut optional = Vec::new();
+        for (value, key) in [
+            (&mut p.api_version, "api_version"),
+            (&mut p.organization, "organization"),
+        ] {
+            if let Err(line) = self.resolve(value, &path.key(key)) {
+                optional.push(line);
+            }
+        }
+        let headers = path.key("extra_headers");
+        let old = std::mem::take(&mut p.extra_headers);
+        for (key, value) in old {
+            match self.lookup(&value, &headers.key(&key)) {
+                Ok(value) => {
+                    p.extra_headers.insert(key, value);
+                }
+                Err(line) => optional.push(line),
+            }
+        }
+        let origin = self.origin;
+        self.warnings.extend(
+            optional
+                .into_iter()
+                .map(|line| format!("{origin}: {line}; the key is left unset")),
         );
-        self.secret(&mut p.aws_session_token, &path.key("aws_session_token"));
-        self.map(&mut p.extra_headers, &path.key("extra_headers"));
+        unset
+    }
+
+    fn general(&mut self, g: &mut GeneralSettings, path: &KeyPath) -> Result<(), ConfigError> {
+        let path = path.key("master_key");
+        let Some(key) = g.master_key.take() else {
+            return Ok(());
+        };
+        let fail = |message: String| {
+            ConfigError::at(self.origin, &path, locate(self.text, &path), message)
+        };
+        let value = match reference(key.expose()) {
+            Some(name) => (self.env)(name).ok_or_else(|| {
+                fail(format!(
+                    "environment variable `{name}` is not set, and without it every request \
+                     would be accepted without a key; set it, or remove `master_key` to run \
+                     without authentication"
+                ))
+            })?,
+            None => key.expose().to_owned(),
+        };
+        if value.trim().is_empty() {
+            return Err(fail(
+                "the master key is empty; set a key, or remove `master_key` to run without \
+                 authentication"
+                    .to_owned(),
+            ));
+        }
+        g.master_key = Some(Secret::new(value));
         Ok(())
     }
 
-    fn general(&mut self, g: &mut GeneralSettings, path: &KeyPath) {
-        self.secret(&mut g.master_key, &path.key("master_key"));
-    }
-
     fn llmbus(&mut self, l: &mut LlmbusSettings, path: &KeyPath) {
-        self.string(&mut l.nats_url, &path.key("nats_url"));
-        self.string(&mut l.nats_user, &path.key("nats_user"));
-        self.secret(&mut l.nats_password, &path.key("nats_password"));
-        self.secret(&mut l.nats_token, &path.key("nats_token"));
-        self.secret(&mut l.nats_nkey, &path.key("nats_nkey"));
-        self.string(&mut l.nats_creds_file, &path.key("nats_creds_file"));
-        self.string(&mut l.nats_tls_ca, &path.key("nats_tls_ca"));
-        self.string(&mut l.nats_tls_cert, &path.key("nats_tls_cert"));
-        self.string(&mut l.nats_tls_key, &path.key("nats_tls_key"));
-    }
-
-    /// The value to use: `value` itself when it is not a reference, else the variable's value,
-    /// or `None` (and a warning) when the variable is not set.
-    fn lookup(&mut self, value: &str, path: &KeyPath) -> Option<String> {
-        let Some(name) = reference(value) else {
-            return Some(value.to_owned());
-        };
-        let found = (self.env)(name);
-        if found.is_none() {
-            let at = match locate(self.text, path) {
-                Some((line, _)) => format!("{}, line {line}", self.origin),
-                None => self.origin.to_owned(),
-            };
-            self.warnings.push(format!(
-                "{at}: {path}: environment variable `{name}` is not set; the key is left unset"
-            ));
-        }
-        found
-    }
-
-    fn string(&mut self, value: &mut Option<String>, path: &KeyPath) {
-        if let Some(v) = value.take() {
-            *value = self.lookup(&v, path);
-        }
-    }
-
-    fn secret(&mut self, value: &mut Option<Secret>, path: &KeyPath) {
-        if let Some(v) = value.take() {
-            *value = self.lookup(v.expose(), path).map(Secret::new);
-        }
-    }
-
-    fn map(&mut self, map: &mut BTreeMap<String, String>, path: &KeyPath) {
-        let old = std::mem::take(map);
-        for (key, value) in old {
-            if let Some(value) = self.lookup(&value, &path.key(&key)) {
-                map.insert(key, value);
+        for (value, key) in [
+            (&mut l.nats_url, "nats_url"),
+            (&mut l.nats_user, "nats_user"),
+            (&mut l.nats_creds_file, "nats_creds_file"),
+            (&mut l.nats_tls_ca, "nats_tls_ca"),
+            (&mut l.nats_tls_cert, "nats_tls_cert"),
+            (&mut l.nats_tls_key, "nats_tls_key"),
+        ] {
+            if let Err(line) = self.resolve(value, &path.key(key)) {
+                let origin = self.origin;
+                self.warnings
+                    .push(format!("{origin}: {line}; the key is left unset"));
             }
         }
+        for (value, key) in [
+            (&mut l.nats_password, "nats_password"),
+            (&mut l.nats_token, "nats_token"),
+            (&mut l.nats_nkey, "nats_nkey"),
+        ] {
+            if let Err(line) = self.resolve_secret(value, &path.key(key)) {
+                let origin = self.origin;
+                self.warnings
+                    .push(format!("{origin}: {line}; the key is left unset"));
+            }
+        }
+    }
+
+    /// The value to use: `value` itself when it is not a reference, else the variable's value;
+    /// `Err` with a line naming the file, line, key and variable when the variable is not set.
+    fn lookup(&self, value: &str, path: &KeyPath) -> Result<String, String> {
+        match reference(value) {
+            None => Ok(value.to_owned()),
+            Some(name) => (self.env)(name).ok_or_else(|| self.unset(name, path)),
+        }
+    }
+
+    /// `environment variable `NAME` is not set (key, line N)`.
+    fn unset(&self, name: &str, path: &KeyPath) -> String {
+        let line = match locate(self.text, path) {
+            Some((line, _)) => format!(", line {line}"),
+            None => String::new(),
+        };
+        format!("environment variable `{name}` is not set ({path}{line})")
+    }
+
+    /// Resolves an optional string; an unset variable leaves it unset.
+    fn resolve(&self, value: &mut Option<String>, path: &KeyPath) -> Result<(), String> {
+        if let Some(v) = value.take() {
+            *value = Some(self.lookup(&v, path)?);
+        }
+        Ok(())
+    }
+
+    /// Resolves an optional secret; an unset variable leaves it unset.
+    fn resolve_secret(&self, value: &mut Option<Secret>, path: &KeyPath) -> Result<(), String> {
+        if let Some(v) = value.take() {
+            *value = Some(Secret::new(self.lookup(v.expose(), path)?));
+        }
+        Ok(())
     }
 }
 

@@ -1,13 +1,20 @@
 //! Loading a config: read, parse, resolve `os.environ/` references, check, report.
 //!
 //! Parsing runs serde_yaml_ng's deserializer wrapped twice: in `serde_ignored`, which reports
-//! every key the structs do not take (collected as unsupported, not fatal), and in
-//! `serde_path_to_error`, which gives the dotted key path of a type error or a missing key.
-//! serde_yaml_ng gives the line and column.
+//! every key the structs do not take (collected as unsupported or, close to a known key, as a
+//! typo; neither is fatal), and in `serde_path_to_error`, which gives the dotted key path of a
+//! type error or a missing key. serde_yaml_ng gives the line and column. Then the security
+//! audit (`security`), the `os.environ/` references (`env`), the checks (`check`) and the
+//! per-deployment problems (`entries`).
 
 use std::path::Path;
 
-use super::{Config, check, env::Resolver, locate::KeyPath};
+use super::{
+    Config, Unenforced, check, entries,
+    env::Resolver,
+    locate::{KeyPath, locate},
+    security, suggest,
+};
 
 /// A config that failed to load. The message names the file, the key and the line.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +46,14 @@ pub enum ConfigError {
     /// A problem found outside the loader, for example by a provider building a deployment.
     #[error("{0}")]
     Invalid(String),
+    /// The config turns on security settings llmbus does not enforce; every one is named.
+    #[error("{}", describe_unenforced(.origin, .settings))]
+    Unenforced {
+        /// The file.
+        origin: String,
+        /// The settings, in file order.
+        settings: Vec<Unenforced>,
+    },
 }
 
 impl ConfigError {
@@ -109,14 +124,33 @@ fn describe(
     }
 }
 
+/// The refusal of a config that relies on security settings llmbus does not enforce.
+fn describe_unenforced(origin: &str, settings: &[Unenforced]) -> String {
+    let mut out = format!(
+        "{origin}: llmbus refuses to start: the config turns on security settings that llmbus \
+         does not enforce, so it would run less safely than the file says:"
+    );
+    for s in settings {
+        let place = s
+            .line
+            .map_or("line unknown".to_owned(), |l| format!("line {l}"));
+        out.push_str(&format!("\n  {place}: {}: {}", s.key, s.why));
+    }
+    out
+}
+
 /// A loaded config and the keys it had that llmbus does not support.
 #[derive(Debug)]
 pub struct Loaded {
-    /// The config.
+    /// The config. Deployments that cannot work are kept, marked
+    /// [`super::ModelEntry::misconfigured`].
     pub config: Config,
-    /// Dotted paths of unsupported keys, in file order, each once.
+    /// Dotted paths of unsupported keys, in file order, each once (typos excepted).
     pub unsupported: Vec<String>,
-    /// Other start-up warnings (missing environment variables, ...).
+    /// Keys that look like a typo of a key llmbus knows: `file, line N: key: ... did you mean
+    /// `known`?`.
+    pub typos: Vec<String>,
+    /// Other start-up warnings (missing environment variables in the `llmbus:` section, ...).
     pub warnings: Vec<String>,
 }
 
@@ -143,9 +177,9 @@ impl Config {
         origin: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Loaded, ConfigError> {
-        let mut ignored = Vec::new();
+        let mut ignored: Vec<KeyPath> = Vec::new();
         let mut on_ignored = |path: serde_ignored::Path<'_>| {
-            ignored.push(KeyPath::from_ignored(&path).to_string());
+            ignored.push(KeyPath::from_ignored(&path));
         };
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let mut config: Config = serde_path_to_error::deserialize(
@@ -153,9 +187,23 @@ impl Config {
         )
         .map_err(|err| ConfigError::from_serde(err, origin))?;
 
+        security::audit(text, origin)?;
+
         let mut unsupported: Vec<String> = Vec::new();
-        for key in ignored {
-            if !unsupported.contains(&key) {
+        let mut typos: Vec<String> = Vec::new();
+        for path in ignored {
+            let key = path.to_string();
+            if let Some(known) = suggest::key_suggestion(&path) {
+                let at = match locate(text, &path) {
+                    Some((line, _)) => format!("{origin}, line {line}"),
+                    None => origin.to_owned(),
+                };
+                let line =
+                    format!("{at}: {key}: llmbus does not know this key; did you mean `{known}`?");
+                if !typos.contains(&line) {
+                    typos.push(line);
+                }
+            } else if !unsupported.contains(&key) {
                 unsupported.push(key);
             }
         }
@@ -164,6 +212,7 @@ impl Config {
         resolver.config(&mut config)?;
         let mut warnings = resolver.warnings;
         check::check(&config, text, origin)?;
+        entries::mark(&mut config, text, origin);
         if config.model_list.is_empty() {
             warnings.push(format!(
                 "{origin}: model_list is empty: there are no models to serve"
@@ -172,6 +221,7 @@ impl Config {
         Ok(Loaded {
             config,
             unsupported,
+            typos,
             warnings,
         })
     }

@@ -11,7 +11,7 @@ use std::fmt;
 
 /// One step of a [`KeyPath`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
+pub(crate) enum Step {
     /// A mapping key.
     Key(String),
     /// A sequence index.
@@ -40,6 +40,12 @@ impl KeyPath {
         let mut path = self.clone();
         path.0.push(Step::Index(index));
         path
+    }
+
+    /// The steps before the last one, and the last one; `None` for the root.
+    pub(crate) fn split_last(&self) -> Option<(&[Step], &Step)> {
+        let (last, parent) = self.0.split_last()?;
+        Some((parent, last))
     }
 
     /// From the path serde_path_to_error reports.

@@ -2,14 +2,20 @@
 //!
 //! This module owns the config's shape (the structs below). [`Config::load`] reads a file,
 //! resolves `os.environ/NAME` references, accepts YAML 1.1 integers such as `20_000`, reports
-//! keys llmbus does not support (by name, once, not fatal) and stops on bad YAML, a wrong type,
-//! a missing required key or a value llmbus cannot run with, naming the key's path and line.
-//! [`Config::quickstart`] is the built-in config for running without a file.
+//! keys llmbus does not support (by name, once, not fatal; a typo of a known key with a "did
+//! you mean") and stops on bad YAML, a wrong type, a missing required key, a value llmbus
+//! cannot run with, or a security setting llmbus does not enforce, naming the key's path and
+//! line. A deployment that cannot work (an unset variable, no `model`) does not stop the load:
+//! it is kept and marked [`ModelEntry::misconfigured`]. [`Config::quickstart`] is the built-in
+//! config for running without a file.
 //!
 //! - `load`: the entry points and [`ConfigError`].
 //! - `num`: YAML 1.1 integers.
 //! - `env`: `os.environ/NAME` references.
+//! - `security`: the security settings llmbus refuses ([`Unenforced`]).
 //! - `check`: checks made after parsing.
+//! - `entries`: per-deployment problems that mark a deployment misconfigured.
+//! - `suggest`: "did you mean" for typos.
 //! - `locate`: key paths and finding a key's line in the text.
 //! - `quickstart`: the built-in config.
 //! - `secret`: [`Secret`], a value that never prints.
@@ -19,16 +25,20 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use serde::Deserialize;
 
 mod check;
+mod entries;
 mod env;
 mod load;
 mod locate;
 mod num;
 mod quickstart;
 mod secret;
+mod security;
+pub(crate) mod suggest;
 
 pub use load::{ConfigError, Loaded};
 pub use quickstart::QUICKSTART_YAML;
 pub use secret::Secret;
+pub use security::Unenforced;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -53,9 +63,11 @@ pub struct Config {
 /// One deployment: a model group name and how to reach one upstream model.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ModelEntry {
-    /// The model group: what a request's `model` names.
+    /// The model group: what a request's `model` names. A name with `*` is a pattern
+    /// ([`crate::policy::wildcard`]): `*`, `anthropic/*`.
     pub model_name: String,
-    /// How to call the upstream.
+    /// How to call the upstream. When it is missing the deployment is misconfigured.
+    #[serde(default)]
     pub litellm_params: LitellmParams,
     /// Facts about the model (id, prices, context window).
     #[serde(default)]
@@ -66,6 +78,14 @@ pub struct ModelEntry {
     /// Tokens per minute; LiteLLM allows it beside `litellm_params` too.
     #[serde(default, deserialize_with = "num::opt_int")]
     pub tpm: Option<u64>,
+    /// Where the entry is written, `file, line N` (of its `litellm_params.model`), for
+    /// messages; set by the loader.
+    #[serde(skip)]
+    pub location: Option<String>,
+    /// Why the deployment cannot work, when the loader found a reason (an environment
+    /// variable that is not set, no `model`, ...). It is kept but takes no traffic.
+    #[serde(skip)]
+    pub misconfigured: Option<String>,
 }
 
 impl ModelEntry {
@@ -78,13 +98,24 @@ impl ModelEntry {
     pub fn tpm(&self) -> Option<u64> {
         self.litellm_params.tpm.or(self.tpm)
     }
+
+    /// Marks the deployment misconfigured, adding `reason` to any reason it already has.
+    pub fn misconfigure(&mut self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.misconfigured = Some(match self.misconfigured.take() {
+            Some(old) => format!("{old}; {reason}"),
+            None => reason,
+        });
+    }
 }
 
 /// `litellm_params` of a deployment.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct LitellmParams {
     /// `provider/model`, for example `openai/gpt-4o` or `groq/llama-3.1-8b-instant`; a name
-    /// without a provider prefix means OpenAI.
+    /// without a provider prefix means OpenAI. `*` takes the text a wildcard `model_name`
+    /// matched (`openai/*`). When it is missing the deployment is misconfigured.
+    #[serde(default)]
     pub model: String,
     /// The provider's base URL; each provider has a documented default.
     #[serde(default)]
@@ -345,12 +376,19 @@ pub struct LitellmSettings {
     pub drop_params: bool,
 }
 
-/// `general_settings`: the keys llmbus honours.
+/// `general_settings`: the keys llmbus honours. Security settings it does not enforce stop the
+/// load (see `security`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct GeneralSettings {
-    /// The admin key (used by later features).
+    /// With it, every job must carry `Authorization: Bearer <master key>` ([`crate::auth`]).
+    /// An `os.environ/NAME` reference to a variable that is not set, or an empty key, stops
+    /// the load.
     #[serde(default)]
     pub master_key: Option<Secret>,
+    /// Refuse jobs that choose their own routing tags (an `Llm-Tags` header) with a 400, as
+    /// LiteLLM refuses client-side `metadata.tags` ([`crate::auth`]).
+    #[serde(default)]
+    pub reject_clientside_metadata_tags: bool,
 }
 
 /// The `llmbus:` section.

@@ -28,9 +28,10 @@ impl Config {
             Ok(mut loaded) => {
                 // A deployment whose key is unset is one of the optional OpenAI ones: drop it,
                 // quietly, instead of warning about a variable the user never promised to set.
-                loaded.config.model_list.retain(|m| {
-                    m.litellm_params.mock_response.is_some() || m.litellm_params.api_key.is_some()
-                });
+                loaded
+                    .config
+                    .model_list
+                    .retain(|m| m.misconfigured.is_none());
                 loaded.warnings.clear();
                 loaded
             }
@@ -38,6 +39,7 @@ impl Config {
             Err(err) => Loaded {
                 config: Config::default(),
                 unsupported: Vec::new(),
+                typos: Vec::new(),
                 warnings: vec![format!("the quickstart config did not load: {err}")],
             },
         }

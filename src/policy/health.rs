@@ -63,15 +63,18 @@ pub enum HealthState {
     CoolingDown,
     /// The cooldown ended: the next request is a probe.
     HalfOpen,
+    /// The deployment cannot work (see `providers::misconfigured`): it never takes traffic.
+    Misconfigured,
 }
 
 impl HealthState {
-    /// 0, 1, 2: the value of the `llmbus_deployment_state` gauge.
+    /// 0, 1, 2, 3: the value of the `llmbus_deployment_state` gauge.
     pub fn code(self) -> u8 {
         match self {
             HealthState::Healthy => 0,
             HealthState::CoolingDown => 1,
             HealthState::HalfOpen => 2,
+            HealthState::Misconfigured => 3,
         }
     }
 }

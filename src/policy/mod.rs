@@ -6,11 +6,14 @@
 //!   probe after each cooldown;
 //! - [`retry`]: how many retries an error class gets (`num_retries`, `retry_policy`), how long
 //!   to back off, and which fallback list applies;
-//! - [`routing`]: the routing strategies that pick among a group's healthy deployments.
+//! - [`routing`]: the routing strategies that pick among a group's healthy deployments;
+//! - [`wildcard`]: model groups named by a pattern (`*`, `anthropic/*`) and the upstream model
+//!   a request for a matching name gets.
 
 pub mod health;
 pub mod retry;
 pub mod routing;
+pub mod wildcard;
 
 use std::{collections::HashMap, time::Duration};
 

@@ -166,14 +166,7 @@ pub fn split_model(model: &str) -> Result<(&'static ProviderSpec, &str), ConfigE
     };
     match lookup(prefix) {
         Some(spec) => non_empty(spec, name, model),
-        None => Err(ConfigError::Invalid(format!(
-            "model `{model}`: unknown provider `{prefix}`; the OpenAI-compatible providers are {}",
-            PROVIDERS
-                .iter()
-                .map(|p| p.prefix)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+        None => Err(super::unknown_provider(prefix, model)),
     }
 }
 
@@ -525,6 +518,26 @@ impl OpenAiCompatible {
 }
 
 impl Provider for OpenAiCompatible {
+    fn missing_credentials(&self) -> Option<String> {
+        let keyless = matches!(self.provider, "hosted_vllm" | "lm_studio");
+        let in_headers = ["authorization", "api-key"]
+            .iter()
+            .any(|h| self.headers.contains_key(*h));
+        if keyless || self.key.is_some() || in_headers {
+            return None;
+        }
+        let vars = lookup(self.provider).map_or(&[][..], |s| s.api_key_env);
+        let (first, others) = vars.split_first()?;
+        let others = if others.is_empty() {
+            String::new()
+        } else {
+            format!(" (or {})", others.join(", "))
+        };
+        Some(format!(
+            "no API key: set `api_key` or the environment variable {first}{others}"
+        ))
+    }
+
     fn complete<'a>(
         &'a self,
         request: &'a ChatCompletionRequest,

@@ -212,23 +212,8 @@ impl RequestHeaders {
         let Some(headers) = headers else {
             return Ok(parsed);
         };
-        let values = |name: &str| -> Vec<&str> {
-            headers
-                .iter()
-                .filter(|(key, _)| AsRef::<str>::as_ref(*key).eq_ignore_ascii_case(name))
-                .flat_map(|(_, values)| values.iter().map(|v| v.as_str()))
-                .collect()
-        };
-
-        match values(AUTHORIZATION).as_slice() {
-            [] => {}
-            [one] => parsed.api_key = Some(parse_bearer(one)?),
-            _ => {
-                return Err(ApiError::unauthorized(
-                    "Send one `Authorization: Bearer <key>` header, not several.",
-                ));
-            }
-        }
+        let values = |name: &str| values(headers, name);
+        parsed.api_key = api_key(Some(headers))?;
         if let Some(raw) = values(TIMEOUT_MS).last() {
             parsed.timeout = Some(parse_timeout(raw)?);
         }
@@ -240,6 +225,32 @@ impl RequestHeaders {
             .filter(|v| is_valid_traceparent(v))
             .map(str::to_string);
         Ok(parsed)
+    }
+}
+
+/// Every value of header `name`, whatever the case of its name.
+fn values<'h>(headers: &'h async_nats::HeaderMap, name: &str) -> Vec<&'h str> {
+    headers
+        .iter()
+        .filter(|(key, _)| AsRef::<str>::as_ref(*key).eq_ignore_ascii_case(name))
+        .flat_map(|(_, values)| values.iter().map(|v| v.as_str()))
+        .collect()
+}
+
+/// The key of the request's `Authorization: Bearer <key>` header (name and scheme
+/// case-insensitive), or `None` without one. A malformed or repeated header is a 401 whose
+/// message never repeats the value.
+pub fn api_key(headers: Option<&async_nats::HeaderMap>) -> Result<Option<String>, ApiError> {
+    let Some(headers) = headers else {
+        return Ok(None);
+    };
+    match values(headers, AUTHORIZATION).as_slice() {
+        [] => Ok(None),
+        [one] => parse_bearer(one).map(Some),
+        _ => Err(ApiError::unauthorized(
+            "Send one `Authorization: Bearer <key>` header, not several.",
+        )
+        .with_code("invalid_api_key")),
     }
 }
 

@@ -311,7 +311,10 @@ impl JobState<'_> {
     /// Prices `usage` and hands it to the cost actor; returns the cost.
     pub(super) fn record_usage(&self, route: &Route, usage: &Usage) -> f64 {
         let info = route.info();
-        let cost = info.price.as_ref().map_or(0.0, |p| pricing::cost(p, usage));
+        let cost = route
+            .price
+            .as_ref()
+            .map_or(0.0, |p| pricing::cost(p, usage));
         let _ = self.ctx.cost.cast(crate::actors::cost::CostMsg::Record(
             crate::actors::cost::UsageEvent {
                 job_id: self.job.id.clone(),

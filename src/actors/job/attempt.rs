@@ -231,16 +231,14 @@ impl JobState<'_> {
 
     /// Makes the current attempt's upstream call and answers, or says to try again.
     async fn call_upstream(&mut self, body: Body, remaining: Duration) -> Flow {
-        let info = self
+        let route = &self
             .call
             .as_ref()
             .expect("a call is set up before it is made")
-            .route
-            .deployment
-            .info
-            .clone();
+            .route;
+        let info = route.deployment.info.clone();
         let cctx = CallContext {
-            upstream_model: info.upstream_model.clone(),
+            upstream_model: route.upstream_model().to_string(),
             timeout: info.timeout.map_or(remaining, |t| t.min(remaining)),
             traceparent: self.traceparent.clone(),
         };

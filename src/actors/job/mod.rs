@@ -35,6 +35,7 @@ use tracing::Instrument;
 
 use super::{WorkerContext, gate::Ticket, table::Route};
 use crate::{
+    auth::Caller,
     providers::ErrorClass,
     wire::{
         ApiError,
@@ -138,6 +139,8 @@ struct JobState<'a> {
     /// Set once the job's final message has gone out.
     answered: &'a AtomicBool,
     span: tracing::Span,
+    /// Who the job runs for, once the key is checked.
+    caller: Option<Caller>,
     deadline: Instant,
     traceparent: Option<String>,
     /// The body sent upstream (streams always ask for usage, to count cost).
@@ -184,6 +187,7 @@ impl<'a> JobState<'a> {
             ctx,
             answered,
             span,
+            caller: None,
             deadline,
             traceparent: None,
             body: None,
@@ -244,9 +248,10 @@ impl<'a> JobState<'a> {
         }
     }
 
-    /// Reads the headers and the body. An error here is the caller's (400).
+    /// Checks the key, reads the headers and the body. An error here is the caller's.
     fn prepare(&mut self) -> Result<(), ApiError> {
         let message = &self.job.request.message;
+        self.caller = Some(self.ctx.auth.check(message.headers.as_ref())?);
         let parsed = RequestHeaders::from_nats(message.headers.as_ref())?;
         if let Some(t) = parsed.timeout {
             self.deadline = self.job.received + t;

@@ -268,6 +268,14 @@ impl Anthropic {
 }
 
 impl Provider for Anthropic {
+    fn missing_credentials(&self) -> Option<String> {
+        let in_headers = ["x-api-key", "authorization"]
+            .iter()
+            .any(|h| self.headers.contains_key(*h));
+        (self.key.is_none() && !in_headers)
+            .then(|| format!("no API key: set `api_key` or the environment variable {API_KEY_ENV}"))
+    }
+
     fn complete<'a>(
         &'a self,
         request: &'a ChatCompletionRequest,

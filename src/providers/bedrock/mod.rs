@@ -250,6 +250,15 @@ impl Bedrock {
 }
 
 impl Provider for Bedrock {
+    fn missing_credentials(&self) -> Option<String> {
+        matches!(self.auth, AwsAuth::Missing).then(|| {
+            "no AWS credentials: set `aws_access_key_id` and `aws_secret_access_key` (or the \
+             environment variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or a Bedrock \
+             API key in `api_key` (or AWS_BEARER_TOKEN_BEDROCK)"
+                .to_owned()
+        })
+    }
+
     fn complete<'a>(
         &'a self,
         request: &'a ChatCompletionRequest,

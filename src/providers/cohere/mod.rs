@@ -305,6 +305,18 @@ pub fn completion(value: &Value, model: &str) -> Result<ChatCompletionResponse, 
 }
 
 impl Provider for Cohere {
+    fn missing_credentials(&self) -> Option<String> {
+        let in_headers = self
+            .extra_headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        (self.key.is_none() && !in_headers).then(|| {
+            "no API key: set `api_key` or the environment variable COHERE_API_KEY (or \
+             CO_API_KEY)"
+                .to_owned()
+        })
+    }
+
     fn complete<'a>(
         &'a self,
         request: &'a ChatCompletionRequest,

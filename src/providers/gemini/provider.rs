@@ -290,6 +290,16 @@ impl GeminiProvider {
 }
 
 impl Provider for GeminiProvider {
+    fn missing_credentials(&self) -> Option<String> {
+        // Vertex AI cannot be built without a service-account key.
+        let in_headers = self.headers.contains_key("x-goog-api-key");
+        matches!(self.auth, Auth::ApiKey(None) if !in_headers).then(|| {
+            "no API key: set `api_key` or the environment variable GEMINI_API_KEY (or \
+             GOOGLE_API_KEY)"
+                .to_owned()
+        })
+    }
+
     fn complete<'a>(
         &'a self,
         request: &'a ChatCompletionRequest,
