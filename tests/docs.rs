@@ -297,13 +297,27 @@ fn known_key(key: &str) -> bool {
             } else {
                 format!("model_list: []\n{yaml}")
             };
-            if let Ok(loaded) = Config::from_yaml_with_env(&yaml, "probe.yaml", &no_env)
-                && !loaded
-                    .unsupported
-                    .iter()
-                    .any(|u| u == key || u.ends_with(&format!(".{key}")))
-            {
-                return true;
+            match Config::from_yaml_with_env(&yaml, "probe.yaml", &no_env) {
+                Ok(loaded)
+                    if !loaded
+                        .unsupported
+                        .iter()
+                        .any(|u| u == key || u.ends_with(&format!(".{key}"))) =>
+                {
+                    return true;
+                }
+                // The loader refused the value of this very key: it reads the key.
+                Err(e) => {
+                    let e = e.to_string();
+                    let about_key = e.contains(&format!(".{key}:")) || e.contains(&format!(" {key}:"));
+                    let unknown = ["did you mean", "unknown key", "not supported"]
+                        .iter()
+                        .any(|w| e.contains(w));
+                    if about_key && !unknown {
+                        return true;
+                    }
+                }
+                Ok(_) => {}
             }
         }
     }
@@ -339,8 +353,18 @@ fn is_key_like(span: &str) -> bool {
     snake || pascal
 }
 
-/// Words in code spans of the Configuration section that are values, not keys.
-const VALUES_NOT_KEYS: &[&str] = &["default", "demo", "mock_response"];
+/// Words in code spans of the Configuration section that are values, not keys: tag and group
+/// names, and the wire fields and error codes the provider list names.
+const VALUES_NOT_KEYS: &[&str] = &[
+    "default",
+    "demo",
+    "system",
+    "input_json_delta",
+    "reasoning_content",
+    "overloaded_error",
+    "content_filter",
+    "no_healthy_deployment",
+];
 
 #[test]
 fn every_config_key_the_docs_name_is_one_the_loader_knows() {
