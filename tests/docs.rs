@@ -309,7 +309,8 @@ fn known_key(key: &str) -> bool {
                 // The loader refused the value of this very key: it reads the key.
                 Err(e) => {
                     let e = e.to_string();
-                    let about_key = e.contains(&format!(".{key}:")) || e.contains(&format!(" {key}:"));
+                    let about_key =
+                        e.contains(&format!(".{key}:")) || e.contains(&format!(" {key}:"));
                     let unknown = ["did you mean", "unknown key", "not supported"]
                         .iter()
                         .any(|w| e.contains(w));

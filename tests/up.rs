@@ -103,18 +103,27 @@ async fn the_banner_try_lines_work_as_printed() {
     .expect("banner");
     let (lines, up) = lines;
 
-    // The command line: this test's binary lives in the checkout's target/debug, and tests run
-    // in the checkout, so the banner says `cargo run --`; cargo would run this very binary.
+    // The command line: this test's binary lives in the checkout's target/debug and tests run
+    // in the checkout, so the banner says `cargo run --` (cargo would run this very binary);
+    // with a target folder outside the checkout it names the binary's path.
     let complete = try_line(&lines, "complete -m demo");
-    let rest = complete
-        .strip_prefix("cargo run -- ")
-        .unwrap_or_else(|| panic!("expected `cargo run -- ...`: {complete}"));
-    assert!(rest.contains(&format!("--nats-url {url}")), "{complete}");
-    let args = words(rest);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmbus"));
-    cmd.args(&args)
-        .env_remove("NATS_URL")
-        .env_remove("RUST_LOG");
+    let exe = Path::new(env!("CARGO_BIN_EXE_llmbus"))
+        .canonicalize()
+        .expect("the binary");
+    let args = match complete.strip_prefix("cargo run -- ") {
+        Some(rest) => words(rest),
+        None => {
+            let w = words(&complete);
+            assert_eq!(Path::new(&w[0]), exe, "{complete}");
+            w[1..].to_vec()
+        }
+    };
+    assert!(
+        args.windows(2).any(|p| p[0] == "--nats-url" && p[1] == url),
+        "{complete}"
+    );
+    let mut cmd = llmbus();
+    cmd.args(&args);
     let done = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         run_command(cmd, &refs)

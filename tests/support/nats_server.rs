@@ -81,9 +81,10 @@ pub fn version_of(binary: &Path) -> Option<String> {
         .ok()?;
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let v = text
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix('v').filter(|v| v.starts_with(|c: char| c.is_ascii_digit())))?;
+    let v = text.split_whitespace().find_map(|w| {
+        w.strip_prefix('v')
+            .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+    })?;
     Some(v.to_string())
 }
 
