@@ -327,3 +327,36 @@ fn up_without_nats_server_or_python_says_in_one_line_what_to_run() {
         done.describe()
     );
 }
+
+#[test]
+fn ctrl_c_in_a_terminal_drains_up_and_then_stops_its_nats_server() {
+    // A terminal's Ctrl-C sends SIGINT to the whole foreground process group: run `up` as the
+    // leader of its own group and signal the group, as the terminal would.
+    let port = free_port().expect("a free port");
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut cmd = llmbus();
+    cmd.args(["up", "--nats-url", &url]);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut up = Running::spawn(cmd);
+    banner(&mut up);
+    #[cfg(target_os = "linux")]
+    if let Some(pid) = support::command::nats_server_pid(port) {
+        up.also_kill.push(pid);
+    }
+    let group = format!("-{}", up.pid());
+    let _ = Command::new("kill").args(["-INT", "--", &group]).status();
+    let status = up.wait_exit(SHUTDOWN);
+    let text = up.transcript();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "up exited with {status:?}\n{text}"
+    );
+    // The drain ran on a live server: no reconnect attempts, no timed-out leave.
+    assert!(text.contains("drained: 0 jobs finished"), "{text}");
+    assert!(!text.contains("event=disconnected"), "{text}");
+    assert!(!text.contains("did not answer"), "{text}");
+    assert!(
+        !support::command::listening(port),
+        "the nats-server outlived up\n{text}"
+    );
+}

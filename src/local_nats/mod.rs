@@ -122,7 +122,12 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 fn spawn(binary: &Path, port: u16, store: &Path, args: &[String]) -> Result<Child, LocalNatsError> {
-    let mut child = Command::new(binary)
+    let mut cmd = Command::new(binary);
+    // Its own process group: Ctrl-C in a terminal signals the whole foreground group, and the
+    // server must outlive `llmbus up`'s drain (which needs it), not die with the keypress.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
         .args(args)
