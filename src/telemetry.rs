@@ -47,6 +47,11 @@ pub const COOLDOWNS: &str = "llmbus_cooldowns_total";
 pub const FALLBACKS: &str = "llmbus_fallbacks_total";
 /// Retries made, by `model_group`.
 pub const RETRIES: &str = "llmbus_retries_total";
+/// Counter: answers (`what`: reply, chunk, error) that could not be published and were
+/// replaced by a small error.
+pub const UNPUBLISHED: &str = "llmbus_answers_unpublished_total";
+/// Counter: jobs refused because they had no reply subject (nowhere to answer).
+pub const UNANSWERABLE: &str = "llmbus_jobs_unanswerable_total";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[

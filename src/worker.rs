@@ -10,15 +10,19 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use ractor::{Actor, ActorRef};
 
 use crate::{
     actors::{
         WorkerContext,
+        cancel::{self, Cancels},
         cost::{CostActor, CostMsg, Spend},
         deployment::{DeploymentInfo, Gossip, Live},
+        gate::Gate,
         ingress::{IngressActor, IngressArgs, IngressMsg},
         router::{RouterActor, RouterArgs, RouterMsg},
+        table::{RoutingRules, RoutingTable},
     },
     config::{Config, ConfigError},
     policy::Policies,
@@ -45,10 +49,12 @@ pub enum StartError {
 
 /// A running worker.
 pub struct Worker {
+    ctx: Arc<WorkerContext>,
     ingress: ActorRef<IngressMsg>,
     router: ActorRef<RouterMsg>,
     cost: ActorRef<CostMsg>,
     handles: Vec<tokio::task::JoinHandle<()>>,
+    cancel_listener: tokio::task::JoinHandle<()>,
 }
 
 impl Worker {
@@ -77,17 +83,32 @@ impl Worker {
             worker: uuid::Uuid::new_v4().simple().to_string(),
         };
         let mut handles = Vec::new();
+        let table = Arc::new(ArcSwap::from_pointee(RoutingTable::new(
+            Vec::new(),
+            RoutingRules {
+                aliases: BTreeMap::new(),
+                strategy: policies.strategy,
+                tag_filtering: false,
+                pre_call_checks: false,
+                health: false,
+            },
+            0,
+        )));
         let (router, h) = Actor::spawn(
             None,
             RouterActor,
             RouterArgs {
                 deployments,
-                aliases,
-                strategy: policies.strategy,
-                tag_filtering: config.router_settings.enable_tag_filtering,
-                pre_call_checks: config.router_settings.enable_pre_call_checks,
-                health: policies.health,
+                rules: RoutingRules {
+                    aliases,
+                    strategy: policies.strategy,
+                    tag_filtering: config.router_settings.enable_tag_filtering,
+                    pre_call_checks: config.router_settings.enable_pre_call_checks,
+                    health: policies.health.is_some(),
+                },
+                health: policies.health.clone().unwrap_or_default(),
                 gossip: Some(gossip),
+                table: table.clone(),
             },
         )
         .await
@@ -97,11 +118,17 @@ impl Worker {
             .await
             .map_err(|e| StartError::Actor("cost", e.to_string()))?;
         handles.push(h);
+        let cancels = Arc::new(Cancels::default());
+        let cancel_listener = cancel::listen(&client, subjects.cancel(), cancels.clone())
+            .await
+            .map_err(|e| StartError::Actor("cancel listener", e))?;
         let ctx = Arc::new(WorkerContext {
             max_payload: client.server_info().max_payload,
             client,
             subjects,
-            router: router.clone(),
+            table,
+            gate: Arc::new(Gate::new(config.llmbus.max_in_flight)),
+            cancels,
             cost: cost.clone(),
             default_timeout: config.default_timeout(),
             retry: policies.retry,
@@ -111,20 +138,26 @@ impl Worker {
             None,
             IngressActor,
             IngressArgs {
-                ctx,
+                ctx: ctx.clone(),
                 queue_group: config.llmbus.queue_group.clone(),
-                max_in_flight: config.llmbus.max_in_flight,
             },
         )
         .await
         .map_err(|e| StartError::Actor("ingress", e.to_string()))?;
         handles.push(h);
         Ok(Self {
+            ctx,
             ingress,
             router,
             cost,
             handles,
+            cancel_listener,
         })
+    }
+
+    /// Jobs running now.
+    pub fn in_flight(&self) -> usize {
+        self.ctx.gate.in_flight()
     }
 
     /// The totals the cost actor has counted so far.
@@ -162,18 +195,14 @@ impl Worker {
         grace: Duration,
         relay: Option<async_nats::Client>,
     ) -> crate::health::DrainReport {
-        use crate::actors::ingress::DrainCounts;
+        use crate::actors::gate::DrainCounts;
         let began = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + grace;
         match ractor::call_t!(self.ingress, IngressMsg::Drain, 30_000) {
-            Ok(mut draining) => {
-                // `is_ok` drops the watch's read guard at once: ingress writes to it.
-                let idle = tokio::time::timeout_at(
-                    deadline,
-                    draining.in_flight.wait_for(|jobs| *jobs == 0),
-                )
-                .await
-                .is_ok();
+            Ok(()) => {
+                let idle = tokio::time::timeout_at(deadline, self.ctx.gate.idle())
+                    .await
+                    .is_ok();
                 if !idle && !grace.is_zero() {
                     tracing::warn!(
                         grace_secs = grace.as_secs_f64(),
@@ -199,20 +228,27 @@ impl Worker {
             relayed: counts.relayed,
             took: began.elapsed(),
         };
+        let alone = self.ctx.gate.alone();
         tracing::info!(
             jobs = report.jobs,
             finished = report.finished,
             cut_off = report.cut_off,
             relayed = report.relayed,
+            last_worker = alone,
             took_ms = report.took.as_millis() as u64,
-            "drained: {} jobs finished, {} cut off, {} relayed to other workers",
+            "drained: {} jobs finished here, {} cut off, {}",
             report.finished,
             report.cut_off,
-            report.relayed
+            if report.relayed == 0 {
+                "none relayed".to_string()
+            } else {
+                format!("{} relayed to other workers", report.relayed)
+            }
         );
         self.ingress.stop(None);
         self.router.stop(None);
         self.cost.stop(None);
+        self.cancel_listener.abort();
         for h in self.handles {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }

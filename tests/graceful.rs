@@ -165,7 +165,7 @@ async fn sigterm_drains_the_jobs_in_flight_and_exits_0() {
     }
     worker.assert_exits_cleanly(EXIT_PATIENCE).await;
     assert!(
-        worker.logged("drained: 8 jobs finished, 0 cut off"),
+        worker.logged("drained: 8 jobs finished here, 0 cut off"),
         "{}",
         worker.log()
     );
@@ -252,7 +252,7 @@ async fn a_job_slower_than_the_grace_period_gets_a_503_and_the_worker_exits_0() 
     );
     worker.assert_exits_cleanly(EXIT_PATIENCE).await;
     assert!(
-        worker.logged("drained: 0 jobs finished, 2 cut off"),
+        worker.logged("drained: 0 jobs finished here, 2 cut off"),
         "{}",
         worker.log()
     );

@@ -1,26 +1,28 @@
-//! The deployment actor: one per deployment. It owns the deployment's capacity (RPM and TPM
-//! token buckets, calls in flight) and its health (failures of the last minute, cooldown,
-//! half-open probe; rules in [`crate::policy::health`]), and it grants and settles capacity.
+//! A deployment: one upstream model behind one provider, its capacity (RPM and TPM token
+//! buckets, calls in flight) and its health (failures of the last minute, cooldown, half-open
+//! probe; rules in [`crate::policy::health`]).
 //!
-//! It never makes the HTTP call: a request actor asks it for a [`Permit`], runs the call in a
-//! task of its own, reports the [`DeploymentMsg::Outcome`], and hands the permit back with the
-//! tokens really used. A job that finds no capacity waits in this actor's queue (first come,
-//! first served) until capacity frees up or the job's own deadline passes.
+//! [`Deployment`] is the deployment's state, shared by every job of the worker. Its fast path
+//! needs no message: a job takes a [`Permit`] with [`Deployment::try_acquire`] under a short,
+//! uncontended lock, gives it back with [`Deployment::release`] and reports how the call went
+//! with [`Deployment::outcome`]. The [`DeploymentActor`] owns what needs a mailbox: the queue of
+//! jobs that found no capacity (first come, first served, each until its own deadline), the
+//! timer that wakes them when the buckets refill, and the announcements of cooldowns to the
+//! other workers on `llm.health.<deployment>`. A job asks the actor only when it has to wait.
 //!
-//! When the deployment cools down, the actor tells every other worker on
-//! `llm.health.<deployment>`, so the whole cluster stops sending it traffic, not just this
-//! process; cooldowns reported by other workers arrive as [`DeploymentMsg::RemoteCooldown`].
+//! It never makes the HTTP call: the job runs it in its own task.
 
 use std::{
     collections::VecDeque,
     sync::{
-        Arc, LazyLock,
+        Arc, LazyLock, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use arc_swap::ArcSwapOption;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -31,6 +33,9 @@ use crate::{
     telemetry,
     wire::Subjects,
 };
+
+/// How long a half-open deployment's probe may take before another job may probe it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the rest of the worker knows about a deployment; fixed for the deployment's life.
 #[derive(Debug)]
@@ -63,7 +68,7 @@ pub struct DeploymentInfo {
     pub tags: Vec<String>,
     /// The context window, for pre-call checks.
     pub max_input_tokens: Option<u64>,
-    /// Numbers the router reads without asking the actor.
+    /// Numbers the router reads without a lock.
     pub live: Live,
 }
 
@@ -75,7 +80,7 @@ pub fn epoch_ms(t: Instant) -> u64 {
     t.saturating_duration_since(*EPOCH).as_millis() as u64
 }
 
-/// Lock-free numbers a deployment actor keeps up to date for the router.
+/// Lock-free numbers a deployment keeps up to date for the router.
 #[derive(Debug, Default)]
 pub struct Live {
     /// Calls in flight.
@@ -102,7 +107,7 @@ impl Live {
         !self.saturated.load(Ordering::Relaxed)
     }
 
-    /// The health state at `now`, from the numbers the actor last wrote.
+    /// The health state at `now`, from the numbers last written.
     pub fn health(&self, now: Instant) -> HealthState {
         match self.state.load(Ordering::Relaxed) {
             0 => HealthState::Healthy,
@@ -146,52 +151,6 @@ pub struct HealthEvent {
     pub reason: String,
 }
 
-/// The actor's arguments.
-pub struct DeploymentArgs {
-    /// The deployment.
-    pub info: Arc<DeploymentInfo>,
-    /// Its health thresholds.
-    pub policy: HealthPolicy,
-    /// Where cooldowns are announced; `None` to keep them local.
-    pub gossip: Option<Gossip>,
-}
-
-/// Messages a deployment actor takes.
-pub enum DeploymentMsg {
-    /// Grant capacity for a call that expects to use `est_tokens`; the answer may wait.
-    Acquire {
-        /// Tokens reserved against TPM until the call settles.
-        est_tokens: u64,
-        /// Where the permit goes.
-        reply: RpcReplyPort<Permit>,
-    },
-    /// A call ended: give its capacity back, corrected with the tokens it really used.
-    Release {
-        /// The permit of the call.
-        permit: Permit,
-        /// Tokens really used, when known.
-        actual_tokens: Option<u64>,
-    },
-    /// How a call went, for health and latency.
-    Outcome {
-        /// Upstream latency (to the end of the reply or stream).
-        latency: Duration,
-        /// Time to the first chunk, for streams.
-        ttft: Option<Duration>,
-        /// `None` on success; else the class and the upstream's `Retry-After`.
-        failure: Option<(ErrorClass, Option<Duration>)>,
-    },
-    /// Another worker cooled this deployment down for `cooldown`.
-    RemoteCooldown {
-        /// How long from now.
-        cooldown: Duration,
-    },
-    /// Time to look at the waiting queue again.
-    Wake,
-    /// The deployment's state, for `llm.deployments`.
-    Status(RpcReplyPort<DeploymentStatus>),
-}
-
 /// A deployment's state as `llm.deployments` reports it. Holds no secret.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeploymentStatus {
@@ -225,19 +184,342 @@ pub struct DeploymentStatus {
     pub failures: u64,
 }
 
-/// The actor.
+/// Why [`Deployment::acquire`] gave no permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcquireError {
+    /// No capacity came free within the time allowed.
+    TimedOut,
+    /// The deployment's actor is not running (being restarted): try another deployment.
+    Unavailable,
+}
+
+/// The state behind the deployment's lock.
+struct Core {
+    capacity: Capacity,
+    health: Health,
+    /// Jobs in the actor's queue: while there are any, the fast path leaves capacity to them.
+    waiting: usize,
+    successes: u64,
+    failures: u64,
+    /// When a half-open probe went out, and for which cooldown (its end, in epoch ms).
+    probe: Option<(Instant, u64)>,
+}
+
+/// Metric handles, looked up once.
+struct Gauges {
+    in_flight: metrics::Gauge,
+    rpm_used: metrics::Gauge,
+    tpm_used: metrics::Gauge,
+    state: metrics::Gauge,
+}
+
+/// One deployment, shared by every job of the worker: its facts, its capacity and its health.
+pub struct Deployment {
+    /// What it is.
+    pub info: Arc<DeploymentInfo>,
+    core: Mutex<Core>,
+    actor: ArcSwapOption<ActorRef<DeploymentMsg>>,
+    gauges: Gauges,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("id", &self.info.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deployment {
+    /// A deployment with full buckets and good health; its actor is set by [`DeploymentActor`].
+    pub fn new(info: Arc<DeploymentInfo>, policy: HealthPolicy) -> Self {
+        let id = info.id.clone();
+        let gauges = Gauges {
+            in_flight: metrics::gauge!(telemetry::DEPLOYMENT_IN_FLIGHT, "deployment" => id.clone()),
+            rpm_used: metrics::gauge!(telemetry::DEPLOYMENT_RPM_USED, "deployment" => id.clone()),
+            tpm_used: metrics::gauge!(telemetry::DEPLOYMENT_TPM_USED, "deployment" => id.clone()),
+            state: metrics::gauge!(telemetry::DEPLOYMENT_STATE, "deployment" => id),
+        };
+        let capacity = Capacity::new(info.rpm, info.tpm, info.max_parallel);
+        Self {
+            core: Mutex::new(Core {
+                capacity,
+                health: Health::new(policy),
+                waiting: 0,
+                successes: 0,
+                failures: 0,
+                probe: None,
+            }),
+            info,
+            actor: ArcSwapOption::empty(),
+            gauges,
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // No code under this lock panics; if some ever did, the numbers are still usable.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A permit now, when capacity is free and no job is queued for it.
+    pub fn try_acquire(&self, est_tokens: u64, now: Instant) -> Option<Permit> {
+        let mut core = self.lock();
+        if core.waiting > 0 {
+            return None;
+        }
+        let permit = core.capacity.try_acquire(est_tokens, now).ok()?;
+        self.publish_capacity(&mut core, now);
+        Some(permit)
+    }
+
+    /// A permit for a call expected to use `est_tokens`: at once when capacity is free, else
+    /// from the actor's queue within `patience`.
+    pub async fn acquire(
+        &self,
+        est_tokens: u64,
+        patience: Duration,
+    ) -> Result<Permit, AcquireError> {
+        if let Some(permit) = self.try_acquire(est_tokens, Instant::now()) {
+            return Ok(permit);
+        }
+        let Some(actor) = self.actor.load_full() else {
+            return Err(AcquireError::Unavailable);
+        };
+        match actor
+            .call(
+                |reply| DeploymentMsg::Acquire { est_tokens, reply },
+                Some(patience),
+            )
+            .await
+        {
+            Ok(CallResult::Success(permit)) => Ok(permit),
+            Ok(CallResult::Timeout) => Err(AcquireError::TimedOut),
+            _ => Err(AcquireError::Unavailable),
+        }
+    }
+
+    /// Gives a permit back after the call, with the tokens it really used when known.
+    pub fn release(&self, permit: Permit, actual_tokens: Option<u64>, now: Instant) {
+        let mut core = self.lock();
+        core.capacity.release(permit, actual_tokens, now);
+        self.publish_capacity(&mut core, now);
+        let wake = core.waiting > 0;
+        drop(core);
+        if wake {
+            self.wake();
+        }
+    }
+
+    /// Gives a permit back whose call was never made: its request and tokens are refunded.
+    pub fn cancel(&self, permit: Permit, now: Instant) {
+        let mut core = self.lock();
+        core.capacity.cancel(permit, now);
+        self.publish_capacity(&mut core, now);
+        let wake = core.waiting > 0;
+        drop(core);
+        if wake {
+            self.wake();
+        }
+    }
+
+    /// The id of the deployment's actor, while one runs.
+    pub fn actor_id(&self) -> Option<ractor::ActorId> {
+        self.actor.load().as_ref().map(|a| a.get_id())
+    }
+
+    fn wake(&self) {
+        if let Some(actor) = self.actor.load_full() {
+            let _ = actor.cast(DeploymentMsg::Wake);
+        }
+    }
+
+    /// How a call went: latency averages on success, the failure rules otherwise. A failure
+    /// that starts a cooldown is announced to the other workers.
+    pub fn outcome(
+        &self,
+        latency: Duration,
+        ttft: Option<Duration>,
+        failure: Option<(ErrorClass, Option<Duration>)>,
+        now: Instant,
+    ) {
+        let live = &self.info.live;
+        let mut core = self.lock();
+        let mut announce = None;
+        match failure {
+            None => {
+                core.successes += 1;
+                ewma(&live.latency_ewma_us, latency);
+                if let Some(t) = ttft {
+                    ewma(&live.ttft_ewma_us, t);
+                }
+                core.health.success(now);
+            }
+            Some((class, retry_after)) => {
+                core.failures += 1;
+                metrics::counter!(telemetry::UPSTREAM_FAILURES,
+                    "deployment" => self.info.id.clone(),
+                    "class" => format!("{class:?}"))
+                .increment(1);
+                if let Some(length) = core.health.failure(class, retry_after, now) {
+                    tracing::warn!(deployment = %self.info.id, class = ?class, cooldown_ms = length.as_millis() as u64, "deployment cools down");
+                    metrics::counter!(telemetry::COOLDOWNS, "deployment" => self.info.id.clone())
+                        .increment(1);
+                    announce = Some((length, class));
+                }
+            }
+        }
+        self.publish_health(&core, now);
+        drop(core);
+        if let Some((length, class)) = announce
+            && let Some(actor) = self.actor.load_full()
+        {
+            let _ = actor.cast(DeploymentMsg::Announce { length, class });
+        }
+    }
+
+    /// Another worker cooled this deployment down for `cooldown` from now.
+    pub fn remote_cooldown(&self, cooldown: Duration, now: Instant) {
+        let mut core = self.lock();
+        core.health.cool_down_until(now + cooldown, now);
+        self.publish_health(&core, now);
+    }
+
+    /// True when the deployment may take a job now: healthy, or half-open with no probe out.
+    pub fn available(&self, now: Instant) -> bool {
+        match self.info.live.health(now) {
+            HealthState::Healthy => true,
+            HealthState::CoolingDown => false,
+            HealthState::HalfOpen => {
+                let until = self.info.live.cooling_until_ms.load(Ordering::Relaxed);
+                match self.lock().probe {
+                    Some((sent, for_until)) if for_until == until => {
+                        now.duration_since(sent) > PROBE_TIMEOUT
+                    }
+                    _ => true,
+                }
+            }
+        }
+    }
+
+    /// Chosen for a job: when half-open, this job is the probe. False when another job took
+    /// the probe first.
+    pub fn claim(&self, now: Instant) -> bool {
+        if self.info.live.health(now) != HealthState::HalfOpen {
+            return true;
+        }
+        let until = self.info.live.cooling_until_ms.load(Ordering::Relaxed);
+        let mut core = self.lock();
+        match core.probe {
+            Some((sent, for_until))
+                if for_until == until && now.duration_since(sent) <= PROBE_TIMEOUT =>
+            {
+                false
+            }
+            _ => {
+                core.probe = Some((now, until));
+                true
+            }
+        }
+    }
+
+    /// The state `llm.deployments` reports.
+    pub fn status(&self, now: Instant) -> DeploymentStatus {
+        let live = &self.info.live;
+        let mut core = self.lock();
+        let (failures_last_minute, calls_last_minute) = core.health.window_counts(now);
+        DeploymentStatus {
+            id: self.info.id.clone(),
+            model_group: self.info.model_group.clone(),
+            model: self.info.model.clone(),
+            state: core.health.state(now),
+            cooldown_remaining_ms: core
+                .health
+                .cooling_until()
+                .map_or(0, |u| u.saturating_duration_since(now).as_millis() as u64),
+            cooldowns: core.health.cooldowns(),
+            failures_last_minute,
+            calls_last_minute,
+            capacity: core.capacity.snapshot(now),
+            waiting: core.waiting,
+            latency_ms: live.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            ttft_ms: live.ttft_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            successes: core.successes,
+            failures: core.failures,
+        }
+    }
+
+    fn publish_health(&self, core: &Core, now: Instant) {
+        let live = &self.info.live;
+        let state = core.health.state(now);
+        live.cooling_until_ms.store(
+            core.health.cooling_until().map_or(0, epoch_ms),
+            Ordering::Relaxed,
+        );
+        live.state.store(state.code(), Ordering::Relaxed);
+        self.gauges.state.set(state.code() as f64);
+    }
+
+    fn publish_capacity(&self, core: &mut Core, now: Instant) {
+        let snap = core.capacity.snapshot(now);
+        let live = &self.info.live;
+        live.in_flight.store(snap.in_flight, Ordering::Relaxed);
+        live.rpm_used.store(snap.rpm_used, Ordering::Relaxed);
+        live.tpm_used.store(snap.tpm_used, Ordering::Relaxed);
+        let full = |used: u64, limit: Option<u64>| limit.is_some_and(|l| used >= l);
+        let saturated = core.waiting > 0
+            || snap.max_parallel.is_some_and(|m| snap.in_flight >= m)
+            || full(snap.rpm_used, snap.rpm_limit)
+            || full(snap.tpm_used, snap.tpm_limit);
+        live.saturated.store(saturated, Ordering::Relaxed);
+        self.gauges.in_flight.set(snap.in_flight as f64);
+        self.gauges.rpm_used.set(snap.rpm_used as f64);
+        self.gauges.tpm_used.set(snap.tpm_used as f64);
+    }
+}
+
+/// The actor's arguments.
+pub struct DeploymentArgs {
+    /// The deployment.
+    pub deployment: Arc<Deployment>,
+    /// Where cooldowns are announced; `None` to keep them local.
+    pub gossip: Option<Gossip>,
+}
+
+/// Messages a deployment actor takes.
+pub enum DeploymentMsg {
+    /// Grant capacity for a call that expects to use `est_tokens`, in arrival order, when
+    /// there is some; the answer may wait.
+    Acquire {
+        /// Tokens reserved against TPM until the call settles.
+        est_tokens: u64,
+        /// Where the permit goes.
+        reply: RpcReplyPort<Permit>,
+    },
+    /// Capacity may have come free: look at the queue again.
+    Wake,
+    /// A cooldown started here: tell the other workers.
+    Announce {
+        /// How long it lasts.
+        length: Duration,
+        /// The failure class that started it.
+        class: ErrorClass,
+    },
+}
+
+/// The actor: the queue of jobs waiting for capacity, and cooldown announcements.
 pub struct DeploymentActor;
 
 /// The actor's state.
 pub struct DeploymentState {
-    info: Arc<DeploymentInfo>,
-    capacity: Capacity,
-    health: Health,
+    deployment: Arc<Deployment>,
     gossip: Option<Gossip>,
     waiting: VecDeque<(u64, RpcReplyPort<Permit>)>,
     wake_at: Option<Instant>,
-    successes: u64,
-    failures: u64,
 }
 
 impl Actor for DeploymentActor {
@@ -247,23 +529,33 @@ impl Actor for DeploymentActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: DeploymentArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let info = args.info;
-        let capacity = Capacity::new(info.rpm, info.tpm, info.max_parallel);
-        // A restarted actor starts healthy.
-        info.live.state.store(0, Ordering::Relaxed);
+        let deployment = args.deployment;
+        // A restarted actor has lost its predecessor's queue (those jobs were told so).
+        deployment.lock().waiting = 0;
+        deployment.actor.store(Some(Arc::new(myself)));
         Ok(DeploymentState {
-            info,
-            capacity,
-            health: Health::new(args.policy),
+            deployment,
             gossip: args.gossip,
             waiting: VecDeque::new(),
             wake_at: None,
-            successes: 0,
-            failures: 0,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Forget ourselves unless a successor already took over.
+        let slot = &state.deployment.actor;
+        let current = slot.load_full();
+        if current.is_some_and(|a| a.get_id() == myself.get_id()) {
+            slot.store(None);
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -278,81 +570,29 @@ impl Actor for DeploymentActor {
                 state.waiting.push_back((est_tokens, reply));
                 state.serve_waiting(&myself, now);
             }
-            DeploymentMsg::Release {
-                permit,
-                actual_tokens,
-            } => {
-                state.capacity.release(permit, actual_tokens, now);
-                state.serve_waiting(&myself, now);
-            }
             DeploymentMsg::Wake => {
-                state.wake_at = None;
                 state.serve_waiting(&myself, now);
             }
-            DeploymentMsg::Outcome {
-                latency,
-                ttft,
-                failure,
-            } => state.outcome(latency, ttft, failure, now),
-            DeploymentMsg::RemoteCooldown { cooldown } => {
-                state.health.cool_down_until(now + cooldown, now);
-                state.publish_health(now);
-            }
-            DeploymentMsg::Status(reply) => {
-                let _ = reply.send(state.status(now));
-            }
+            DeploymentMsg::Announce { length, class } => state.announce(length, class),
         }
         Ok(())
     }
 }
 
 impl DeploymentState {
-    fn outcome(
-        &mut self,
-        latency: Duration,
-        ttft: Option<Duration>,
-        failure: Option<(ErrorClass, Option<Duration>)>,
-        now: Instant,
-    ) {
-        let live = &self.info.live;
-        match failure {
-            None => {
-                self.successes += 1;
-                ewma(&live.latency_ewma_us, latency);
-                if let Some(t) = ttft {
-                    ewma(&live.ttft_ewma_us, t);
-                }
-                self.health.success(now);
-            }
-            Some((class, retry_after)) => {
-                self.failures += 1;
-                metrics::counter!(telemetry::UPSTREAM_FAILURES,
-                    "deployment" => self.info.id.clone(),
-                    "class" => format!("{class:?}"))
-                .increment(1);
-                if let Some(length) = self.health.failure(class, retry_after, now) {
-                    tracing::warn!(deployment = %self.info.id, class = ?class, cooldown_ms = length.as_millis() as u64, "deployment cools down");
-                    metrics::counter!(telemetry::COOLDOWNS, "deployment" => self.info.id.clone())
-                        .increment(1);
-                    self.announce(length, class);
-                }
-            }
-        }
-        self.publish_health(now);
-    }
-
     /// Tells the other workers about a cooldown this worker started.
     fn announce(&self, length: Duration, class: ErrorClass) {
         let Some(g) = &self.gossip else { return };
+        let id = &self.deployment.info.id;
         let event = HealthEvent {
-            deployment: self.info.id.clone(),
+            deployment: id.clone(),
             worker: g.worker.clone(),
             state: "cooldown".into(),
             cooldown_ms: length.as_millis() as u64,
             reason: format!("{class:?}"),
         };
         let client = g.client.clone();
-        let subject = g.subjects.health(&self.info.id);
+        let subject = g.subjects.health(id);
         if let Ok(body) = serde_json::to_vec(&event) {
             // Fire and forget: gossip never holds up the actor.
             tokio::spawn(async move {
@@ -361,96 +601,46 @@ impl DeploymentState {
         }
     }
 
-    fn publish_health(&self, now: Instant) {
-        let live = &self.info.live;
-        let state = self.health.state(now);
-        live.cooling_until_ms.store(
-            self.health.cooling_until().map_or(0, epoch_ms),
-            Ordering::Relaxed,
-        );
-        live.state.store(state.code(), Ordering::Relaxed);
-        metrics::gauge!(telemetry::DEPLOYMENT_STATE, "deployment" => self.info.id.clone())
-            .set(state.code() as f64);
-    }
-
     /// Grants capacity to waiting jobs in arrival order, while there is capacity.
     fn serve_waiting(&mut self, myself: &ActorRef<DeploymentMsg>, now: Instant) {
+        let deployment = self.deployment.clone();
+        let mut core = deployment.lock();
+        let mut wake = None;
         while let Some((est_tokens, reply)) = self.waiting.front() {
             if reply.is_closed() {
                 // The job gave up (its deadline passed); forget it.
                 self.waiting.pop_front();
                 continue;
             }
-            match self.capacity.try_acquire(*est_tokens, now) {
+            match core.capacity.try_acquire(*est_tokens, now) {
                 Ok(permit) => {
                     let (_, reply) = self.waiting.pop_front().expect("front exists");
                     if let Err(ractor::MessagingErr::SendErr(permit)) = reply.send(permit) {
                         // The job went away between the check and the send.
-                        self.capacity.cancel(permit, now);
+                        core.capacity.cancel(permit, now);
                     }
                 }
                 Err(wait) => {
-                    if let Some(after) = wait.duration() {
-                        self.schedule_wake(myself, now + after, after);
-                    }
+                    wake = wait.duration();
                     break;
                 }
             }
         }
-        self.publish_capacity(now);
+        core.waiting = self.waiting.len();
+        deployment.publish_capacity(&mut core, now);
+        drop(core);
+        if let Some(after) = wake {
+            self.schedule_wake(myself, now + after, after);
+        }
     }
 
     fn schedule_wake(&mut self, myself: &ActorRef<DeploymentMsg>, at: Instant, after: Duration) {
-        if self.wake_at.is_some_and(|w| w <= at) {
+        if self.wake_at.is_some_and(|w| w > Instant::now() && w <= at) {
             return;
         }
         self.wake_at = Some(at);
+        // The timer holds the actor only until `after`, a refill time (well under a minute).
         myself.send_after(after, || DeploymentMsg::Wake);
-    }
-
-    fn publish_capacity(&mut self, now: Instant) {
-        let snap = self.capacity.snapshot(now);
-        let live = &self.info.live;
-        live.in_flight.store(snap.in_flight, Ordering::Relaxed);
-        live.rpm_used.store(snap.rpm_used, Ordering::Relaxed);
-        live.tpm_used.store(snap.tpm_used, Ordering::Relaxed);
-        let full = |used: u64, limit: Option<u64>| limit.is_some_and(|l| used >= l);
-        let saturated = !self.waiting.is_empty()
-            || snap.max_parallel.is_some_and(|m| snap.in_flight >= m)
-            || full(snap.rpm_used, snap.rpm_limit)
-            || full(snap.tpm_used, snap.tpm_limit);
-        live.saturated.store(saturated, Ordering::Relaxed);
-        let id = self.info.id.clone();
-        metrics::gauge!(telemetry::DEPLOYMENT_IN_FLIGHT, "deployment" => id.clone())
-            .set(snap.in_flight as f64);
-        metrics::gauge!(telemetry::DEPLOYMENT_RPM_USED, "deployment" => id.clone())
-            .set(snap.rpm_used as f64);
-        metrics::gauge!(telemetry::DEPLOYMENT_TPM_USED, "deployment" => id)
-            .set(snap.tpm_used as f64);
-    }
-
-    fn status(&mut self, now: Instant) -> DeploymentStatus {
-        let (failures_last_minute, calls_last_minute) = self.health.window_counts(now);
-        let live = &self.info.live;
-        DeploymentStatus {
-            id: self.info.id.clone(),
-            model_group: self.info.model_group.clone(),
-            model: self.info.model.clone(),
-            state: self.health.state(now),
-            cooldown_remaining_ms: self
-                .health
-                .cooling_until()
-                .map_or(0, |u| u.saturating_duration_since(now).as_millis() as u64),
-            cooldowns: self.health.cooldowns(),
-            failures_last_minute,
-            calls_last_minute,
-            capacity: self.capacity.snapshot(now),
-            waiting: self.waiting.iter().filter(|(_, r)| !r.is_closed()).count(),
-            latency_ms: live.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
-            ttft_ms: live.ttft_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
-            successes: self.successes,
-            failures: self.failures,
-        }
     }
 }
 

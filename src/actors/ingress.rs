@@ -1,19 +1,20 @@
 //! Ingress: where NATS messages become jobs. It registers the worker with the NATS services
-//! framework (`$SRV.PING|INFO|STATS` answer for `llmbus`), subscribes to the request subjects
-//! in the queue group, and starts one request actor per completion job — as long as fewer
-//! than `max_in_flight` jobs are running. Past that bound a job gets a 503 at once: the
-//! worker never builds an unbounded queue.
+//! framework (`$SRV.PING|INFO|STATS` answer for `llmbus`) and subscribes to the request
+//! subjects in the queue group. One reader task per endpoint admits each job through the
+//! [`Gate`] and starts its task ([`super::job::supervise`]) — no mailbox sits between NATS and
+//! the jobs. A job with no reply subject (nowhere to answer) is refused before any upstream
+//! call; past `max_in_flight` a job gets a 503 at once. `llm.models` and `llm.deployments`
+//! are answered from the routing table.
 //!
-//! It supervises the request actors: when one fails (a panic), the job still gets an answer,
-//! a 500, and no other job notices.
-//!
-//! It also owns the worker's way out, without losing a job:
+//! The ingress actor owns the worker's way out, without losing a job:
 //! 1. [`IngressMsg::Drain`]: the worker stops taking jobs but stays subscribed. A job that
 //!    still arrives is *relayed*: published again to the same subject with the same reply
 //!    subject and headers (plus `Llm-Relayed: <hops>`), so the queue group hands it to another
-//!    worker. After [`MAX_RELAYS`] hops (this worker is likely alone) it runs here instead.
-//! 2. The jobs in flight finish; [`IngressMsg::CutOff`] answers those still running when the
-//!    grace period ends with a 503 (an error message and the sentinel) and stops them.
+//!    worker. When no other worker serves the subjects (this is the last one), it keeps
+//!    running the jobs itself through the grace period instead of relaying into the void.
+//!    After [`MAX_RELAYS`] hops a job runs wherever it is.
+//! 2. The jobs in flight finish; [`IngressMsg::CutOff`] signals those still running when the
+//!    grace period ends: each answers a 503 (an error message and the sentinel) and stops.
 //! 3. [`IngressMsg::Leave`] leaves the queue group. With a relay connection, the worker's
 //!    connection is *drained* (`Client::drain`: the server confirms every unsubscription, and
 //!    every job it routed here before that is still delivered), and what arrives meanwhile is
@@ -24,30 +25,21 @@
 //! Endpoints can only unsubscribe, not drain, in async-nats 0.51: that is why step 1 keeps the
 //! subscriptions and relays instead, and why step 3 drains the whole connection.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_nats::{
-    HeaderMap, Subject,
+    HeaderMap,
     service::{Request, Service, ServiceExt},
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
     WorkerContext,
-    request::{Job, JobKind, RequestActor},
-    router::RouterMsg,
+    gate::{DrainCounts, Phase},
+    job::{self, Job, JobKind},
 };
 use crate::{
     health::{Readiness, State},
@@ -61,6 +53,9 @@ pub const SERVICE_NAME: &str = "llmbus";
 /// How long leaving the queue group may take (reading the endpoint buffers, then a round trip).
 const LEAVE_PATIENCE: Duration = Duration::from_secs(10);
 
+/// How long the drain waits for other workers to say they serve.
+const PEERS_PATIENCE: Duration = Duration::from_millis(500);
+
 /// The header counting how many times draining workers relayed a job.
 pub const RELAYED: &str = "Llm-Relayed";
 
@@ -73,23 +68,13 @@ pub struct IngressArgs {
     pub ctx: Arc<WorkerContext>,
     /// The queue group the workers share.
     pub queue_group: String,
-    /// Jobs this worker runs at once.
-    pub max_in_flight: usize,
 }
 
 /// Messages ingress takes.
 pub enum IngressMsg {
-    /// A completion job arrived.
-    Completion(Request, Instant),
-    /// An embeddings job arrived.
-    Embedding(Request, Instant),
-    /// A `llm.models` request arrived.
-    Models(Request),
-    /// A `llm.deployments` request arrived.
-    Deployments(Request),
-    /// Stop taking jobs: from now on new jobs are relayed to the other workers. Replies at once
-    /// with the jobs in flight.
-    Drain(RpcReplyPort<Draining>),
+    /// Stop taking jobs: from now on new jobs are relayed to the other workers (or, when
+    /// none serves, still run here). Replies once the phase has changed.
+    Drain(RpcReplyPort<()>),
     /// Answer every job still running with a 503 and stop it; replies with how many.
     CutOff(RpcReplyPort<usize>),
     /// Leave the queue group: drain the connection and relay on the given connection, or
@@ -100,44 +85,8 @@ pub enum IngressMsg {
     Left(RpcReplyPort<DrainCounts>),
 }
 
-/// What [`IngressMsg::Drain`] answers: the jobs in flight, as they change.
-pub struct Draining {
-    /// The number of jobs running; it reaches 0 when the last one has answered.
-    pub in_flight: watch::Receiver<usize>,
-}
-
-/// What [`IngressMsg::CutOff`] answers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DrainCounts {
-    /// Jobs that ran during the drain: those in flight when it began, and those already
-    /// delivered to this worker that it admitted while leaving the queue group.
-    pub jobs: usize,
-    /// Of those, the jobs still running at the cut-off, answered with a 503.
-    pub cut_off: usize,
-    /// Jobs and requests that arrived during the drain and were relayed to the other workers.
-    pub relayed: usize,
-}
-
-/// Where ingress is in the worker's life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Taking jobs.
-    Serving,
-    /// Relaying new jobs, finishing those in flight.
-    Draining,
-    /// Leaving the queue group: relaying everything that still arrives.
-    Leaving,
-}
-
 /// The ingress actor.
 pub struct IngressActor;
-
-struct Running {
-    id: String,
-    reply: Option<Subject>,
-    done: Arc<AtomicBool>,
-    actor: ActorCell,
-}
 
 /// Ingress's state.
 pub struct IngressState {
@@ -146,18 +95,22 @@ pub struct IngressState {
     readers: Vec<JoinHandle<()>>,
     /// Set to true to make the readers unsubscribe their endpoints.
     leave: watch::Sender<bool>,
-    max_in_flight: usize,
-    running: HashMap<ActorId, Running>,
-    /// `running.len()`, for the drain to wait on and for `$SRV.STATS`.
-    in_flight: watch::Sender<usize>,
     readiness: Readiness,
-    phase: Phase,
-    /// The connection that relays what arrives while leaving (else the worker's own).
-    relay: Option<async_nats::Client>,
-    /// The drain's counts so far.
-    counts: DrainCounts,
-    next_job: u64,
     worker_id: String,
+}
+
+/// What the endpoint readers share.
+struct Reader {
+    ctx: Arc<WorkerContext>,
+    worker_id: String,
+}
+
+/// Which endpoint a reader serves.
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Job(JobKind),
+    Models,
+    Deployments,
 }
 
 impl Actor for IngressActor {
@@ -173,15 +126,14 @@ impl Actor for IngressActor {
         let ctx = args.ctx;
         let subjects = &ctx.subjects;
         let readiness = Readiness::new();
-        let in_flight = watch::Sender::new(0usize);
         let stats = {
             let readiness = readiness.clone();
-            let in_flight = in_flight.subscribe();
+            let gate = ctx.gate.clone();
             // `$SRV.STATS` carries the live state (`$SRV.INFO` metadata is fixed at start).
             move |_endpoint: String, _stats: async_nats::service::endpoint::Stats| {
                 serde_json::json!({
                     "state": readiness.state().as_str(),
-                    "in_flight": *in_flight.borrow(),
+                    "in_flight": gate.in_flight(),
                 })
             }
         };
@@ -215,24 +167,29 @@ impl Actor for IngressActor {
         let models = endpoint("models", subjects.models()).await?;
         let deployments = endpoint("deployments", subjects.deployments()).await?;
         let (leave, _) = watch::channel(false);
+        let reader = Arc::new(Reader {
+            ctx: ctx.clone(),
+            worker_id: worker_id.clone(),
+        });
         let readers = vec![
-            read(completion, myself.clone(), leave.subscribe(), |r| {
-                IngressMsg::Completion(r, Instant::now())
-            }),
-            read(embedding, myself.clone(), leave.subscribe(), |r| {
-                IngressMsg::Embedding(r, Instant::now())
-            }),
             read(
-                models,
-                myself.clone(),
+                completion,
+                reader.clone(),
                 leave.subscribe(),
-                IngressMsg::Models,
+                Endpoint::Job(JobKind::Completion),
             ),
             read(
-                deployments,
-                myself.clone(),
+                embedding,
+                reader.clone(),
                 leave.subscribe(),
-                IngressMsg::Deployments,
+                Endpoint::Job(JobKind::Embedding),
+            ),
+            read(models, reader.clone(), leave.subscribe(), Endpoint::Models),
+            read(
+                deployments,
+                reader,
+                leave.subscribe(),
+                Endpoint::Deployments,
             ),
         ];
         // Make sure the server has our subscriptions before anyone is told we serve (a flush
@@ -242,19 +199,13 @@ impl Actor for IngressActor {
             .map_err(|_| "the NATS server did not confirm the subscriptions".to_string())??;
         readiness.set(State::Serving);
         tracing::info!(worker_id = %worker_id, subject = %subjects.completion(), queue_group = %args.queue_group, "worker is serving");
+        let _ = myself;
         Ok(IngressState {
             ctx,
             service: Some(service),
             readers,
             leave,
-            max_in_flight: args.max_in_flight,
-            running: HashMap::new(),
-            in_flight,
             readiness,
-            phase: Phase::Serving,
-            relay: None,
-            counts: DrainCounts::default(),
-            next_job: 0,
             worker_id,
         })
     }
@@ -281,230 +232,89 @@ impl Actor for IngressActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            IngressMsg::Completion(request, received) => {
-                state
-                    .take(&myself, JobKind::Completion, request, received)
-                    .await;
-            }
-            IngressMsg::Embedding(request, received) => {
-                state
-                    .take(&myself, JobKind::Embedding, request, received)
-                    .await;
-            }
-            IngressMsg::Models(request) | IngressMsg::Deployments(request)
-                if state.phase == Phase::Leaving =>
-            {
-                state.relay(request, 0).await;
-            }
-            IngressMsg::Models(request) => {
-                let router = state.ctx.router.clone();
-                tokio::spawn(async move {
-                    match ractor::call!(router, RouterMsg::Models) {
-                        Ok(list) => respond_json(&request, 200, &list).await,
-                        Err(_) => {
-                            respond_error(&request, &ApiError::internal("router unavailable")).await
-                        }
-                    }
-                });
-            }
-            IngressMsg::Deployments(request) => {
-                let router = state.ctx.router.clone();
-                tokio::spawn(async move {
-                    match ractor::call!(router, RouterMsg::Deployments) {
-                        Ok(list) => respond_json(&request, 200, &list).await,
-                        Err(_) => {
-                            respond_error(&request, &ApiError::internal("router unavailable")).await
-                        }
-                    }
-                });
-            }
             IngressMsg::Drain(reply) => {
-                state.drain();
-                let _ = reply.send(Draining {
-                    in_flight: state.in_flight.subscribe(),
-                });
+                state.drain().await;
+                let _ = reply.send(());
             }
             IngressMsg::CutOff(reply) => {
-                let cut_off = state.cut_off().await;
-                let _ = reply.send(cut_off);
+                let _ = reply.send(state.cut_off().await);
             }
             IngressMsg::Leave(relay, reply) => state.leave(&myself, relay, reply).await,
             IngressMsg::Left(reply) => {
-                if let Some(relay) = &state.relay {
+                if let Some(relay) = state.ctx.gate.relay.load_full() {
                     match tokio::time::timeout(LEAVE_PATIENCE, relay.flush()).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::warn!(error = %e, "flushing the relayed jobs"),
                         Err(_) => tracing::warn!("flushing the relayed jobs timed out"),
                     }
                 }
+                let counts = state.ctx.gate.counts();
                 tracing::info!(
-                    relayed = state.counts.relayed,
+                    relayed = counts.relayed,
                     "left the queue group: new jobs go to the other workers"
                 );
-                let _ = reply.send(state.counts);
+                let _ = reply.send(counts);
             }
         }
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        // The default would stop ingress when a request actor ends: count it out instead.
-        match event {
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.running.remove(&cell.get_id());
-            }
-            SupervisionEvent::ActorFailed(cell, err) => {
-                let Some(job) = state.running.remove(&cell.get_id()) else {
-                    return Ok(());
-                };
-                tracing::error!(error = %err, "a request actor failed");
-                if !job.done.swap(true, Ordering::AcqRel)
-                    && let Some(reply) = job.reply
-                {
-                    answer_failed_job(&state.ctx.client, reply, Some(&job.id)).await;
-                }
-            }
-            _ => {}
-        }
-        state.counted();
         Ok(())
     }
 }
 
 impl IngressState {
-    /// A job arrived: run it, or relay it while draining.
-    async fn take(
-        &mut self,
-        myself: &ActorRef<IngressMsg>,
-        kind: JobKind,
-        request: Request,
-        received: Instant,
-    ) {
-        match self.phase {
-            Phase::Serving => self.admit(myself, kind, request, received).await,
-            Phase::Draining => {
-                let hops = relays(&request);
-                if hops < MAX_RELAYS {
-                    self.relay(request, hops).await;
-                } else {
-                    self.admit(myself, kind, request, received).await;
-                }
-            }
-            Phase::Leaving => {
-                let hops = relays(&request);
-                self.relay(request, hops).await;
-            }
-        }
-    }
-
-    /// Publishes `request` again on its subject, with its reply subject and headers, for
-    /// another worker of the queue group.
-    async fn relay(&mut self, request: Request, hops: u32) {
-        let client = self.relay.as_ref().unwrap_or(&self.ctx.client);
-        let message = request.message;
-        let mut h = message.headers.unwrap_or_default();
-        h.insert(RELAYED, (hops + 1).to_string().as_str());
-        let sent = match message.reply {
-            Some(reply) => {
-                client
-                    .publish_with_reply_and_headers(message.subject, reply, h, message.payload)
-                    .await
-            }
-            None => {
-                client
-                    .publish_with_headers(message.subject, h, message.payload)
-                    .await
-            }
-        };
-        match sent {
-            Ok(()) => self.counts.relayed += 1,
-            Err(e) => tracing::warn!(error = %e, "relaying a job to the other workers failed"),
-        }
-    }
-
-    async fn admit(
-        &mut self,
-        myself: &ActorRef<IngressMsg>,
-        kind: JobKind,
-        request: Request,
-        received: Instant,
-    ) {
-        if self.running.len() >= self.max_in_flight {
-            metrics::counter!(telemetry::REJECTED).increment(1);
-            let e = ApiError::unavailable(format!(
-                "this worker is running its limit of {} jobs; retry shortly",
-                self.max_in_flight
-            ))
-            .with_code("worker_busy");
-            tokio::spawn(async move { respond_error(&request, &e).await });
+    /// Begins the drain: new jobs are relayed from now on, unless no other worker serves.
+    async fn drain(&mut self) {
+        let gate = &self.ctx.gate;
+        if gate.phase() != Phase::Serving {
             return;
         }
-        self.next_job += 1;
-        let id = format!("{}-{}", self.worker_id, self.next_job);
-        let done = Arc::new(AtomicBool::new(false));
-        let reply = request.message.reply.clone();
-        let job = Job {
-            kind,
-            request,
-            received,
-            id: id.clone(),
-            done: done.clone(),
-        };
-        match Actor::spawn_linked(
-            None,
-            RequestActor,
-            (job, self.ctx.clone()),
-            myself.get_cell(),
-        )
-        .await
-        {
-            Ok((actor, _)) => {
-                if self.phase != Phase::Serving {
-                    self.counts.jobs += 1;
-                }
-                self.running.insert(
-                    actor.get_id(),
-                    Running {
-                        id,
-                        reply,
-                        done,
-                        actor: actor.get_cell(),
-                    },
-                );
-                self.counted();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not start a request actor");
-                if let Some(reply) = reply {
-                    answer_failed_job(&self.ctx.client, reply, Some(&id)).await;
-                }
-            }
-        }
-    }
-
-    /// Publishes the number of running jobs (gauge, drain watchers, `$SRV.STATS`).
-    fn counted(&self) {
-        metrics::gauge!(telemetry::IN_FLIGHT).set(self.running.len() as f64);
-        self.in_flight.send_replace(self.running.len());
-    }
-
-    /// Begins the drain: new jobs are relayed from now on.
-    fn drain(&mut self) {
-        if self.phase != Phase::Serving {
-            return;
-        }
-        self.phase = Phase::Draining;
+        gate.set_phase(Phase::Draining);
         self.readiness.set(State::Draining);
-        self.counts.jobs = self.running.len();
-        tracing::info!(
-            jobs_in_flight = self.running.len(),
-            "draining: new jobs go to the other workers; finishing the jobs in flight"
-        );
+        let prefix = self.ctx.subjects.prefix().to_string();
+        let peers = match crate::health::check(&self.ctx.client, &prefix, PEERS_PATIENCE).await {
+            Ok(workers) => workers
+                .iter()
+                .filter(|w| w.id != self.worker_id && w.is_ready())
+                .count(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not ask for the other workers; relaying anyway");
+                1
+            }
+        };
+        gate.set_alone(peers == 0);
+        if peers == 0 {
+            tracing::info!(
+                jobs_in_flight = gate.in_flight(),
+                "draining: no other worker serves {}; this one keeps taking jobs through its grace period",
+                self.ctx.subjects.completion()
+            );
+        } else {
+            tracing::info!(
+                jobs_in_flight = gate.in_flight(),
+                other_workers = peers,
+                "draining: new jobs go to the other workers; finishing the jobs in flight"
+            );
+        }
+    }
+
+    /// Signals every job still running to answer a 503 and stop, and waits (10 s at most)
+    /// until they have. Returns how many were cut off.
+    async fn cut_off(&mut self) -> usize {
+        let gate = &self.ctx.gate;
+        let before = gate.counts().cut_off;
+        gate.cutoff().cancel();
+        if tokio::time::timeout(LEAVE_PATIENCE, gate.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                jobs = gate.in_flight(),
+                "jobs did not stop within 10 s of the cut-off"
+            );
+        }
+        if let Err(e) = self.ctx.client.flush().await {
+            tracing::debug!(error = %e, "flushing the cut-off answers");
+        }
+        gate.counts().cut_off - before
     }
 
     /// Leaves the queue group. With `relay`, the worker's connection drains (lossless: every
@@ -517,22 +327,23 @@ impl IngressState {
         relay: Option<async_nats::Client>,
         reply: RpcReplyPort<DrainCounts>,
     ) {
-        if self.phase == Phase::Serving {
-            self.drain();
-        }
-        if self.phase == Phase::Leaving {
-            let _ = reply.send(self.counts);
+        let gate = self.ctx.gate.clone();
+        if gate.phase() == Phase::Leaving {
+            let _ = reply.send(gate.counts());
             return;
         }
-        self.phase = Phase::Leaving;
+        if gate.phase() == Phase::Serving {
+            self.drain().await;
+        }
+        gate.set_phase(Phase::Leaving);
         let drained = match relay {
             Some(relay) => {
-                self.relay = Some(relay);
+                gate.relay.store(Some(Arc::new(relay)));
                 match self.ctx.client.drain().await {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::warn!(error = %e, "draining the NATS connection; unsubscribing");
-                        self.relay = None;
+                        gate.relay.store(None);
                         false
                     }
                 }
@@ -562,36 +373,98 @@ impl IngressState {
                     Err(_) => tracing::warn!("confirming the unsubscriptions timed out"),
                 }
             }
-            // Queued behind every request the readers forwarded, so they are all relayed first.
+            // Only after every request the readers took has been relayed.
             let _ = myself.cast(IngressMsg::Left(reply));
         });
     }
+}
 
-    /// Answers every job still running with a 503 (and a sentinel) and stops its actor.
-    /// Returns how many jobs were answered so.
-    async fn cut_off(&mut self) -> usize {
-        let mut cut = 0;
-        for (_, job) in self.running.drain() {
-            if !job.done.swap(true, Ordering::AcqRel) {
-                cut += 1;
-                tracing::warn!(job_id = %job.id, "the shutdown grace period ran out: answering 503");
-                if let Some(reply) = job.reply {
-                    let e = ApiError::unavailable(
-                        "the worker stopped before this job finished (its shutdown grace period \
-                         ran out); retry it",
-                    )
-                    .with_code("worker_shutting_down");
-                    answer_job(&self.ctx.client, reply, &e, Some(&job.id)).await;
+impl Reader {
+    /// One message of an endpoint.
+    async fn take(&self, endpoint: Endpoint, request: Request) {
+        let gate = &self.ctx.gate;
+        let phase = gate.phase();
+        match endpoint {
+            Endpoint::Job(kind) => match phase {
+                Phase::Serving => self.admit(kind, request).await,
+                Phase::Draining => {
+                    let hops = relays(&request);
+                    if gate.alone() || hops >= MAX_RELAYS {
+                        self.admit(kind, request).await;
+                    } else {
+                        self.relay(request, hops).await;
+                    }
                 }
+                Phase::Leaving => {
+                    let hops = relays(&request);
+                    self.relay(request, hops).await;
+                }
+            },
+            _ if phase == Phase::Leaving => self.relay(request, 0).await,
+            Endpoint::Models => {
+                let list = self.ctx.table.load().models();
+                respond_json(&request, &list).await;
             }
-            job.actor.stop(Some("cut off at shutdown".into()));
+            Endpoint::Deployments => {
+                let list = self.ctx.table.load().statuses(std::time::Instant::now());
+                respond_json(&request, &list).await;
+            }
         }
-        if let Err(e) = self.ctx.client.flush().await {
-            tracing::debug!(error = %e, "flushing the cut-off answers");
+    }
+
+    /// Starts the job's task, or refuses it.
+    async fn admit(&self, kind: JobKind, request: Request) {
+        let received = std::time::Instant::now();
+        if request.message.reply.is_none() {
+            metrics::counter!(telemetry::UNANSWERABLE).increment(1);
+            tracing::debug!(subject = %request.message.subject, "a job without a reply subject was refused: it has nowhere to answer");
+            return;
         }
-        self.counts.cut_off += cut;
-        self.counted();
-        cut
+        let Some(ticket) = self.ctx.gate.enter() else {
+            metrics::counter!(telemetry::REJECTED).increment(1);
+            let e = ApiError::unavailable(format!(
+                "this worker is running its limit of {} jobs; retry shortly",
+                self.ctx.gate.max_in_flight()
+            ))
+            .with_code("worker_busy");
+            respond_error(&request, &e).await;
+            return;
+        };
+        let id = format!("{}-{}", self.worker_id, self.ctx.gate.next_job());
+        let job = Job {
+            kind,
+            request,
+            received,
+            id,
+        };
+        tokio::spawn(job::supervise(job, self.ctx.clone(), ticket));
+    }
+
+    /// Publishes `request` again on its subject, with its reply subject and headers, for
+    /// another worker of the queue group.
+    async fn relay(&self, request: Request, hops: u32) {
+        let gate = &self.ctx.gate;
+        let relay = gate.relay.load_full();
+        let client = relay.as_deref().unwrap_or(&self.ctx.client);
+        let message = request.message;
+        let mut h = message.headers.unwrap_or_default();
+        h.insert(RELAYED, (hops + 1).to_string().as_str());
+        let sent = match message.reply {
+            Some(reply) => {
+                client
+                    .publish_with_reply_and_headers(message.subject, reply, h, message.payload)
+                    .await
+            }
+            None => {
+                client
+                    .publish_with_headers(message.subject, h, message.payload)
+                    .await
+            }
+        };
+        match sent {
+            Ok(()) => gate.count_relayed(),
+            Err(e) => tracing::warn!(error = %e, "relaying a job to the other workers failed"),
+        }
     }
 }
 
@@ -624,13 +497,13 @@ fn relays(request: &Request) -> u32 {
         .unwrap_or(0)
 }
 
-/// Forwards every request of an endpoint to ingress. When `leave` turns true it unsubscribes
-/// the endpoint, forwards what the subscription's buffer still holds, and ends.
+/// Reads an endpoint and hands each message to `reader`. When `leave` turns true it
+/// unsubscribes the endpoint, takes what the subscription's buffer still holds, and ends.
 fn read(
     mut endpoint: async_nats::service::endpoint::Endpoint,
-    ingress: ActorRef<IngressMsg>,
+    reader: Arc<Reader>,
     mut leave: watch::Receiver<bool>,
-    wrap: impl Fn(Request) -> IngressMsg + Send + 'static,
+    kind: Endpoint,
 ) -> JoinHandle<()> {
     // A stack temporary, moved out at once: boxing it would cost an allocation per job.
     #[allow(clippy::large_enum_variant)]
@@ -655,46 +528,16 @@ fn read(
                         break;
                     }
                 }
-                Step::Next(Some(request)) => {
-                    if ingress.cast(wrap(request)).is_err() {
-                        break;
-                    }
-                }
+                Step::Next(Some(request)) => reader.take(kind, request).await,
                 Step::Next(None) => break,
             }
         }
     })
 }
 
-/// A job whose actor died before answering: a 500 error body, then a sentinel (so a streaming
-/// requester stops reading too).
-async fn answer_failed_job(client: &async_nats::Client, reply: Subject, job_id: Option<&str>) {
-    let e = ApiError::internal("internal error while running the job; it was not completed");
-    answer_job(client, reply, &e, job_id).await;
-}
-
-/// Answers a job on ingress's behalf: the error body, then a sentinel (a non-streaming
-/// requester keeps the first message; a streaming one reads to the sentinel).
-async fn answer_job(
-    client: &async_nats::Client,
-    reply: Subject,
-    e: &ApiError,
-    job_id: Option<&str>,
-) {
+async fn respond_json<T: serde::Serialize>(request: &Request, body: &T) {
     let mut h = HeaderMap::new();
-    h.insert(headers::STATUS, e.status.to_string().as_str());
-    if let Some(id) = job_id {
-        h.insert(headers::JOB_ID, id);
-    }
-    let _ = client
-        .publish_with_headers(reply.clone(), h.clone(), e.to_json())
-        .await;
-    let _ = client.publish_with_headers(reply, h, Bytes::new()).await;
-}
-
-async fn respond_json<T: serde::Serialize>(request: &Request, status: u16, body: &T) {
-    let mut h = HeaderMap::new();
-    h.insert(headers::STATUS, status.to_string().as_str());
+    h.insert(headers::STATUS, "200");
     match serde_json::to_vec(body) {
         Ok(payload) => {
             let _ = request.respond_with_headers(Ok(payload.into()), h).await;

@@ -1,35 +1,50 @@
-//! The actors of one worker (ractor) and the context they share.
+//! The roles of one worker and the context they share.
 //!
 //! ```text
-//!   NATS ──► IngressActor ──spawn──► RequestActor (one per job) ──► reply subject
-//!                                      │  ▲      │
-//!                              Route   │  │      │ Acquire / Release / Outcome
-//!                                      ▼  │      ▼
-//!                                 RouterActor ─supervises─► DeploymentActor (one per deployment)
-//!                                                          
-//!                      RequestActor ── Record ──► CostActor ──► llm.usage.<group>
+//!  NATS ──► endpoint readers ──admit (Gate)──► job task (one per job) ──► reply subject
+//!             (ingress)                          │   │        │
+//!                          reads the snapshot ◄──┘   │        └── usage ──► CostActor
+//!                          of RoutingTable           │ permit (fast path; the
+//!                          (RouterActor owns it,     ▼ DeploymentActor queues waiters)
+//!                           supervises ──────────► Deployment ──► provider adapter ──HTTP──►
 //! ```
+//!
+//! - [`ingress`]: the NATS service and its endpoint readers; the drain.
+//! - [`gate`]: admission (the in-flight bound), the worker's phase, the cut-off signal.
+//! - [`job`]: one job's life as a task (the "request actor" role).
+//! - [`cancel`]: cancellation by the requester (`llm.cancel`).
+//! - [`table`]: the routing table snapshot and the pick rules.
+//! - [`router`]: the actor that owns the table and supervises the deployment actors.
+//! - [`deployment`]: one deployment's capacity and health, and its actor.
+//! - [`cost`]: the cost actor.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use ractor::ActorRef;
 
+pub mod cancel;
 pub mod cost;
 pub mod deployment;
+pub mod gate;
 pub mod ingress;
-pub mod request;
+pub mod job;
 pub mod router;
+pub mod table;
 
 use crate::wire::Subjects;
 
-/// What every request actor needs, shared by all of them.
+/// What every job needs, shared by all of them.
 pub struct WorkerContext {
     /// The NATS connection.
     pub client: async_nats::Client,
     /// Subject names.
     pub subjects: Subjects,
-    /// The router.
-    pub router: ActorRef<router::RouterMsg>,
+    /// The routing table (the router replaces it).
+    pub table: router::SharedTable,
+    /// Admission, phase and cut-off.
+    pub gate: Arc<gate::Gate>,
+    /// Jobs their requesters may cancel.
+    pub cancels: Arc<cancel::Cancels>,
     /// The cost actor.
     pub cost: ActorRef<cost::CostMsg>,
     /// A job's deadline when its request sets none.

@@ -1,153 +1,60 @@
-//! The router: holds model groups and their deployments, picks a deployment for each attempt
-//! of a job, and supervises the deployment actors (a deployment actor that fails is started
-//! again with the same settings; its counts restart from zero).
+//! The router: owns the model groups and their deployments. It builds the [`RoutingTable`]
+//! that every job reads (through an `ArcSwap`, so routing needs no message), spawns one
+//! [`DeploymentActor`] per deployment and supervises them (one that fails is started again on
+//! the same [`Deployment`]: its numbers survive, its queue of waiting jobs does not), and
+//! passes on the cooldowns other workers announce on `llm.health.*`.
 //!
-//! A pick narrows the group's deployments step by step, then lets the routing strategy
-//! ([`crate::policy::routing`]) choose:
-//! 1. not already failed for this job (unless all have: then all again);
-//! 2. healthy — a cooling-down deployment gets nothing, a half-open one gets exactly one probe;
-//! 3. with `enable_tag_filtering`: tagged with one of the request's `Llm-Tags`, or `default`
-//!    when the request has none;
-//! 4. with `enable_pre_call_checks`: a context window (`model_info.max_input_tokens`) that
-//!    fits the prompt;
-//! 5. with capacity right now, when any has.
-//!
-//! The router also listens on `llm.health.*` for cooldowns other workers saw, and passes them
-//! to the local deployment actors.
+//! The rules a pick follows are in [`super::table`].
 
 use std::{
-    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use futures::StreamExt;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::deployment::{
-    DeploymentActor, DeploymentArgs, DeploymentInfo, DeploymentMsg, DeploymentStatus, Gossip,
-    HealthEvent,
-};
-use crate::{
-    policy::{
-        health::{HealthPolicy, HealthState},
-        routing::{self, Candidate, Strategy},
+use super::{
+    deployment::{
+        Deployment, DeploymentActor, DeploymentArgs, DeploymentInfo, Gossip, HealthEvent,
     },
-    wire::{
-        ApiError,
-        openai::{Model, ModelList, unix_now},
-    },
+    table::{RoutingRules, RoutingTable},
 };
+use crate::{policy::health::HealthPolicy, wire::openai::unix_now};
 
-/// How long a half-open deployment's probe may take before another job may probe it.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The routing table every job reads; the router replaces it.
+pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
 
 /// The router's arguments.
 pub struct RouterArgs {
     /// Deployments in configuration order.
     pub deployments: Vec<Arc<DeploymentInfo>>,
-    /// `alias → (model group, hidden)`.
-    pub aliases: BTreeMap<String, (String, bool)>,
-    /// The routing strategy.
-    pub strategy: Strategy,
-    /// `enable_tag_filtering`.
-    pub tag_filtering: bool,
-    /// `enable_pre_call_checks`.
-    pub pre_call_checks: bool,
-    /// Health thresholds for every deployment; `None` disables cooldowns.
-    pub health: Option<HealthPolicy>,
+    /// How the table routes.
+    pub rules: RoutingRules,
+    /// Health thresholds for every deployment.
+    pub health: HealthPolicy,
     /// Cooldown gossip with the other workers; `None` keeps health local.
     pub gossip: Option<Gossip>,
-}
-
-/// What a job asks the router.
-#[derive(Debug, Clone)]
-pub struct RouteRequest {
-    /// Model group or alias, as the request named it.
-    pub model: String,
-    /// Deployment ids that already failed this job.
-    pub exclude: Vec<String>,
-    /// The request's `Llm-Tags`.
-    pub tags: Vec<String>,
-    /// The prompt's estimated tokens, for pre-call checks.
-    pub prompt_tokens: u64,
-    /// True for streams (latency routing then looks at time to first token).
-    pub stream: bool,
+    /// Where the table is published.
+    pub table: SharedTable,
 }
 
 /// Messages the router takes.
 pub enum RouterMsg {
-    /// Pick a deployment.
-    Route(RouteRequest, RpcReplyPort<Result<Route, RouteError>>),
-    /// The model groups in the `/v1/models` shape.
-    Models(RpcReplyPort<ModelList>),
-    /// Every deployment's state.
-    Deployments(RpcReplyPort<Vec<DeploymentStatus>>),
     /// A cooldown another worker announced.
     Remote(HealthEvent),
-}
-
-/// The router's answer to [`RouterMsg::Route`].
-#[derive(Clone)]
-pub struct Route {
-    /// The model group the request's name resolved to.
-    pub group: String,
-    /// The chosen deployment.
-    pub deployment: Arc<DeploymentInfo>,
-    /// Its actor.
-    pub actor: ActorRef<DeploymentMsg>,
-    /// False when the deployment already failed this job (nothing else was left).
-    pub fresh: bool,
-}
-
-/// Why no deployment was picked.
-#[derive(Debug, Clone)]
-pub enum RouteError {
-    /// No such model group or alias (404).
-    UnknownModel(ApiError),
-    /// The group exists but no deployment can take the job now: all cooling down, a probe
-    /// already out, or none with a matching tag. `retry_in` is when one may be back.
-    Unavailable {
-        /// The resolved group.
-        group: String,
-        /// The error the client gets when nothing else works.
-        error: ApiError,
-        /// When a cooling-down deployment comes back, if one will.
-        retry_in: Option<Duration>,
-    },
-    /// No deployment's context window fits the prompt (pre-call check).
-    ContextWindow {
-        /// The resolved group.
-        group: String,
-        /// The error the client gets when no fallback fits either.
-        error: ApiError,
-    },
 }
 
 /// The router actor.
 pub struct RouterActor;
 
-struct Slot {
-    info: Arc<DeploymentInfo>,
-    actor: ActorRef<DeploymentMsg>,
-    /// When a half-open probe went out, and for which cooldown (its end, in epoch ms).
-    probe: Option<(Instant, u64)>,
-}
-
 /// The router's state.
 pub struct RouterState {
-    slots: Vec<Slot>,
-    by_id: HashMap<String, usize>,
-    groups: HashMap<String, Vec<usize>>,
-    group_order: Vec<String>,
-    aliases: BTreeMap<String, (String, bool)>,
-    strategy: Strategy,
-    tag_filtering: bool,
-    pre_call_checks: bool,
-    health: Option<HealthPolicy>,
+    table: SharedTable,
     gossip: Option<Gossip>,
+    health: bool,
     listener: Option<tokio::task::JoinHandle<()>>,
-    created: u64,
 }
 
 impl Actor for RouterActor {
@@ -160,38 +67,28 @@ impl Actor for RouterActor {
         myself: ActorRef<Self::Msg>,
         args: RouterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut state = RouterState {
-            slots: Vec::with_capacity(args.deployments.len()),
-            by_id: HashMap::new(),
-            groups: HashMap::new(),
-            group_order: Vec::new(),
-            aliases: args.aliases,
-            strategy: args.strategy,
-            tag_filtering: args.tag_filtering,
-            pre_call_checks: args.pre_call_checks,
-            health: args.health,
-            gossip: args.gossip,
-            listener: None,
-            created: unix_now(),
-        };
+        let mut deployments = Vec::with_capacity(args.deployments.len());
         for info in args.deployments {
-            let actor = state.spawn(&myself, info.clone()).await?;
-            let members = state.groups.entry(info.model_group.clone()).or_default();
-            if members.is_empty() {
-                state.group_order.push(info.model_group.clone());
-            }
-            members.push(state.slots.len());
-            state.by_id.insert(info.id.clone(), state.slots.len());
-            state.slots.push(Slot {
-                info,
-                actor,
-                probe: None,
-            });
+            let deployment = Arc::new(Deployment::new(info, args.health.clone()));
+            spawn(&myself, deployment.clone(), args.gossip.clone()).await?;
+            deployments.push(deployment);
         }
-        if let Some(g) = &state.gossip {
-            state.listener = Some(listen(g.clone(), myself.clone()).await?);
-        }
-        Ok(state)
+        let health = args.rules.health;
+        args.table.store(Arc::new(RoutingTable::new(
+            deployments,
+            args.rules,
+            unix_now(),
+        )));
+        let listener = match &args.gossip {
+            Some(g) => Some(listen(g.clone(), myself.clone()).await?),
+            None => None,
+        };
+        Ok(RouterState {
+            table: args.table,
+            gossip: args.gossip,
+            health,
+            listener,
+        })
     }
 
     async fn post_stop(
@@ -212,38 +109,17 @@ impl Actor for RouterActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RouterMsg::Route(request, reply) => {
-                let _ = reply.send(state.route(&request, Instant::now()));
-            }
-            RouterMsg::Models(reply) => {
-                let _ = reply.send(state.models());
-            }
-            RouterMsg::Deployments(reply) => {
-                // Ask every deployment actor without holding up the router.
-                let actors: Vec<_> = state.slots.iter().map(|s| s.actor.clone()).collect();
-                tokio::spawn(async move {
-                    let mut all = Vec::with_capacity(actors.len());
-                    for actor in actors {
-                        if let Ok(status) = ractor::call!(actor, DeploymentMsg::Status) {
-                            all.push(status);
-                        }
-                    }
-                    let _ = reply.send(all);
-                });
-            }
             RouterMsg::Remote(event) => {
                 let own = state
                     .gossip
                     .as_ref()
                     .is_some_and(|g| g.worker == event.worker);
                 if !own
-                    && state.health.is_some()
-                    && let Some(&i) = state.by_id.get(&event.deployment)
+                    && state.health
+                    && let Some(d) = state.table.load().deployment(&event.deployment)
                 {
                     let cooldown = Duration::from_millis(event.cooldown_ms.min(3_600_000));
-                    let _ = state.slots[i]
-                        .actor
-                        .cast(DeploymentMsg::RemoteCooldown { cooldown });
+                    d.remote_cooldown(cooldown, Instant::now());
                 }
             }
         }
@@ -258,19 +134,29 @@ impl Actor for RouterActor {
     ) -> Result<(), ActorProcessingErr> {
         // The default would stop the router when a child ends: restart the child instead.
         if let SupervisionEvent::ActorFailed(cell, err) = event {
-            let Some(i) = state
-                .slots
+            let table = state.table.load_full();
+            let failed = table
+                .deployments()
                 .iter()
-                .position(|s| s.actor.get_id() == cell.get_id())
-            else {
+                .find(|d| d.actor_id().is_none_or(|id| id == cell.get_id()));
+            let Some(deployment) = failed else {
                 return Ok(());
             };
-            let info = state.slots[i].info.clone();
-            tracing::error!(deployment = %info.id, error = %err, "deployment actor failed; restarting it");
-            state.slots[i].actor = state.spawn(&myself, info).await?;
+            tracing::error!(deployment = %deployment.id(), error = %err, "deployment actor failed; restarting it");
+            spawn(&myself, deployment.clone(), state.gossip.clone()).await?;
         }
         Ok(())
     }
+}
+
+async fn spawn(
+    router: &ActorRef<RouterMsg>,
+    deployment: Arc<Deployment>,
+    gossip: Option<Gossip>,
+) -> Result<(), ActorProcessingErr> {
+    let args = DeploymentArgs { deployment, gossip };
+    Actor::spawn_linked(None, DeploymentActor, args, router.get_cell()).await?;
+    Ok(())
 }
 
 /// Subscribes to `llm.health.*` and forwards other workers' cooldowns to the router.
@@ -292,232 +178,4 @@ async fn listen(
             }
         }
     }))
-}
-
-impl RouterState {
-    async fn spawn(
-        &self,
-        myself: &ActorRef<RouterMsg>,
-        info: Arc<DeploymentInfo>,
-    ) -> Result<ActorRef<DeploymentMsg>, ActorProcessingErr> {
-        let args = DeploymentArgs {
-            info,
-            policy: self.health.clone().unwrap_or_default(),
-            gossip: self.gossip.clone(),
-        };
-        let (actor, _) =
-            Actor::spawn_linked(None, DeploymentActor, args, myself.get_cell()).await?;
-        Ok(actor)
-    }
-
-    fn resolve<'a>(&'a self, model: &'a str) -> Option<&'a str> {
-        if self.groups.contains_key(model) {
-            return Some(model);
-        }
-        let (group, _) = self.aliases.get(model)?;
-        self.groups
-            .contains_key(group.as_str())
-            .then_some(group.as_str())
-    }
-
-    // The result travels in a message right away; boxing the error would only add an allocation.
-    #[allow(clippy::result_large_err)]
-    fn route(&mut self, req: &RouteRequest, now: Instant) -> Result<Route, RouteError> {
-        let group = self
-            .resolve(&req.model)
-            .ok_or_else(|| RouteError::UnknownModel(ApiError::model_not_found(&req.model)))?
-            .to_string();
-        let members = self.groups[&group].clone();
-
-        // 1. Not already failed for this job, unless every one has.
-        let fresh: Vec<usize> = members
-            .iter()
-            .copied()
-            .filter(|&i| !req.exclude.contains(&self.slots[i].info.id))
-            .collect();
-        let (mut pool, is_fresh) = if fresh.is_empty() {
-            (members.clone(), false)
-        } else {
-            (fresh, true)
-        };
-
-        // 2. Healthy, or half-open with no probe out yet.
-        if self.health.is_some() {
-            let healthy: Vec<usize> = pool
-                .iter()
-                .copied()
-                .filter(|&i| self.available(i, now))
-                .collect();
-            if healthy.is_empty() {
-                let retry_in = pool
-                    .iter()
-                    .map(|&i| self.slots[i].info.live.cooldown_left(now))
-                    .filter(|d| !d.is_zero())
-                    .min();
-                let error = ApiError::rate_limited(format!(
-                    "no healthy deployment in model group `{group}`: all are cooling down after failures{}",
-                    retry_in.map_or(String::new(), |d| format!("; retry in {} ms", d.as_millis()))
-                ))
-                .with_code("no_healthy_deployment");
-                return Err(RouteError::Unavailable {
-                    group,
-                    error,
-                    retry_in,
-                });
-            }
-            pool = healthy;
-        }
-
-        // 3. Tags.
-        if self.tag_filtering {
-            let tagged: Vec<usize> = if req.tags.is_empty() {
-                let defaults: Vec<usize> = pool
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.slots[i].info.tags.iter().any(|t| t == "default"))
-                    .collect();
-                if defaults.is_empty() {
-                    pool.clone()
-                } else {
-                    defaults
-                }
-            } else {
-                pool.iter()
-                    .copied()
-                    .filter(|&i| self.slots[i].info.tags.iter().any(|t| req.tags.contains(t)))
-                    .collect()
-            };
-            if tagged.is_empty() {
-                let error = ApiError::bad_request(format!(
-                    "no deployment of model group `{group}` has any of the tags {:?}",
-                    req.tags
-                ))
-                .with_code("no_deployment_for_tags");
-                return Err(RouteError::Unavailable {
-                    group,
-                    error,
-                    retry_in: None,
-                });
-            }
-            pool = tagged;
-        }
-
-        // 4. Context window.
-        if self.pre_call_checks {
-            let fits: Vec<usize> = pool
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    self.slots[i]
-                        .info
-                        .max_input_tokens
-                        .is_none_or(|max| req.prompt_tokens <= max)
-                })
-                .collect();
-            if fits.is_empty() {
-                let error = ApiError::bad_request(format!(
-                    "the prompt (about {} tokens) exceeds the context window of every deployment of `{group}`",
-                    req.prompt_tokens
-                ))
-                .with_param("messages")
-                .with_code("context_length_exceeded");
-                return Err(RouteError::ContextWindow { group, error });
-            }
-            pool = fits;
-        }
-
-        // 5. Capacity now, when any has it.
-        let ready: Vec<usize> = pool
-            .iter()
-            .copied()
-            .filter(|&i| self.slots[i].info.live.has_capacity())
-            .collect();
-        if !ready.is_empty() {
-            pool = ready;
-        }
-
-        let candidates: Vec<Candidate> = pool
-            .iter()
-            .map(|&i| candidate(&self.slots[i].info, req.stream))
-            .collect();
-        let chosen = pool[routing::pick(self.strategy, &candidates, routing::random())];
-        let slot = &mut self.slots[chosen];
-        if slot.info.live.health(now) == HealthState::HalfOpen {
-            let until = slot
-                .info
-                .live
-                .cooling_until_ms
-                .load(std::sync::atomic::Ordering::Relaxed);
-            slot.probe = Some((now, until));
-        }
-        Ok(Route {
-            group,
-            deployment: slot.info.clone(),
-            actor: slot.actor.clone(),
-            fresh: is_fresh,
-        })
-    }
-
-    /// True when slot `i` may take a job now: healthy, or half-open with no probe out.
-    fn available(&self, i: usize, now: Instant) -> bool {
-        let slot = &self.slots[i];
-        match slot.info.live.health(now) {
-            HealthState::Healthy => true,
-            HealthState::CoolingDown => false,
-            HealthState::HalfOpen => {
-                let until = slot
-                    .info
-                    .live
-                    .cooling_until_ms
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                match slot.probe {
-                    Some((sent, for_until)) if for_until == until => {
-                        now.duration_since(sent) > PROBE_TIMEOUT
-                    }
-                    _ => true,
-                }
-            }
-        }
-    }
-
-    fn models(&self) -> ModelList {
-        let entry = |id: &str| Model {
-            id: id.to_string(),
-            object: "model".into(),
-            created: self.created,
-            owned_by: "llmbus".into(),
-        };
-        let mut data: Vec<Model> = self.group_order.iter().map(|g| entry(g)).collect();
-        data.extend(
-            self.aliases
-                .iter()
-                .filter(|(_, (group, hidden))| !hidden && self.groups.contains_key(group))
-                .map(|(alias, _)| entry(alias)),
-        );
-        ModelList {
-            object: "list".into(),
-            data,
-        }
-    }
-}
-
-fn candidate(info: &DeploymentInfo, stream: bool) -> Candidate {
-    use std::sync::atomic::Ordering::Relaxed;
-    let live = &info.live;
-    let ttft = live.ttft_ewma_us.load(Relaxed);
-    Candidate {
-        weight: info.weight,
-        in_flight: live.in_flight.load(Relaxed),
-        latency_us: if stream && ttft > 0 {
-            ttft
-        } else {
-            live.latency_ewma_us.load(Relaxed)
-        },
-        tpm_used: live.tpm_used.load(Relaxed),
-        rpm_used: live.rpm_used.load(Relaxed),
-        price: info
-            .price
-            .as_ref()
-            .map(|p| p.input_per_token + p.output_per_token),
-    }
 }

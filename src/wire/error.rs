@@ -79,13 +79,14 @@ impl ApiError {
         Self::new(401, "authentication_error", message)
     }
 
-    /// 404: no model group of that name.
+    /// 404: no model group of that name (echoing at most a short prefix of it).
     pub fn model_not_found(model: &str) -> Self {
         Self::new(
             404,
             "invalid_request_error",
             format!(
-                "The model `{model}` does not exist on this gateway; ask `llm.models` for the list."
+                "The model `{}` does not exist on this gateway; ask `llm.models` for the list.",
+                echo(model)
             ),
         )
         .with_param("model")
@@ -142,9 +143,75 @@ impl ApiError {
     }
 }
 
+/// The most of a caller's input an error message repeats.
+pub const ECHO_MAX: usize = 64;
+
+/// A caller's input as an error message may repeat it: whole when short, else its first
+/// [`ECHO_MAX`] characters, marked as cut, with the full length (so a huge input never makes
+/// a huge error).
+pub fn echo(input: &str) -> std::borrow::Cow<'_, str> {
+    match input.char_indices().nth(ECHO_MAX) {
+        None => input.into(),
+        Some((end, _)) => format!("{}… ({} bytes)", &input[..end], input.len()).into(),
+    }
+}
+
+/// A message built from a parser's error (which quotes the input in backticks or quotes):
+/// every quoted run longer than [`ECHO_MAX`] is cut with [`echo`], and the whole message is
+/// kept under about 512 bytes.
+pub fn clip_message(message: String) -> String {
+    if message.len() <= 256 {
+        return message;
+    }
+    let mut out = String::with_capacity(512);
+    let mut rest = message.as_str();
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest.as_bytes()[open] as char;
+        out.push_str(&rest[..=open]);
+        rest = &rest[open + 1..];
+        let (inner, after) = match rest.find(quote) {
+            Some(close) => (&rest[..close], &rest[close..]),
+            None => (rest, ""),
+        };
+        out.push_str(&echo(inner));
+        rest = after;
+        if let Some(stripped) = rest.strip_prefix(quote) {
+            out.push(quote);
+            rest = stripped;
+        }
+    }
+    out.push_str(rest);
+    if out.len() > 512 {
+        let mut end = 512;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_echo_only_a_short_prefix_of_the_input() {
+        let name = "m".repeat(1_048_400);
+        let e = ApiError::model_not_found(&name);
+        assert!(e.message.len() < 300, "{}", e.message.len());
+        assert!(e.message.contains("1048400 bytes"), "{}", e.message);
+        assert_eq!(echo("gpt-4o"), "gpt-4o");
+        let m = clip_message(format!(
+            "unknown variant `{}`, expected one of `a`",
+            "r".repeat(5000)
+        ));
+        assert!(m.len() < 300, "{m}");
+        assert!(m.ends_with("expected one of `a`"), "{m}");
+        let m = clip_message("é".repeat(2000));
+        assert!(m.len() <= 520);
+    }
 
     #[test]
     fn error_body_has_the_openai_shape_with_a_string_code() {

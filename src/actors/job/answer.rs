@@ -1,0 +1,392 @@
+//! How a job answers: the reply (or each stream chunk with its `Llm-Seq`, then the
+//! empty-payload sentinel), or the OpenAI error body; the reply headers; and, once it is
+//! done, its metrics and usage.
+//!
+//! An answer that cannot be published (larger than the server's `max_payload`, or any other
+//! publish error) is replaced by a small error with the same status, so the requester is
+//! never left waiting; the failure is logged and counted.
+
+use std::{sync::atomic::Ordering, time::Instant};
+
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+
+use super::JobState;
+use crate::{
+    actors::table::Route,
+    pricing, telemetry,
+    wire::{
+        ApiError, headers,
+        openai::{ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse, Usage},
+    },
+};
+
+impl JobState<'_> {
+    /// A non-streaming completion came back.
+    pub(super) async fn reply(&mut self, mut response: ChatCompletionResponse) {
+        let Some(mut call) = self.call.take() else {
+            return;
+        };
+        let latency = call.started.elapsed();
+        self.upstream_time += latency;
+        let usage = response.usage.clone().unwrap_or_else(|| {
+            let text: usize = response
+                .choices
+                .iter()
+                .map(|c| c.message.text_content().len())
+                .sum();
+            Usage::new(self.prompt_tokens, (text as u64).div_ceil(4))
+        });
+        if response.usage.is_none() {
+            response.usage = Some(usage.clone());
+        }
+        call.held.actual_tokens = Some(usage.total_tokens);
+        call.route
+            .deployment
+            .outcome(latency, None, None, Instant::now());
+        let cost = self.record_usage(&call.route, &usage);
+        // Settle the capacity before answering, so the next job sees the real usage.
+        let route = call.route.clone();
+        drop(call);
+        self.send_payload(&response, &route, cost).await;
+    }
+
+    /// Embeddings came back.
+    pub(super) async fn embedded(&mut self, mut response: EmbeddingResponse) {
+        let Some(mut call) = self.call.take() else {
+            return;
+        };
+        let latency = call.started.elapsed();
+        self.upstream_time += latency;
+        if response.usage.prompt_tokens == 0 {
+            response.usage = Usage::new(self.prompt_tokens, 0);
+        }
+        let usage = response.usage.clone();
+        call.held.actual_tokens = Some(usage.total_tokens);
+        call.route
+            .deployment
+            .outcome(latency, None, None, Instant::now());
+        let cost = self.record_usage(&call.route, &usage);
+        let route = call.route.clone();
+        drop(call);
+        self.send_payload(&response, &route, cost).await;
+    }
+
+    /// Sends a successful non-streaming answer, or a clear error when it does not fit in a
+    /// NATS message.
+    async fn send_payload<T: serde::Serialize>(&mut self, answer: &T, route: &Route, cost: f64) {
+        let payload = match serde_json::to_vec(answer) {
+            Ok(p) => Bytes::from(p),
+            Err(e) => return self.fail(ApiError::internal(format!("reply: {e}"))).await,
+        };
+        if payload.len() > self.ctx.max_payload {
+            let e = ApiError::bad_gateway(format!(
+                "the upstream reply is {} bytes, more than the NATS max_payload of {} bytes",
+                payload.len(),
+                self.ctx.max_payload
+            ))
+            .with_code("reply_too_large");
+            return self.send_error(&e, Some(route)).await;
+        }
+        let headers = self.final_headers(200, Some(route), Some(cost));
+        self.send_final(payload, headers).await;
+        self.observe(200, Some(route));
+    }
+
+    /// One chunk of a stream came: buffer it until the stream commits, else publish it.
+    /// False when the job is over (the chunk could not be published).
+    pub(super) async fn chunk(&mut self, mut chunk: ChatCompletionChunk) -> bool {
+        if let Some(call) = &mut self.call {
+            call.first_chunk
+                .get_or_insert_with(|| call.started.elapsed());
+        }
+        if let Some(u) = &chunk.usage {
+            self.out.usage = Some(u.clone());
+        }
+        self.out.text += chunk
+            .choices
+            .iter()
+            .map(|c| c.delta.content.as_deref().map_or(0, str::len))
+            .sum::<usize>();
+        if !self.client_wants_usage {
+            if chunk.choices.is_empty() && chunk.usage.is_some() {
+                return true;
+            }
+            chunk.usage = None;
+        }
+        if self.out.committed {
+            return self.publish_chunk(&chunk).await;
+        }
+        if !chunk.has_content() {
+            self.out.pending.push(chunk);
+            return true;
+        }
+        // The first content: the stream is committed to this deployment.
+        self.out.committed = true;
+        if let Some(call) = &self.call {
+            metrics::histogram!(telemetry::TTFT_SECONDS, "model_group" => call.route.group.to_string())
+                .record(self.job.received.elapsed().as_secs_f64());
+        }
+        for pending in std::mem::take(&mut self.out.pending) {
+            if !self.publish_chunk(&pending).await {
+                return false;
+            }
+        }
+        self.publish_chunk(&chunk).await
+    }
+
+    /// The stream ended normally: the sentinel with the reply headers.
+    pub(super) async fn end_stream(&mut self) {
+        for pending in std::mem::take(&mut self.out.pending) {
+            if !self.publish_chunk(&pending).await {
+                return;
+            }
+        }
+        let Some(mut call) = self.call.take() else {
+            return;
+        };
+        let latency = call.started.elapsed();
+        self.upstream_time += latency;
+        let usage = self.stream_usage();
+        call.held.actual_tokens = Some(usage.total_tokens);
+        call.route
+            .deployment
+            .outcome(latency, call.first_chunk, None, Instant::now());
+        let cost = self.record_usage(&call.route, &usage);
+        let route = call.route.clone();
+        drop(call);
+        let headers = self.final_headers(200, Some(&route), Some(cost));
+        self.send_final(Bytes::new(), headers).await;
+        self.observe(200, Some(&route));
+    }
+
+    /// A committed stream broke: an error body, then the sentinel with the error status.
+    pub(super) async fn fail_stream(&mut self, e: &crate::providers::ProviderError) {
+        let Some(call) = self.call.take() else { return };
+        let latency = call.started.elapsed();
+        self.upstream_time += latency;
+        call.route.deployment.outcome(
+            latency,
+            call.first_chunk,
+            Some((e.class, e.retry_after)),
+            Instant::now(),
+        );
+        tracing::warn!(deployment = %call.route.deployment.id(), error = %e.message, "stream failed after its first chunk");
+        let mut err = super::attempt::upstream_error(call.route.deployment.id(), e);
+        err.message = format!("the stream broke after it started: {}", err.message);
+        let route = call.route.clone();
+        drop(call);
+        self.send_error(&err, Some(&route)).await;
+    }
+
+    /// Publishes one chunk. False when it could not be: the job then ended with an error.
+    async fn publish_chunk(&mut self, chunk: &ChatCompletionChunk) -> bool {
+        let Some(reply) = self.job.request.message.reply.clone() else {
+            return false;
+        };
+        self.out.seq += 1;
+        let mut h = HeaderMap::new();
+        h.insert(headers::SEQ, self.out.seq.to_string().as_str());
+        let sent = match serde_json::to_vec(chunk) {
+            Ok(payload) => self
+                .ctx
+                .client
+                .publish_with_headers(reply, h, payload.into())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match sent {
+            Ok(()) => true,
+            Err(reason) => {
+                unpublished("chunk", &reason);
+                let route = self.call.take().map(|c| c.route.clone());
+                let e = ApiError::bad_gateway(format!(
+                    "chunk {} of the stream could not be published: {reason}",
+                    self.out.seq
+                ))
+                .with_code("reply_not_published");
+                self.send_error(&e, route.as_ref()).await;
+                false
+            }
+        }
+    }
+
+    /// Answers the job with an error (and, for a stream, the sentinel after it).
+    pub(super) async fn fail(&mut self, e: ApiError) {
+        let route = self
+            .call
+            .take()
+            .map(|c| c.route.clone())
+            .or_else(|| self.last_route.take());
+        self.send_error(&e, route.as_ref()).await;
+    }
+
+    async fn send_error(&mut self, e: &ApiError, route: Option<&Route>) {
+        if e.status >= 500 {
+            tracing::warn!(status = e.status, error = %e.message, "job failed");
+        } else {
+            tracing::debug!(status = e.status, error = %e.message, "job refused");
+        }
+        let headers = self.final_headers(e.status, route, None);
+        if self.stream {
+            self.out.seq += 1;
+            let mut h = headers.clone();
+            h.insert(headers::SEQ, self.out.seq.to_string().as_str());
+            if let Some(reply) = self.job.request.message.reply.clone()
+                && let Err(err) = self
+                    .ctx
+                    .client
+                    .publish_with_headers(reply, h, e.to_json())
+                    .await
+            {
+                unpublished("error", &err.to_string());
+            }
+            self.send_final(Bytes::new(), headers).await;
+        } else {
+            self.send_final(e.to_json(), headers).await;
+        }
+        self.observe(e.status, route);
+    }
+
+    fn final_headers(&self, status: u16, route: Option<&Route>, cost: Option<f64>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(headers::STATUS, status_str(status));
+        h.insert(headers::JOB_ID, self.job.id.as_str());
+        h.insert(headers::ATTEMPTS, self.attempts.to_string().as_str());
+        if let Some(route) = route {
+            h.insert(headers::MODEL_GROUP, &*route.group);
+            h.insert(headers::DEPLOYMENT, route.deployment.id());
+        }
+        if let Some(cost) = cost {
+            h.insert(headers::COST_USD, cost.to_string().as_str());
+        }
+        if !self.upstream_time.is_zero() {
+            let ms = self.upstream_time.as_secs_f64() * 1000.0;
+            h.insert(headers::UPSTREAM_MS, format!("{ms:.3}").as_str());
+        }
+        h
+    }
+
+    /// Sends the job's last message (reply, error or sentinel) and marks the job answered.
+    /// When it cannot be published, a small error with the same status goes instead.
+    async fn send_final(&mut self, payload: Bytes, headers: HeaderMap) {
+        self.call = None;
+        if self.answered.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.job.request.message.reply.is_none() {
+            return;
+        }
+        let status = headers
+            .get(headers::STATUS)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_else(|| "200".into());
+        if let Err(e) = self
+            .job
+            .request
+            .respond_with_headers(Ok(payload), headers)
+            .await
+        {
+            let reason = e.to_string();
+            unpublished("reply", &reason);
+            let code = status.parse().unwrap_or(502);
+            let fallback = ApiError::new(
+                if code == 200 { 502 } else { code },
+                "api_error",
+                format!("the answer could not be published: {reason}"),
+            )
+            .with_code("reply_not_published");
+            let mut h = HeaderMap::new();
+            h.insert(headers::STATUS, status_str(fallback.status));
+            h.insert(headers::JOB_ID, self.job.id.as_str());
+            let _ = self
+                .job
+                .request
+                .respond_with_headers(Ok(fallback.to_json()), h)
+                .await;
+        }
+    }
+
+    /// Prices `usage` and hands it to the cost actor; returns the cost.
+    pub(super) fn record_usage(&self, route: &Route, usage: &Usage) -> f64 {
+        let info = route.info();
+        let cost = info.price.as_ref().map_or(0.0, |p| pricing::cost(p, usage));
+        let _ = self.ctx.cost.cast(crate::actors::cost::CostMsg::Record(
+            crate::actors::cost::UsageEvent {
+                job_id: self.job.id.clone(),
+                model_group: route.group.to_string(),
+                deployment: info.id.clone(),
+                prompt_tokens: usage.prompt_tokens,
+                cached_tokens: usage.cached_tokens(),
+                completion_tokens: usage.completion_tokens,
+                cost_usd: cost,
+                created: crate::wire::openai::unix_now(),
+            },
+        ));
+        cost
+    }
+
+    /// Request metrics, once the job is over.
+    pub(super) fn observe(&self, status: u16, route: Option<&Route>) {
+        let total = self.job.received.elapsed();
+        let group: String = match (route, &self.served_group) {
+            (Some(r), _) => r.group.to_string(),
+            (None, Some(g)) => g.to_string(),
+            (None, None) => "unknown".into(),
+        };
+        let deployment = route.map_or_else(|| "none".to_string(), |r| r.info().id.clone());
+        if self.group_index > 0
+            && let Some(first) = &self.first_group
+        {
+            let result = if status == 200 { "success" } else { "failure" };
+            metrics::counter!(telemetry::FALLBACKS, "model_group" => first.to_string(), "result" => result)
+                .increment(1);
+        }
+        let status = status_str(status);
+        metrics::counter!(telemetry::REQUESTS, "model_group" => group.clone(), "deployment" => deployment.clone(), "status" => status).increment(1);
+        metrics::histogram!(telemetry::REQUEST_SECONDS, "model_group" => group, "status" => status)
+            .record(total.as_secs_f64());
+        if route.is_some() {
+            metrics::histogram!(telemetry::UPSTREAM_SECONDS, "deployment" => deployment)
+                .record(self.upstream_time.as_secs_f64());
+            metrics::histogram!(telemetry::OVERHEAD_SECONDS)
+                .record(total.saturating_sub(self.upstream_time).as_secs_f64());
+        }
+    }
+}
+
+/// A status as header text, without an allocation.
+fn status_str(status: u16) -> &'static str {
+    static TEXT: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| (0..600).map(|s| s.to_string()).collect());
+    match TEXT.get(usize::from(status)) {
+        Some(s) if status >= 100 => s,
+        _ => "500",
+    }
+}
+
+/// Logs and counts an answer that could not be published.
+fn unpublished(what: &'static str, reason: &str) {
+    tracing::warn!(
+        what,
+        reason,
+        "an answer could not be published; sending a small error instead"
+    );
+    metrics::counter!(telemetry::UNPUBLISHED, "what" => what).increment(1);
+}
+
+/// A job that could not run to its answer (a panic): a 500 error body, then a sentinel (so a
+/// streaming requester stops reading too).
+pub async fn answer_failed_job(client: &async_nats::Client, reply: Subject, job_id: Option<&str>) {
+    let e = ApiError::internal("internal error while running the job; it was not completed");
+    let mut h = HeaderMap::new();
+    h.insert(headers::STATUS, "500");
+    if let Some(id) = job_id {
+        h.insert(headers::JOB_ID, id);
+    }
+    let _ = client
+        .publish_with_headers(reply.clone(), h.clone(), e.to_json())
+        .await;
+    let _ = client.publish_with_headers(reply, h, Bytes::new()).await;
+}

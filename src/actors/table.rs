@@ -1,0 +1,349 @@
+//! The routing table: model groups, aliases and their deployments, as one immutable snapshot.
+//!
+//! The router actor builds it and publishes it through an `ArcSwap`; every job reads the
+//! current snapshot and picks its deployment with [`RoutingTable::route`] without a message
+//! to anyone. A pick narrows the group's deployments step by step, then lets the routing
+//! strategy ([`crate::policy::routing`]) choose:
+//! 1. not already failed for this job (unless all have: then all again);
+//! 2. healthy — a cooling-down deployment gets nothing, a half-open one gets exactly one probe;
+//! 3. with `enable_tag_filtering`: tagged with one of the request's `Llm-Tags`, or `default`
+//!    when the request has none;
+//! 4. with `enable_pre_call_checks`: a context window (`model_info.max_input_tokens`) that
+//!    fits the prompt;
+//! 5. with capacity right now, when any has.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::deployment::{Deployment, DeploymentInfo, DeploymentStatus};
+use crate::{
+    policy::routing::{self, Candidate, Strategy},
+    wire::{
+        ApiError,
+        openai::{Model, ModelList},
+    },
+};
+
+/// How the table routes.
+#[derive(Debug, Clone)]
+pub struct RoutingRules {
+    /// `alias → (model group, hidden)`.
+    pub aliases: BTreeMap<String, (String, bool)>,
+    /// The routing strategy.
+    pub strategy: Strategy,
+    /// `enable_tag_filtering`.
+    pub tag_filtering: bool,
+    /// `enable_pre_call_checks`.
+    pub pre_call_checks: bool,
+    /// False when cooldowns are disabled.
+    pub health: bool,
+}
+
+/// What a job asks of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRequest<'a> {
+    /// Model group or alias, as the request named it.
+    pub model: &'a str,
+    /// Deployment ids that already failed this job.
+    pub exclude: &'a [String],
+    /// The request's `Llm-Tags`.
+    pub tags: &'a [String],
+    /// The prompt's estimated tokens, for pre-call checks.
+    pub prompt_tokens: u64,
+    /// True for streams (latency routing then looks at time to first token).
+    pub stream: bool,
+}
+
+/// The table's answer to [`RoutingTable::route`].
+#[derive(Clone)]
+pub struct Route {
+    /// The model group the request's name resolved to.
+    pub group: Arc<str>,
+    /// The chosen deployment.
+    pub deployment: Arc<Deployment>,
+    /// False when the deployment already failed this job (nothing else was left).
+    pub fresh: bool,
+}
+
+impl Route {
+    /// The chosen deployment's facts.
+    pub fn info(&self) -> &DeploymentInfo {
+        &self.deployment.info
+    }
+}
+
+/// Why no deployment was picked.
+#[derive(Debug, Clone)]
+pub enum RouteError {
+    /// No such model group or alias (404).
+    UnknownModel(ApiError),
+    /// The group exists but no deployment can take the job now: all cooling down, a probe
+    /// already out, or none with a matching tag. `retry_in` is when one may be back.
+    Unavailable {
+        /// The resolved group.
+        group: Arc<str>,
+        /// The error the client gets when nothing else works.
+        error: ApiError,
+        /// When a cooling-down deployment comes back, if one will.
+        retry_in: Option<Duration>,
+    },
+    /// No deployment's context window fits the prompt (pre-call check).
+    ContextWindow {
+        /// The resolved group.
+        group: Arc<str>,
+        /// The error the client gets when no fallback fits either.
+        error: ApiError,
+    },
+}
+
+/// Model groups → deployments, fixed once built.
+pub struct RoutingTable {
+    deployments: Vec<Arc<Deployment>>,
+    by_id: HashMap<String, usize>,
+    groups: HashMap<Arc<str>, Vec<usize>>,
+    group_order: Vec<Arc<str>>,
+    rules: RoutingRules,
+    created: u64,
+}
+
+impl RoutingTable {
+    /// A table of `deployments` (configuration order) under `rules`.
+    pub fn new(deployments: Vec<Arc<Deployment>>, rules: RoutingRules, created: u64) -> Self {
+        let mut groups: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        let mut group_order: Vec<Arc<str>> = Vec::new();
+        let mut by_id = HashMap::new();
+        for (i, d) in deployments.iter().enumerate() {
+            by_id.insert(d.info.id.clone(), i);
+            let name = d.info.model_group.as_str();
+            match groups.get_mut(name) {
+                Some(members) => members.push(i),
+                None => {
+                    let name: Arc<str> = Arc::from(name);
+                    group_order.push(name.clone());
+                    groups.insert(name, vec![i]);
+                }
+            }
+        }
+        Self {
+            deployments,
+            by_id,
+            groups,
+            group_order,
+            rules,
+            created,
+        }
+    }
+
+    /// Every deployment, in configuration order.
+    pub fn deployments(&self) -> &[Arc<Deployment>] {
+        &self.deployments
+    }
+
+    /// The deployment with id `id`.
+    pub fn deployment(&self, id: &str) -> Option<&Arc<Deployment>> {
+        self.by_id.get(id).map(|&i| &self.deployments[i])
+    }
+
+    /// True when `model` names a group or an alias of one.
+    pub fn serves(&self, model: &str) -> bool {
+        self.resolve(model).is_some()
+    }
+
+    fn resolve(&self, model: &str) -> Option<(&Arc<str>, &[usize])> {
+        if let Some((name, members)) = self.groups.get_key_value(model) {
+            return Some((name, members));
+        }
+        let (group, _) = self.rules.aliases.get(model)?;
+        self.groups
+            .get_key_value(group.as_str())
+            .map(|(name, members)| (name, members.as_slice()))
+    }
+
+    /// Picks a deployment for one attempt of a job.
+    // The result is used at once; boxing the error would only add an allocation.
+    #[allow(clippy::result_large_err)]
+    pub fn route(&self, req: &RouteRequest<'_>, now: Instant) -> Result<Route, RouteError> {
+        let Some((group, members)) = self.resolve(req.model) else {
+            return Err(RouteError::UnknownModel(ApiError::model_not_found(
+                req.model,
+            )));
+        };
+        let dep = |i: usize| &self.deployments[i];
+
+        // 1. Not already failed for this job, unless every one has.
+        let mut pool: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| !req.exclude.iter().any(|x| *x == dep(i).info.id))
+            .collect();
+        let fresh = !pool.is_empty();
+        if !fresh {
+            pool.extend_from_slice(members);
+        }
+
+        // 2. Healthy, or half-open with no probe out yet.
+        if self.rules.health {
+            let before = pool.len();
+            let mut retry_in: Option<Duration> = None;
+            pool.retain(|&i| {
+                let ok = dep(i).available(now);
+                if !ok {
+                    let left = dep(i).info.live.cooldown_left(now);
+                    if !left.is_zero() {
+                        retry_in = Some(retry_in.map_or(left, |r| r.min(left)));
+                    }
+                }
+                ok
+            });
+            if pool.is_empty() && before > 0 {
+                let error = ApiError::rate_limited(format!(
+                    "no healthy deployment in model group `{group}`: all are cooling down after failures{}",
+                    retry_in.map_or(String::new(), |d| format!("; retry in {} ms", d.as_millis()))
+                ))
+                .with_code("no_healthy_deployment");
+                return Err(RouteError::Unavailable {
+                    group: group.clone(),
+                    error,
+                    retry_in,
+                });
+            }
+        }
+
+        // 3. Tags.
+        if self.rules.tag_filtering {
+            let has_tag = |i: usize, wanted: &dyn Fn(&str) -> bool| {
+                dep(i).info.tags.iter().any(|t| wanted(t))
+            };
+            if req.tags.is_empty() {
+                if pool.iter().any(|&i| has_tag(i, &|t| t == "default")) {
+                    pool.retain(|&i| has_tag(i, &|t| t == "default"));
+                }
+            } else {
+                pool.retain(|&i| has_tag(i, &|t| req.tags.iter().any(|w| w == t)));
+                if pool.is_empty() {
+                    let error = ApiError::bad_request(format!(
+                        "no deployment of model group `{group}` has any of the tags {:?}",
+                        req.tags
+                    ))
+                    .with_code("no_deployment_for_tags");
+                    return Err(RouteError::Unavailable {
+                        group: group.clone(),
+                        error,
+                        retry_in: None,
+                    });
+                }
+            }
+        }
+
+        // 4. Context window.
+        if self.rules.pre_call_checks {
+            pool.retain(|&i| {
+                dep(i)
+                    .info
+                    .max_input_tokens
+                    .is_none_or(|max| req.prompt_tokens <= max)
+            });
+            if pool.is_empty() {
+                let error = ApiError::bad_request(format!(
+                    "the prompt (about {} tokens) exceeds the context window of every deployment of `{group}`",
+                    req.prompt_tokens
+                ))
+                .with_param("messages")
+                .with_code("context_length_exceeded");
+                return Err(RouteError::ContextWindow {
+                    group: group.clone(),
+                    error,
+                });
+            }
+        }
+
+        // 5. Capacity now, when any has it.
+        if pool.iter().any(|&i| dep(i).info.live.has_capacity()) {
+            pool.retain(|&i| dep(i).info.live.has_capacity());
+        }
+
+        loop {
+            let chosen = if pool.len() == 1 {
+                pool[0]
+            } else {
+                let candidates: Vec<Candidate> = pool
+                    .iter()
+                    .map(|&i| candidate(&dep(i).info, req.stream))
+                    .collect();
+                pool[routing::pick(self.rules.strategy, &candidates, routing::random())]
+            };
+            // A half-open deployment takes exactly one probe: another job may have taken it
+            // since the health filter looked.
+            if dep(chosen).claim(now) {
+                return Ok(Route {
+                    group: group.clone(),
+                    deployment: dep(chosen).clone(),
+                    fresh,
+                });
+            }
+            pool.retain(|&i| i != chosen);
+            if pool.is_empty() {
+                let error = ApiError::rate_limited(format!(
+                    "no healthy deployment in model group `{group}`: a probe is already testing the one coming back"
+                ))
+                .with_code("no_healthy_deployment");
+                return Err(RouteError::Unavailable {
+                    group: group.clone(),
+                    error,
+                    retry_in: None,
+                });
+            }
+        }
+    }
+
+    /// The model groups and visible aliases, in the `/v1/models` shape.
+    pub fn models(&self) -> ModelList {
+        let entry = |id: &str| Model {
+            id: id.to_string(),
+            object: "model".into(),
+            created: self.created,
+            owned_by: "llmbus".into(),
+        };
+        let mut data: Vec<Model> = self.group_order.iter().map(|g| entry(g)).collect();
+        data.extend(
+            self.rules
+                .aliases
+                .iter()
+                .filter(|(_, (group, hidden))| !hidden && self.groups.contains_key(group.as_str()))
+                .map(|(alias, _)| entry(alias)),
+        );
+        ModelList {
+            object: "list".into(),
+            data,
+        }
+    }
+
+    /// Every deployment's state, for `llm.deployments`.
+    pub fn statuses(&self, now: Instant) -> Vec<DeploymentStatus> {
+        self.deployments.iter().map(|d| d.status(now)).collect()
+    }
+}
+
+fn candidate(info: &DeploymentInfo, stream: bool) -> Candidate {
+    use std::sync::atomic::Ordering::Relaxed;
+    let live = &info.live;
+    let ttft = live.ttft_ewma_us.load(Relaxed);
+    Candidate {
+        weight: info.weight,
+        in_flight: live.in_flight.load(Relaxed),
+        latency_us: if stream && ttft > 0 {
+            ttft
+        } else {
+            live.latency_ewma_us.load(Relaxed)
+        },
+        tpm_used: live.tpm_used.load(Relaxed),
+        rpm_used: live.rpm_used.load(Relaxed),
+        price: info
+            .price
+            .as_ref()
+            .map(|p| p.input_per_token + p.output_per_token),
+    }
+}
