@@ -98,20 +98,32 @@ pub fn install(dir: &Path) -> Result<PathBuf, InstallError> {
     if executable(&binary) {
         return Ok(binary); // another process installed it while this one waited
     }
+    venv_install(dir, &[PACKAGE]).map_err(fail)?;
+    if executable(&binary) {
+        Ok(binary)
+    } else {
+        Err(fail(format!(
+            "{PACKAGE} installed, but {} is missing",
+            binary.display()
+        )))
+    }
+}
+
+/// Makes a venv at `dir` with the machine's `python3` (unless there is one) and installs
+/// `packages` into it with pip, quietly; returns the venv's python. Without Debian's
+/// python3-venv there is no ensurepip: then the venv is made without pip, and the system's pip
+/// installs into it (`pip --python`).
+pub fn venv_install(dir: &Path, packages: &[&str]) -> Result<PathBuf, String> {
     let python = on_path("python3")
         .or_else(|| on_path("python"))
-        .ok_or_else(|| fail("python3 is not on PATH".into()))?;
+        .ok_or("python3 is not on PATH")?;
     let venv_python = dir.join("bin").join("python");
-    if !venv_python.is_file() {
-        // Without Debian's python3-venv there is no ensurepip: make the venv without pip, and
-        // let the system's pip install into it.
-        if run(Command::new(&python).arg("-m").arg("venv").arg(dir)).is_err() {
-            let _ = std::fs::remove_dir_all(dir);
-            run(Command::new(&python)
-                .args(["-m", "venv", "--without-pip"])
-                .arg(dir))
-            .map_err(fail)?;
-        }
+    if !venv_python.is_file() && run(Command::new(&python).arg("-m").arg("venv").arg(dir)).is_err()
+    {
+        let _ = std::fs::remove_dir_all(dir);
+        run(Command::new(&python)
+            .args(["-m", "venv", "--without-pip"])
+            .arg(dir))?;
     }
     let has_pip = Command::new(&venv_python)
         .args(["-m", "pip", "--version"])
@@ -134,17 +146,10 @@ pub fn install(dir: &Path) -> Result<PathBuf, InstallError> {
         "--quiet",
         "--disable-pip-version-check",
         "--no-input",
-        PACKAGE,
-    ]);
-    run(&mut pip).map_err(fail)?;
-    if executable(&binary) {
-        Ok(binary)
-    } else {
-        Err(fail(format!(
-            "{PACKAGE} installed, but {} is missing",
-            binary.display()
-        )))
-    }
+    ])
+    .args(packages);
+    run(&mut pip)?;
+    Ok(venv_python)
 }
 
 /// The binary inside an install folder.

