@@ -30,6 +30,18 @@ pub enum ClientError {
         /// The server's limit.
         max: usize,
     },
+    /// A stream went silent after it started: no message within the stall time (ADR-47's
+    /// stall timer). The worker serving it most likely stopped.
+    #[error(
+        "the stream stalled: no message for {waited:?} after message {after} (the worker \
+         serving it may have stopped)"
+    )]
+    Stalled {
+        /// Messages received before the silence.
+        after: u64,
+        /// How long the reader waited.
+        waited: Duration,
+    },
     /// A stream chunk went missing (`Llm-Seq` skipped a number).
     #[error("stream chunk {expected} was lost (got {got}): the subscriber was too slow")]
     Gap {
@@ -158,7 +170,8 @@ impl LlmClient {
     }
 
     /// Starts a streaming completion; read it with [`ChunkReader::next`]. `stall` bounds the
-    /// wait for each message.
+    /// wait for each message ([`ChunkReader::with_stall`] sets another bound for the messages
+    /// after the first).
     pub async fn stream(
         &self,
         headers: HeaderMap,
@@ -178,7 +191,9 @@ impl LlmClient {
             .map_err(|e| ClientError::Nats(e.to_string()))?;
         Ok(ChunkReader {
             sub,
+            first: stall,
             stall,
+            received: 0,
             next_seq: 1,
             done: false,
             subject: self.subjects.completion(),
@@ -200,23 +215,47 @@ impl LlmClient {
 /// Reads one streaming job's messages.
 pub struct ChunkReader {
     sub: Subscriber,
+    /// The wait for the first message (the upstream's time to first token is in it).
+    first: Duration,
+    /// The wait for each later message.
     stall: Duration,
+    received: u64,
     next_seq: u64,
     done: bool,
     subject: String,
 }
 
 impl ChunkReader {
+    /// Bounds the wait for each message after the first by `stall` (ADR-47's stall timer): a
+    /// stream whose worker died ends with [`ClientError::Stalled`] that much after its last
+    /// message, not at the job's deadline.
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
+    }
+
     /// The next message: a chunk or error body (`Reply` with a body), then the sentinel
     /// (`Reply` with an empty body and the final `Llm-Status`); `None` after the sentinel.
     pub async fn next(&mut self) -> Option<Result<Reply, ClientError>> {
         if self.done {
             return None;
         }
-        let m = match tokio::time::timeout(self.stall, self.sub.next()).await {
+        let wait = if self.received == 0 {
+            self.first
+        } else {
+            self.stall
+        };
+        let m = match tokio::time::timeout(wait, self.sub.next()).await {
             Err(_) => {
                 self.done = true;
-                return Some(Err(ClientError::Timeout(self.stall)));
+                return Some(Err(if self.received == 0 {
+                    ClientError::Timeout(wait)
+                } else {
+                    ClientError::Stalled {
+                        after: self.received,
+                        waited: wait,
+                    }
+                }));
             }
             Ok(None) => {
                 self.done = true;
@@ -228,6 +267,7 @@ impl ChunkReader {
             self.done = true;
             return Some(Err(ClientError::NoResponders(self.subject.clone())));
         }
+        self.received += 1;
         let reply = Reply::from_message(m);
         if reply.body.is_empty() {
             self.done = true;

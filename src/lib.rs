@@ -81,10 +81,12 @@
 //! [`worker::Worker`] starts the actors of one process; [`client`] is a small Rust client of
 //! the same NATS contract; [`telemetry`] sets up logs and Prometheus metrics; [`health`] serves
 //! `/healthz` and `/readyz` and answers `llmbus health`; [`local_nats`] starts a private
-//! `nats-server` for `llmbus up` and the tests.
+//! `nats-server` for `llmbus up` and the tests (and finds or installs the binary); [`cli`]
+//! holds the `llmbus` subcommands that `src/main.rs` dispatches to.
 
 pub mod actors;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod health;

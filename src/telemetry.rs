@@ -74,6 +74,18 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    init_subscriber(format, filter);
+}
+
+/// Installs the global `tracing` subscriber with `filter` (`RUST_LOG` syntax: `warn`,
+/// `llmbus=debug,info`, ...); an invalid filter falls back to `info`.
+pub fn init_logging_filter(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    init_subscriber(format, filter);
+}
+
+fn init_subscriber(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -91,8 +103,15 @@ pub fn init_logging(format: LogFormat) {
 /// runtime, or on a thread of its own when there is none.
 pub fn install_metrics(addr: SocketAddr) -> Result<Readiness, String> {
     let listener = std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| format!("metrics listener on {addr}: {e}"))?;
+    install_metrics_on(listener)
+}
+
+/// [`install_metrics`] on a listener the caller bound (to pick the address itself).
+pub fn install_metrics_on(listener: std::net::TcpListener) -> Result<Readiness, String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("metrics listener: {e}"))?;
     let mut builder = PrometheusBuilder::new();
     for name in [
         REQUEST_SECONDS,

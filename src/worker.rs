@@ -106,7 +106,7 @@ impl Worker {
                     pre_call_checks: config.router_settings.enable_pre_call_checks,
                     health: policies.health.is_some(),
                 },
-                health: policies.health.clone().unwrap_or_default(),
+                health: policies.health.clone(),
                 gossip: Some(gossip),
                 table: table.clone(),
             },

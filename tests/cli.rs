@@ -11,280 +11,24 @@
 
 mod support;
 
-use std::{
-    io::{BufRead, BufReader, Read},
-    net::{SocketAddr, TcpStream},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
 use llmbus::{config::Config, local_nats::free_port};
 use serde_json::Value;
-use support::nats_server::NatsServer;
-
-/// How long `up` may take to serve (it starts a nats-server and a worker on a busy machine).
-const STARTUP: Duration = Duration::from_secs(60);
-/// How long a short command (`complete`, `models`, ...) may take.
-const COMMAND: Duration = Duration::from_secs(60);
-/// How long `up` may take to stop after SIGTERM.
-const SHUTDOWN: Duration = Duration::from_secs(30);
-
-/// `llmbus` with an environment that cannot leak into the test: no `NATS_URL`, no config, no
-/// OpenAI key (so the quickstart has only `demo`), plain `info` logs.
-fn llmbus() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmbus"));
-    cmd.env_remove("NATS_URL")
-        .env_remove("LLMBUS_CONFIG")
-        .env_remove("OPENAI_API_KEY")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// One line a child wrote.
-#[derive(Debug, Clone)]
-enum Line {
-    Out(String),
-    Err(String),
-}
-
-impl Line {
-    fn text(&self) -> &str {
-        match self {
-            Line::Out(s) | Line::Err(s) => s,
-        }
-    }
-}
-
-/// A running child whose stdout and stderr lines arrive on a channel; killed when dropped,
-/// with the processes it started that are registered in `also_kill`.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<Line>,
-    seen: Vec<Line>,
-    also_kill: Vec<u32>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd.spawn().expect("start llmbus");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        let err = child.stderr.take().expect("piped stderr");
-        forward(out, tx.clone(), Line::Out);
-        forward(err, tx, Line::Err);
-        Self {
-            child,
-            lines,
-            seen: Vec::new(),
-            also_kill: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Reads lines until every one of `needles` has appeared in some line. Panics, showing the
-    /// output, when the child exits first or `limit` passes.
-    fn wait_for_lines(&mut self, needles: &[&str], limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let missing: Vec<&str> = needles
-                .iter()
-                .copied()
-                .filter(|n| !self.seen.iter().any(|l| l.text().contains(n)))
-                .collect();
-            if missing.is_empty() {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no line with {missing:?} within {limit:?}\n{}",
-                        self.transcript()
-                    )
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait();
-                    panic!(
-                        "llmbus exited ({status:?}) before printing {missing:?}\n{}",
-                        self.transcript()
-                    )
-                }
-            }
-        }
-    }
-
-    /// Waits for the child to exit; `None` when it is still running after `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // The pipes are closed now: collect the last lines.
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-                    self.seen.push(line);
-                }
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            // Lines keep arriving while we wait; they double as the wake-up.
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                self.seen.push(line);
-            }
-        }
-    }
-
-    /// Everything read so far, for failure messages.
-    fn transcript(&mut self) -> String {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        let mut s = String::from("--- llmbus output ---\n");
-        for line in &self.seen {
-            match line {
-                Line::Out(t) => s.push_str(&format!("out| {t}\n")),
-                Line::Err(t) => s.push_str(&format!("err| {t}\n")),
-            }
-        }
-        s
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A SIGKILLed `up` cannot stop its nats-server: do it here (a test that failed midway).
-        for pid in &self.also_kill {
-            #[cfg(target_os = "linux")]
-            if !alive(*pid) {
-                continue;
-            }
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn forward(pipe: impl Read + Send + 'static, tx: mpsc::Sender<Line>, wrap: fn(String) -> Line) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(wrap(line)).is_err() {
-                break;
-            }
-        }
-    });
-}
-
-/// What a finished command printed.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `llmbus <args>` to the end (killed after `COMMAND`).
-fn run(args: &[&str]) -> Finished {
-    let mut running = Running::spawn({
-        let mut cmd = llmbus();
-        cmd.args(args);
-        cmd
-    });
-    let Some(status) = running.wait_exit(COMMAND) else {
-        panic!(
-            "`llmbus {}` still runs after {COMMAND:?}\n{}",
-            args.join(" "),
-            running.transcript()
-        );
-    };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    for line in &running.seen {
-        match line {
-            Line::Out(t) => {
-                stdout.push_str(t);
-                stdout.push('\n');
-            }
-            Line::Err(t) => {
-                stderr.push_str(t);
-                stderr.push('\n');
-            }
-        }
-    }
-    Finished {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-/// True when something accepts TCP connections on the loopback port.
-fn listening(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(2),
-    )
-    .is_ok()
-}
-
-/// The pid of the `nats-server` started with `-p <port>`, from `/proc`.
 #[cfg(target_os = "linux")]
-fn nats_server_pid(port: u16) -> Option<u32> {
-    let port = port.to_string();
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_nats = args.first().is_some_and(|a| a.ends_with(b"nats-server"));
-            let on_port = args
-                .windows(2)
-                .any(|w| w[0] == b"-p" && w[1] == port.as_bytes());
-            (is_nats && on_port).then_some(pid)
-        })
-}
+use support::command::{alive, nats_server_pid};
+use support::{
+    command::{Running, SHUTDOWN, STARTUP, listening, llmbus, run},
+    nats_server::NatsServer,
+};
 
-/// True while process `pid` exists and is not a zombie.
-#[cfg(target_os = "linux")]
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name in parentheses: "123 (nats-server) S ...".
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-/// The quickstart's mock answers (`demo-a`, `demo-b`).
+/// The quickstart's mock answers of `demo` (`demo-a`, `demo-b`).
 fn quickstart_answers() -> Vec<String> {
     let answers: Vec<String> = Config::quickstart_with_env(&|_| None)
         .config
         .model_list
         .iter()
+        .filter(|m| m.model_name == "demo")
         .filter_map(|m| m.litellm_params.mock_response.clone())
         .collect();
     assert_eq!(answers.len(), 2, "the quickstart has two mock deployments");
@@ -306,7 +50,7 @@ fn up_starts_nats_and_a_worker_and_stops_both_on_sigterm() {
         &[
             "starting nats-server",
             &format!("llmbus is up on {url}"),
-            "llmbus complete -m demo",
+            "complete -m demo",
             "worker is serving",
         ],
         STARTUP,
@@ -354,7 +98,7 @@ fn up_starts_nats_and_a_worker_and_stops_both_on_sigterm() {
         .unwrap_or_default();
     assert!(answers.iter().any(|a| a == content), "{reply}");
 
-    // models: only `demo` without OPENAI_API_KEY.
+    // models: only the mock groups without OPENAI_API_KEY.
     let done = run(&["models", "--nats-url", &url]);
     assert!(done.status.success(), "{}", done.describe());
     let list: Value = serde_json::from_str(&done.stdout)
@@ -365,7 +109,7 @@ fn up_starts_nats_and_a_worker_and_stops_both_on_sigterm() {
         .iter()
         .filter_map(|m| m["id"].as_str())
         .collect();
-    assert_eq!(ids, ["demo"], "{list}");
+    assert_eq!(ids, ["demo", "demo-embedding"], "{list}");
 
     // deployments: both mock deployments, one of which served the two jobs.
     let done = run(&["deployments", "--nats-url", &url]);
@@ -379,7 +123,7 @@ fn up_starts_nats_and_a_worker_and_stops_both_on_sigterm() {
         .filter_map(|d| d["id"].as_str())
         .collect();
     ids.sort_unstable();
-    assert_eq!(ids, ["demo-a", "demo-b"], "{deps}");
+    assert_eq!(ids, ["demo-a", "demo-b", "demo-embedding"], "{deps}");
 
     // SIGTERM: up drains the worker, stops its nats-server and exits 0.
     let killed = Command::new("kill")
@@ -494,4 +238,202 @@ fn complete_without_a_nats_server_says_it_cannot_connect() {
         "{}",
         done.describe()
     );
+}
+
+/// A fake worker on `llm.completion`: hands each request (headers, body) to the test and
+/// answers with `answer(request)`'s messages, published to the reply subject in order.
+async fn fake_worker(
+    nats: &NatsServer,
+    answer: impl Fn(&async_nats::Message) -> Vec<(async_nats::HeaderMap, String)> + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedReceiver<async_nats::Message> {
+    use futures::StreamExt;
+    let client = nats.client().await;
+    let mut sub = client
+        .subscribe("llm.completion")
+        .await
+        .expect("subscribe llm.completion");
+    client.flush().await.expect("flush the subscription");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let Some(reply) = m.reply.clone() else {
+                continue;
+            };
+            for (h, body) in answer(&m) {
+                let _ = client
+                    .publish_with_headers(reply.clone(), h, body.into())
+                    .await;
+            }
+            let _ = client.flush().await;
+            let _ = tx.send(m);
+        }
+    });
+    rx
+}
+
+fn headers_of(pairs: &[(&str, &str)]) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, *v);
+    }
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_stops_on_a_stream_that_stalls_with_a_clear_message() {
+    let nats = NatsServer::start();
+    // One chunk, then silence: what a worker that died mid-stream looks like from outside.
+    let _requests = fake_worker(&nats, |_| {
+        vec![(
+            headers_of(&[("Llm-Seq", "1")]),
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hello wor"}}]}"#.into(),
+        )]
+    })
+    .await;
+    let url = nats.url();
+    let done = tokio::task::spawn_blocking(move || {
+        run(&[
+            "complete",
+            "-m",
+            "demo",
+            "--stall",
+            "1s",
+            "hi",
+            "--nats-url",
+            &url,
+        ])
+    })
+    .await
+    .expect("runner");
+    assert!(!done.status.success(), "{}", done.describe());
+    assert_eq!(done.stdout.trim(), "Hello wor", "{}", done.describe());
+    assert!(
+        done.stderr
+            .contains("the stream stalled: no message for 1s after message 1")
+            && done.stderr.contains("--stall"),
+        "{}",
+        done.describe()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_sends_its_options_in_the_body_and_headers() {
+    let nats = NatsServer::start();
+    let mut requests = fake_worker(&nats, |_| {
+        vec![(
+            headers_of(&[("Llm-Status", "200")]),
+            r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#.into(),
+        )]
+    })
+    .await;
+    let url = nats.url();
+    let done = tokio::task::spawn_blocking(move || {
+        run(&[
+            "complete",
+            "-m",
+            "demo",
+            "--no-stream",
+            "--system",
+            "Be brief.",
+            "--temperature",
+            "0.25",
+            "--max-tokens",
+            "12",
+            "--timeout",
+            "1.5",
+            "-H",
+            "Llm-Tags:fast",
+            "-H",
+            "X-Trace:abc",
+            "Say",
+            "hi",
+            "--nats-url",
+            &url,
+        ])
+    })
+    .await
+    .expect("runner");
+    assert!(done.status.success(), "{}", done.describe());
+    let m = requests
+        .recv()
+        .await
+        .expect("the fake worker got the request");
+    let body: Value = serde_json::from_slice(&m.payload).expect("a JSON request");
+    assert_eq!(body["model"], "demo", "{body}");
+    assert_eq!(body["temperature"], 0.25, "{body}");
+    assert_eq!(body["max_tokens"], 12, "{body}");
+    assert_eq!(
+        body["messages"][0],
+        serde_json::json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(
+        body["messages"][1],
+        serde_json::json!({"role": "user", "content": "Say hi"})
+    );
+    assert!(body.get("stream").is_none(), "{body}");
+    let h = m.headers.expect("request headers");
+    assert_eq!(h.get("Llm-Timeout-Ms").map(|v| v.as_str()), Some("1500"));
+    assert_eq!(h.get("Llm-Tags").map(|v| v.as_str()), Some("fast"));
+    assert_eq!(h.get("X-Trace").map(|v| v.as_str()), Some("abc"));
+    // --timeout in milliseconds, and the older --timeout-ms, say the same.
+    for args in [&["--timeout", "250ms"][..], &["--timeout-ms", "250"][..]] {
+        let url = nats.url();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut all = vec![
+                "complete",
+                "-m",
+                "demo",
+                "--no-stream",
+                "hi",
+                "--nats-url",
+                &url,
+            ];
+            all.extend(args.iter().map(String::as_str));
+            run(&all)
+        })
+        .await
+        .expect("runner");
+        assert!(done.status.success(), "{}", done.describe());
+        let m = requests.recv().await.expect("the request");
+        let h = m.headers.expect("headers");
+        assert_eq!(h.get("Llm-Timeout-Ms").map(|v| v.as_str()), Some("250"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_are_quiet_unless_asked_with_v() {
+    let nats = NatsServer::start();
+    let worker = support::gateway::start_worker(
+        &nats,
+        "model_list:\n  - model_name: demo\n    litellm_params: {model: mock/demo, mock_response: quiet please}\n",
+    )
+    .await;
+    let url = nats.url();
+    let (quiet, loud, models) = tokio::task::spawn_blocking(move || {
+        (
+            run(&["complete", "-m", "demo", "hi", "--nats-url", &url]),
+            run(&["-v", "complete", "-m", "demo", "hi", "--nats-url", &url]),
+            run(&["models", "--nats-url", &url]),
+        )
+    })
+    .await
+    .expect("runner");
+    for done in [&quiet, &loud, &models] {
+        assert!(done.status.success(), "{}", done.describe());
+    }
+    assert_eq!(quiet.stdout.trim(), "quiet please", "{}", quiet.describe());
+    // Only the usage line, never a log line.
+    assert!(
+        quiet.stderr.lines().all(|l| l.starts_with("[usage:")),
+        "{}",
+        quiet.describe()
+    );
+    assert!(!models.stderr.contains("INFO"), "{}", models.describe());
+    assert!(
+        loud.stderr.contains("INFO"),
+        "-v shows info logs\n{}",
+        loud.describe()
+    );
+    worker.stop().await;
 }

@@ -612,18 +612,20 @@ fn empty_config_loads_with_a_warning() {
 }
 
 #[test]
-fn quickstart_without_openai_key_is_the_demo_group() {
+fn quickstart_without_openai_key_is_the_demo_groups() {
     let loaded = Config::quickstart_with_env(&no_env);
     assert!(loaded.unsupported.is_empty(), "{:?}", loaded.unsupported);
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let models = &loaded.config.model_list;
-    assert_eq!(models.len(), 2);
+    assert_eq!(models.len(), 3);
     let ids: Vec<_> = models
         .iter()
         .map(|m| m.model_info.id.as_deref().unwrap())
         .collect();
-    assert_eq!(ids, ["demo-a", "demo-b"]);
-    for m in models {
+    assert_eq!(ids, ["demo-a", "demo-b", "demo-embedding"]);
+    assert_eq!(models[2].model_name, "demo-embedding");
+    assert_eq!(models[2].model_info.mode.as_deref(), Some("embedding"));
+    for m in &models[..2] {
         assert_eq!(m.model_name, "demo");
         let text = m.litellm_params.mock_response.as_deref().unwrap();
         assert!(text.contains("Hello from llmbus"), "{text}");
@@ -638,10 +640,13 @@ fn quickstart_with_openai_key_adds_openai_groups() {
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let models = &loaded.config.model_list;
     let names: Vec<_> = models.iter().map(|m| m.model_name.as_str()).collect();
-    assert_eq!(names, ["demo", "demo", "gpt-4o-mini", "gpt-4o"]);
-    assert_eq!(models[2].litellm_params.model, "openai/gpt-4o-mini");
-    assert_eq!(models[3].litellm_params.model, "openai/gpt-4o");
-    for m in &models[2..] {
+    assert_eq!(
+        names,
+        ["demo", "demo", "demo-embedding", "gpt-4o-mini", "gpt-4o"]
+    );
+    assert_eq!(models[3].litellm_params.model, "openai/gpt-4o-mini");
+    assert_eq!(models[4].litellm_params.model, "openai/gpt-4o");
+    for m in &models[3..] {
         assert_eq!(
             m.litellm_params.api_key.as_ref().unwrap().expose(),
             "sk-test"

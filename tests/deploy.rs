@@ -52,14 +52,14 @@ fn read(path: &str) -> String {
 
 #[test]
 fn nats_server_conf_passes_nats_server_t() {
-    let out = Command::new("nats-server")
+    let out = Command::new(support::nats_server::default_binary())
         .arg("-c")
         .arg(deploy("nats/nats-server.conf"))
         .arg("-t")
         .envs(PASSWORDS)
         .stdin(Stdio::null())
         .output()
-        .expect("nats-server is on PATH (.ci/run installs it)");
+        .expect("start nats-server");
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -96,7 +96,7 @@ impl ConfiguredNats {
             std::fs::write(&conf_path, conf).expect("write the config copy");
             let port = free_port().expect("free port");
             let monitor = free_port().expect("free port");
-            let mut child = Command::new("nats-server")
+            let mut child = Command::new(support::nats_server::default_binary())
                 .arg("-c")
                 .arg(&conf_path)
                 .args(["-a", "127.0.0.1", "-p", &port.to_string()])
@@ -106,7 +106,7 @@ impl ConfiguredNats {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
-                .expect("nats-server is on PATH (.ci/run installs it)");
+                .expect("start nats-server");
             let stderr = child.stderr.take().expect("piped stderr");
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {

@@ -226,6 +226,8 @@ pub struct Deployment {
     core: Mutex<Core>,
     actor: ArcSwapOption<ActorRef<DeploymentMsg>>,
     gauges: Gauges,
+    /// False when cooldowns are disabled: failures never take the deployment out.
+    cooldowns: bool,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -238,7 +240,10 @@ impl std::fmt::Debug for Deployment {
 
 impl Deployment {
     /// A deployment with full buckets and good health; its actor is set by [`DeploymentActor`].
-    pub fn new(info: Arc<DeploymentInfo>, policy: HealthPolicy) -> Self {
+    /// `policy` holds the cooldown thresholds; `None` disables cooldowns.
+    pub fn new(info: Arc<DeploymentInfo>, policy: Option<HealthPolicy>) -> Self {
+        let cooldowns = policy.is_some();
+        let policy = policy.unwrap_or_default();
         let id = info.id.clone();
         let gauges = Gauges {
             in_flight: metrics::gauge!(telemetry::DEPLOYMENT_IN_FLIGHT, "deployment" => id.clone()),
@@ -262,6 +267,7 @@ impl Deployment {
             info,
             actor: ArcSwapOption::empty(),
             gauges,
+            cooldowns,
         }
     }
 
@@ -374,7 +380,12 @@ impl Deployment {
                     "deployment" => self.info.id.clone(),
                     "class" => format!("{class:?}"))
                 .increment(1);
-                if let Some(length) = core.health.failure(class, retry_after, now) {
+                let cooled = if self.cooldowns {
+                    core.health.failure(class, retry_after, now)
+                } else {
+                    None
+                };
+                if let Some(length) = cooled {
                     tracing::warn!(deployment = %self.info.id, class = ?class, cooldown_ms = length.as_millis() as u64, "deployment cools down");
                     metrics::counter!(telemetry::COOLDOWNS, "deployment" => self.info.id.clone())
                         .increment(1);

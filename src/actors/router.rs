@@ -32,8 +32,8 @@ pub struct RouterArgs {
     pub deployments: Vec<Arc<DeploymentInfo>>,
     /// How the table routes.
     pub rules: RoutingRules,
-    /// Health thresholds for every deployment.
-    pub health: HealthPolicy,
+    /// Health thresholds for every deployment; `None` disables cooldowns.
+    pub health: Option<HealthPolicy>,
     /// Cooldown gossip with the other workers; `None` keeps health local.
     pub gossip: Option<Gossip>,
     /// Where the table is published.

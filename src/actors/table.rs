@@ -330,7 +330,7 @@ impl RoutingTable {
             };
             // A half-open deployment takes exactly one probe: another job may have taken it
             // since the health filter looked.
-            if dep(chosen).claim(now) {
+            if !self.rules.health || dep(chosen).claim(now) {
                 let info = &dep(chosen).info;
                 let (wildcard_model, price) = match &wildcard {
                     Some(m) => (

@@ -2,9 +2,8 @@
 //!
 //! It is the YAML in `quickstart.yaml`, loaded like any other file: a model group `demo` with
 //! two `mock_response` deployments (`demo-a`, `demo-b`) so routing is visible with no key at
-//! all, and, only when `OPENAI_API_KEY` is set, the groups `gpt-4o-mini` and `gpt-4o`.
-//!
-//! Anthropic is not offered here: the provider layer does not speak Anthropic's API yet.
+//! all, a mock embedding model `demo-embedding` for `llm.embedding`, and, only when
+//! `OPENAI_API_KEY` is set, the groups `gpt-4o-mini` and `gpt-4o`.
 
 use super::{Config, Loaded};
 
@@ -16,8 +15,6 @@ const ORIGIN: &str = "built-in quickstart config";
 
 impl Config {
     /// The quickstart config, reading `OPENAI_API_KEY` from the process environment.
-    ///
-    /// Anthropic models are not included: the provider layer does not support them yet.
     pub fn quickstart() -> Loaded {
         Self::quickstart_with_env(&|name| std::env::var(name).ok())
     }
@@ -55,6 +52,12 @@ mod tests {
         let loaded = Config::quickstart_with_env(&|_| None);
         assert!(loaded.unsupported.is_empty(), "{:?}", loaded.unsupported);
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-        assert_eq!(loaded.config.model_list.len(), 2);
+        let groups: Vec<&str> = loaded
+            .config
+            .model_list
+            .iter()
+            .map(|m| m.model_name.as_str())
+            .collect();
+        assert_eq!(groups, ["demo", "demo", "demo-embedding"]);
     }
 }

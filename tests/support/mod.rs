@@ -3,10 +3,15 @@
 //! (server + worker + client) in one call.
 #![allow(dead_code)]
 
+pub mod command;
 pub mod fake_anthropic;
 pub mod fake_gemini;
 pub mod fake_native;
 pub mod fake_provider;
 pub mod gateway;
 pub mod nats_server;
+pub mod pyenv;
+pub mod run;
+pub mod shell;
+pub mod up;
 pub mod worker_process;

