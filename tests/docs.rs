@@ -307,7 +307,8 @@ fn known_key(key: &str) -> bool {
                     if !loaded
                         .unsupported
                         .iter()
-                        .any(|u| u == key || u.ends_with(&format!(".{key}"))) =>
+                        .any(|u| u == key || u.ends_with(&format!(".{key}")))
+                        && !loaded.typos.iter().any(|t| t.contains(&format!("{key}:"))) =>
                 {
                     return true;
                 }
