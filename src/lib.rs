@@ -52,6 +52,10 @@
 //! The rules behind retries, fallbacks, cooldowns and routing strategies live in [`policy`] as
 //! pure code. `llm.embedding` jobs take the same path as completions, without streaming.
 //!
+//! [`http`] is the OpenAI-compatible HTTP front (inside a worker or as `llmbus front`): it turns
+//! each HTTP request into the same NATS job any client could send, and the replies and chunks
+//! back into HTTP and server-sent events.
+//!
 //! [`config`] loads a LiteLLM `config.yaml` as it is; [`worker::Worker`] starts the actors of
 //! one process; [`client`] is a small Rust client of the same NATS contract; [`telemetry`]
 //! sets up logs and Prometheus metrics; [`health`] serves `/healthz` and `/readyz` and answers
@@ -61,6 +65,7 @@ pub mod actors;
 pub mod client;
 pub mod config;
 pub mod health;
+pub mod http;
 pub mod limits;
 pub mod local_nats;
 pub mod nats;

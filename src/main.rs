@@ -33,8 +33,30 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: telemetry::LogFormat,
+    /// Without a command: `llmbus --model gpt-4o` is `llmbus up --model gpt-4o`.
+    #[command(flatten)]
+    one_model: OneModel,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// LiteLLM's one-liner: a proxy for one model (`--model provider/name`).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct OneModel {
+    /// Serve only this model (`gpt-4o`, `anthropic/claude-sonnet-4-5`, ...): the provider comes
+    /// from the prefix, the key from --api-key or the provider's variable.
+    #[arg(long)]
+    model: Option<String>,
+    /// The provider key for --model (else the provider's variable, e.g. OPENAI_API_KEY).
+    #[arg(long, requires = "model")]
+    api_key: Option<String>,
+    /// The provider base URL for --model (else the provider's default).
+    #[arg(long, requires = "model")]
+    api_base: Option<String>,
+    /// Serve the OpenAI-compatible HTTP front here (default 127.0.0.1:4000 or the next free
+    /// port).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +74,8 @@ enum Command {
         /// llmbus.shutdown_grace_secs, default 30).
         #[arg(long)]
         grace_secs: Option<f64>,
+        #[command(flatten)]
+        one_model: OneModel,
     },
     /// Run a worker against an existing NATS server.
     Serve {
@@ -60,6 +84,30 @@ enum Command {
         config: PathBuf,
         /// Seconds to let jobs in flight finish on SIGTERM/SIGINT (overrides
         /// llmbus.shutdown_grace_secs, default 30).
+        #[arg(long)]
+        grace_secs: Option<f64>,
+        /// Also serve the OpenAI-compatible HTTP front here (overrides llmbus.http_listen).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+    },
+    /// Serve the OpenAI-compatible HTTP front alone, forwarding every request to the workers
+    /// over NATS (no model config of its own).
+    Front {
+        /// Where to serve HTTP (else llmbus.http_listen, else 127.0.0.1:4000 or the next free
+        /// port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Subject prefix (else llmbus.subject_prefix, else llm).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// A config file whose llmbus: section (NATS credentials, prefix, http settings) to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Seconds between SSE keep-alive comments until the first token (else
+        /// llmbus.http_keepalive_secs, else 15).
+        #[arg(long)]
+        keepalive_secs: Option<f64>,
+        /// Seconds to let HTTP requests in flight finish on SIGTERM/SIGINT (default 30).
         #[arg(long)]
         grace_secs: Option<f64>,
     },
@@ -115,13 +163,46 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
-    let result = match cli.command {
+    let Some(command) = cli.command else {
+        if cli.one_model.model.is_none() {
+            let _ = <Cli as clap::CommandFactory>::command().print_help();
+            return ExitCode::from(2);
+        }
+        return finish(up(cli.nats_url, None, None, None, cli.one_model).await);
+    };
+    if cli.one_model.model.is_some() || cli.one_model.http.is_some() {
+        eprintln!("llmbus: put --model and --http after the command (llmbus up --model ...)");
+        return ExitCode::from(2);
+    }
+    let result = match command {
         Command::Up {
             config,
             data_dir,
             grace_secs,
-        } => up(cli.nats_url, config, data_dir, grace_secs).await,
-        Command::Serve { config, grace_secs } => serve(cli.nats_url, config, grace_secs).await,
+            one_model,
+        } => up(cli.nats_url, config, data_dir, grace_secs, one_model).await,
+        Command::Serve {
+            config,
+            grace_secs,
+            http,
+        } => serve(cli.nats_url, config, grace_secs, http).await,
+        Command::Front {
+            listen,
+            prefix,
+            config,
+            keepalive_secs,
+            grace_secs,
+        } => {
+            llmbus::http::front::run(llmbus::http::front::FrontOptions {
+                listen,
+                prefix,
+                nats_url: cli.nats_url,
+                config,
+                keepalive_secs,
+                grace_secs,
+            })
+            .await
+        }
         Command::Health { prefix, wait_ms } => health(cli.nats_url, &prefix, wait_ms).await,
         Command::Complete {
             model,
@@ -138,6 +219,10 @@ async fn main() -> ExitCode {
         Command::Models { prefix } => show(cli.nats_url, &prefix, |s| s.models()).await,
         Command::Deployments { prefix } => show(cli.nats_url, &prefix, |s| s.deployments()).await,
     };
+    finish(result)
+}
+
+fn finish(result: Res) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -177,14 +262,17 @@ fn grace(config: &Config, flag: Option<f64>) -> Result<Duration, String> {
 
 /// Runs a worker on `client` until a signal, then drains it. `url` is where a second
 /// connection relays the jobs that arrive while the worker leaves the queue group.
-/// `banner` is printed once the worker serves.
+/// `http` serves the HTTP front on the worker's connection. `banner` is printed once the worker
+/// serves.
 async fn run_worker(
     config: Config,
     client: async_nats::Client,
     url: &str,
     grace: Duration,
+    http: Option<tokio::net::TcpListener>,
     banner: Option<String>,
 ) -> Res {
+    let http_settings = llmbus::http::HttpSettings::from_config(&config)?;
     // Before the worker says it serves, so that a SIGTERM right after that drains it.
     let mut signals = Signals::install()?;
     let readiness = match config.llmbus.metrics_listen {
@@ -200,7 +288,20 @@ async fn run_worker(
         },
         None => Readiness::new(),
     };
-    let worker = Worker::start(&config, client).await?;
+    let worker = Worker::start(&config, client.clone()).await?;
+    let http = match http {
+        Some(listener) => {
+            let backend =
+                llmbus::http::Backend::new(client, &config.llmbus.subject_prefix).await?;
+            Some(llmbus::http::HttpServer::start(
+                listener,
+                backend,
+                http_settings,
+                Some(readiness.clone()),
+            )?)
+        }
+        None => None,
+    };
     // Without it the drain still works, but may lose a job routed here in its last instant.
     let relay = match nats::connect(&config.llmbus, Some(url), "llmbus-worker-relay").await {
         Ok(c) => Some(c),
@@ -220,11 +321,18 @@ async fn run_worker(
         grace_secs = grace.as_secs_f64(),
         "stopping: draining the jobs in flight"
     );
+    // New HTTP connections stop at once; the requests in flight finish with the jobs.
+    if let Some(http) = &http {
+        http.close();
+    }
     tokio::select! {
         report = worker.drain_via(grace, relay) => {
             readiness.set(State::Stopped);
             if report.cut_off > 0 {
                 tracing::warn!(cut_off = report.cut_off, "jobs still running after the grace period were answered with a 503");
+            }
+            if let Some(http) = http {
+                http.stop(Duration::from_secs(1)).await;
             }
             tracing::info!("stopped");
             Ok(())
@@ -235,12 +343,34 @@ async fn run_worker(
     }
 }
 
-async fn serve(url: Option<String>, path: PathBuf, grace_secs: Option<f64>) -> Res {
+/// Binds the worker's HTTP front: the flag, else `llmbus.http_listen`, else (for `up`) the
+/// default address or the next free port.
+async fn http_listener(
+    config: &Config,
+    flag: Option<std::net::SocketAddr>,
+    default: bool,
+) -> Result<Option<tokio::net::TcpListener>, Box<dyn std::error::Error>> {
+    use llmbus::http::Listen;
+    let listen = match (flag.or(config.llmbus.http_listen), default) {
+        (Some(addr), _) => Listen::Chosen(addr),
+        (None, true) => Listen::Default(llmbus::http::DEFAULT_ADDR),
+        (None, false) => return Ok(None),
+    };
+    Ok(Some(llmbus::http::bind(listen).await?))
+}
+
+async fn serve(
+    url: Option<String>,
+    path: PathBuf,
+    grace_secs: Option<f64>,
+    http: Option<std::net::SocketAddr>,
+) -> Res {
     let config = load(Some(&path))?;
     let grace = grace(&config, grace_secs)?;
+    let http = http_listener(&config, http, false).await?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let client = nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await?;
-    run_worker(config, client, &url, grace, None).await
+    run_worker(config, client, &url, grace, http, None).await
 }
 
 async fn up(
@@ -248,9 +378,28 @@ async fn up(
     path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     grace_secs: Option<f64>,
+    one_model: OneModel,
 ) -> Res {
-    let config = load(path.as_ref())?;
+    let config = match &one_model.model {
+        Some(_) if path.is_some() => {
+            return Err("give either --config or --model, not both".into());
+        }
+        Some(model) => {
+            let loaded = Config::single_model(
+                model,
+                one_model.api_key.as_deref(),
+                one_model.api_base.as_deref(),
+                &|name| std::env::var(name).ok(),
+            )?;
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            loaded.config
+        }
+        None => load(path.as_ref())?,
+    };
     let grace = grace(&config, grace_secs)?;
+    let http = http_listener(&config, one_model.http, true).await?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let mut _local = None;
     let mut _temp = None;
@@ -297,13 +446,24 @@ async fn up(
     };
     let prefix = &config.llmbus.subject_prefix;
     let first = groups.first().copied().unwrap_or("demo");
+    let http_lines = match &http {
+        Some(l) => format!(
+            "\n{}\n",
+            llmbus::http::banner(
+                l.local_addr()?,
+                first,
+                config.general_settings.master_key.is_some()
+            )
+        ),
+        None => String::new(),
+    };
     let banner = format!(
-        "\nllmbus is up on {url}\n  model groups: {}\n\nTry:\n  llmbus complete -m {first} \"Say hello\"\n  \
+        "\nllmbus is up on {url}\n  model groups: {}\n{http_lines}\nTry:\n  llmbus complete -m {first} \"Say hello\"\n  \
          nats req {prefix}.completion '{{\"model\":\"{first}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n\
          Ctrl-C stops it.\n",
         groups.join(", ")
     );
-    run_worker(config, client, &used, grace, Some(banner)).await
+    run_worker(config, client, &used, grace, http, Some(banner)).await
 }
 
 /// The port of a `nats://127.0.0.1:<port>` or `nats://localhost:<port>` URL.
