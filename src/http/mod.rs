@@ -179,12 +179,13 @@ pub fn banner(addr: SocketAddr, model: &str, master_key: bool) -> String {
     } else {
         ""
     };
-    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Hello"}]});
     let model_lit = serde_json::to_string(model).unwrap_or_else(|_| "\"demo\"".into());
+    let body =
+        format!(r#"{{"model":{model_lit},"messages":[{{"role":"user","content":"Hello"}}]}}"#);
     format!(
         "OpenAI-compatible HTTP at {base}\n\
          \x20 python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}\", api_key=\"{key}\"); \
-         print(c.chat.completions.create(model={model_lit}, messages=[{{\"role\": \"user\", \"content\": \"Hello\"}}]).choices[0].message.content)'\n\
+         print(c.chat.completions.create(model={model_lit}, messages=[{{\"role\": \"user\", \"content\": \"Hello\"}}]).choices[0].message.content)'   # pip install openai\n\
          \x20 curl -s {base}/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
     )
 }
