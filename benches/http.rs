@@ -194,10 +194,7 @@ fn open_loop(rt: &Runtime, load: &Load, path: Path, rate: u64, duration: Duratio
         tasks.push(rt.spawn(async move {
             let r = load.call(path).await;
             let done = Instant::now();
-            results
-                .lock()
-                .expect("results lock")
-                .record(done - due, r);
+            results.lock().expect("results lock").record(done - due, r);
         }));
     }
     rt.block_on(async {
@@ -297,9 +294,10 @@ llmbus:
         &["front", "--listen", "127.0.0.1:0", "--nats-url", &url],
         &[("RUST_LOG", "warn")],
     );
-    let front_base = client_rt.block_on(
-        front.wait_for_url("llmbus front: OpenAI-compatible HTTP at", Duration::from_secs(60)),
-    );
+    let front_base = client_rt.block_on(front.wait_for_url(
+        "llmbus front: OpenAI-compatible HTTP at",
+        Duration::from_secs(60),
+    ));
     let load = client_rt.block_on(async {
         let nc = async_nats::connect(&url).await.expect("client connects");
         Load {
@@ -328,7 +326,11 @@ llmbus:
     println!();
     println!(
         "llmbus HTTP front benchmark{} — loopback, {} CPUs, request {} B, phase {:.1} s; latencies in µs",
-        if smoke { " (smoke pass: not a measurement)" } else { "" },
+        if smoke {
+            " (smoke pass: not a measurement)"
+        } else {
+            ""
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load.body.len(),
         phase.as_secs_f64()
@@ -351,7 +353,14 @@ llmbus:
     println!();
     println!(
         "  {:<38} │ {:>9} {:>9} {:>8} │ {:>9} {:>9} {:>9} {:>7}",
-        "", "1 client", "", "", format!("{rate}/s"), "open loop", "", ""
+        "",
+        "1 client",
+        "",
+        "",
+        format!("{rate}/s"),
+        "open loop",
+        "",
+        ""
     );
     println!(
         "  {:<38} │ {:>9} {:>9} {:>8} │ {:>9} {:>9} {:>9} {:>7}",
@@ -371,7 +380,10 @@ llmbus:
             o.errors
         );
         for e in [&s.first_error, &o.first_error].into_iter().flatten() {
-            println!("    first error: {}", e.chars().take(200).collect::<String>());
+            println!(
+                "    first error: {}",
+                e.chars().take(200).collect::<String>()
+            );
         }
     }
     for (i, label) in [
@@ -390,7 +402,9 @@ llmbus:
             ""
         );
     }
-    println!("  (added = path − direct HTTP at the same percentile; open-loop latency from the scheduled send)");
+    println!(
+        "  (added = path − direct HTTP at the same percentile; open-loop latency from the scheduled send)"
+    );
     println!();
 
     front.terminate();

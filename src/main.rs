@@ -291,8 +291,7 @@ async fn run_worker(
     let worker = Worker::start(&config, client.clone()).await?;
     let http = match http {
         Some(listener) => {
-            let backend =
-                llmbus::http::Backend::new(client, &config.llmbus.subject_prefix).await?;
+            let backend = llmbus::http::Backend::new(client, &config.llmbus.subject_prefix).await?;
             Some(llmbus::http::HttpServer::start(
                 listener,
                 backend,
@@ -343,22 +342,6 @@ async fn run_worker(
     }
 }
 
-/// Binds the worker's HTTP front: the flag, else `llmbus.http_listen`, else (for `up`) the
-/// default address or the next free port.
-async fn http_listener(
-    config: &Config,
-    flag: Option<std::net::SocketAddr>,
-    default: bool,
-) -> Result<Option<tokio::net::TcpListener>, Box<dyn std::error::Error>> {
-    use llmbus::http::Listen;
-    let listen = match (flag.or(config.llmbus.http_listen), default) {
-        (Some(addr), _) => Listen::Chosen(addr),
-        (None, true) => Listen::Default(llmbus::http::DEFAULT_ADDR),
-        (None, false) => return Ok(None),
-    };
-    Ok(Some(llmbus::http::bind(listen).await?))
-}
-
 async fn serve(
     url: Option<String>,
     path: PathBuf,
@@ -367,7 +350,7 @@ async fn serve(
 ) -> Res {
     let config = load(Some(&path))?;
     let grace = grace(&config, grace_secs)?;
-    let http = http_listener(&config, http, false).await?;
+    let http = llmbus::http::listen::worker(&config.llmbus, http, false).await?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let client = nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await?;
     run_worker(config, client, &url, grace, http, None).await
@@ -399,7 +382,7 @@ async fn up(
         None => load(path.as_ref())?,
     };
     let grace = grace(&config, grace_secs)?;
-    let http = http_listener(&config, one_model.http, true).await?;
+    let http = llmbus::http::listen::worker(&config.llmbus, one_model.http, true).await?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let mut _local = None;
     let mut _temp = None;

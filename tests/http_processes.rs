@@ -71,7 +71,13 @@ struct Answer {
     body: Vec<Value>,
 }
 
-async fn ask(client: &reqwest::Client, base: &str, method: &str, path: &str, body: Option<Value>) -> Answer {
+async fn ask(
+    client: &reqwest::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Answer {
     let url = format!("{base}{path}");
     let request = match body {
         Some(b) => client.post(url).json(&b),
@@ -112,7 +118,9 @@ async fn ask(client: &reqwest::Client, base: &str, method: &str, path: &str, bod
             })
             .collect()
     } else {
-        vec![normalized(serde_json::from_str(&text).expect("a JSON body"))]
+        vec![normalized(
+            serde_json::from_str(&text).expect("a JSON body"),
+        )]
     };
     Answer {
         status,
@@ -129,10 +137,7 @@ async fn llmbus_front_answers_as_the_in_worker_front() {
     // Worker A serves HTTP itself; worker B does not; the front serves HTTP for both.
     let config = write_config(
         dir.path(),
-        &format!(
-            "{}llmbus:\n  metrics_listen: null\n",
-            model_list(&fake)
-        ),
+        &format!("{}llmbus:\n  metrics_listen: null\n", model_list(&fake)),
     );
     let a = LlmbusProcess::start(
         &[
@@ -150,9 +155,21 @@ async fn llmbus_front_answers_as_the_in_worker_front() {
         .wait_for_url("OpenAI-compatible HTTP front at", PATIENCE)
         .await;
     a.wait_for_line("worker is serving", PATIENCE).await;
-    let _b = WorkerProcess::start("b", &nats.url(), &model_list(&fake), WorkerOptions::default()).await;
+    let _b = WorkerProcess::start(
+        "b",
+        &nats.url(),
+        &model_list(&fake),
+        WorkerOptions::default(),
+    )
+    .await;
     let front = LlmbusProcess::start(
-        &["front", "--listen", "127.0.0.1:0", "--nats-url", &nats.url()],
+        &[
+            "front",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats-url",
+            &nats.url(),
+        ],
         &[],
     );
     let standalone = front
@@ -175,7 +192,11 @@ async fn llmbus_front_answers_as_the_in_worker_front() {
         ("POST", "/v1/chat/completions", Some(chat(false, "fake"))),
         ("POST", "/v1/chat/completions", Some(chat(true, "fake"))),
         ("POST", "/v1/chat/completions", Some(chat(false, "nope"))),
-        ("POST", "/v1/chat/completions", Some(json!({"model": "fake"}))),
+        (
+            "POST",
+            "/v1/chat/completions",
+            Some(json!({"model": "fake"})),
+        ),
         ("GET", "/v1/models/fake", None),
         ("GET", "/v1/models", None),
     ];
@@ -189,10 +210,24 @@ async fn llmbus_front_answers_as_the_in_worker_front() {
     }
     // Several jobs through the front, spread over both workers by NATS: all answered.
     for i in 0..10 {
-        let a = ask(&client, &standalone, "POST", "/v1/chat/completions", Some(chat(i % 2 == 0, "fake"))).await;
+        let a = ask(
+            &client,
+            &standalone,
+            "POST",
+            "/v1/chat/completions",
+            Some(chat(i % 2 == 0, "fake")),
+        )
+        .await;
         assert_eq!(a.status, 200, "{a:?}");
     }
-    let answer = ask(&client, &standalone, "POST", "/v1/chat/completions", Some(chat(false, "fake"))).await;
+    let answer = ask(
+        &client,
+        &standalone,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat(false, "fake")),
+    )
+    .await;
     assert_eq!(
         answer.body[0]["choices"][0]["message"]["content"],
         "echo: the same question"
@@ -200,7 +235,11 @@ async fn llmbus_front_answers_as_the_in_worker_front() {
 
     front.terminate();
     let status = front.wait_exit(PATIENCE).await;
-    assert!(status.is_some_and(|s| s.success()), "front exit {status:?}:\n{}", front.log());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "front exit {status:?}:\n{}",
+        front.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +252,10 @@ async fn up_prints_sdk_and_curl_lines_that_work_as_printed() {
     );
     let sdk_line = up.wait_for_line("python3 -c", PATIENCE).await;
     let curl_line = up.wait_for_line("curl -s", PATIENCE).await;
-    assert!(sdk_line.contains("base_url=\"http://127.0.0.1:"), "{sdk_line}");
+    assert!(
+        sdk_line.contains("base_url=\"http://127.0.0.1:"),
+        "{sdk_line}"
+    );
     let path = format!(
         "{}:{}",
         python.parent().unwrap().display(),
@@ -237,7 +279,11 @@ async fn up_prints_sdk_and_curl_lines_that_work_as_printed() {
     }
     up.terminate();
     let status = up.wait_exit(PATIENCE).await;
-    assert!(status.is_some_and(|s| s.success()), "up exit {status:?}:\n{}", up.log());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "up exit {status:?}:\n{}",
+        up.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,8 +328,17 @@ async fn the_one_liner_serves_one_model() {
         assert_eq!(last.model(), Some("fake-model"));
         p.terminate();
         let status = p.wait_exit(PATIENCE).await;
-        assert!(status.is_some_and(|s| s.success()), "{:?}:\n{}", status, p.log());
-        assert!(!p.log().contains("sk-one-liner"), "the key was printed:\n{}", p.log());
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{:?}:\n{}",
+            status,
+            p.log()
+        );
+        assert!(
+            !p.log().contains("sk-one-liner"),
+            "the key was printed:\n{}",
+            p.log()
+        );
     }
 }
 
@@ -296,7 +351,10 @@ async fn a_chosen_http_address_that_is_taken_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        &format!("{}llmbus:\n  metrics_listen: null\n  http_listen: \"{addr}\"\n", model_list(&fake)),
+        &format!(
+            "{}llmbus:\n  metrics_listen: null\n  http_listen: \"{addr}\"\n",
+            model_list(&fake)
+        ),
     );
     for args in [
         vec!["serve", "--config", &config, "--nats-url", &nats.url()],
@@ -311,6 +369,9 @@ async fn a_chosen_http_address_that_is_taken_refuses_to_start() {
             p.log()
         );
         let log = p.log();
-        assert!(log.contains("cannot listen for HTTP") && log.contains(&addr), "{log}");
+        assert!(
+            log.contains("cannot listen for HTTP") && log.contains(&addr),
+            "{log}"
+        );
     }
 }

@@ -18,14 +18,16 @@ impl Config {
     ) -> Result<Loaded, String> {
         let model = model.trim();
         if model.is_empty() || model.chars().any(|c| c.is_control()) {
-            return Err(format!("--model needs a model name such as gpt-4o or anthropic/claude-sonnet-4-5, not {model:?}"));
+            return Err(format!(
+                "--model needs a model name such as gpt-4o or anthropic/claude-sonnet-4-5, not {model:?}"
+            ));
         }
         let name = serde_json::to_string(model).map_err(|e| e.to_string())?;
         let yaml = format!(
             "model_list:\n  - model_name: {name}\n    litellm_params:\n      model: {name}\n"
         );
-        let mut loaded = Config::from_yaml_with_env(&yaml, "--model", env)
-            .map_err(|e| e.to_string())?;
+        let mut loaded =
+            Config::from_yaml_with_env(&yaml, "--model", env).map_err(|e| e.to_string())?;
         let params = &mut loaded.config.model_list[0].litellm_params;
         params.api_key = api_key.map(Secret::new);
         params.api_base = api_base.map(str::to_string);
@@ -76,13 +78,9 @@ mod tests {
     #[test]
     fn one_group_named_as_given_with_the_bare_name_as_alias() {
         let env = |_: &str| None;
-        let loaded = Config::single_model(
-            "anthropic/claude-sonnet-4-5",
-            Some("sk-ant-1"),
-            None,
-            &env,
-        )
-        .unwrap();
+        let loaded =
+            Config::single_model("anthropic/claude-sonnet-4-5", Some("sk-ant-1"), None, &env)
+                .unwrap();
         let c = &loaded.config;
         assert_eq!(c.model_list.len(), 1);
         assert_eq!(c.model_list[0].model_name, "anthropic/claude-sonnet-4-5");
@@ -102,7 +100,11 @@ mod tests {
         let loaded = Config::single_model("gpt-4o", None, None, &none).unwrap();
         assert_eq!(loaded.config.model_list[0].model_name, "gpt-4o");
         assert!(loaded.config.router_settings.model_group_alias.is_empty());
-        assert!(loaded.warnings[0].contains("OPENAI_API_KEY"), "{:?}", loaded.warnings);
+        assert!(
+            loaded.warnings[0].contains("OPENAI_API_KEY"),
+            "{:?}",
+            loaded.warnings
+        );
         let set = |name: &str| (name == "ANTHROPIC_API_KEY").then(|| "k".to_string());
         let loaded = Config::single_model("anthropic/claude-3-5-haiku", None, None, &set).unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
@@ -113,11 +115,22 @@ mod tests {
     #[test]
     fn names_that_need_quoting_still_load_and_empty_ones_do_not() {
         let none = |_: &str| None;
-        let loaded = Config::single_model("openai/gpt-4o: mini #1", Some("k"), Some("http://x/v1"), &none)
-            .unwrap();
-        assert_eq!(loaded.config.model_list[0].model_name, "openai/gpt-4o: mini #1");
+        let loaded = Config::single_model(
+            "openai/gpt-4o: mini #1",
+            Some("k"),
+            Some("http://x/v1"),
+            &none,
+        )
+        .unwrap();
         assert_eq!(
-            loaded.config.model_list[0].litellm_params.api_base.as_deref(),
+            loaded.config.model_list[0].model_name,
+            "openai/gpt-4o: mini #1"
+        );
+        assert_eq!(
+            loaded.config.model_list[0]
+                .litellm_params
+                .api_base
+                .as_deref(),
             Some("http://x/v1")
         );
         assert!(Config::single_model(" ", None, None, &none).is_err());

@@ -120,7 +120,9 @@ mod tests {
 
     #[test]
     fn only_a_true_stream_flag_streams() {
-        assert!(wants_stream(br#"{"model":"m","stream":true,"messages":[]}"#));
+        assert!(wants_stream(
+            br#"{"model":"m","stream":true,"messages":[]}"#
+        ));
         assert!(!wants_stream(br#"{"model":"m","stream":false}"#));
         assert!(!wants_stream(br#"{"model":"m"}"#));
         assert!(!wants_stream(br#"{"model":"m","stream":"yes"}"#));

@@ -41,10 +41,9 @@ pub async fn run(options: FrontOptions) -> Result<(), Box<dyn std::error::Error>
     if let Some(secs) = options.keepalive_secs {
         http.keepalive = super::keepalive(secs)?;
     }
-    let grace = Duration::try_from_secs_f64(
-        options.grace_secs.unwrap_or(settings.shutdown_grace_secs),
-    )
-    .map_err(|_| "the grace period must be a number of seconds >= 0")?;
+    let grace =
+        Duration::try_from_secs_f64(options.grace_secs.unwrap_or(settings.shutdown_grace_secs))
+            .map_err(|_| "the grace period must be a number of seconds >= 0")?;
     let prefix = options
         .prefix
         .clone()

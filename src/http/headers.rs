@@ -67,10 +67,8 @@ pub fn to_job(http: &HttpHeaders) -> Result<JobHeaders, ApiError> {
             .iter()
             .map(|v| {
                 v.to_str().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "the `{name}` header must be visible ASCII text"
-                    ))
-                    .with_param(name.to_string())
+                    ApiError::bad_request(format!("the `{name}` header must be visible ASCII text"))
+                        .with_param(name.to_string())
                 })
             })
             .collect()

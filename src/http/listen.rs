@@ -7,10 +7,8 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 /// The default HTTP address of `llmbus up` and `llmbus front` (LiteLLM's port).
-pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(
-    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-    4000,
-);
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4000);
 
 /// How many ports after the default are tried.
 const PORTS_TRIED: u16 = 100;
@@ -28,7 +26,9 @@ pub enum Listen {
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// The chosen address is taken (or not allowed).
-    #[error("cannot listen for HTTP on {addr}: {source}; choose another address with --http / --listen or llmbus.http_listen")]
+    #[error(
+        "cannot listen for HTTP on {addr}: {source}; choose another address with --http / --listen or llmbus.http_listen"
+    )]
     Chosen {
         /// The address.
         addr: SocketAddr,
@@ -65,6 +65,21 @@ pub async fn bind(listen: Listen) -> Result<TcpListener, BindError> {
             })
         }
     }
+}
+
+/// The listener of a worker's HTTP front: `flag` (`--http`), else `llmbus.http_listen`, else —
+/// when `default` (as for `llmbus up`) — [`DEFAULT_ADDR`] or the next free port; else none.
+pub async fn worker(
+    settings: &crate::config::LlmbusSettings,
+    flag: Option<SocketAddr>,
+    default: bool,
+) -> Result<Option<TcpListener>, BindError> {
+    let listen = match (flag.or(settings.http_listen), default) {
+        (Some(addr), _) => Listen::Chosen(addr),
+        (None, true) => Listen::Default(DEFAULT_ADDR),
+        (None, false) => return Ok(None),
+    };
+    bind(listen).await.map(Some)
 }
 
 #[cfg(test)]

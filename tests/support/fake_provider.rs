@@ -1005,13 +1005,16 @@ fn play(shared: Arc<Shared>, content_type: &'static str, steps: Vec<Step>) -> Re
         .filter_map(futures::future::ready)
         .map(Some)
         .chain(futures::stream::once(async { None }))
-        .scan(guard, |guard, item: Option<Result<Bytes, std::io::Error>>| {
-            // The body's end, or a break the fake made itself: not the client's doing.
-            if !matches!(item, Some(Ok(_))) {
-                guard.ended = true;
-            }
-            futures::future::ready(Some(item))
-        })
+        .scan(
+            guard,
+            |guard, item: Option<Result<Bytes, std::io::Error>>| {
+                // The body's end, or a break the fake made itself: not the client's doing.
+                if !matches!(item, Some(Ok(_))) {
+                    guard.ended = true;
+                }
+                futures::future::ready(Some(item))
+            },
+        )
         .filter_map(futures::future::ready);
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();

@@ -47,7 +47,11 @@ fn make() -> PathBuf {
             "openai",
             "nats-py",
         ]));
-        assert!(ready(), "the venv at {} lacks openai or nats-py", venv.display());
+        assert!(
+            ready(),
+            "the venv at {} lacks openai or nats-py",
+            venv.display()
+        );
     }
     python
 }
