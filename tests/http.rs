@@ -570,3 +570,56 @@ async fn the_fake_provider_sees_a_client_hang_up() {
     drop(body);
     assert_eq!(fake.wait_for_cut_bodies(1, PATIENCE).await, 1);
 }
+
+/// What the front publishes is the job any NATS client could send: the body byte for byte, the
+/// contract's headers. A worker that never answers gets the front's own 504 at the deadline
+/// (plus the margin), and the job is cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_publishes_the_body_unchanged_and_never_hangs() {
+    let nats = support::nats_server::NatsServer::start();
+    let nc = nats.client().await;
+    let mut jobs = nc.subscribe("llm.completion").await.unwrap();
+    let mut cancel = nc.subscribe("llm.cancel").await.unwrap();
+    nc.flush().await.unwrap();
+    let settings = llmbus::http::HttpSettings {
+        margin: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let server = support::http_front::serve(nats.client().await, settings).await;
+    let body =
+        "{\"model\":\"silent\",  \"messages\":[{\"role\":\"user\",\"content\":\"ünï\"}],\n\"x\":1}";
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = http()
+        .post(format!("http://{}/v1/chat/completions", server.addr()))
+        .header("x-litellm-api-key", "sk-caller")
+        .header("llm-timeout-ms", "300")
+        .header("x-litellm-tags", "eu")
+        .header("llm-fallbacks", "b")
+        .header("traceparent", tp)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "front_timeout", "{v}");
+
+    let job = tokio::time::timeout(PATIENCE, jobs.next())
+        .await
+        .expect("the job was published")
+        .unwrap();
+    assert_eq!(&job.payload[..], body.as_bytes(), "the body goes unchanged");
+    let h = job.headers.expect("headers");
+    let get = |name: &str| h.get(name).map(|v| v.as_str().to_string());
+    assert_eq!(get("Authorization").as_deref(), Some("Bearer sk-caller"));
+    assert_eq!(get("Llm-Timeout-Ms").as_deref(), Some("300"));
+    assert_eq!(get("Llm-Tags").as_deref(), Some("eu"));
+    assert_eq!(get("Llm-Fallbacks").as_deref(), Some("b"));
+    assert_eq!(get("traceparent").as_deref(), Some(tp));
+    let reply = job.reply.expect("a reply subject").to_string();
+    let cancelled = tokio::time::timeout(PATIENCE, cancel.next())
+        .await
+        .expect("the job was cancelled")
+        .unwrap();
+    assert_eq!(std::str::from_utf8(&cancelled.payload).unwrap(), reply);
+}
