@@ -83,6 +83,10 @@
 //! `/healthz` and `/readyz` and answers `llmbus health`; [`local_nats`] starts a private
 //! `nats-server` for `llmbus up` and the tests (and finds or installs the binary); [`cli`]
 //! holds the `llmbus` subcommands that `src/main.rs` dispatches to.
+//!
+//! [`http`] is the OpenAI-compatible HTTP front (inside a worker or as `llmbus front`): it turns
+//! each HTTP request into the same NATS job any client could send, and the replies and chunks
+//! back into HTTP and server-sent events.
 
 pub mod actors;
 pub mod auth;
@@ -90,6 +94,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod health;
+pub mod http;
 pub mod limits;
 pub mod local_nats;
 pub mod nats;

@@ -20,7 +20,7 @@ use llmbus::{
         self,
         complete::CompleteArgs,
         logging::{self, Role},
-        worker::UpArgs,
+        worker::{OneModel, UpArgs},
     },
     telemetry,
 };
@@ -38,8 +38,11 @@ struct Cli {
     /// `up` and `serve` log info).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     verbose: u8,
+    /// Without a command: `llmbus --model gpt-4o` is `llmbus up --model gpt-4o`.
+    #[command(flatten)]
+    one_model: OneModel,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +62,30 @@ enum Command {
         strict: bool,
         /// Seconds to let jobs in flight finish on SIGTERM/SIGINT (overrides
         /// llmbus.shutdown_grace_secs, default 30).
+        #[arg(long)]
+        grace_secs: Option<f64>,
+        /// Also serve the OpenAI-compatible HTTP front here (overrides llmbus.http_listen).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+    },
+    /// Serve the OpenAI-compatible HTTP front alone, forwarding every request to the workers
+    /// over NATS (no model config of its own).
+    Front {
+        /// Where to serve HTTP (else llmbus.http_listen, else 127.0.0.1:4000 or the next free
+        /// port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Subject prefix (else llmbus.subject_prefix, else llm).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// A config file whose llmbus: section (NATS credentials, prefix, http settings) to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Seconds between SSE keep-alive comments until the first token (else
+        /// llmbus.http_keepalive_secs, else 15).
+        #[arg(long)]
+        keepalive_secs: Option<f64>,
+        /// Seconds to let HTTP requests in flight finish on SIGTERM/SIGINT (default 30).
         #[arg(long)]
         grace_secs: Option<f64>,
     },
@@ -99,7 +126,7 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let role = match cli.command {
-        Command::Up(_) | Command::Serve { .. } => Role::Worker,
+        None | Some(Command::Up(_) | Command::Serve { .. } | Command::Front { .. }) => Role::Worker,
         _ => Role::Client,
     };
     let rust_log = std::env::var("RUST_LOG").ok();
@@ -108,13 +135,46 @@ async fn main() -> ExitCode {
         &logging::filter(role, cli.verbose, rust_log.as_deref()),
     );
     let url = cli.nats_url;
-    let result = match cli.command {
+    let Some(command) = cli.command else {
+        if cli.one_model.model.is_none() {
+            let _ = <Cli as clap::CommandFactory>::command().print_help();
+            return ExitCode::from(2);
+        }
+        let args = UpArgs {
+            one_model: cli.one_model,
+            ..Default::default()
+        };
+        return finish(cli::worker::up(url, args).await);
+    };
+    if cli.one_model.model.is_some() || cli.one_model.http.is_some() {
+        eprintln!("llmbus: put --model and --http after the command (llmbus up --model ...)");
+        return ExitCode::from(2);
+    }
+    let result = match command {
         Command::Up(args) => cli::worker::up(url, args).await,
         Command::Serve {
             config,
             strict,
             grace_secs,
-        } => cli::worker::serve(url, config, strict, grace_secs).await,
+            http,
+        } => cli::worker::serve(url, config, strict, grace_secs, http).await,
+        Command::Front {
+            listen,
+            prefix,
+            config,
+            keepalive_secs,
+            grace_secs,
+        } => {
+            llmbus::http::front::run(llmbus::http::front::FrontOptions {
+                listen,
+                prefix,
+                nats_url: url,
+                config,
+                keepalive_secs,
+                grace_secs,
+            })
+            .await
+        }
         Command::Check { config } => llmbus::preflight::check_command(&config),
         Command::Health { prefix, wait_ms } => cli::query::health(url, &prefix, wait_ms).await,
         Command::Complete(args) => cli::complete::complete(url, args).await,
@@ -123,6 +183,10 @@ async fn main() -> ExitCode {
             cli::query::show(url, &prefix, |s| s.deployments()).await
         }
     };
+    finish(result)
+}
+
+fn finish(result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -181,6 +181,7 @@ fn full_litellm_config_loads_settings() {
     assert_eq!(l.queue_group, "llmbus-prod");
     assert_eq!(l.metrics_listen, Some("0.0.0.0:9464".parse().unwrap()));
     assert_eq!(l.max_in_flight, 2_048);
+    assert_eq!(l.http_listen, Some("0.0.0.0:4000".parse().unwrap()));
 }
 
 #[test]
@@ -201,7 +202,6 @@ fn full_litellm_config_reports_unsupported_keys_and_missing_variables() {
             "general_settings.database_url",
             "general_settings.alerting",
             "environment_variables",
-            "llmbus.http_listen",
         ]
     );
     assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
@@ -221,7 +221,7 @@ fn load_reads_the_file() {
     match Config::load(&fixture("litellm_full.yaml")) {
         Ok(loaded) => {
             assert_eq!(loaded.config.model_list.len(), 6);
-            assert_eq!(loaded.unsupported.len(), 13);
+            assert_eq!(loaded.unsupported.len(), 12);
         }
         Err(e) => assert!(
             e.to_string().contains("`LITELLM_MASTER_KEY` is not set"),

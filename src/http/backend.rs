@@ -1,0 +1,317 @@
+//! The NATS side of the HTTP front: [`Backend`] turns an HTTP request into the same NATS job any
+//! client could send, and hands back the job's replies as contract messages ([`Reply`]: status
+//! from `Llm-Status`, headers, body).
+//!
+//! Every job gets its own reply subject under one wildcard subscription of the front
+//! (`<inbox>.<n>`), so a stream and a single reply take the same path, and the front always
+//! knows the reply subject it must name to cancel a job. A [`Job`] dropped before its last
+//! message (the HTTP client went away, or the front gave up waiting) publishes that subject to
+//! `<prefix>.cancel`, where the worker running it stops the upstream call.
+//!
+//! The in-worker front runs a `Backend` on the worker's own NATS connection; `llmbus front`
+//! runs one on a connection of its own. The path is the same, so is the answer.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{HeaderMap, StatusCode, client::PublishErrorKind};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::{
+    client::{ClientError, LlmClient, Reply},
+    wire::{ApiError, Subjects, headers},
+};
+
+/// The kind of job an HTTP route sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// `<prefix>.completion`.
+    Completion,
+    /// `<prefix>.embedding`.
+    Embedding,
+}
+
+/// The NATS side of one HTTP front. Cheap to share (`Arc`).
+pub struct Backend {
+    client: LlmClient,
+    /// `<inbox prefix>.` — a job's reply subject is this plus its number.
+    inbox: String,
+    jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>,
+    next: AtomicU64,
+    dispatcher: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("prefix", &self.client.subjects().prefix())
+            .field("inbox", &self.inbox)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.dispatcher.abort();
+        lock(&self.jobs).clear();
+    }
+}
+
+impl Backend {
+    /// A backend on `nats` for the subjects under `prefix`: subscribes to its reply subjects.
+    pub async fn new(nats: async_nats::Client, prefix: &str) -> Result<Self, ClientError> {
+        let inbox = nats.new_inbox();
+        let mut sub = nats
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|e| ClientError::Nats(e.to_string()))?;
+        // The subscription is in place at the server before the first job goes out.
+        nats.flush()
+            .await
+            .map_err(|e| ClientError::Nats(e.to_string()))?;
+        let jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>> =
+            Arc::default();
+        let routes = jobs.clone();
+        let dispatcher = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let Some(id) = m
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let tx = lock(&routes).get(&id).cloned();
+                if let Some(tx) = tx {
+                    let _ = tx.send(m);
+                }
+            }
+            // The connection closed: every job waiting for a reply learns it now.
+            lock(&routes).clear();
+        });
+        Ok(Self {
+            client: LlmClient::new(nats, prefix),
+            inbox: format!("{inbox}."),
+            jobs,
+            next: AtomicU64::new(1),
+            dispatcher,
+        })
+    }
+
+    /// The subjects.
+    pub fn subjects(&self) -> &Subjects {
+        self.client.subjects()
+    }
+
+    /// The NATS connection.
+    pub fn nats(&self) -> &async_nats::Client {
+        self.client.nats()
+    }
+
+    /// The largest body the NATS server takes (its `max_payload`).
+    pub fn max_payload(&self) -> usize {
+        self.client.nats().server_info().max_payload
+    }
+
+    /// Publishes a job: `body` unchanged as the payload, `headers` as the NATS headers. Read
+    /// its replies with [`Job::next`].
+    pub async fn submit(
+        &self,
+        kind: JobKind,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Job, ApiError> {
+        let subject = match kind {
+            JobKind::Completion => self.subjects().completion(),
+            JobKind::Embedding => self.subjects().embedding(),
+        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let reply = format!("{}{id}", self.inbox);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.jobs).insert(id, tx);
+        let mut job = Job {
+            id,
+            reply: reply.clone(),
+            subject: subject.clone(),
+            rx,
+            jobs: self.jobs.clone(),
+            nats: self.client.nats().clone(),
+            cancel: self.subjects().cancel(),
+            finished: false,
+            broken: false,
+            next_seq: 1,
+        };
+        let sent = self
+            .client
+            .nats()
+            .publish_with_reply_and_headers(subject, reply, headers, body)
+            .await;
+        if let Err(e) = sent {
+            // Nothing went out: nothing to cancel.
+            job.finished = true;
+            return Err(match e.kind() {
+                PublishErrorKind::MaxPayloadExceeded => ApiError::too_large(format!(
+                    "the request is larger than the NATS server's max_payload of {} bytes",
+                    self.max_payload()
+                )),
+                _ => ApiError::unavailable(format!("the HTTP front cannot reach NATS: {e}"))
+                    .with_code("nats_unavailable"),
+            });
+        }
+        Ok(job)
+    }
+
+    /// One request/reply on `subject` (`llm.models`, ...), through the shared request muxer.
+    pub async fn request(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Reply, ApiError> {
+        self.client
+            .request(subject, headers, body, timeout)
+            .await
+            .map_err(client_error)
+    }
+}
+
+/// What went wrong talking to NATS, as the error an HTTP client gets.
+pub fn client_error(e: ClientError) -> ApiError {
+    match e {
+        ClientError::NoResponders(subject) => no_worker(&subject),
+        ClientError::Timeout(t) => ApiError::deadline(format!(
+            "no llmbus worker answered within {} ms",
+            t.as_millis()
+        )),
+        ClientError::TooLarge { max, .. } => ApiError::too_large(format!(
+            "the request is larger than the NATS server's max_payload of {max} bytes"
+        )),
+        other => ApiError::unavailable(format!("the HTTP front cannot reach NATS: {other}"))
+            .with_code("nats_unavailable"),
+    }
+}
+
+/// 503: no worker subscribes to `subject`.
+fn no_worker(subject: &str) -> ApiError {
+    ApiError::unavailable(format!(
+        "no llmbus worker serves {subject}: is a worker running on this NATS?"
+    ))
+    .with_code("no_worker")
+}
+
+/// One job in flight: its replies, in order. Dropped before its last message, it cancels the
+/// job (publishes its reply subject to `<prefix>.cancel`).
+pub struct Job {
+    id: u64,
+    reply: String,
+    subject: String,
+    rx: mpsc::UnboundedReceiver<async_nats::Message>,
+    jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>,
+    nats: async_nats::Client,
+    cancel: String,
+    finished: bool,
+    /// A chunk was lost: the job can no longer be answered well, so it is cancelled.
+    broken: bool,
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("reply", &self.reply)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Job {
+    /// The job's reply subject (what `<prefix>.cancel` names).
+    pub fn reply_subject(&self) -> &str {
+        &self.reply
+    }
+
+    /// The next message of the job. A NATS "no responders" status becomes a 503 error reply;
+    /// a chunk whose `Llm-Seq` skips a number becomes a 502 error reply (a chunk was lost).
+    /// `None` once the backend stopped.
+    pub async fn next(&mut self) -> Option<Reply> {
+        let m = self.rx.recv().await?;
+        if m.status == Some(StatusCode::NO_RESPONDERS) {
+            return Some(error_reply(&no_worker(&self.subject)));
+        }
+        let headers = m.headers.unwrap_or_default();
+        let status = headers
+            .get(headers::STATUS)
+            .and_then(|v| v.as_str().trim().parse().ok())
+            .unwrap_or(200);
+        if let Some(seq) = headers
+            .get(headers::SEQ)
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+        {
+            if seq != self.next_seq {
+                self.broken = true;
+                let e = ApiError::bad_gateway(format!(
+                    "stream chunk {} was lost between the worker and the HTTP front (got {seq})",
+                    self.next_seq
+                ))
+                .with_code("chunk_lost");
+                return Some(error_reply(&e));
+            }
+            self.next_seq += 1;
+        }
+        Some(Reply {
+            status,
+            headers,
+            body: m.payload,
+        })
+    }
+
+    /// Marks the job answered: dropping it no longer cancels anything (unless a chunk was
+    /// lost, which leaves the job running for nothing).
+    pub fn finish(&mut self) {
+        self.finished = !self.broken;
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        lock(&self.jobs).remove(&self.id);
+        if self.finished {
+            return;
+        }
+        let nats = self.nats.clone();
+        let cancel = std::mem::take(&mut self.cancel);
+        let reply = Bytes::from(std::mem::take(&mut self.reply));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = nats.publish(cancel, reply).await {
+                    tracing::debug!(error = %e, "publishing a job's cancellation");
+                }
+            });
+        }
+    }
+}
+
+/// An error as a contract message: status and OpenAI error body.
+pub fn error_reply(e: &ApiError) -> Reply {
+    let mut h = HeaderMap::new();
+    h.insert(headers::STATUS, e.status.to_string().as_str());
+    Reply {
+        status: e.status,
+        headers: h,
+        body: e.to_json(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

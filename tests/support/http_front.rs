@@ -1,0 +1,69 @@
+//! A gateway with its HTTP front, for one test: a private nats-server, a worker started in this
+//! process from a YAML config, and the OpenAI-compatible HTTP front on the worker's own NATS
+//! connection (the in-worker mode), listening on a free loopback port.
+
+use std::time::Duration;
+
+use llmbus::{
+    Worker,
+    config::Config,
+    http::{Backend, HttpServer, HttpSettings},
+};
+
+use super::nats_server::NatsServer;
+
+/// A private NATS server, one worker and its HTTP front.
+pub struct HttpGateway {
+    pub nats: NatsServer,
+    pub worker: Option<Worker>,
+    pub http: Option<HttpServer>,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl HttpGateway {
+    /// A gateway for `yaml` with the default HTTP settings.
+    pub async fn start(yaml: &str) -> Self {
+        Self::start_with(yaml, HttpSettings::default()).await
+    }
+
+    /// A gateway for `yaml` with these HTTP settings.
+    pub async fn start_with(yaml: &str, settings: HttpSettings) -> Self {
+        let nats = NatsServer::start();
+        let loaded = Config::from_yaml(yaml, "test.yaml").expect("test config loads");
+        let nc = nats.client().await;
+        let worker = Worker::start(&loaded.config, nc.clone())
+            .await
+            .expect("worker starts");
+        let http = serve(nc, settings).await;
+        let base = format!("http://{}", http.addr());
+        Self {
+            nats,
+            worker: Some(worker),
+            http: Some(http),
+            base,
+        }
+    }
+
+    /// `<base>/v1`, what an OpenAI SDK takes as `base_url`.
+    pub fn v1(&self) -> String {
+        format!("{}/v1", self.base)
+    }
+}
+
+/// The HTTP front on `nc` (prefix `llm`), on a free loopback port.
+pub async fn serve(nc: async_nats::Client, settings: HttpSettings) -> HttpServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let backend = Backend::new(nc, "llm").await.expect("the HTTP backend");
+    HttpServer::start(listener, backend, settings, None).expect("the HTTP front starts")
+}
+
+/// Settings with a short keep-alive interval.
+pub fn fast_keepalive() -> HttpSettings {
+    HttpSettings {
+        keepalive: Duration::from_millis(200),
+        ..HttpSettings::default()
+    }
+}
