@@ -56,9 +56,12 @@
 //! one process; [`client`] is a small Rust client of the same NATS contract; [`telemetry`]
 //! sets up logs and Prometheus metrics; [`health`] serves `/healthz` and `/readyz` and answers
 //! `llmbus health`; [`local_nats`] starts a private `nats-server` for `llmbus up` and the tests.
+//! [`cluster`] keeps the state that makes several workers one gateway in JetStream KV:
+//! membership, deployment limits that hold cluster-wide, and cooldowns for late joiners.
 
 pub mod actors;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod health;
 pub mod limits;
