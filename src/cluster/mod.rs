@@ -95,6 +95,10 @@ pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Co
 /// Opens bucket `config.bucket`, creating it when it does not exist. An existing bucket is used
 /// as it is, even when its options differ (an operator may have tuned them). Two workers that
 /// create it at once both succeed.
+///
+/// The bucket's stream is created directly rather than with `create_key_value`: that call
+/// first reads the account's JetStream info, which async-nats 0.51 cannot parse from
+/// nats-server 2.9 (fields added in later servers are required).
 pub async fn ensure_bucket(
     js: &jetstream::Context,
     config: kv::Config,
@@ -103,15 +107,40 @@ pub async fn ensure_bucket(
     if let Ok(store) = js.get_key_value(&name).await {
         return Ok(store);
     }
-    match js.create_key_value(config).await {
+    let created = js.create_stream(kv_stream_config(&config)).await;
+    match js.get_key_value(&name).await {
         Ok(store) => Ok(store),
-        Err(create) => js
-            .get_key_value(&name)
-            .await
-            .map_err(|_| ClusterError::Bucket {
-                bucket: name,
-                reason: create.to_string(),
-            }),
+        Err(get) => Err(ClusterError::Bucket {
+            bucket: name,
+            reason: match created {
+                Err(create) => create.to_string(),
+                Ok(_) => get.to_string(),
+            },
+        }),
+    }
+}
+
+/// The stream behind a KV bucket, as the KV clients lay it out (`KV_<bucket>`, subjects
+/// `$KV.<bucket>.>`, one message per key and revision, rollups allowed, direct gets), with only
+/// options that nats-server 2.9 knows.
+fn kv_stream_config(config: &kv::Config) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{}", config.bucket),
+        description: Some(config.description.clone()),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        max_messages_per_subject: config.history.max(1),
+        max_bytes: -1,
+        max_messages: -1,
+        max_age: config.max_age,
+        max_message_size: -1,
+        storage: config.storage,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
     }
 }
 

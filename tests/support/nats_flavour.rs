@@ -77,7 +77,8 @@ pub fn version_of(binary: &Path) -> Option<String> {
     let out = Command::new(binary).arg("--version").output().ok()?;
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    Some(text.split('v').nth(1)?.trim().to_string())
+    let word = text.split_whitespace().find(|w| w.starts_with("v2") || w.starts_with("v3"))?;
+    Some(word.trim_start_matches('v').to_string())
 }
 
 /// A private nats-server of one flavour; killed when dropped.
