@@ -77,7 +77,9 @@ pub fn version_of(binary: &Path) -> Option<String> {
     let out = Command::new(binary).arg("--version").output().ok()?;
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let word = text.split_whitespace().find(|w| w.starts_with("v2") || w.starts_with("v3"))?;
+    let word = text
+        .split_whitespace()
+        .find(|w| w.starts_with("v2") || w.starts_with("v3"))?;
     Some(word.trim_start_matches('v').to_string())
 }
 
