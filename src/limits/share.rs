@@ -149,12 +149,16 @@ pub struct LocalShare {
     rate_mark: Option<(Instant, u64)>,
     /// Units per second, smoothed.
     rate: f64,
+    /// Units per second at which the last slice ran dry (sizes the next lease while short).
+    burst: f64,
     /// Request size, smoothed.
     typical: f64,
     /// The largest refused request since the last lease.
     unmet: u64,
     last_demand: Option<Instant>,
     last_size: u64,
+    /// When the last slice arrived (cleared when the balance runs dry after it).
+    last_lease_at: Option<Instant>,
     /// The hot path asked for the background task and it has not looked yet.
     wake: bool,
     // What the background task learnt.
@@ -187,10 +191,12 @@ impl LocalShare {
             granted_total: 0,
             rate_mark: None,
             rate: 0.0,
+            burst: 0.0,
             typical: 0.0,
             unmet: 0,
             last_demand: None,
             last_size: 0,
+            last_lease_at: None,
             wake: false,
             full_until: None,
             retry_at: None,
@@ -252,6 +258,15 @@ impl LocalShare {
                 self.wake = true;
             }
             return Ok(Taken { parts });
+        }
+        if self.unmet == 0
+            && let Some(at) = self.last_lease_at.take()
+        {
+            // Ran dry: the last slice lasted this long. Demand is at least its size over
+            // that time — a rate the next lease can follow at once instead of doubling its way
+            // up one round trip at a time.
+            let lasted = now.saturating_duration_since(at).max(Duration::from_millis(1));
+            self.burst = self.last_size as f64 / lasted.as_secs_f64();
         }
         if n > self.unmet {
             self.unmet = n;
@@ -392,6 +407,7 @@ impl LocalShare {
             self.retry_at = None;
             self.last_at_ms = self.last_at_ms.max(at_ms);
             self.last_size = amount;
+            self.last_lease_at = Some(now);
             // The record already holds it in the ledger: written, not dirty.
             self.own.push_back((at_ms, amount));
             self.compact_own();
@@ -538,7 +554,11 @@ impl LocalShare {
         let base = (self.rate * self.p.spend.as_secs_f64() * 1.25).ceil() as u64;
         let mut size = base.max(self.typical.ceil() as u64).max(1);
         if self.unmet > 0 {
-            size = size.max(self.last_size.saturating_mul(2)).max(self.unmet);
+            let burst = (self.burst * self.p.lead.as_secs_f64()).ceil() as u64;
+            size = size
+                .max(self.last_size.saturating_mul(2))
+                .max(burst)
+                .max(self.unmet);
         }
         let cap = self.p.max_slice.max(self.unmet);
         size = size.min(cap);

@@ -63,21 +63,32 @@ fn the_first_take_asks_for_a_lease_and_the_lease_serves_it() {
 }
 
 #[test]
-fn a_share_that_runs_short_doubles_its_slices() {
+fn a_share_that_runs_short_grows_its_slices_to_its_demand() {
     let t0 = Instant::now();
     let mut s = LocalShare::new(params(1_000)); // slices of at most 100
     let mut l = Ledger::new();
+    // A slow burst: one unit every 10 ms, the background a round trip behind.
     let mut sizes = vec![];
     let mut now = t0;
-    for i in 0..8 {
-        while s.try_take(1, now).is_ok() {}
+    for i in 0..6u64 {
+        while s.try_take(1, now).is_ok() {
+            now += ms(10);
+        }
         let (_, n) = sync(&mut s, &mut l, "a", now, 1_000 + i).unwrap();
         sizes.push(n);
-        now += ms(1);
     }
-    assert_eq!(sizes[..4], [1, 2, 4, 8]);
-    assert!(sizes.iter().all(|n| *n <= 100), "{sizes:?}");
-    assert_eq!(*sizes.last().unwrap(), 100);
+    // 1; then what 100 per second needs for the lead time (25); then, still short every
+    // time, doubling up to the cap.
+    assert_eq!(sizes, [1, 25, 50, 100, 100, 100]);
+    // A backlog drains each slice at once: the next one is as large as allowed.
+    let mut s = LocalShare::new(params(1_000));
+    let mut sizes = vec![];
+    for i in 0..3u64 {
+        while s.try_take(1, t0).is_ok() {}
+        let (_, n) = sync(&mut s, &mut l, "b", t0, 2_000 + i).unwrap();
+        sizes.push(n);
+    }
+    assert_eq!(sizes, [1, 100, 100]);
 }
 
 #[test]
