@@ -158,7 +158,7 @@ impl Ledger {
         }
         let need = need.max(1);
         // What may stay counted when the lease is checked.
-        let allowed = if need > limit { 0 } else { limit - need };
+        let allowed = limit.saturating_sub(need);
         let mut used = self.live_sum(now_ms, horizon_ms);
         if used <= allowed {
             return Some(now_ms);

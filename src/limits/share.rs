@@ -155,6 +155,8 @@ pub struct LocalShare {
     typical: f64,
     /// The largest refused request since the last lease.
     unmet: u64,
+    /// Overage not attributable to a recorded slice, written as a new slice next time.
+    debt: u64,
     last_demand: Option<Instant>,
     last_size: u64,
     /// When the last slice arrived (cleared when the balance runs dry after it).
@@ -194,6 +196,7 @@ impl LocalShare {
             burst: 0.0,
             typical: 0.0,
             unmet: 0,
+            debt: 0,
             last_demand: None,
             last_size: 0,
             last_lease_at: None,
@@ -265,7 +268,9 @@ impl LocalShare {
             // Ran dry: the last slice lasted this long. Demand is at least its size over
             // that time — a rate the next lease can follow at once instead of doubling its way
             // up one round trip at a time.
-            let lasted = now.saturating_duration_since(at).max(Duration::from_millis(1));
+            let lasted = now
+                .saturating_duration_since(at)
+                .max(Duration::from_millis(1));
             self.burst = self.last_size as f64 / lasted.as_secs_f64();
         }
         if n > self.unmet {
@@ -317,10 +322,10 @@ impl LocalShare {
                     [_, (at, _)] => at,
                 };
                 if !self.change_own(at_ms, |n| n.saturating_add(over), now) {
-                    // The slice has aged out of the record: a new one carries the debt.
-                    let at = self.last_at_ms.max(at_ms) + 1;
-                    self.last_at_ms = at;
-                    self.push_own(at, over, now);
+                    // The slice has aged out of the record (or there was none): the next
+                    // write adds a slice stamped then that carries the debt.
+                    self.debt = self.debt.saturating_add(over);
+                    self.touch(now);
                 }
             }
         }
@@ -352,6 +357,12 @@ impl LocalShare {
         self.expire(now);
         self.prune(now_ms);
         self.update_rate(now);
+        if self.debt > 0 {
+            let at = self.stamp(now_ms);
+            self.last_at_ms = at;
+            let debt = std::mem::take(&mut self.debt);
+            self.push_own(at, debt, now);
+        }
         if self.offline_until.is_some_and(|t| now < t) {
             return None;
         }

@@ -32,10 +32,8 @@ fn sync(
             .grant(min, max, limit, at, h)
             .map(|amount| (at, amount))
     });
-    if plan.lease.is_some() && lease.is_none() {
-        let room = ledger
-            .room_at(plan.lease.unwrap().0, limit, now_ms, h)
-            .unwrap();
+    if let (Some((min, _)), None) = (plan.lease, lease) {
+        let room = ledger.room_at(min, limit, now_ms, h).unwrap();
         share.refused(now, now + ms(room - now_ms), 1.0);
     }
     if let Some((at, amount)) = lease {
@@ -313,10 +311,8 @@ fn simulate(seed: u64, limit: u64, window_ms: u64, rates: &[f64], secs: u64) -> 
                     revision += 1;
                     let started = t0 + ms(sent);
                     let fill = ledger.live_sum(stamp, h) as f64 / limit as f64;
-                    if plan.lease.is_some() && lease.is_none() {
-                        let room = ledger
-                            .room_at(plan.lease.unwrap().0, limit, stamp, h)
-                            .unwrap();
+                    if let (Some((min, _)), None) = (plan.lease, lease) {
+                        let room = ledger.room_at(min, limit, stamp, h).unwrap();
                         w.share
                             .refused(now, now + ms(room.saturating_sub(wall)), fill);
                     }
