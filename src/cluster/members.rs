@@ -11,9 +11,9 @@
 //! that age out, so the view sweeps itself), and the bucket's `max_age` (15 s; nats-server 2.9
 //! has no per-key TTL) removes the key itself, so a worker starting later never sees it.
 //!
-//! Used by the relay (a job for a group this worker does not serve goes to one that serves
-//! it), by `llmbus health` to show workers whose configs differ, and by limits to know the
-//! cluster's size.
+//! Meant for the relay (a job for a group this worker does not serve goes to one that serves
+//! it) and for `llmbus health` (workers whose configs differ). Limits do not need it: the
+//! quota ledger has no fixed per-worker shares to recompute (see [`super::quota`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
