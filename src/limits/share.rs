@@ -13,8 +13,9 @@
 //! [`LocalShare::committed`], [`LocalShare::refused`] or [`LocalShare::failed`].
 //!
 //! - **Slice size** follows the local rate: about `rate × τ × 1.25`, at least the request that
-//!   waits, at most `limit / 10` (1 for limits under 10). A share that keeps running short
-//!   doubles its next slice (slow start), so a burst reaches its rate in a few round trips.
+//!   waits, at most `limit / 10` (1 for limits under 10). A share that runs dry sizes its next
+//!   slice from how fast the last one went (and at least doubles it), so a burst reaches its
+//!   rate within a round trip or two.
 //! - **Spend period**: a slice is spent only within τ of its lease; what is left then is
 //!   returned (the ledger entry shrinks) so other workers can lease it.
 //! - **Settle**: a call that used fewer units than it reserved gives them back to its slice
