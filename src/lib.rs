@@ -87,11 +87,15 @@
 //! [`http`] is the OpenAI-compatible HTTP front (inside a worker or as `llmbus front`): it turns
 //! each HTTP request into the same NATS job any client could send, and the replies and chunks
 //! back into HTTP and server-sent events.
+//!
+//! [`cluster`] keeps the state that makes several workers one gateway in JetStream KV:
+//! membership, deployment limits that hold cluster-wide, and cooldowns for late joiners.
 
 pub mod actors;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod health;
 pub mod http;

@@ -5,13 +5,57 @@
 //! tokens; after the call it gives the permit back with [`Capacity::release`] and the real token
 //! count, so the TPM bucket is corrected both ways. A refusal is a [`Wait`]: how long until the
 //! request could pass, or that it waits for a call in flight to finish.
+//!
+//! Each of the RPM and TPM limits is either a local [`TokenBucket`] (one process alone) or a
+//! [`SharedLimit`]: a window-exact allowance shared with other workers, such as
+//! [`crate::cluster::quota::ClusterLimit`] ([`Capacity::with_shared`]). The calls are the same
+//! either way, and neither awaits.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::bucket::TokenBucket;
+use super::{bucket::TokenBucket, share::Taken};
+
+/// A per-window allowance shared with other workers. Implementations must not block: the
+/// deployment's hot path calls them.
+pub trait SharedLimit: Send + Sync + std::fmt::Debug {
+    /// Takes `n` units now, or says how long to wait.
+    fn try_take(&self, n: u64, now: Instant) -> Result<Taken, Wait>;
+    /// Settles units taken with the real count (0 when the call was never made).
+    fn settle(&self, taken: Taken, actual: u64, now: Instant);
+    /// Units allowed per window.
+    fn limit(&self) -> u64;
+    /// Units counted in the trailing window, cluster-wide, as last seen.
+    fn used(&self, now: Instant) -> u64;
+}
+
+/// One RPM or TPM limit: local, or shared with the cluster.
+#[derive(Debug, Clone)]
+enum Limit {
+    Local(TokenBucket),
+    Shared(Arc<dyn SharedLimit>),
+}
+
+impl Limit {
+    fn capacity(&self) -> u64 {
+        match self {
+            Limit::Local(b) => b.capacity(),
+            Limit::Shared(s) => s.limit(),
+        }
+    }
+
+    fn used(&mut self, now: Instant) -> u64 {
+        match self {
+            Limit::Local(b) => b.used(now),
+            Limit::Shared(s) => s.used(now),
+        }
+    }
+}
 
 /// LiteLLM's default for `max_parallel_requests` when the deployment does not set it.
 ///
@@ -75,6 +119,9 @@ impl Wait {
 #[must_use = "a permit holds a parallel slot until it is released"]
 pub struct Permit {
     reserved_tokens: u64,
+    /// What shared limits handed out, to settle with them.
+    rpm_taken: Taken,
+    tpm_taken: Taken,
 }
 
 impl Permit {
@@ -105,8 +152,8 @@ pub struct CapacitySnapshot {
 /// RPM, TPM and parallel limits of one deployment. Not thread-safe on purpose: one actor owns it.
 #[derive(Debug, Clone)]
 pub struct Capacity {
-    rpm: Option<TokenBucket>,
-    tpm: Option<TokenBucket>,
+    rpm: Option<Limit>,
+    tpm: Option<Limit>,
     max_parallel: Option<u32>,
     in_flight: u32,
 }
@@ -128,9 +175,32 @@ impl Capacity {
         now: Instant,
     ) -> Self {
         Self {
-            rpm: rpm.map(|n| TokenBucket::new(n, now)),
-            tpm: tpm.map(|n| TokenBucket::new(n, now)),
+            rpm: rpm.map(|n| Limit::Local(TokenBucket::new(n, now))),
+            tpm: tpm.map(|n| Limit::Local(TokenBucket::new(n, now))),
             max_parallel: default_max_parallel(max_parallel, rpm, tpm, router_default),
+            in_flight: 0,
+        }
+    }
+
+    /// Limits shared with the cluster: `rpm` and `tpm` are [`SharedLimit`]s (for example
+    /// [`crate::cluster::quota::ClusterLimit`]s); the parallel bound stays per process and
+    /// defaults from their limits as LiteLLM does.
+    pub fn with_shared(
+        rpm: Option<Arc<dyn SharedLimit>>,
+        tpm: Option<Arc<dyn SharedLimit>>,
+        max_parallel: Option<u32>,
+        router_default: Option<u32>,
+    ) -> Self {
+        let max_parallel = default_max_parallel(
+            max_parallel,
+            rpm.as_ref().map(|l| l.limit()),
+            tpm.as_ref().map(|l| l.limit()),
+            router_default,
+        );
+        Self {
+            rpm: rpm.map(Limit::Shared),
+            tpm: tpm.map(Limit::Shared),
+            max_parallel,
             in_flight: 0,
         }
     }
@@ -145,28 +215,29 @@ impl Capacity {
         if self.max_parallel.is_some_and(|max| self.in_flight >= max) {
             return Err(Wait::ParallelSlot);
         }
+        // Local buckets are checked before anything is taken; shared limits take, and give
+        // back when the other limit refuses. Either way nothing stays taken on a refusal.
         let rpm_wait = check(self.rpm.as_mut(), 1, now);
         let tpm_wait = check(self.tpm.as_mut(), est_tokens, now);
-        match (rpm_wait, tpm_wait) {
-            (None, None) => {}
-            (a, b) => {
-                let wait = a.unwrap_or(Duration::ZERO).max(b.unwrap_or(Duration::ZERO));
-                return Err(if wait == Duration::MAX {
-                    Wait::Never
-                } else {
-                    Wait::For(wait)
-                });
+        if rpm_wait.is_some() || tpm_wait.is_some() {
+            return Err(to_wait(rpm_wait, tpm_wait));
+        }
+        let rpm_taken = match take(self.rpm.as_mut(), 1, now) {
+            Ok(t) => t,
+            Err(w) => return Err(to_wait(Some(w), None)),
+        };
+        let tpm_taken = match take(self.tpm.as_mut(), est_tokens, now) {
+            Ok(t) => t,
+            Err(w) => {
+                give_back(self.rpm.as_mut(), 1, rpm_taken, now);
+                return Err(to_wait(None, Some(w)));
             }
-        }
-        if let Some(bucket) = self.rpm.as_mut() {
-            let _ = bucket.try_take(1, now);
-        }
-        if let Some(bucket) = self.tpm.as_mut() {
-            let _ = bucket.try_take(est_tokens, now);
-        }
+        };
         self.in_flight += 1;
         Ok(Permit {
             reserved_tokens: est_tokens,
+            rpm_taken,
+            tpm_taken,
         })
     }
 
@@ -177,8 +248,11 @@ impl Capacity {
     /// reservation stands as the best guess. The request stays counted against RPM.
     pub fn release(&mut self, permit: Permit, actual_tokens: Option<u64>, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let (Some(bucket), Some(actual)) = (self.tpm.as_mut(), actual_tokens) {
-            bucket.settle(permit.reserved_tokens, actual, now);
+        if let (Some(limit), Some(actual)) = (self.tpm.as_mut(), actual_tokens) {
+            match limit {
+                Limit::Local(bucket) => bucket.settle(permit.reserved_tokens, actual, now),
+                Limit::Shared(shared) => shared.settle(permit.tpm_taken, actual, now),
+            }
         }
     }
 
@@ -186,12 +260,13 @@ impl Capacity {
     /// request and its tokens are refunded.
     pub fn cancel(&mut self, permit: Permit, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(bucket) = self.rpm.as_mut() {
-            bucket.refund(1, now);
-        }
-        if let Some(bucket) = self.tpm.as_mut() {
-            bucket.refund(permit.reserved_tokens, now);
-        }
+        give_back(self.rpm.as_mut(), 1, permit.rpm_taken, now);
+        give_back(
+            self.tpm.as_mut(),
+            permit.reserved_tokens,
+            permit.tpm_taken,
+            now,
+        );
     }
 
     /// Upstream calls running now.
@@ -210,16 +285,62 @@ impl Capacity {
             in_flight: self.in_flight,
             max_parallel: self.max_parallel,
             rpm_used: self.rpm.as_mut().map_or(0, |b| b.used(now)),
-            rpm_limit: self.rpm.as_ref().map(TokenBucket::capacity),
+            rpm_limit: self.rpm.as_ref().map(Limit::capacity),
             tpm_used: self.tpm.as_mut().map_or(0, |b| b.used(now)),
-            tpm_limit: self.tpm.as_ref().map(TokenBucket::capacity),
+            tpm_limit: self.tpm.as_ref().map(Limit::capacity),
         }
     }
 }
 
-/// The wait of one optional bucket for `n`, `None` when it allows it now (or has no limit).
-fn check(bucket: Option<&mut TokenBucket>, n: u64, now: Instant) -> Option<Duration> {
-    bucket.and_then(|b| b.check(n, now).err())
+/// The wait of one optional local bucket for `n`, `None` when it allows it now (or has no
+/// limit, or is shared: shared limits are asked by [`take`]).
+fn check(limit: Option<&mut Limit>, n: u64, now: Instant) -> Option<Wait> {
+    match limit {
+        Some(Limit::Local(b)) => b.check(n, now).err().map(|d| {
+            if d == Duration::MAX {
+                Wait::Never
+            } else {
+                Wait::For(d)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Takes `n` from one optional limit (a local bucket was checked already).
+fn take(limit: Option<&mut Limit>, n: u64, now: Instant) -> Result<Taken, Wait> {
+    match limit {
+        Some(Limit::Local(b)) => {
+            let _ = b.try_take(n, now);
+            Ok(Taken::NONE)
+        }
+        Some(Limit::Shared(s)) => s.try_take(n, now),
+        None => Ok(Taken::NONE),
+    }
+}
+
+/// Gives `n` units (or what a shared limit handed out) back.
+fn give_back(limit: Option<&mut Limit>, n: u64, taken: Taken, now: Instant) {
+    match limit {
+        Some(Limit::Local(b)) => b.refund(n, now),
+        Some(Limit::Shared(s)) => s.settle(taken, 0, now),
+        None => {}
+    }
+}
+
+/// One wait from the RPM and TPM answers: never if either never allows it, else the longer.
+fn to_wait(rpm: Option<Wait>, tpm: Option<Wait>) -> Wait {
+    let waits = [rpm, tpm];
+    if waits.iter().flatten().any(|w| *w == Wait::Never) {
+        return Wait::Never;
+    }
+    let longest = waits
+        .iter()
+        .flatten()
+        .filter_map(Wait::duration)
+        .max()
+        .unwrap_or(Duration::ZERO);
+    Wait::For(longest)
 }
 
 #[cfg(test)]
@@ -412,5 +533,133 @@ mod tests {
                 "tpm_used": 0, "tpm_limit": null
             })
         );
+    }
+
+    /// A shared limit held in memory: what the cluster limiter looks like to `Capacity`.
+    #[derive(Debug)]
+    struct Counter {
+        limit: u64,
+        used: std::sync::Mutex<u64>,
+    }
+
+    impl Counter {
+        fn new(limit: u64) -> Arc<Self> {
+            Arc::new(Self {
+                limit,
+                used: std::sync::Mutex::new(0),
+            })
+        }
+
+        fn used_now(&self) -> u64 {
+            *self.used.lock().unwrap()
+        }
+    }
+
+    impl SharedLimit for Counter {
+        fn try_take(&self, n: u64, _now: Instant) -> Result<Taken, Wait> {
+            let mut used = self.used.lock().unwrap();
+            if *used + n > self.limit {
+                return Err(Wait::For(secs(7)));
+            }
+            *used += n;
+            Ok(Taken::NONE)
+        }
+
+        fn settle(&self, _taken: Taken, _actual: u64, _now: Instant) {
+            // The permit's reservation is what this fake settles: see the tests.
+        }
+
+        fn limit(&self) -> u64 {
+            self.limit
+        }
+
+        fn used(&self, _now: Instant) -> u64 {
+            self.used_now()
+        }
+    }
+
+    /// A shared limit that records settlements by the reserved amount it is told about.
+    #[derive(Debug)]
+    struct Settling {
+        inner: Arc<Counter>,
+        settled: std::sync::Mutex<Vec<u64>>,
+    }
+
+    impl SharedLimit for Settling {
+        fn try_take(&self, n: u64, now: Instant) -> Result<Taken, Wait> {
+            self.inner.try_take(n, now)
+        }
+
+        fn settle(&self, _taken: Taken, actual: u64, _now: Instant) {
+            self.settled.lock().unwrap().push(actual);
+        }
+
+        fn limit(&self) -> u64 {
+            self.inner.limit
+        }
+
+        fn used(&self, _now: Instant) -> u64 {
+            self.inner.used_now()
+        }
+    }
+
+    #[test]
+    fn shared_limits_grant_and_report_like_local_ones() {
+        let t0 = Instant::now();
+        let rpm = Counter::new(2);
+        let mut c = Capacity::with_shared(Some(rpm.clone()), None, Some(10), None);
+        let a = c.try_acquire(0, t0).unwrap();
+        let _b = c.try_acquire(0, t0).unwrap();
+        assert_eq!(c.try_acquire(0, t0), Err(Wait::For(secs(7))));
+        let s = c.snapshot(t0);
+        assert_eq!((s.rpm_used, s.rpm_limit, s.in_flight), (2, Some(2), 2));
+        c.release(a, None, t0);
+        assert_eq!(c.in_flight(), 1);
+        // The parallel bound defaults from the shared rpm, as LiteLLM does.
+        let c = Capacity::with_shared(Some(Counter::new(30)), None, None, None);
+        assert_eq!(c.max_parallel(), Some(30));
+    }
+
+    #[test]
+    fn a_tpm_refusal_gives_the_rpm_unit_back() {
+        let t0 = Instant::now();
+        let rpm = Arc::new(Settling {
+            inner: Counter::new(10),
+            settled: Default::default(),
+        });
+        let tpm = Counter::new(100);
+        let mut c = Capacity::with_shared(Some(rpm.clone()), Some(tpm.clone()), None, None);
+        assert_eq!(c.try_acquire(500, t0), Err(Wait::For(secs(7))));
+        assert_eq!(
+            *rpm.settled.lock().unwrap(),
+            vec![0],
+            "the rpm unit went back"
+        );
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[test]
+    fn release_settles_shared_tpm_with_the_real_usage_and_cancel_gives_all_back() {
+        let t0 = Instant::now();
+        let rpm = Arc::new(Settling {
+            inner: Counter::new(10),
+            settled: Default::default(),
+        });
+        let tpm = Arc::new(Settling {
+            inner: Counter::new(1_000),
+            settled: Default::default(),
+        });
+        let mut c = Capacity::with_shared(Some(rpm.clone()), Some(tpm.clone()), None, None);
+        let p = c.try_acquire(300, t0).unwrap();
+        c.release(p, Some(420), t0);
+        assert_eq!(*tpm.settled.lock().unwrap(), vec![420]);
+        assert!(
+            rpm.settled.lock().unwrap().is_empty(),
+            "the request stays counted"
+        );
+        let p = c.try_acquire(300, t0).unwrap();
+        c.cancel(p, t0);
+        assert_eq!(*tpm.settled.lock().unwrap(), vec![420, 0]);
+        assert_eq!(*rpm.settled.lock().unwrap(), vec![0]);
     }
 }

@@ -4,12 +4,21 @@
 //!
 //! - [`TokenBucket`]: a per-minute allowance with continuous refill that can go into debt.
 //! - [`Capacity`]: one deployment's RPM + TPM + parallel limits; grants [`Permit`]s or a [`Wait`].
+//!   Its RPM and TPM limits are local buckets or [`SharedLimit`]s held with the cluster.
 //! - [`estimate_prompt_tokens`]: what a job reserves against TPM before the upstream answers.
+//! - [`Ledger`]: the slices of a cluster-wide limit leased in the last window, as stored in KV,
+//!   and the proof that leasing by its rule keeps every sliding window within the limit.
+//! - [`LocalShare`]: one worker's share of a cluster-wide limit: the slices it spends on the hot
+//!   path and the decisions of the task that leases them ([`crate::cluster::quota`] runs it).
 
 mod bucket;
 mod capacity;
 mod estimate;
+pub mod ledger;
+pub mod share;
 
 pub use bucket::TokenBucket;
-pub use capacity::{Capacity, CapacitySnapshot, Permit, Wait, default_max_parallel};
+pub use capacity::{Capacity, CapacitySnapshot, Permit, SharedLimit, Wait, default_max_parallel};
 pub use estimate::{estimate_prompt_tokens, estimate_text_tokens};
+pub use ledger::Ledger;
+pub use share::{LocalShare, ShareParams, SyncPlan, Taken};

@@ -1,0 +1,415 @@
+//! Cluster membership: which workers are alive, which model groups each serves and with which
+//! config, kept in the JetStream KV bucket `LLM_WORKERS`.
+//!
+//! Each worker puts its [`MemberInfo`] under its worker id every heartbeat (2 s by default) and
+//! deletes it when it stops cleanly. Every worker watches the bucket and keeps a local view,
+//! swapped atomically ([`Members::snapshot`] is a pointer load, fit for a hot path), with a
+//! notification on every change ([`Members::changed`]).
+//!
+//! A worker killed with `kill -9` leaves its key behind: the view drops it once its heartbeat
+//! is older than three heartbeat periods (6 s by default; a KV watch does not report entries
+//! that age out, so the view sweeps itself), and the bucket's `max_age` (15 s; nats-server 2.9
+//! has no per-key TTL) removes the key itself, so a worker starting later never sees it.
+//!
+//! Meant for the relay (a job for a group this worker does not serve goes to one that serves
+//! it) and for `llmbus health` (workers whose configs differ). Limits do not need it: the
+//! quota ledger has no fixed per-worker shares to recompute (see [`super::quota`]).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::{sync::watch, task::JoinHandle};
+
+use super::{ClusterError, bucket_name, ensure_bucket, epoch_ms, jetstream, key_token};
+
+/// What a worker tells the cluster about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The worker id (unique per process).
+    pub worker: String,
+    /// The model groups it serves.
+    pub groups: Vec<String>,
+    /// A fingerprint of its configuration: workers that differ have different fingerprints.
+    pub config: String,
+    /// When it started, epoch ms.
+    pub started_ms: u64,
+    /// Its last heartbeat, epoch ms (its own clock).
+    #[serde(default)]
+    pub heartbeat_ms: u64,
+    /// Its heartbeat period, ms.
+    #[serde(default)]
+    pub every_ms: u64,
+}
+
+impl MemberInfo {
+    /// A member that serves `groups` with config fingerprint `config`, starting now.
+    pub fn new(worker: impl Into<String>, groups: Vec<String>, config: impl Into<String>) -> Self {
+        Self {
+            worker: worker.into(),
+            groups,
+            config: config.into(),
+            started_ms: epoch_ms(),
+            heartbeat_ms: 0,
+            every_ms: 0,
+        }
+    }
+}
+
+/// The live workers as one worker sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberView {
+    /// Worker id → what it said last.
+    pub members: BTreeMap<String, MemberInfo>,
+}
+
+impl MemberView {
+    /// How many workers are alive.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True when no worker is known (not even this one yet).
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The workers that serve `group`.
+    pub fn serving<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a MemberInfo> + 'a {
+        self.members
+            .values()
+            .filter(move |m| m.groups.iter().any(|g| g == group))
+    }
+
+    /// Whether some worker serves `group`.
+    pub fn serves(&self, group: &str) -> bool {
+        self.serving(group).next().is_some()
+    }
+
+    /// The distinct config fingerprints: more than one means the workers differ.
+    pub fn fingerprints(&self) -> BTreeSet<&str> {
+        self.members.values().map(|m| m.config.as_str()).collect()
+    }
+}
+
+/// Timing of membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MembersOptions {
+    /// How often a worker writes its heartbeat.
+    pub heartbeat: Duration,
+    /// A worker whose last heartbeat is older than this many periods is dropped from the view.
+    pub stale_after: u32,
+    /// The bucket's `max_age` (only used when this worker creates the bucket).
+    pub max_age: Duration,
+}
+
+impl Default for MembersOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(2),
+            stale_after: 3,
+            max_age: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A last-seen record: what a worker said and when we learnt it (local clock).
+#[derive(Debug, Clone)]
+struct Seen {
+    info: MemberInfo,
+    at: Instant,
+}
+
+struct Shared {
+    view: ArcSwap<MemberView>,
+    seen: Mutex<BTreeMap<String, Seen>>,
+    changed: watch::Sender<u64>,
+    me: Mutex<MemberInfo>,
+    opts: MembersOptions,
+}
+
+impl Shared {
+    /// Rebuilds the view from the records, dropping stale ones; notifies when it changed.
+    fn publish(&self, now: Instant) {
+        let view = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.retain(|_, s| now.saturating_duration_since(s.at) <= self.stale_limit(&s.info));
+            MemberView {
+                members: seen
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.info.clone()))
+                    .collect(),
+            }
+        };
+        if **self.view.load() != view {
+            self.view.store(Arc::new(view));
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn stale_limit(&self, info: &MemberInfo) -> Duration {
+        let every = if info.every_ms > 0 {
+            Duration::from_millis(info.every_ms)
+        } else {
+            self.opts.heartbeat
+        };
+        every * self.opts.stale_after
+    }
+
+    fn record(&self, info: MemberInfo, now: Instant) {
+        // A record read from history is as old as its heartbeat says.
+        let age = Duration::from_millis(epoch_ms().saturating_sub(info.heartbeat_ms));
+        let at = now.checked_sub(age).unwrap_or(now);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(info.worker.clone(), Seen { info, at });
+    }
+
+    fn forget(&self, worker: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.remove(worker);
+    }
+}
+
+/// This worker's membership: its heartbeat and its view of the others. Dropping it stops both
+/// without deleting the key (as a crash would); [`Members::leave`] deletes it.
+pub struct Members {
+    shared: Arc<Shared>,
+    kv: kv::Store,
+    key: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Members {
+    /// Joins the cluster under `prefix` with the default timing.
+    pub async fn start(
+        client: async_nats::Client,
+        prefix: &str,
+        me: MemberInfo,
+    ) -> Result<Self, ClusterError> {
+        Self::start_with(client, prefix, me, MembersOptions::default()).await
+    }
+
+    /// Joins the cluster: creates the bucket if needed, writes the first heartbeat, starts the
+    /// watcher and returns once the current members are known.
+    pub async fn start_with(
+        client: async_nats::Client,
+        prefix: &str,
+        me: MemberInfo,
+        opts: MembersOptions,
+    ) -> Result<Self, ClusterError> {
+        let bucket = bucket_name(prefix, "WORKERS");
+        let js = jetstream(client, Duration::from_secs(5));
+        let kv = ensure_bucket(
+            &js,
+            kv::Config {
+                bucket: bucket.clone(),
+                description: "llmbus workers: heartbeats, groups served, config fingerprint".into(),
+                history: 1,
+                max_age: opts.max_age,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let key = key_token(&me.worker);
+        let (changed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            view: ArcSwap::from_pointee(MemberView::default()),
+            seen: Mutex::new(BTreeMap::new()),
+            changed,
+            me: Mutex::new(me),
+            opts,
+        });
+        heartbeat(&kv, &key, &shared)
+            .await
+            .map_err(|reason| ClusterError::Kv {
+                bucket: bucket.clone(),
+                reason,
+            })?;
+        // The current members, before the watcher takes over.
+        let mut watch = kv
+            .watch_with_history(">")
+            .await
+            .map_err(|e| ClusterError::Kv {
+                bucket: bucket.clone(),
+                reason: e.to_string(),
+            })?;
+        // Our own heartbeat is in the bucket, so the history is never empty: read up to the
+        // newest entry (`delta` 0), with a bound in case the server stalls.
+        let now = Instant::now();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(entry)) = watch.next().await {
+                let last = entry.delta == 0;
+                apply(&shared, entry, now);
+                if last {
+                    break;
+                }
+            }
+        })
+        .await;
+        shared.publish(Instant::now());
+        let watcher = tokio::spawn(watch_loop(kv.clone(), shared.clone(), Some(watch)));
+        let beater = tokio::spawn(heartbeat_loop(kv.clone(), key.clone(), shared.clone()));
+        Ok(Self {
+            shared,
+            kv,
+            key,
+            tasks: vec![watcher, beater],
+        })
+    }
+
+    /// The live workers now: a pointer load.
+    pub fn snapshot(&self) -> Arc<MemberView> {
+        self.shared.view.load_full()
+    }
+
+    /// A receiver that changes whenever the view changes.
+    pub fn changed(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
+    /// This worker's id.
+    pub fn worker(&self) -> String {
+        self.lock_me().worker.clone()
+    }
+
+    /// Announces new groups and config fingerprint (after a config reload), at once.
+    pub async fn update(&self, groups: Vec<String>, config: String) -> Result<(), ClusterError> {
+        {
+            let mut me = self.lock_me();
+            me.groups = groups;
+            me.config = config;
+        }
+        heartbeat(&self.kv, &self.key, &self.shared)
+            .await
+            .map_err(|reason| ClusterError::Kv {
+                bucket: bucket_of(&self.kv),
+                reason,
+            })
+    }
+
+    /// Leaves the cluster cleanly: stops the heartbeat and deletes this worker's key, so the
+    /// others drop it at once.
+    pub async fn leave(mut self) -> Result<(), ClusterError> {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.kv
+            .delete(&self.key)
+            .await
+            .map_err(|e| ClusterError::Kv {
+                bucket: bucket_of(&self.kv),
+                reason: e.to_string(),
+            })
+    }
+
+    fn lock_me(&self) -> std::sync::MutexGuard<'_, MemberInfo> {
+        self.shared.me.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn bucket_of(kv: &kv::Store) -> String {
+    kv.name.clone()
+}
+
+/// Applies one watched entry to the records.
+fn apply(shared: &Shared, entry: kv::Entry, now: Instant) {
+    match entry.operation {
+        kv::Operation::Put => {
+            if let Ok(info) = serde_json::from_slice::<MemberInfo>(&entry.value) {
+                shared.record(info, now);
+            }
+        }
+        kv::Operation::Delete | kv::Operation::Purge => {
+            // The key is the worker id as a key token; the record is keyed by the id itself.
+            let mut seen = shared.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.retain(|id, _| key_token(id) != entry.key);
+        }
+    }
+}
+
+/// Writes this worker's entry with a fresh heartbeat.
+async fn heartbeat(kv: &kv::Store, key: &str, shared: &Shared) -> Result<(), String> {
+    let body = {
+        let mut me = shared.me.lock().unwrap_or_else(|e| e.into_inner());
+        me.heartbeat_ms = epoch_ms();
+        me.every_ms = shared.opts.heartbeat.as_millis() as u64;
+        serde_json::to_vec(&*me).map_err(|e| e.to_string())?
+    };
+    kv.put(key, body.into()).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn heartbeat_loop(kv: kv::Store, key: String, shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.opts.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = heartbeat(&kv, &key, &shared).await {
+            tracing::warn!(error = %e, "membership heartbeat failed; retrying");
+        }
+    }
+}
+
+/// Follows the bucket; restarts the watch when it ends (a NATS outage), and sweeps stale
+/// members every heartbeat period.
+async fn watch_loop(kv: kv::Store, shared: Arc<Shared>, mut first: Option<kv::Watch>) {
+    let mut sweep = tokio::time::interval(shared.opts.heartbeat / 2);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut watch = match first.take() {
+            Some(w) => w,
+            None => match kv.watch_with_history(">").await {
+                Ok(w) => {
+                    backoff = Duration::from_millis(100);
+                    w
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "membership watch failed; retrying");
+                    shared.publish(Instant::now());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            },
+        };
+        loop {
+            tokio::select! {
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => {
+                        let me = shared.me.lock().unwrap_or_else(|e| e.into_inner()).worker.clone();
+                        let ours = key_token(&me) == entry.key;
+                        let deleted = !matches!(entry.operation, kv::Operation::Put);
+                        apply(&shared, entry, Instant::now());
+                        if ours && deleted {
+                            // Someone removed our key: the next heartbeat puts it back.
+                            shared.forget(&me);
+                        }
+                        shared.publish(Instant::now());
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "membership watch error; restarting it");
+                        break;
+                    }
+                    None => break,
+                },
+                _ = sweep.tick() => shared.publish(Instant::now()),
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Cluster state over NATS JetStream KV: what makes several workers one gateway, with nothing
+//! but the NATS server.
+//!
+//! - [`members`]: who is alive, which model groups each worker serves and with which config
+//!   (bucket `LLM_WORKERS`; heartbeats, a watched local view).
+//! - [`quota`]: deployment limits (`rpm`, `tpm`) that hold across all workers, exactly on a
+//!   sliding window (bucket `LLM_QUOTA`; slices leased by compare-and-set, spent locally). The
+//!   pure rules are [`crate::limits::Ledger`] and [`crate::limits::LocalShare`].
+//! - [`health`]: cooldowns that a worker starting late learns at once (bucket `LLM_HEALTH`).
+//!
+//! Every bucket is created idempotently at start-up ([`ensure_bucket`]) with options that
+//! nats-server 2.9 understands: no per-key TTL (buckets age out with a bucket-wide `max_age`),
+//! no multiple filter subjects, no `*_strict` or consumer-update calls. The bucket names carry
+//! the subject prefix upper-cased (`llm` → `LLM_QUOTA`), so two llmbus installations with
+//! different prefixes on one server do not share state.
+
+pub mod health;
+pub mod members;
+pub mod quota;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv};
+
+/// Why cluster state could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A KV bucket could neither be found nor created.
+    #[error("JetStream KV bucket {bucket}: {reason}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// What the server said.
+        reason: String,
+    },
+    /// A read or write failed.
+    #[error("JetStream KV {bucket}: {reason}")]
+    Kv {
+        /// The bucket.
+        bucket: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// The name of one of llmbus's buckets under a subject prefix: `bucket_name("llm", "QUOTA")`
+/// is `LLM_QUOTA`. Characters a bucket name cannot hold become `_`.
+pub fn bucket_name(prefix: &str, what: &str) -> String {
+    let prefix: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}_{what}")
+}
+
+/// A name as one KV key token: ASCII letters, digits, `-` and `_` stay; every other byte is
+/// written `=XX` (hex). Different names give different keys, and the result never contains
+/// `.`, so it can be joined with `.` into a longer key.
+pub fn key_token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("=00");
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock.
+pub fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A JetStream context whose requests give up after `timeout` (the default is 5 s; the cluster
+/// modules prefer to learn about an outage sooner).
+pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .build(client)
+}
+
+/// Opens bucket `config.bucket`, creating it when it does not exist. An existing bucket is used
+/// as it is, even when its options differ (an operator may have tuned them). Two workers that
+/// create it at once both succeed.
+///
+/// The bucket's stream is created directly rather than with `create_key_value`: that call
+/// first reads the account's JetStream info, which async-nats 0.51 cannot parse from
+/// nats-server 2.9 (fields added in later servers are required).
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ClusterError> {
+    let name = config.bucket.clone();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    let created = js.create_stream(kv_stream_config(&config)).await;
+    match js.get_key_value(&name).await {
+        Ok(store) => Ok(store),
+        Err(get) => Err(ClusterError::Bucket {
+            bucket: name,
+            reason: match created {
+                Err(create) => create.to_string(),
+                Ok(_) => get.to_string(),
+            },
+        }),
+    }
+}
+
+/// The stream behind a KV bucket, as the KV clients lay it out (`KV_<bucket>`, subjects
+/// `$KV.<bucket>.>`, one message per key and revision, rollups allowed, direct gets), with only
+/// options that nats-server 2.9 knows.
+fn kv_stream_config(config: &kv::Config) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{}", config.bucket),
+        description: Some(config.description.clone()),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        max_messages_per_subject: config.history.max(1),
+        max_bytes: -1,
+        max_messages: -1,
+        max_age: config.max_age,
+        max_message_size: -1,
+        storage: config.storage,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names_carry_the_prefix() {
+        assert_eq!(bucket_name("llm", "QUOTA"), "LLM_QUOTA");
+        assert_eq!(bucket_name("acme.llm", "HEALTH"), "ACME_LLM_HEALTH");
+    }
+
+    #[test]
+    fn key_tokens_are_valid_and_distinct() {
+        assert_eq!(key_token("gpt-4o_eu"), "gpt-4o_eu");
+        assert_eq!(key_token("azure/gpt-4o.1"), "azure=2Fgpt-4o=2E1");
+        assert_eq!(key_token("a b"), "a=20b");
+        assert_eq!(key_token("é"), "=C3=A9");
+        assert_eq!(key_token(""), "=00");
+        assert_ne!(key_token("a=2E"), key_token("a."));
+        for name in ["x.y", "x*y", "x>y", " ", "=", "ü/ß"] {
+            let k = key_token(name);
+            assert!(
+                k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=".contains(c)),
+                "{k}"
+            );
+        }
+    }
+}
