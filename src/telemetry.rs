@@ -51,6 +51,8 @@ pub const RETRIES: &str = "llmbus_retries_total";
 /// Counter: answers (`what`: reply, chunk, error) that could not be published and were
 /// replaced by a small error.
 pub const UNPUBLISHED: &str = "llmbus_answers_unpublished_total";
+/// Counter: jobs for a model group this worker does not serve, handed to a worker that does.
+pub const HANDED_OVER: &str = "llmbus_jobs_handed_over_total";
 /// Counter: jobs refused because they had no reply subject (nowhere to answer).
 pub const UNANSWERABLE: &str = "llmbus_jobs_unanswerable_total";
 

@@ -24,6 +24,11 @@ use crate::{
         router::{RouterActor, RouterArgs, RouterMsg},
         table::{RoutingRules, RoutingTable},
     },
+    cluster::{
+        health::HealthBoard,
+        members::{MemberInfo, Members},
+        quota::ClusterQuota,
+    },
     config::{Config, ConfigError},
     policy::Policies,
     pricing, providers,
@@ -77,10 +82,13 @@ impl Worker {
             .map(|(alias, t)| (alias.clone(), (t.group().to_string(), t.hidden())))
             .collect();
         let policies = Policies::from_config(config);
+        let worker_id = uuid::Uuid::new_v4().simple().to_string();
+        let cluster = Cluster::join(&client, config, &worker_id).await;
         let gossip = Gossip {
             client: client.clone(),
             subjects: subjects.clone(),
-            worker: uuid::Uuid::new_v4().simple().to_string(),
+            worker: worker_id.clone(),
+            board: cluster.board.clone(),
         };
         let mut handles = Vec::new();
         let table = Arc::new(ArcSwap::from_pointee(RoutingTable::new(
@@ -108,6 +116,7 @@ impl Worker {
                 },
                 health: policies.health.clone(),
                 gossip: Some(gossip),
+                quota: cluster.quota.clone(),
                 table: table.clone(),
             },
         )
@@ -123,6 +132,9 @@ impl Worker {
             .await
             .map_err(|e| StartError::Actor("cancel listener", e))?;
         let ctx = Arc::new(WorkerContext {
+            worker_id,
+            fingerprint: config.fingerprint(),
+            members: cluster.members,
             max_payload: client.server_info().max_payload,
             client,
             subjects,
@@ -246,6 +258,18 @@ impl Worker {
                 format!("{} relayed to other workers", report.relayed)
             }
         );
+        // Give the unspent parts of the cluster-wide limits back, and leave the membership.
+        let limits = async {
+            for d in self.ctx.table.load().deployments() {
+                d.close_limits(Duration::from_secs(1)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), limits).await;
+        if let Some(members) = &self.ctx.members
+            && let Err(e) = members.leave().await
+        {
+            tracing::debug!(error = %e, "leaving the cluster's membership");
+        }
         self.ingress.stop(None);
         self.router.stop(None);
         self.cost.stop(None);
@@ -255,6 +279,61 @@ impl Worker {
         }
         report
     }
+}
+
+/// What a worker shares with the others through JetStream KV ([`crate::cluster`]): each part
+/// is `None` when the server has no JetStream (then limits hold per worker, and cooldowns travel
+/// by core NATS gossip only), with a warning.
+struct Cluster {
+    quota: Option<ClusterQuota>,
+    board: Option<HealthBoard>,
+    members: Option<Members>,
+}
+
+impl Cluster {
+    async fn join(client: &async_nats::Client, config: &Config, worker_id: &str) -> Self {
+        let prefix = &config.llmbus.subject_prefix;
+        let warn = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "{what}: JetStream KV is not available; this worker keeps it to itself");
+        };
+        let quota = ClusterQuota::open(client.clone(), prefix, worker_id)
+            .await
+            .map_err(|e| warn("rpm/tpm limits shared with the cluster", &e))
+            .ok();
+        let board = HealthBoard::open(client.clone(), prefix, worker_id)
+            .await
+            .map_err(|e| warn("cooldowns for workers that start later", &e))
+            .ok();
+        let me = MemberInfo::new(worker_id, served_names(config), config.fingerprint());
+        let members = Members::start(client.clone(), prefix, me)
+            .await
+            .map_err(|e| {
+                warn(
+                    "membership (relaying jobs to the workers that serve them)",
+                    &e,
+                )
+            })
+            .ok();
+        Self {
+            quota,
+            board,
+            members,
+        }
+    }
+}
+
+/// The model names a worker takes jobs for: its groups (wildcard patterns included) and their
+/// aliases, as announced to the cluster.
+pub fn served_names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let groups = config.model_list.iter().map(|m| m.model_name.clone());
+    let aliases = config.router_settings.model_group_alias.keys().cloned();
+    for name in groups.chain(aliases) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// One [`DeploymentInfo`] per `model_list` entry.

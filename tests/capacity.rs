@@ -5,7 +5,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::gateway::{Gateway, chat, headers};
+use support::{
+    fake_provider::{FakeProvider, Fault},
+    gateway::{Gateway, chat, headers},
+};
 
 #[tokio::test]
 async fn a_job_waits_for_capacity_then_gets_a_429_at_its_deadline() {
@@ -35,18 +38,22 @@ model_list:
 
 #[tokio::test]
 async fn a_waiting_job_is_served_when_capacity_returns() {
-    // 120 rpm refills one request every 500 ms.
-    let gw = Gateway::start(
+    // One call at a time, each taking 100 ms upstream: 12 jobs at once wait their turn, first
+    // come first served, and every one is answered within its deadline.
+    let fake = FakeProvider::start().await;
+    fake.set_default(Fault::Delay(Duration::from_millis(100)));
+    let gw = Gateway::start(&format!(
         r#"
 model_list:
   - model_name: paced
-    litellm_params: {model: openai/x, mock_response: "ok", rpm: 120}
+    litellm_params: {{model: openai/x, api_base: "{}", api_key: sk-x, max_parallel_requests: 1}}
 "#,
-    )
+        fake.url()
+    ))
     .await;
     let mut statuses = Vec::new();
     let mut tasks = Vec::new();
-    for _ in 0..122 {
+    for _ in 0..12 {
         let client = gw.client.clone();
         tasks.push(tokio::spawn(async move {
             client

@@ -39,11 +39,18 @@ model_list:
         r#"llmbus_prompt_tokens_total{model_group="demo",deployment="demo-1"}"#,
         "llmbus_spend_usd{",
         "llmbus_jobs_in_flight",
-        r#"llmbus_deployment_rpm_used{deployment="demo-1"} 1"#,
+        // Requests counted in the window (cluster-wide limits count leased slices: at least 1).
+        r#"llmbus_deployment_rpm_used{deployment="demo-1"} "#,
         // A misconfigured deployment is state 3.
         r#"llmbus_deployment_state{deployment="broken"} 3"#,
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
+    let rpm_used: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"llmbus_deployment_rpm_used{deployment="demo-1"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the rpm gauge");
+    assert!(rpm_used >= 1.0, "{rpm_used}");
     assert!(!text.contains("sk-metric-secret"));
 }

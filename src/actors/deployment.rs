@@ -26,7 +26,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult}
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    limits::{Capacity, CapacitySnapshot, Permit},
+    cluster::{
+        health::HealthBoard,
+        quota::{ClusterLimit, ClusterQuota, LimitKind},
+    },
+    limits::{Capacity, CapacitySnapshot, Permit, SharedLimit},
     policy::health::{Health, HealthPolicy, HealthState},
     pricing::Price,
     providers::{ErrorClass, Provider},
@@ -129,7 +133,7 @@ impl Live {
 }
 
 /// Publishes cooldowns for the other workers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Gossip {
     /// The NATS connection.
     pub client: async_nats::Client,
@@ -137,6 +141,18 @@ pub struct Gossip {
     pub subjects: Subjects,
     /// This worker's id, so it can ignore its own messages.
     pub worker: String,
+    /// The cluster's cooldown board in JetStream KV (workers that start later read it); `None`
+    /// without JetStream, when core NATS gossip is all there is.
+    pub board: Option<HealthBoard>,
+}
+
+impl std::fmt::Debug for Gossip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gossip")
+            .field("worker", &self.worker)
+            .field("board", &self.board.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A health change, as published on `llm.health.<deployment>`.
@@ -228,6 +244,8 @@ pub struct Deployment {
     gauges: Gauges,
     /// False when cooldowns are disabled: failures never take the deployment out.
     cooldowns: bool,
+    /// The cluster-wide RPM and TPM limits, when the limits are shared with the cluster.
+    shared: Vec<Arc<ClusterLimit>>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -240,8 +258,45 @@ impl std::fmt::Debug for Deployment {
 
 impl Deployment {
     /// A deployment with full buckets and good health; its actor is set by [`DeploymentActor`].
-    /// `policy` holds the cooldown thresholds; `None` disables cooldowns.
-    pub fn new(info: Arc<DeploymentInfo>, policy: Option<HealthPolicy>) -> Self {
+    /// `policy` holds the cooldown thresholds; `None` disables cooldowns. With `quota`, its
+    /// `rpm` and `tpm` are limits of the whole cluster ([`crate::cluster::quota`]): a new slice
+    /// arriving wakes the jobs queued for capacity.
+    pub fn new(
+        info: Arc<DeploymentInfo>,
+        policy: Option<HealthPolicy>,
+        quota: Option<&ClusterQuota>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me: &std::sync::Weak<Deployment>| {
+            let shared_limit = |kind: LimitKind, limit: u64| {
+                let quota = quota?;
+                let l = Arc::new(quota.limit(&info.id, kind, limit));
+                let me = me.clone();
+                l.on_refill(move || {
+                    if let Some(d) = me.upgrade() {
+                        d.wake();
+                    }
+                });
+                Some(l)
+            };
+            let rpm = info.rpm.and_then(|n| shared_limit(LimitKind::Rpm, n));
+            let tpm = info.tpm.and_then(|n| shared_limit(LimitKind::Tpm, n));
+            let shared: Vec<Arc<ClusterLimit>> = rpm.iter().chain(&tpm).cloned().collect();
+            let capacity = if shared.is_empty() {
+                Capacity::new(info.rpm, info.tpm, info.max_parallel)
+            } else {
+                let dyn_limit = |l: Option<Arc<ClusterLimit>>| l.map(|l| l as Arc<dyn SharedLimit>);
+                Capacity::with_shared(dyn_limit(rpm), dyn_limit(tpm), info.max_parallel, None)
+            };
+            Self::build(info, policy, capacity, shared)
+        })
+    }
+
+    fn build(
+        info: Arc<DeploymentInfo>,
+        policy: Option<HealthPolicy>,
+        capacity: Capacity,
+        shared: Vec<Arc<ClusterLimit>>,
+    ) -> Self {
         let cooldowns = policy.is_some();
         let policy = policy.unwrap_or_default();
         let id = info.id.clone();
@@ -251,7 +306,6 @@ impl Deployment {
             tpm_used: metrics::gauge!(telemetry::DEPLOYMENT_TPM_USED, "deployment" => id.clone()),
             state: metrics::gauge!(telemetry::DEPLOYMENT_STATE, "deployment" => id),
         };
-        let capacity = Capacity::new(info.rpm, info.tpm, info.max_parallel);
         if info.misconfigured.is_some() {
             gauges.state.set(HealthState::Misconfigured.code() as f64);
         }
@@ -268,6 +322,20 @@ impl Deployment {
             actor: ArcSwapOption::empty(),
             gauges,
             cooldowns,
+            shared,
+        }
+    }
+
+    /// True when its `rpm`/`tpm` hold for the whole cluster.
+    pub fn cluster_limited(&self) -> bool {
+        !self.shared.is_empty()
+    }
+
+    /// Gives the unspent part of its cluster-wide limits back to the cluster (a worker that
+    /// stops, or a deployment a reload removed), waiting up to `timeout` for the writes.
+    pub async fn close_limits(&self, timeout: Duration) {
+        for l in &self.shared {
+            l.close(timeout).await;
         }
     }
 
@@ -621,12 +689,19 @@ impl DeploymentState {
         };
         let client = g.client.clone();
         let subject = g.subjects.health(id);
-        if let Ok(body) = serde_json::to_vec(&event) {
-            // Fire and forget: gossip never holds up the actor.
-            tokio::spawn(async move {
+        let board = g.board.clone();
+        let until = crate::cluster::epoch_ms() + event.cooldown_ms;
+        // Fire and forget: gossip never holds up the actor.
+        tokio::spawn(async move {
+            if let Ok(body) = serde_json::to_vec(&event) {
                 let _ = client.publish(subject, body.into()).await;
-            });
-        }
+            }
+            if let Some(board) = board
+                && let Err(e) = board.publish(&event.deployment, until, &event.reason).await
+            {
+                tracing::warn!(error = %e, "recording a cooldown in the cluster's health board");
+            }
+        });
     }
 
     /// Grants capacity to waiting jobs in arrival order, while there is capacity.

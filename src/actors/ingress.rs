@@ -145,12 +145,14 @@ impl Actor for IngressActor {
             .metadata(HashMap::from([
                 ("subject_prefix".to_string(), subjects.prefix().to_string()),
                 ("queue_group".to_string(), args.queue_group.clone()),
+                ("worker_id".to_string(), ctx.worker_id.clone()),
+                ("config".to_string(), ctx.fingerprint.clone()),
             ]))
             .queue_group(&args.queue_group)
             .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
             .await
             .map_err(|e| format!("registering the NATS service: {e}"))?;
-        let worker_id = service.info().await.id;
+        let worker_id = ctx.worker_id.clone();
         let endpoint = |name: &'static str, subject: String| {
             let service = &service;
             async move {
@@ -166,6 +168,14 @@ impl Actor for IngressActor {
         let embedding = endpoint("embedding", subjects.embedding()).await?;
         let models = endpoint("models", subjects.models()).await?;
         let deployments = endpoint("deployments", subjects.deployments()).await?;
+        // This worker's own subjects, for jobs other workers hand it (groups they do not serve).
+        let direct_completion = endpoint(
+            "direct-completion",
+            subjects.direct(&worker_id, "completion"),
+        )
+        .await?;
+        let direct_embedding =
+            endpoint("direct-embedding", subjects.direct(&worker_id, "embedding")).await?;
         let (leave, _) = watch::channel(false);
         let reader = Arc::new(Reader {
             ctx: ctx.clone(),
@@ -187,9 +197,21 @@ impl Actor for IngressActor {
             read(models, reader.clone(), leave.subscribe(), Endpoint::Models),
             read(
                 deployments,
-                reader,
+                reader.clone(),
                 leave.subscribe(),
                 Endpoint::Deployments,
+            ),
+            read(
+                direct_completion,
+                reader.clone(),
+                leave.subscribe(),
+                Endpoint::Job(JobKind::Completion),
+            ),
+            read(
+                direct_embedding,
+                reader,
+                leave.subscribe(),
+                Endpoint::Job(JobKind::Embedding),
             ),
         ];
         // Make sure the server has our subscriptions before anyone is told we serve (a flush
@@ -491,10 +513,12 @@ async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
 
 /// How many times draining workers relayed `request` already.
 fn relays(request: &Request) -> u32 {
-    request
-        .message
-        .headers
-        .as_ref()
+    relays_of(request.message.headers.as_ref())
+}
+
+/// How many times a job with these headers was relayed or handed over already.
+pub fn relays_of(headers: Option<&HeaderMap>) -> u32 {
+    headers
         .and_then(|h| h.get(RELAYED))
         .and_then(|v| v.as_str().parse().ok())
         .unwrap_or(0)

@@ -35,6 +35,12 @@ use crate::wire::Subjects;
 
 /// What every job needs, shared by all of them.
 pub struct WorkerContext {
+    /// This worker's id: in job ids, cluster state and its direct subjects.
+    pub worker_id: String,
+    /// The fingerprint of the config it serves ([`crate::config::Config::fingerprint`]).
+    pub fingerprint: String,
+    /// The cluster's live workers and what each serves; `None` without JetStream.
+    pub members: Option<crate::cluster::members::Members>,
     /// The NATS connection.
     pub client: async_nats::Client,
     /// Subject names.

@@ -21,7 +21,14 @@ use super::{
     },
     table::{RoutingRules, RoutingTable},
 };
-use crate::{policy::health::HealthPolicy, wire::openai::unix_now};
+use crate::{
+    cluster::{
+        health::{Cooldown, HealthBoard},
+        quota::ClusterQuota,
+    },
+    policy::health::HealthPolicy,
+    wire::openai::unix_now,
+};
 
 /// The routing table every job reads; the router replaces it.
 pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
@@ -36,14 +43,18 @@ pub struct RouterArgs {
     pub health: Option<HealthPolicy>,
     /// Cooldown gossip with the other workers; `None` keeps health local.
     pub gossip: Option<Gossip>,
+    /// Cluster-wide limits; `None` keeps `rpm`/`tpm` per worker.
+    pub quota: Option<ClusterQuota>,
     /// Where the table is published.
     pub table: SharedTable,
 }
 
 /// Messages the router takes.
 pub enum RouterMsg {
-    /// A cooldown another worker announced.
+    /// A cooldown another worker announced (core NATS gossip).
     Remote(HealthEvent),
+    /// A cooldown recorded on the cluster's health board.
+    Board(Cooldown),
 }
 
 /// The router actor.
@@ -69,7 +80,7 @@ impl Actor for RouterActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut deployments = Vec::with_capacity(args.deployments.len());
         for info in args.deployments {
-            let deployment = Arc::new(Deployment::new(info, args.health.clone()));
+            let deployment = Deployment::new(info, args.health.clone(), args.quota.as_ref());
             spawn(&myself, deployment.clone(), args.gossip.clone()).await?;
             deployments.push(deployment);
         }
@@ -79,7 +90,12 @@ impl Actor for RouterActor {
             args.rules,
             unix_now(),
         )));
+        // Cooldowns of the other workers: from the board when the cluster has one (it also
+        // holds those decided before this worker started), else from core NATS gossip.
         let listener = match &args.gossip {
+            Some(Gossip {
+                board: Some(board), ..
+            }) => Some(watch_board(board.clone(), myself.clone()).await?),
             Some(g) => Some(listen(g.clone(), myself.clone()).await?),
             None => None,
         };
@@ -122,6 +138,16 @@ impl Actor for RouterActor {
                     d.remote_cooldown(cooldown, Instant::now());
                 }
             }
+            RouterMsg::Board(c) => {
+                let own = state.gossip.as_ref().is_some_and(|g| g.worker == c.worker);
+                if !own
+                    && state.health
+                    && let Some(d) = state.table.load().deployment(&c.deployment)
+                    && let Some(left) = c.remaining(crate::cluster::epoch_ms())
+                {
+                    d.remote_cooldown(left.min(Duration::from_secs(3600)), Instant::now());
+                }
+            }
         }
         Ok(())
     }
@@ -157,6 +183,34 @@ async fn spawn(
     let args = DeploymentArgs { deployment, gossip };
     Actor::spawn_linked(None, DeploymentActor, args, router.get_cell()).await?;
     Ok(())
+}
+
+/// Watches the cluster's health board and forwards every cooldown in force (those recorded
+/// before this worker started first) to the router.
+async fn watch_board(
+    board: HealthBoard,
+    router: ActorRef<RouterMsg>,
+) -> Result<tokio::task::JoinHandle<()>, ActorProcessingErr> {
+    // The watch first, so no cooldown written meanwhile falls between it and the initial read.
+    let updates = board
+        .watch()
+        .await
+        .map_err(|e| format!("watching the health board: {e}"))?;
+    let initial = board
+        .initial()
+        .await
+        .map_err(|e| format!("reading the health board: {e}"))?;
+    for c in initial {
+        let _ = router.cast(RouterMsg::Board(c));
+    }
+    Ok(tokio::spawn(async move {
+        futures::pin_mut!(updates);
+        while let Some(c) = updates.next().await {
+            if router.cast(RouterMsg::Board(c)).is_err() {
+                break;
+            }
+        }
+    }))
 }
 
 /// Subscribes to `llm.health.*` and forwards other workers' cooldowns to the router.

@@ -92,6 +92,21 @@ impl MemberView {
         self.serving(group).next().is_some()
     }
 
+    /// The workers other than `me` that would take a job for `model`: one of their groups or
+    /// aliases is `model`, or one of their wildcard groups matches it.
+    pub fn takers<'a>(&'a self, model: &'a str, me: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.members.values().filter_map(move |m| {
+            let takes = m.worker != me
+                && (m.groups.iter().any(|g| g == model)
+                    || crate::policy::wildcard::Wildcards::new(
+                        m.groups.iter().map(String::as_str),
+                    )
+                    .resolve(model)
+                    .is_some());
+            takes.then_some(m.worker.as_str())
+        })
+    }
+
     /// The distinct config fingerprints: more than one means the workers differ.
     pub fn fingerprints(&self) -> BTreeSet<&str> {
         self.members.values().map(|m| m.config.as_str()).collect()
@@ -182,7 +197,7 @@ pub struct Members {
     shared: Arc<Shared>,
     kv: kv::Store,
     key: String,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Members {
@@ -259,7 +274,7 @@ impl Members {
             shared,
             kv,
             key,
-            tasks: vec![watcher, beater],
+            tasks: Mutex::new(vec![watcher, beater]),
         })
     }
 
@@ -295,8 +310,8 @@ impl Members {
 
     /// Leaves the cluster cleanly: stops the heartbeat and deletes this worker's key, so the
     /// others drop it at once.
-    pub async fn leave(mut self) -> Result<(), ClusterError> {
-        for t in self.tasks.drain(..) {
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        for t in self.lock_tasks().drain(..) {
             t.abort();
         }
         self.kv
@@ -308,6 +323,10 @@ impl Members {
             })
     }
 
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_me(&self) -> std::sync::MutexGuard<'_, MemberInfo> {
         self.shared.me.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -315,7 +334,7 @@ impl Members {
 
 impl Drop for Members {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.lock_tasks().iter() {
             t.abort();
         }
     }

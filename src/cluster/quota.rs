@@ -330,8 +330,8 @@ impl ClusterLimit {
     }
 
     /// Stops granting, returns the unspent units to the ledger (waiting up to `timeout` for
-    /// the write), and stops the background task.
-    pub async fn close(mut self, timeout: Duration) {
+    /// the write). The background task stops when the limiter is dropped.
+    pub async fn close(&self, timeout: Duration) {
         self.inner.share().close(Instant::now());
         self.inner.wake.notify_one();
         let _ = tokio::time::timeout(timeout, async {
@@ -344,9 +344,6 @@ impl ClusterLimit {
             }
         })
         .await;
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
     }
 }
 

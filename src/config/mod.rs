@@ -482,4 +482,20 @@ impl Config {
             .unwrap_or(600.0);
         Duration::try_from_secs_f64(secs.max(0.001)).unwrap_or(Duration::from_secs(600))
     }
+
+    /// A short fingerprint of what this config makes a worker do (12 hex digits): two workers
+    /// with the same fingerprint serve the same thing. Secrets take no part in it (they print
+    /// as `***`), so workers holding different keys for the same config agree.
+    pub fn fingerprint(&self) -> String {
+        let mut view = self.clone();
+        // Where each entry sat in its file says nothing about what it does.
+        for entry in &mut view.model_list {
+            entry.location = None;
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, format!("{view:?}").as_bytes());
+        digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }

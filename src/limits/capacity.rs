@@ -138,7 +138,8 @@ pub struct CapacitySnapshot {
     pub in_flight: u32,
     /// The most calls allowed at once; `null` for no bound.
     pub max_parallel: Option<u32>,
-    /// Requests counted in the trailing minute.
+    /// Requests counted in the trailing minute. With a limit shared with the cluster: the
+    /// requests leased in the window by every worker, spent or still held (as last seen).
     pub rpm_used: u64,
     /// Requests allowed per minute; `null` for no limit.
     pub rpm_limit: Option<u64>,

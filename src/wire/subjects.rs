@@ -46,6 +46,13 @@ impl Subjects {
         format!("{}.cancel", self.prefix)
     }
 
+    /// `llm.worker.<worker>.completion` (or `.embedding`): one worker's own request subjects.
+    /// A worker that gets a job for a model group it does not serve hands it to a worker that
+    /// serves it on these; only that worker listens.
+    pub fn direct(&self, worker: &str, kind: &str) -> String {
+        format!("{}.worker.{}.{kind}", self.prefix, token(worker))
+    }
+
     /// `llm.usage.<model_group>`: one usage event per finished request.
     pub fn usage(&self, model_group: &str) -> String {
         format!("{}.usage.{}", self.prefix, token(model_group))

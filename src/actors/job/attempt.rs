@@ -96,6 +96,9 @@ impl JobState<'_> {
                 Ok(route) => route,
                 Err(RouteError::UnknownModel(e)) => {
                     if self.group_index == 0 {
+                        if self.hand_over().await {
+                            return;
+                        }
                         return self.fail(e).await;
                     }
                     // A fallback group that does not exist: skip it.
@@ -185,6 +188,58 @@ impl JobState<'_> {
             match self.call_upstream(body, remaining).await {
                 Flow::Done => return,
                 Flow::Next => continue,
+            }
+        }
+    }
+
+    /// The requested model is no group of this worker's: hand the job, unchanged, to a worker
+    /// that serves it (cluster membership says which), on that worker's own subject. It answers
+    /// the requester directly. False when no other worker serves it (the job gets its 404), or
+    /// the job has been handed over too often already.
+    async fn hand_over(&mut self) -> bool {
+        let Some(members) = &self.ctx.members else {
+            return false;
+        };
+        let message = &self.job.request.message;
+        let hops = super::super::ingress::relays_of(message.headers.as_ref());
+        if hops >= super::super::ingress::MAX_RELAYS {
+            return false;
+        }
+        let view = members.snapshot();
+        let takers: Vec<&str> = view.takers(&self.groups[0], &self.ctx.worker_id).collect();
+        if takers.is_empty() {
+            return false;
+        }
+        let target = takers[(random() * takers.len() as f64) as usize % takers.len()];
+        let kind = match self.job.kind {
+            super::JobKind::Completion => "completion",
+            super::JobKind::Embedding => "embedding",
+        };
+        let Some(reply) = message.reply.clone() else {
+            return false;
+        };
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert(
+            super::super::ingress::RELAYED,
+            (hops + 1).to_string().as_str(),
+        );
+        let subject = self.ctx.subjects.direct(target, kind);
+        match self
+            .ctx
+            .client
+            .publish_with_reply_and_headers(subject, reply, headers, message.payload.clone())
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(model = %self.groups[0], worker = %target, "handed the job to a worker that serves its model");
+                metrics::counter!(telemetry::HANDED_OVER).increment(1);
+                self.answered
+                    .store(true, std::sync::atomic::Ordering::Release);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "handing a job to another worker failed");
+                false
             }
         }
     }
