@@ -68,6 +68,7 @@ pub mod policy;
 pub mod pricing;
 pub mod providers;
 pub mod telemetry;
+pub mod usage;
 pub mod wire;
 pub mod worker;
 

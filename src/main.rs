@@ -109,6 +109,14 @@ enum Command {
         #[arg(long, default_value = "llm")]
         prefix: String,
     },
+    /// Usage events (one per finished job): `llmbus usage tail` follows them live.
+    Usage {
+        #[command(subcommand)]
+        command: llmbus::usage::cli::UsageCommand,
+    },
+    /// Spend and tokens by model group, deployment, key, team and day, from the cluster's
+    /// durable aggregates.
+    Spend(llmbus::usage::cli::SpendArgs),
 }
 
 #[tokio::main]
@@ -137,6 +145,12 @@ async fn main() -> ExitCode {
         }
         Command::Models { prefix } => show(cli.nats_url, &prefix, |s| s.models()).await,
         Command::Deployments { prefix } => show(cli.nats_url, &prefix, |s| s.deployments()).await,
+        Command::Usage { command } => llmbus::usage::cli::usage(cli.nats_url, command)
+            .await
+            .map_err(Into::into),
+        Command::Spend(args) => llmbus::usage::cli::spend(cli.nats_url, args)
+            .await
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,6 +47,12 @@ pub const COOLDOWNS: &str = "llmbus_cooldowns_total";
 pub const FALLBACKS: &str = "llmbus_fallbacks_total";
 /// Retries made, by `model_group`.
 pub const RETRIES: &str = "llmbus_retries_total";
+/// Requests to a model no price table knows (they cost 0), by `model`.
+pub const UNPRICED_REQUESTS: &str = "llmbus_unpriced_requests_total";
+/// Usage events dropped because the publisher's buffer was full.
+pub const USAGE_DROPPED: &str = "llmbus_usage_events_dropped_total";
+/// Usage events published on `llm.usage.<model_group>`.
+pub const USAGE_PUBLISHED: &str = "llmbus_usage_events_published_total";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -194,4 +200,13 @@ fn describe() {
     describe_gauge!(DEPLOYMENT_STATE, "0 healthy, 1 cooling down, 2 half-open");
     describe_counter!(COOLDOWNS, "Cooldowns started");
     describe_counter!(FALLBACKS, "Fallbacks to another model group, by result");
+    describe_counter!(
+        UNPRICED_REQUESTS,
+        "Requests to a model without a price (counted as costing 0), by model"
+    );
+    describe_counter!(
+        USAGE_DROPPED,
+        "Usage events dropped because the publisher's buffer was full"
+    );
+    describe_counter!(USAGE_PUBLISHED, "Usage events published");
 }

@@ -32,6 +32,8 @@ pub struct WorkerContext {
     pub router: ActorRef<router::RouterMsg>,
     /// The cost actor.
     pub cost: ActorRef<cost::CostMsg>,
+    /// Where a finished job's usage event goes (never waits; see [`crate::usage`]).
+    pub usage: crate::usage::UsageSink,
     /// A job's deadline when its request sets none.
     pub default_timeout: Duration,
     /// Retries per error class and back-off.

@@ -35,6 +35,7 @@ use crate::{
     pricing,
     providers::{CallContext, ErrorClass, ProviderError},
     telemetry,
+    usage::UsageEvent,
     wire::{
         ApiError,
         headers::{self, RequestHeaders},
@@ -694,7 +695,7 @@ impl RequestState {
             ttft: None,
             failure: None,
         });
-        let cost = self.record_usage(&call.route, &usage);
+        let cost = self.record_usage(&call.route, &usage, None);
         // Settle the capacity before answering, so the next job sees the real usage.
         let route = call.route.clone();
         drop(call);
@@ -717,7 +718,7 @@ impl RequestState {
             ttft: None,
             failure: None,
         });
-        let cost = self.record_usage(&call.route, &usage);
+        let cost = self.record_usage(&call.route, &usage, None);
         let route = call.route.clone();
         drop(call);
         self.send_payload(&response, &route, cost).await;
@@ -801,7 +802,10 @@ impl RequestState {
             ttft: call.first_chunk,
             failure: None,
         });
-        let cost = self.record_usage(&call.route, &usage);
+        let ttft = call
+            .first_chunk
+            .map(|f| call.started.saturating_duration_since(self.job.received) + f);
+        let cost = self.record_usage(&call.route, &usage, ttft);
         let route = call.route.clone();
         drop(call);
         let headers = self.final_headers(200, Some(&route), Some(cost));
@@ -867,6 +871,9 @@ impl RequestState {
         } else {
             tracing::debug!(status = e.status, error = %e.message, "job refused");
         }
+        let mut event = self.usage_event(route, e.status);
+        event.error_class = Some(UsageEvent::error_class_of(e));
+        self.ctx.usage.record(event);
         let headers = self.final_headers(e.status, route, None);
         if self.stream {
             self.out.seq += 1;
@@ -922,26 +929,59 @@ impl RequestState {
         }
     }
 
-    fn record_usage(&self, route: &Route, usage: &Usage) -> f64 {
-        let cost = route
-            .deployment
-            .price
-            .as_ref()
-            .map_or(0.0, |p| pricing::cost(p, usage));
-        let _ = self
-            .ctx
-            .cost
-            .cast(super::cost::CostMsg::Record(super::cost::UsageEvent {
-                job_id: self.job.id.clone(),
-                model_group: route.group.clone(),
-                deployment: route.deployment.id.clone(),
-                prompt_tokens: usage.prompt_tokens,
-                cached_tokens: usage.cached_tokens(),
-                completion_tokens: usage.completion_tokens,
-                cost_usd: cost,
-                created: crate::wire::openai::unix_now(),
-            }));
+    /// Prices `usage` and hands the job's usage event to the usage sink (never waits).
+    fn record_usage(&self, route: &Route, usage: &Usage, ttft: Option<Duration>) -> f64 {
+        let d = &route.deployment;
+        let cost = pricing::cost_or_unpriced(d.price.as_ref(), &d.model, usage);
+        let mut event = self.usage_event(Some(route), 200);
+        event.prompt_tokens = usage.prompt_tokens;
+        event.cached_tokens = usage.cached_tokens();
+        event.cache_creation_tokens = usage
+            .extra
+            .get("cache_creation_input_tokens")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        event.completion_tokens = usage.completion_tokens;
+        event.reasoning_tokens = usage.reasoning_tokens();
+        event.cost_usd = cost;
+        event.ttft_ms = ttft.map(|t| t.as_secs_f64() * 1000.0);
+        self.ctx.usage.record(event);
         cost
+    }
+
+    /// The usage event of this job as it ends with `status`, tokens and cost not filled in.
+    fn usage_event(&self, route: Option<&Route>, status: u16) -> UsageEvent {
+        let requested = match &self.body {
+            Some(Body::Chat(b)) => Some((b.model.clone(), b.user.clone())),
+            Some(Body::Embedding(b)) => Some((b.model.clone(), b.user.clone())),
+            None => None,
+        };
+        let (model, user) = requested.unzip();
+        UsageEvent {
+            job_id: self.job.id.clone(),
+            timestamp_ms: crate::usage::event::now_ms(),
+            model_group: route
+                .map(|r| r.group.clone())
+                .or_else(|| self.served_group.clone())
+                .or_else(|| self.first_group.clone())
+                .or(model)
+                .unwrap_or_default(),
+            deployment: route.map(|r| r.deployment.id.clone()),
+            provider: route.map(|r| {
+                crate::providers::prefix(&r.deployment.model)
+                    .unwrap_or("openai")
+                    .to_string()
+            }),
+            model: route.map(|r| r.deployment.model.clone()),
+            user: user.flatten(),
+            tags: self.tags.clone(),
+            latency_ms: self.job.received.elapsed().as_secs_f64() * 1000.0,
+            status,
+            stream: self.stream,
+            attempts: self.attempts,
+            traceparent: self.traceparent.clone(),
+            ..UsageEvent::default()
+        }
     }
 
     fn observe(&self, status: u16, route: Option<&Route>) {

@@ -8,5 +8,6 @@ pub mod fake_gemini;
 pub mod fake_native;
 pub mod fake_provider;
 pub mod gateway;
+pub mod nats_binaries;
 pub mod nats_server;
 pub mod worker_process;
