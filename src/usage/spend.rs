@@ -209,46 +209,64 @@ pub struct Cursor {
     pub updated_ms: u64,
 }
 
-/// Opens the `LLM_SPEND` bucket, creating it when it is missing (file storage, one revision
-/// per key).
-pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
-    match js.get_key_value(BUCKET).await {
-        Ok(kv) => Ok(kv),
-        Err(get) => {
-            let created = js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_string(),
-                    description: "llmbus spend aggregates by day (llmbus spend)".to_string(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await;
-            match created {
-                Ok(kv) => Ok(kv),
-                // Another worker created it meanwhile.
-                Err(create) => js.get_key_value(BUCKET).await.map_err(|_| {
-                    format!("the {BUCKET} key-value bucket: {get}; creating it: {create}")
-                }),
-            }
-        }
+/// The stream behind the bucket, as `create_key_value` would make it (ADR-8: one revision per
+/// key, rollups allowed, deletes denied, direct get). Made by hand because async-nats 0.51's
+/// `create_key_value` first asks for the account info, whose answer from nats-server 2.9 it
+/// cannot parse.
+fn bucket_stream() -> jetstream::stream::Config {
+    use jetstream::stream::{Config, DiscardPolicy, StorageType};
+    Config {
+        name: format!("KV_{BUCKET}"),
+        description: Some("llmbus spend aggregates by day (llmbus spend)".to_string()),
+        subjects: vec![format!("$KV.{BUCKET}.>")],
+        max_messages_per_subject: 1,
+        storage: StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: DiscardPolicy::New,
+        num_replicas: 1,
+        duplicate_window: std::time::Duration::from_secs(120),
+        ..Default::default()
     }
 }
 
-/// Opens the `LLM_SPEND` bucket without creating it (for readers).
+/// Opens the `LLM_SPEND` bucket, creating it when it is missing (file storage, one revision
+/// per key).
+pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
+    if let Some(kv) = open(js).await? {
+        return Ok(kv);
+    }
+    if let Err(e) = js.create_stream(bucket_stream()).await {
+        // Another worker may have created it meanwhile; opening tells.
+        tracing::debug!(error = %e, "creating the {BUCKET} bucket");
+    }
+    open(js)
+        .await?
+        .ok_or_else(|| format!("the {BUCKET} key-value bucket could not be created"))
+}
+
+/// Opens the `LLM_SPEND` bucket without creating it (for readers); `None` when it does not
+/// exist.
 pub async fn open(js: &jetstream::Context) -> Result<Option<kv::Store>, String> {
-    match js.get_key_value(BUCKET).await {
-        Ok(kv) => Ok(Some(kv)),
-        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
-            // Distinguish "no bucket" from "no JetStream".
-            match js.query_account().await {
-                Ok(_) => Ok(None),
-                Err(a) => Err(format!(
-                    "JetStream is not available ({a}); is the NATS server started with -js?"
-                )),
+    use jetstream::context::GetStreamErrorKind;
+    match js.get_stream(format!("KV_{BUCKET}")).await {
+        Ok(_) => js
+            .get_key_value(BUCKET)
+            .await
+            .map(Some)
+            .map_err(|e| format!("the {BUCKET} key-value bucket: {e}")),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(None)
             }
-        }
-        Err(e) => Err(format!("the {BUCKET} key-value bucket: {e}")),
+            GetStreamErrorKind::Request => Err(format!(
+                "JetStream is not available ({e}); is the NATS server started with -js?"
+            )),
+            _ => Err(format!("the {BUCKET} key-value bucket: {e}")),
+        },
     }
 }
 
