@@ -18,7 +18,7 @@ use llmbus::{
 };
 use serde_json::json;
 use support::{
-    fake_provider::{Fault, FakeProvider},
+    fake_provider::{FakeProvider, Fault},
     gateway::Gateway,
     worker_process::{WorkerOptions, WorkerProcess},
 };
@@ -125,7 +125,12 @@ fn costs_match_the_litellm_file_by_hand() {
         0.00002,
     );
     // Amazon Nova Pro: $0.80/M in, $0.20/M read, $3.20/M out. 1,000 in, 1,000 out = 0.004.
-    assert_cost(&t, "bedrock/amazon.nova-pro-v1:0", &usage(1_000, 0, 0, 1_000, 0), 0.004);
+    assert_cost(
+        &t,
+        "bedrock/amazon.nova-pro-v1:0",
+        &usage(1_000, 0, 0, 1_000, 0),
+        0.004,
+    );
     // Ollama's row: free.
     assert_cost(&t, "ollama/llama3", &usage(1_000, 0, 0, 1_000, 0), 0.0);
 }
@@ -133,16 +138,38 @@ fn costs_match_the_litellm_file_by_hand() {
 #[test]
 fn the_file_gives_the_context_window_and_extends_the_built_in_table() {
     let t = table();
-    assert_eq!(t.max_input_tokens("anthropic/claude-sonnet-4-5"), Some(200_000));
-    assert_eq!(t.max_output_tokens("anthropic/claude-sonnet-4-5"), Some(64_000));
+    assert_eq!(
+        t.max_input_tokens("anthropic/claude-sonnet-4-5"),
+        Some(200_000)
+    );
+    assert_eq!(
+        t.max_output_tokens("anthropic/claude-sonnet-4-5"),
+        Some(64_000)
+    );
     // vertex_ai/gemini-2.5-pro finds the Vertex row (named without the prefix).
-    assert_eq!(t.max_input_tokens("vertex_ai/gemini-2.5-pro"), Some(1_048_576));
-    assert_eq!(t.max_output_tokens("vertex_ai/gemini-2.5-pro"), Some(65_535));
-    assert_eq!(t.max_input_tokens("meta.llama3-70b-instruct-v1:0"), Some(8_192));
+    assert_eq!(
+        t.max_input_tokens("vertex_ai/gemini-2.5-pro"),
+        Some(1_048_576)
+    );
+    assert_eq!(
+        t.max_output_tokens("vertex_ai/gemini-2.5-pro"),
+        Some(65_535)
+    );
+    assert_eq!(
+        t.max_input_tokens("meta.llama3-70b-instruct-v1:0"),
+        Some(8_192)
+    );
     // Case-insensitive, as LiteLLM's mixed-case keys need.
-    assert!(t.lookup("together_ai/meta-llama/llama-3.3-70b-instruct-turbo").is_some());
+    assert!(
+        t.lookup("together_ai/meta-llama/llama-3.3-70b-instruct-turbo")
+            .is_some()
+    );
     // Not in the built-in table, priced by the file.
-    assert!(PriceTable::builtin().lookup("amazon.nova-pro-v1:0").is_none());
+    assert!(
+        PriceTable::builtin()
+            .lookup("amazon.nova-pro-v1:0")
+            .is_none()
+    );
     assert!(t.lookup("amazon.nova-pro-v1:0").is_some());
     // The built-in rows the file lacks are still there.
     assert!(t.lookup("deepseek-reasoner").is_some());
@@ -159,7 +186,10 @@ fn a_bad_price_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.json");
     let e = PriceTable::load(&missing).unwrap_err().to_string();
-    assert!(e.contains("llmbus.price_table") && e.contains("nope.json"), "{e}");
+    assert!(
+        e.contains("llmbus.price_table") && e.contains("nope.json"),
+        "{e}"
+    );
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "[1, 2, 3]").unwrap();
     let e = PriceTable::load(&bad).unwrap_err().to_string();
@@ -220,7 +250,10 @@ llmbus:
         .await;
     assert_eq!(r.status, 400, "{}", r.json());
     assert!(
-        r.json()["error"]["message"].as_str().unwrap().contains("context"),
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context"),
         "{}",
         r.json()
     );
@@ -271,6 +304,9 @@ async fn a_model_without_a_price_costs_nothing_is_counted_and_warned_about_once(
         text.contains(r#"llmbus_unpriced_requests_total{model="openai/acme-mystery-1"} 3"#),
         "{text}"
     );
-    let warnings = w.log().matches("no price for model openai/acme-mystery-1").count();
+    let warnings = w
+        .log()
+        .matches("no price for model openai/acme-mystery-1")
+        .count();
     assert_eq!(warnings, 1, "{}", w.log());
 }

@@ -183,3 +183,73 @@ async fn the_readme_python_example_runs() {
     );
     assert!(stdout.contains(" tokens, $"), "{stdout}");
 }
+
+/// The ```python block of the "Python: consuming usage events (nats-py)" section.
+fn readme_usage_consumer() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/README.md"))
+            .expect("schemas/README.md");
+    let section = readme
+        .split("### Python: consuming usage events (nats-py)")
+        .nth(1)
+        .expect("a usage consumer section");
+    let code = section
+        .split("```python\n")
+        .nth(1)
+        .expect("a python code block");
+    code.split("```")
+        .next()
+        .expect("a closed block")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_usage_consumer_runs() {
+    require_nats_py();
+    let gw = Gateway::start(CONFIG).await;
+    let mut jobs = Vec::new();
+    for (model, user) in [
+        ("gpt-4o-mini", "alice"),
+        ("small", "bob"),
+        ("nope", "alice"),
+    ] {
+        let r = gw
+            .complete(serde_json::json!({
+                "model": model, "user": user,
+                "messages": [{"role": "user", "content": "hi"}]
+            }))
+            .await;
+        jobs.push((
+            r.header("Llm-Job-Id").expect("a job id").to_string(),
+            r.status,
+        ));
+    }
+    let example = readme_usage_consumer();
+    let default_url = "\"nats://127.0.0.1:4222\"";
+    assert!(example.contains(default_url), "update this test");
+    let example = example.replace(default_url, &format!("\"{}\"", gw.nats.url()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("usage_consumer.py");
+    std::fs::write(&path, example).expect("write the example");
+    let url = gw.nats.url();
+    let (ok, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_python(&path, &url, SCRIPT_LIMIT))
+            .await
+            .expect("python runner");
+    assert!(
+        ok,
+        "the usage consumer failed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
+    for (job, status) in &jobs {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(job.as_str()))
+            .unwrap_or_else(|| panic!("no line for job {job}:\n{stdout}"));
+        assert!(line.contains(&format!("status {status}")), "{line}");
+    }
+    assert!(
+        stdout.contains("by alice") && stdout.contains("by bob"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("spend by key or user:"), "{stdout}");
+}

@@ -341,7 +341,10 @@ fn usage_events_validate() {
         json!({"job_id": "j-2", "timestamp_ms": 1, "model_group": "nope", "status": 404,
                "error_class": "model_not_found", "deployment": null}),
     );
-    assert_invalid(file, json!({"timestamp_ms": 1, "model_group": "g", "status": 200}));
+    assert_invalid(
+        file,
+        json!({"timestamp_ms": 1, "model_group": "g", "status": 200}),
+    );
     assert_invalid(
         file,
         json!({"job_id": "j", "timestamp_ms": 1, "model_group": "g", "status": 1000}),

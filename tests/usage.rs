@@ -28,7 +28,7 @@ use llmbus::{
 };
 use serde_json::json;
 use support::{
-    fake_provider::{Fault, FakeProvider},
+    fake_provider::{FakeProvider, Fault},
     gateway::PATIENCE,
     nats_binaries::{Server, binaries},
 };
@@ -103,7 +103,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -184,21 +187,35 @@ async fn every_job_publishes_one_usage_event_success_or_failure() {
         assert_eq!(e.tags, ["eu", "batch"]);
         assert_eq!(e.traceparent.as_deref(), Some(traceparent));
         assert_eq!(e.prompt_tokens, usage["prompt_tokens"].as_u64().unwrap());
-        assert_eq!(e.completion_tokens, usage["completion_tokens"].as_u64().unwrap());
+        assert_eq!(
+            e.completion_tokens,
+            usage["completion_tokens"].as_u64().unwrap()
+        );
         let header_cost: f64 = ok.header(headers::COST_USD).unwrap().parse().unwrap();
         assert!(e.cost_usd > 0.0 && (e.cost_usd - header_cost).abs() < 1e-15);
         // gpt-4o-mini: $0.15/M in, $0.60/M out.
         let expected = e.prompt_tokens as f64 * 0.15e-6 + e.completion_tokens as f64 * 0.6e-6;
-        assert!((e.cost_usd - expected).abs() < 1e-12, "{} vs {expected}", e.cost_usd);
+        assert!(
+            (e.cost_usd - expected).abs() < 1e-12,
+            "{} vs {expected}",
+            e.cost_usd
+        );
         assert!(e.latency_ms > 0.0);
-        assert_eq!((e.ttft_ms, e.stream, e.error_class.as_deref()), (None, false, None));
+        assert_eq!(
+            (e.ttft_ms, e.stream, e.error_class.as_deref()),
+            (None, false, None)
+        );
         assert_eq!(e.attempts, 1);
         assert!(e.timestamp_ms > 1_700_000_000_000);
 
         let e = &all[&job(&sentinel)];
         assert_eq!((e.status, e.stream), (200, true));
         let ttft = e.ttft_ms.expect("a stream has a time to first token");
-        assert!(ttft > 0.0 && ttft <= e.latency_ms, "{ttft} vs {}", e.latency_ms);
+        assert!(
+            ttft > 0.0 && ttft <= e.latency_ms,
+            "{ttft} vs {}",
+            e.latency_ms
+        );
         assert!(e.completion_tokens > 0 && e.cost_usd > 0.0);
 
         let e = &all[&job(&unknown)];
@@ -252,7 +269,10 @@ async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config()
         )
         .await;
         assert_eq!(r.status, 200);
-        eventually("the event stored", || async { stream_messages(&js).await == 1 }).await;
+        eventually("the event stored", || async {
+            stream_messages(&js).await == 1
+        })
+        .await;
         js.update_stream(jetstream::stream::Config {
             max_bytes: 64 << 20,
             ..info.config.clone()
@@ -262,11 +282,26 @@ async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config()
 
         // Same settings: nothing changes. Another retention: updated in place.
         let b = worker(&server, &config(&fake, "")).await;
-        let c = worker(&server, &config(&fake, "llmbus:\n  usage_retention_days: 7")).await;
-        let info = js.get_stream(STREAM).await.unwrap().info().await.unwrap().clone();
+        let c = worker(
+            &server,
+            &config(&fake, "llmbus:\n  usage_retention_days: 7"),
+        )
+        .await;
+        let info = js
+            .get_stream(STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
         assert_eq!(info.created, created, "never recreated");
         assert_eq!(info.config.max_age, 7 * DAY);
-        assert_eq!(info.config.max_bytes, 64 << 20, "the operator's change is kept");
+        assert_eq!(
+            info.config.max_bytes,
+            64 << 20,
+            "the operator's change is kept"
+        );
         assert_eq!(info.state.messages, 1, "no event lost");
         assert_eq!(
             stream::ensure(&js, &Subjects::default(), 7 * DAY)
@@ -289,9 +324,19 @@ async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config()
         .await
         .unwrap();
         let d = worker(&server, &config(&fake, "")).await;
-        let info = js.get_stream(STREAM).await.unwrap().info().await.unwrap().clone();
+        let info = js
+            .get_stream(STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
         assert_eq!(info.config.subjects, ["other.>"]);
-        match stream::ensure(&js, &Subjects::default(), 30 * DAY).await.unwrap() {
+        match stream::ensure(&js, &Subjects::default(), 30 * DAY)
+            .await
+            .unwrap()
+        {
             stream::Ensured::LeftAlone(why) => assert!(why.contains("other.>"), "{why}"),
             other => panic!("{other:?}"),
         }
@@ -386,7 +431,10 @@ async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() 
         assert_eq!(r.spend.total.cost_usd, 300.0 * 0.0078125);
         assert_eq!(r.spend.total.failures, 20 + 10);
         assert_eq!(r.by_day.len(), 2);
-        assert_eq!((r.by_day[0].day.as_str(), r.by_day[0].tally.requests), ("2024-10-04", 200));
+        assert_eq!(
+            (r.by_day[0].day.as_str(), r.by_day[0].tally.requests),
+            ("2024-10-04", 200)
+        );
         assert_eq!(r.by_day[1].tally.requests, 100);
         assert_eq!(r.spend.by_model_group["g-a"].requests, 67 + 34);
         assert_eq!(r.spend.by_key.len(), 4);

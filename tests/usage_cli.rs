@@ -18,11 +18,7 @@ use std::{
 };
 
 use async_nats::HeaderMap;
-use llmbus::{
-    client::LlmClient,
-    usage::UsageEvent,
-    wire::headers,
-};
+use llmbus::{client::LlmClient, usage::UsageEvent, wire::headers};
 use serde_json::{Value, json};
 use support::{
     fake_provider::FakeProvider,
@@ -87,7 +83,8 @@ async fn spend_until(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Va
 async fn jobs(client: &LlmClient, n: usize) -> f64 {
     let mut cost = 0.0;
     for i in 0..n {
-        let body = json!({"model": "echo", "messages": [{"role": "user", "content": format!("job {i}")}]});
+        let body =
+            json!({"model": "echo", "messages": [{"role": "user", "content": format!("job {i}")}]});
         let r = client
             .complete(HeaderMap::new(), body.to_string().into(), WAIT)
             .await
@@ -116,7 +113,10 @@ async fn spend_survives_restarting_every_worker() {
             v["total"]["requests"] == 6 && v["stream_last_sequence"] == v["aggregated_through"]
         })
         .await;
-        assert!((v["total"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12, "{v:#}");
+        assert!(
+            (v["total"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12,
+            "{v:#}"
+        );
 
         // Every worker stops.
         for w in &first {
@@ -127,7 +127,10 @@ async fn spend_survives_restarting_every_worker() {
         }
         drop(first);
         // With no worker running, spend still answers from the aggregates.
-        let v = spend_until(&url, "spend without workers", |v| v["total"]["requests"] == 6).await;
+        let v = spend_until(&url, "spend without workers", |v| {
+            v["total"]["requests"] == 6
+        })
+        .await;
         assert_eq!(v["by_model_group"]["echo"]["requests"], 6);
 
         let second = [
@@ -140,7 +143,10 @@ async fn spend_survives_restarting_every_worker() {
         })
         .await;
         assert_eq!(v["total"]["failures"], 0);
-        assert!((v["total"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12, "{v:#}");
+        assert!(
+            (v["total"]["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12,
+            "{v:#}"
+        );
         assert_eq!(v["by_deployment"]["echo-1"]["requests"], 10);
         assert_eq!(v["by_day"].as_array().unwrap().len(), 1);
         let prompt = v["total"]["prompt_tokens"].as_u64().unwrap();
@@ -215,7 +221,11 @@ impl Tail {
     fn take(mut self, n: usize) -> Vec<String> {
         let mut out = Vec::new();
         for _ in 0..n {
-            out.push(self.lines.recv_timeout(WAIT).expect("a line from usage tail"));
+            out.push(
+                self.lines
+                    .recv_timeout(WAIT)
+                    .expect("a line from usage tail"),
+            );
         }
         let status = self.child.wait().unwrap();
         assert!(status.success(), "usage tail exited with {status}");
@@ -236,39 +246,81 @@ async fn usage_tail_follows_live_events_with_filters() {
         let server = Server::start(&binary, true);
         let url = server.url();
         let fake = FakeProvider::start().await;
-        let w = WorkerProcess::start("w1", &url, &model_list(&fake), WorkerOptions::default())
-            .await;
+        let w =
+            WorkerProcess::start("w1", &url, &model_list(&fake), WorkerOptions::default()).await;
         let client = LlmClient::new(server.client().await, "llm");
 
-        let text = Tail::start(&["--nats-url", &url, "--model-group", "echo", "--status", "ok", "--count", "2"]);
-        let json_tail = Tail::start(&["--nats-url", &url, "--status", "error", "--json", "--count", "1"]);
+        let text = Tail::start(&[
+            "--nats-url",
+            &url,
+            "--model-group",
+            "echo",
+            "--status",
+            "ok",
+            "--count",
+            "2",
+        ]);
+        let json_tail = Tail::start(&[
+            "--nats-url",
+            &url,
+            "--status",
+            "error",
+            "--json",
+            "--count",
+            "1",
+        ]);
         // Filtered out: another group; a failure (for the first tail).
-        let body = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "x"}]}).to_string().into();
-        let r = client.complete(HeaderMap::new(), body("demo"), WAIT).await.unwrap();
+        let body = |m: &str| {
+            json!({"model": m, "messages": [{"role": "user", "content": "x"}]})
+                .to_string()
+                .into()
+        };
+        let r = client
+            .complete(HeaderMap::new(), body("demo"), WAIT)
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
-        let failed = client.complete(HeaderMap::new(), body("nope"), WAIT).await.unwrap();
+        let failed = client
+            .complete(HeaderMap::new(), body("nope"), WAIT)
+            .await
+            .unwrap();
         assert_eq!(failed.status, 404);
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let r = client.complete(HeaderMap::new(), body("echo"), WAIT).await.unwrap();
+            let r = client
+                .complete(HeaderMap::new(), body("echo"), WAIT)
+                .await
+                .unwrap();
             assert_eq!(r.status, 200);
             ids.push(r.header(headers::JOB_ID).unwrap().to_string());
         }
-        let lines = tokio::task::spawn_blocking(move || text.take(2)).await.unwrap();
+        let lines = tokio::task::spawn_blocking(move || text.take(2))
+            .await
+            .unwrap();
         for (line, id) in lines.iter().zip(&ids) {
             assert!(line.contains("  200  echo (echo-1)  "), "{line}");
             assert!(line.ends_with(&format!("job {id}")), "{line}");
             assert!(line.contains(" in / ") && line.contains(" ms"), "{line}");
         }
-        let lines = tokio::task::spawn_blocking(move || json_tail.take(1)).await.unwrap();
+        let lines = tokio::task::spawn_blocking(move || json_tail.take(1))
+            .await
+            .unwrap();
         let e: UsageEvent = serde_json::from_str(&lines[0]).expect("--json prints an event");
         assert_eq!(e.status, 404);
         assert_eq!(e.job_id, failed.header(headers::JOB_ID).unwrap());
 
         // --since reaches back into the stream: all four events.
         let all = Tail::start(&["--nats-url", &url, "--since", "1h", "--count", "4"]);
-        let lines = tokio::task::spawn_blocking(move || all.take(4)).await.unwrap();
-        assert_eq!(lines.iter().filter(|l| l.contains("  echo (echo-1)")).count(), 2);
+        let lines = tokio::task::spawn_blocking(move || all.take(4))
+            .await
+            .unwrap();
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.contains("  echo (echo-1)"))
+                .count(),
+            2
+        );
         drop(w);
         eprintln!("ok on nats-server {}", server.version);
     }

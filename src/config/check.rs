@@ -168,7 +168,10 @@ impl Checker<'_> {
         if l.usage_buffer == 0 {
             return Err(self.fail(&path.key("usage_buffer"), "must be at least 1"));
         }
-        if l.price_table.as_deref().is_some_and(|p| p.trim().is_empty()) {
+        if l.price_table
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
             return Err(self.fail(&path.key("price_table"), "must be a file path"));
         }
         Ok(())

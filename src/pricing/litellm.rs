@@ -74,11 +74,18 @@ fn facts(row: &Map<String, Value>) -> ModelFacts {
     let tokens = |key: &str| {
         row.get(key).and_then(|v| {
             v.as_u64()
-                .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f > 0.0).map(|f| f as u64))
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f > 0.0)
+                        .map(|f| f as u64)
+                })
                 .filter(|n| *n > 0)
         })
     };
-    let (input, output) = (price("input_cost_per_token"), price("output_cost_per_token"));
+    let (input, output) = (
+        price("input_cost_per_token"),
+        price("output_cost_per_token"),
+    );
     ModelFacts {
         price: (input.is_some() || output.is_some()).then(|| Price {
             input_per_token: input.unwrap_or(0.0),
@@ -123,10 +130,16 @@ mod tests {
         assert_eq!(p.cached_input_per_token, Some(3e-7));
         assert_eq!(p.cache_write_per_token, Some(3.75e-6));
         assert_eq!(p.reasoning_per_token, None);
-        assert_eq!((c.max_input_tokens, c.max_output_tokens), (Some(200_000), Some(64_000)));
+        assert_eq!(
+            (c.max_input_tokens, c.max_output_tokens),
+            (Some(200_000), Some(64_000))
+        );
         assert_eq!(rows["embed"].price.unwrap().output_per_token, 0.0);
         let r = rows["reasoner"].price.unwrap();
-        assert_eq!((r.input_per_token, r.reasoning_per_token), (1.0, Some(4e-6)));
+        assert_eq!(
+            (r.input_per_token, r.reasoning_per_token),
+            (1.0, Some(4e-6))
+        );
         assert_eq!(rows["window-only"].price, None);
         assert_eq!(rows["window-only"].max_input_tokens, Some(1000));
         assert_eq!(rows["window-only"].max_output_tokens, None);

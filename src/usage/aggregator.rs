@@ -102,7 +102,10 @@ async fn session_inner(js: &jetstream::Context, pause: &mut Duration) -> Result<
         })
         .await
         .map_err(|e| format!("a consumer on {STREAM}: {e}"))?;
-    tracing::debug!(from = cursor.applied_through + 1, "the spend aggregator reads {STREAM}");
+    tracing::debug!(
+        from = cursor.applied_through + 1,
+        "the spend aggregator reads {STREAM}"
+    );
     // Every event up to `base` is counted.
     let mut base = cursor.applied_through;
     loop {
@@ -162,8 +165,7 @@ pub async fn apply(
         ));
     }
     batch.retain(|(seq, _)| *seq > cursor.applied_through);
-    let mut by_day: std::collections::BTreeMap<String, Vec<(u64, UsageEvent)>> =
-        Default::default();
+    let mut by_day: std::collections::BTreeMap<String, Vec<(u64, UsageEvent)>> = Default::default();
     for (seq, e) in batch {
         by_day.entry(e.day()).or_default().push((seq, e));
     }
@@ -182,7 +184,9 @@ pub async fn apply(
             }
             tries += 1;
             if tries >= CAS_TRIES {
-                return Err(format!("{key}: gave up after {CAS_TRIES} conflicting writes"));
+                return Err(format!(
+                    "{key}: gave up after {CAS_TRIES} conflicting writes"
+                ));
             }
         }
     }

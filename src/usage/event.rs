@@ -131,8 +131,9 @@ impl UsageEvent {
             out.push_str(&format!(", {} reasoning", self.reasoning_tokens));
         }
         out.push_str(&format!(
-            "  ${:.6}  {:.0} ms",
-            self.cost_usd, self.latency_ms
+            "  ${}  {:.0} ms",
+            usd(self.cost_usd),
+            self.latency_ms
         ));
         if let Some(t) = self.ttft_ms {
             out.push_str(&format!(" (first token {t:.0} ms)"));
@@ -149,6 +150,16 @@ impl UsageEvent {
         out.push_str(&format!("  job {}", self.job_id));
         out
     }
+}
+
+/// US dollars for a person: up to 8 decimals without trailing zeros, at least 2
+/// (`0.0000022`, `0.50`, `12.3456789`).
+pub fn usd(v: f64) -> String {
+    let mut s = format!("{v:.8}");
+    while s.ends_with('0') && s.len() - s.find('.').unwrap_or(s.len()) > 3 {
+        s.pop();
+    }
+    s
 }
 
 /// Unix time in milliseconds, now.
@@ -246,7 +257,14 @@ mod tests {
             ..Default::default()
         };
         let v = serde_json::to_value(&e).unwrap();
-        for field in ["deployment", "key", "team", "ttft_ms", "error_class", "traceparent"] {
+        for field in [
+            "deployment",
+            "key",
+            "team",
+            "ttft_ms",
+            "error_class",
+            "traceparent",
+        ] {
             assert!(v[field].is_null(), "{field}");
         }
         assert_eq!(serde_json::from_value::<UsageEvent>(v).unwrap(), e);
@@ -282,9 +300,19 @@ mod tests {
             ..Default::default()
         };
         let line = e.line();
-        assert!(line.starts_with("1970-01-02T00:00:00.000Z  200  gpt-4o (openai-1)"), "{line}");
+        assert!(
+            line.starts_with("1970-01-02T00:00:00.000Z  200  gpt-4o (openai-1)"),
+            "{line}"
+        );
         assert!(line.contains("10 in / 5 out tokens"), "{line}");
-        assert!(line.contains("$0.001230"), "{line}");
-        assert!(line.contains("team ml") && line.ends_with("job j9"), "{line}");
+        assert!(line.contains("$0.00123  250 ms"), "{line}");
+        assert_eq!(usd(0.0000022), "0.0000022");
+        assert_eq!(usd(0.5), "0.50");
+        assert_eq!(usd(0.0), "0.00");
+        assert_eq!(usd(12.345_678_9), "12.3456789");
+        assert!(
+            line.contains("team ml") && line.ends_with("job j9"),
+            "{line}"
+        );
     }
 }

@@ -115,7 +115,12 @@ impl UsageSink {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let n = self.drops.since_log.swap(0, Ordering::Relaxed).max(n.min(1)).max(1);
+            let n = self
+                .drops
+                .since_log
+                .swap(0, Ordering::Relaxed)
+                .max(n.min(1))
+                .max(1);
             tracing::warn!(
                 dropped = n,
                 "{n} usage event(s) dropped: {why} (NATS slow or unreachable?); \
@@ -208,7 +213,10 @@ fn count(e: &UsageEvent, totals: &Mutex<Spend>) {
         .entry(e.model_group.clone())
         .or_default()
         .add(e);
-    t.by_deployment.entry(deployment.clone()).or_default().add(e);
+    t.by_deployment
+        .entry(deployment.clone())
+        .or_default()
+        .add(e);
 }
 
 async fn publish(client: &async_nats::Client, subjects: &Subjects, e: &UsageEvent) {
@@ -251,9 +259,17 @@ mod tests {
         assert!(sink.record(event.clone()));
         // Nobody reads: the third is dropped at once, the call does not wait.
         assert!(!sink.record(event.clone()));
-        assert_eq!(sink.drops.since_log.load(Ordering::Relaxed), 0, "logged at once");
+        assert_eq!(
+            sink.drops.since_log.load(Ordering::Relaxed),
+            0,
+            "logged at once"
+        );
         assert!(!sink.record(event.clone()));
-        assert_eq!(sink.drops.since_log.load(Ordering::Relaxed), 1, "rate-limited");
+        assert_eq!(
+            sink.drops.since_log.load(Ordering::Relaxed),
+            1,
+            "rate-limited"
+        );
         drop(rx);
         assert!(!sink.record(event), "a stopped publisher drops too");
     }

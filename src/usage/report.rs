@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use serde::Serialize;
 
 use super::{
-    event::{civil_from_days, day_of, days_from_civil},
+    event::{civil_from_days, day_of, days_from_civil, usd},
     spend::{self, Breakdown, Cursor, DayDoc, Tally},
     stream::STREAM,
 };
@@ -35,7 +35,10 @@ pub fn parse_since(text: &str, now_ms: u64) -> Result<Since, String> {
     };
     if t == "today" {
         let ms = now_ms - now_ms % 86_400_000;
-        return Ok(Since { day: day_of(ms), ms });
+        return Ok(Since {
+            day: day_of(ms),
+            ms,
+        });
     }
     if let [y, m, d] = t.split('-').collect::<Vec<_>>()[..]
         && y.len() == 4
@@ -60,7 +63,10 @@ pub fn parse_since(text: &str, now_ms: u64) -> Result<Since, String> {
         _ => return Err(bad()),
     };
     let ms = now_ms.saturating_sub(n.saturating_mul(unit_ms));
-    Ok(Since { day: day_of(ms), ms })
+    Ok(Since {
+        day: day_of(ms),
+        ms,
+    })
 }
 
 /// What `llmbus spend` found.
@@ -97,7 +103,12 @@ impl SpendReport {
     }
 
     /// The report from the day documents.
-    pub fn from_days(since: Option<String>, days: &[DayDoc], cursor: u64, last: Option<u64>) -> Self {
+    pub fn from_days(
+        since: Option<String>,
+        days: &[DayDoc],
+        cursor: u64,
+        last: Option<u64>,
+    ) -> Self {
         let mut spend = Breakdown::default();
         let mut by_day = Vec::with_capacity(days.len());
         for d in days {
@@ -122,12 +133,16 @@ impl SpendReport {
         let from = self
             .since
             .as_deref()
-            .map_or("all days kept".to_string(), |d| format!("since {d}"));
+            .map_or("over all days kept".to_string(), |d| format!("since {d}"));
         let t = &self.spend.total;
         let _ = writeln!(
             out,
-            "Spend {from}: ${:.6}, {} requests ({} failed), {} prompt + {} completion tokens",
-            t.cost_usd, t.requests, t.failures, t.prompt_tokens, t.completion_tokens
+            "Spend {from}: ${}, {} requests ({} failed), {} prompt + {} completion tokens",
+            usd(t.cost_usd),
+            t.requests,
+            t.failures,
+            t.prompt_tokens,
+            t.completion_tokens
         );
         match self.stream_last_sequence {
             Some(_) if self.pending() > 0 => {
@@ -139,7 +154,10 @@ impl SpendReport {
             }
             Some(_) => {}
             None => {
-                let _ = writeln!(out, "(the {STREAM} stream is not there: no new usage is kept)");
+                let _ = writeln!(
+                    out,
+                    "(the {STREAM} stream is not there: no new usage is kept)"
+                );
             }
         }
         let sections: [(&str, Vec<(&str, &Tally)>); 7] = [
@@ -186,14 +204,21 @@ fn table(out: &mut String, title: &str, rows: &[(&str, &Tally)]) {
     for (name, t) in rows {
         let _ = writeln!(
             out,
-            "{name:<width$}  {:>9}  {:>7}  {:>12}  {:>12}  {:>14.6}",
-            t.requests, t.failures, t.prompt_tokens, t.completion_tokens, t.cost_usd
+            "{name:<width$}  {:>9}  {:>7}  {:>12}  {:>12}  {:>14}",
+            t.requests,
+            t.failures,
+            t.prompt_tokens,
+            t.completion_tokens,
+            usd(t.cost_usd)
         );
     }
 }
 
 /// Reads the report from the `LLM_SPEND` aggregates on `client`'s JetStream.
-pub async fn spend(client: async_nats::Client, since: Option<Since>) -> Result<SpendReport, String> {
+pub async fn spend(
+    client: async_nats::Client,
+    since: Option<Since>,
+) -> Result<SpendReport, String> {
     let js = jetstream::new(client);
     let Some(kv) = spend::open(&js).await? else {
         return Err(format!(
@@ -209,7 +234,12 @@ pub async fn spend(client: async_nats::Client, since: Option<Since>) -> Result<S
         Ok(mut s) => s.info().await.ok().map(|i| i.state.last_sequence),
         Err(_) => None,
     };
-    Ok(SpendReport::from_days(first, &days, cursor.applied_through, last))
+    Ok(SpendReport::from_days(
+        first,
+        &days,
+        cursor.applied_through,
+        last,
+    ))
 }
 
 #[cfg(test)]
@@ -228,7 +258,16 @@ mod tests {
         assert_eq!(s("13h").unwrap().day, "2025-03-09");
         assert_eq!(s("30m").unwrap().ms, NOON_2025_03_10 - 1_800_000);
         assert_eq!(s("2w").unwrap().day, "2025-02-24");
-        for bad in ["", "7", "7y", "d", "2025-02-30", "2025-1", "yesterday", "-3d"] {
+        for bad in [
+            "",
+            "7",
+            "7y",
+            "d",
+            "2025-02-30",
+            "2025-1",
+            "yesterday",
+            "-3d",
+        ] {
             let e = s(bad).unwrap_err();
             assert!(e.contains("--since"), "{bad}: {e}");
         }
@@ -260,10 +299,19 @@ mod tests {
         assert_eq!(r.by_day.len(), 2);
         assert_eq!(r.pending(), 2);
         let text = r.text();
-        assert!(text.starts_with("Spend since 2025-03-09: $4.000000, 3 requests"), "{text}");
-        assert!(text.contains("2 newer usage events are not aggregated yet"), "{text}");
+        assert!(
+            text.starts_with("Spend since 2025-03-09: $4.00, 3 requests"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 newer usage events are not aggregated yet"),
+            "{text}"
+        );
         assert!(text.contains("\nteam "), "{text}");
-        assert!(!text.contains("\nkey "), "no key section without keys: {text}");
+        assert!(
+            !text.contains("\nkey "),
+            "no key section without keys: {text}"
+        );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["total"]["cost_usd"], 4.0);
         assert_eq!(json["by_day"][1]["day"], "2025-03-10");

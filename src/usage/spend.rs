@@ -275,7 +275,11 @@ pub async fn read<T: for<'de> Deserialize<'de> + Default>(
     kv: &kv::Store,
     key: &str,
 ) -> Result<(T, u64), String> {
-    match kv.entry(key).await.map_err(|e| format!("reading {key}: {e}"))? {
+    match kv
+        .entry(key)
+        .await
+        .map_err(|e| format!("reading {key}: {e}"))?
+    {
         Some(entry) if entry.operation == kv::Operation::Put => {
             let doc = serde_json::from_slice(&entry.value)
                 .map_err(|e| format!("{BUCKET} {key} is not an llmbus document: {e}"))?;
@@ -372,7 +376,10 @@ mod tests {
         assert_eq!(doc.apply(&batch, 9), 0);
         assert_eq!(doc, before);
         // An overlapping batch adds only what is new.
-        let more = vec![(8, event("h", Some("k1"), 1.0, 503)), (10, event("g", Some("k2"), 2.0, 200))];
+        let more = vec![
+            (8, event("h", Some("k1"), 1.0, 503)),
+            (10, event("g", Some("k2"), 2.0, 200)),
+        ];
         assert_eq!(doc.apply(&more, 12), 1);
         let s = &doc.spend;
         assert_eq!(s.total.requests, 4);
@@ -401,9 +408,10 @@ mod tests {
 
     #[test]
     fn documents_read_back_with_missing_fields() {
-        let doc: DayDoc =
-            serde_json::from_str(r#"{"day":"2025-01-02","applied_through":7,"total":{"requests":1}}"#)
-                .unwrap();
+        let doc: DayDoc = serde_json::from_str(
+            r#"{"day":"2025-01-02","applied_through":7,"total":{"requests":1}}"#,
+        )
+        .unwrap();
         assert_eq!(doc.applied_through, 7);
         assert_eq!(doc.spend.total.requests, 1);
         let json = serde_json::to_value(&doc).unwrap();

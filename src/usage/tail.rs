@@ -148,7 +148,11 @@ pub async fn tail(
 }
 
 /// Prints one event if it passes the filters; true when printed.
-fn show(payload: &[u8], options: &TailOptions, out: &mut (dyn Write + Send)) -> Result<bool, String> {
+fn show(
+    payload: &[u8],
+    options: &TailOptions,
+    out: &mut (dyn Write + Send),
+) -> Result<bool, String> {
     let Ok(event) = serde_json::from_slice::<UsageEvent>(payload) else {
         return Ok(false);
     };
@@ -179,7 +183,12 @@ mod tests {
         let c: StatusFilter = "429".parse().unwrap();
         assert!(c.matches(429) && !c.matches(500));
         assert!("99".parse::<StatusFilter>().is_err());
-        assert!("bad".parse::<StatusFilter>().unwrap_err().contains("--status"));
+        assert!(
+            "bad"
+                .parse::<StatusFilter>()
+                .unwrap_err()
+                .contains("--status")
+        );
     }
 
     #[test]
