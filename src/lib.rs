@@ -23,7 +23,7 @@
 //!                          │  call as a task ─┼──► provider      └──────────────────────┘
 //!                          │  (never in a     │    adapter ──HTTP──► upstream LLM API
 //!                          │   handler)       │
-//!                          │                  ├── Record ──► CostActor ──► llm.usage.<group>
+//!                          │                  ├── UsageSink ──► publisher ──► llm.usage.<group>
 //!                          └────────┬─────────┘
 //!                                   └── reply / chunks (Llm-Seq) / sentinel ──► client inbox
 //! ```
@@ -47,7 +47,12 @@
 //! 5. [`providers`] turn the OpenAI request into a provider's HTTP call and its answer or
 //!    stream back into OpenAI shapes: the OpenAI-compatible family (one table row each),
 //!    Anthropic, Gemini and Vertex AI, Bedrock Converse, Cohere and Ollama; [`pricing`]
-//!    prices the usage, [`actors::cost`] totals it.
+//!    prices the usage (built-in prices, or LiteLLM's price file); the job hands its usage
+//!    event to [`usage`] without waiting.
+//! 6. [`usage`] publishes one event per job on `llm.usage.<group>` (kept by the `LLM_USAGE`
+//!    JetStream stream), and every worker's background aggregator folds the stream into the
+//!    `LLM_SPEND` key-value bucket that `llmbus spend` reads; [`actors::cost`] owns that
+//!    pipeline in a worker. `llmbus usage tail` follows the events live.
 //!
 //! The rules behind retries, fallbacks, cooldowns and routing strategies live in [`policy`] as
 //! pure code. `llm.embedding` jobs take the same path as completions, without streaming.

@@ -1,5 +1,6 @@
 //! The `llmbus` command: run a worker (`up`, `serve`), talk to one (`complete`, `models`,
-//! `deployments`), or check that one serves (`health`).
+//! `deployments`), check that one serves (`health`), follow usage events (`usage tail`) or
+//! report spend (`spend`).
 //!
 //! A running worker stops on `SIGTERM` or `SIGINT` by draining: it leaves the queue group,
 //! finishes the jobs in flight for up to the grace period (`llmbus.shutdown_grace_secs`, or

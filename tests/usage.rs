@@ -372,10 +372,10 @@ fn synthetic(i: u64, day: u64) -> UsageEvent {
     UsageEvent {
         job_id: format!("job-{day}-{i}"),
         timestamp_ms: day * DAY.as_millis() as u64 + i,
-        model_group: if i % 3 == 0 { "g-a" } else { "g-b" }.into(),
+        model_group: if i.is_multiple_of(3) { "g-a" } else { "g-b" }.into(),
         deployment: Some(format!("d-{}", i % 2)),
         key: Some(format!("key-{}", i % 4)),
-        team: (i % 5 == 0).then(|| "ml".to_string()),
+        team: i.is_multiple_of(5).then(|| "ml".to_string()),
         prompt_tokens: 10,
         completion_tokens: i % 7,
         // Binary fractions: sums are exact, so "exactly once" is an equality.

@@ -4,9 +4,8 @@
 //! `llm.usage.<model_group>`, and starts the spend aggregator in the background. It answers
 //! this worker's own totals ([`CostMsg::Spend`]) and, at shutdown, flushes what is buffered.
 //!
-//! Jobs do not message this actor: they call [`UsageSink::record`], which never waits.
-//! [`CostMsg::Record`] stays for callers that hold only the actor; it goes through the same
-//! bounded buffer.
+//! Jobs do not message this actor: they call [`UsageSink::record`] (the sink is in the
+//! worker context), which never waits.
 
 use std::{
     sync::{Arc, Mutex},
@@ -36,8 +35,6 @@ const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// Messages the cost actor takes.
 pub enum CostMsg {
-    /// A job finished (prefer [`UsageSink::record`]).
-    Record(UsageEvent),
     /// This worker's totals so far.
     Spend(RpcReplyPort<Spend>),
     /// Answers once every event recorded before it is published and flushed.
@@ -71,7 +68,7 @@ pub struct CostArgs {
     pub client: async_nats::Client,
     /// Subject names.
     pub subjects: Subjects,
-    /// The sink the jobs hold (for [`CostMsg::Record`] and flushing).
+    /// The sink the jobs hold (for flushing at shutdown).
     pub sink: UsageSink,
     /// Its receiving end, for the publisher.
     pub receiver: UsageReceiver,
@@ -130,9 +127,6 @@ impl Actor for CostActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CostMsg::Record(event) => {
-                state.sink.record(event);
-            }
             CostMsg::Spend(reply) => {
                 let totals = state
                     .totals

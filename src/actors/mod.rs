@@ -7,7 +7,7 @@
 //!                                      ▼  │      ▼
 //!                                 RouterActor ─supervises─► DeploymentActor (one per deployment)
 //!                                                          
-//!                      RequestActor ── Record ──► CostActor ──► llm.usage.<group>
+//!   RequestActor ── UsageSink::record ──► publisher (started by CostActor) ──► llm.usage.<group>
 //! ```
 
 use std::time::Duration;
