@@ -1,6 +1,7 @@
 //! From the job to NATS without slowing the job: [`UsageSink`] is what the job side holds, a
 //! bounded buffer it fills with [`UsageSink::record`], which never waits and never fails the
-//! job; [`spawn`] starts the task that empties the buffer, counts the worker's own totals and
+//! job; [`spawn`] starts the task that empties the buffer every 20 ms (so that recording never
+//! wakes a thread: it costs about as much as cloning the event), counts the worker's own totals and
 //! metrics, and publishes each event on `llm.usage.<model_group>` with `Nats-Msg-Id` set to
 //! the job id (so the `LLM_USAGE` stream stores a job's event once even if it is published
 //! twice).
@@ -26,6 +27,9 @@ use crate::{telemetry, wire::Subjects};
 
 /// Events the buffer holds by default before it drops.
 pub const DEFAULT_CAPACITY: usize = 10_000;
+
+/// How often the publisher empties the buffer.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// How often, at most, a drop is logged.
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -62,6 +66,24 @@ struct Drops {
 
 /// The publisher's end of the buffer: hand it to [`spawn`].
 pub struct UsageReceiver(mpsc::Receiver<Item>);
+
+impl UsageReceiver {
+    /// The next buffered event without waiting (`Err(true)`: none buffered now; `Err(false)`:
+    /// every sink is gone). For benchmarks and tools that drain the buffer themselves, as the
+    /// publisher does, instead of [`spawn`]ing it.
+    pub fn try_recv_event(&mut self) -> Result<UsageEvent, bool> {
+        loop {
+            match self.0.try_recv() {
+                Ok(Item::Event(e)) => return Ok(*e),
+                Ok(Item::Flush(done)) => {
+                    let _ = done.send(());
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return Err(true),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Err(false),
+            }
+        }
+    }
+}
 
 impl UsageSink {
     /// A sink and the receiver for [`spawn`], with room for `capacity` events (at least 1).
@@ -179,21 +201,33 @@ async fn run(
     mut rx: mpsc::Receiver<Item>,
     totals: Arc<Mutex<Spend>>,
 ) {
-    while let Some(item) = rx.recv().await {
-        match item {
-            Item::Event(event) => {
-                count(&event, &totals);
-                publish(&client, &subjects, &event).await;
-            }
-            Item::Flush(done) => {
-                if let Err(e) = client.flush().await {
-                    tracing::debug!(error = %e, "usage events not flushed");
+    // The task drains the buffer on a timer instead of waiting in `recv`: with no waker
+    // registered, `record` is a plain push and never pays for waking a thread. Events go out
+    // at most `DRAIN_EVERY` late.
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            match rx.try_recv() {
+                Ok(Item::Event(event)) => {
+                    count(&event, &totals);
+                    publish(&client, &subjects, &event).await;
                 }
-                let _ = done.send(());
+                Ok(Item::Flush(done)) => {
+                    if let Err(e) = client.flush().await {
+                        tracing::debug!(error = %e, "usage events not flushed");
+                    }
+                    let _ = done.send(());
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    let _ = client.flush().await;
+                    return;
+                }
             }
         }
     }
-    let _ = client.flush().await;
 }
 
 fn count(e: &UsageEvent, totals: &Mutex<Spend>) {
