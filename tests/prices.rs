@@ -310,3 +310,22 @@ async fn a_model_without_a_price_costs_nothing_is_counted_and_warned_about_once(
         .count();
     assert_eq!(warnings, 1, "{}", w.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_missing_price_file_does_not_start() {
+    let nats = support::nats_server::NatsServer::start();
+    let yaml = "model_list:\n  - model_name: demo\n    litellm_params: {model: mock/demo, \
+                mock_response: hi}\nllmbus:\n  price_table: /nonexistent/prices.json\n";
+    let config = llmbus::config::Config::from_yaml(yaml, "test.yaml")
+        .expect("the config itself is fine")
+        .config;
+    let e = llmbus::Worker::start(&config, nats.client().await)
+        .await
+        .err()
+        .expect("no worker without its price table")
+        .to_string();
+    assert!(
+        e.contains("llmbus.price_table") && e.contains("/nonexistent/prices.json"),
+        "{e}"
+    );
+}
