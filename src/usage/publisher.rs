@@ -1,7 +1,7 @@
 //! From the job to NATS without slowing the job: [`UsageSink`] is what the job side holds, a
 //! bounded buffer it fills with [`UsageSink::record`], which never waits and never fails the
-//! job; [`spawn`] starts the task that empties the buffer every 20 ms (so that recording never
-//! wakes a thread: it costs about as much as cloning the event), counts the worker's own totals and
+//! job; [`spawn`] starts the task that empties the buffer every 20 ms (so that recording
+//! never wakes a thread: it costs a push into the buffer), counts the worker's own totals and
 //! metrics, and publishes each event on `llm.usage.<model_group>` with `Nats-Msg-Id` set to
 //! the job id (so the `LLM_USAGE` stream stores a job's event once even if it is published
 //! twice).
@@ -126,7 +126,7 @@ impl UsageSink {
 
     fn dropped(&self, why: &str) {
         metrics::counter!(telemetry::USAGE_DROPPED).increment(1);
-        let n = self.drops.since_log.fetch_add(1, Ordering::Relaxed) + 1;
+        self.drops.since_log.fetch_add(1, Ordering::Relaxed);
         let now = super::event::now_ms().max(1);
         let last = self.drops.last_log_ms.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= DROP_LOG_EVERY.as_millis() as u64;
@@ -137,12 +137,7 @@ impl UsageSink {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let n = self
-                .drops
-                .since_log
-                .swap(0, Ordering::Relaxed)
-                .max(n.min(1))
-                .max(1);
+            let n = self.drops.since_log.swap(0, Ordering::Relaxed).max(1);
             tracing::warn!(
                 dropped = n,
                 "{n} usage event(s) dropped: {why} (NATS slow or unreachable?); \
