@@ -120,6 +120,70 @@ fn pricing(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the job side pays to hand its usage event over: `UsageSink::record` into a buffer a
+/// thread drains, and into a full buffer (the event is dropped and counted).
+fn usage(c: &mut Criterion) {
+    use llmbus::usage::{UsageEvent, UsageSink};
+    let event = UsageEvent {
+        job_id: "worker-0123456789-42".into(),
+        timestamp_ms: 1_764_458_991_511,
+        model_group: "gpt-4o-mini".into(),
+        deployment: Some("gpt-4o-mini-1".into()),
+        provider: Some("openai".into()),
+        model: Some("openai/gpt-4o-mini".into()),
+        tags: vec!["eu".into()],
+        prompt_tokens: 56,
+        completion_tokens: 12,
+        cost_usd: 0.0000156,
+        latency_ms: 412.0,
+        status: 200,
+        attempts: 1,
+        ..Default::default()
+    };
+    let mut g = c.benchmark_group("usage");
+    // As in a worker: the publisher is a task on the same multi-threaded runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let (sink, rx) = UsageSink::channel(1 << 16);
+    // Drains the way the publisher does: on a timer, never waiting in `recv`.
+    let drainer = rt.spawn(async move {
+        let mut rx = rx;
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            loop {
+                match rx.try_recv_event() {
+                    Ok(e) => drop(black_box(e)),
+                    Err(true) => break,
+                    Err(false) => return,
+                }
+            }
+        }
+    });
+    g.bench_function("record (publisher draining every 20 ms)", |b| {
+        b.iter(|| {
+            let sink = &sink;
+            rt.block_on(async { sink.record(black_box(event.clone())) })
+        })
+    });
+    g.bench_function("block_on alone (subtract from the line above)", |b| {
+        b.iter(|| rt.block_on(async { black_box(1) }))
+    });
+    drop(sink);
+    let _ = rt.block_on(drainer);
+    let (full, _rx) = UsageSink::channel(1);
+    full.record(event.clone());
+    g.bench_function("record (buffer full: dropped)", |b| {
+        b.iter(|| full.record(black_box(event.clone())))
+    });
+    g.bench_function("clone the event (part of both)", |b| {
+        b.iter(|| black_box(event.clone()))
+    });
+    g.finish();
+}
+
 fn headers(c: &mut Criterion) {
     let mut typical = HeaderMap::new();
     typical.insert("Authorization", "Bearer sk-llmbus-virtual-key-0123456789");
@@ -250,6 +314,6 @@ fn hops(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = config();
-    targets = json, capacity, pricing, headers, hops
+    targets = json, capacity, pricing, usage, headers, hops
 }
 criterion_main!(benches);

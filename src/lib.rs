@@ -23,7 +23,7 @@
 //!                               │                     │  path) │ health; its actor    │
 //!                               │                     │        │ queues the waiters   │
 //!                               │                     ├─usage─►└──────────────────────┘
-//!                               └──────────┬──────────┘  CostActor ──► llm.usage.<group>
+//!                               └──────────┬──────────┘  UsageSink ──► llm.usage.<group>
 //!                                          └── reply / chunks (Llm-Seq) / sentinel ──► inbox
 //! ```
 //!
@@ -53,7 +53,12 @@
 //! 5. [`providers`] turn the OpenAI request into a provider's HTTP call and its answer or
 //!    stream back into OpenAI shapes: the OpenAI-compatible family (one table row each),
 //!    Anthropic, Gemini and Vertex AI, Bedrock Converse, Cohere and Ollama; [`pricing`]
-//!    prices the usage, [`actors::cost`] totals it.
+//!    prices the usage (built-in prices, or LiteLLM's price file); the job hands its usage
+//!    event to [`usage`] without waiting.
+//! 6. [`usage`] publishes one event per job on `llm.usage.<group>` (kept by the `LLM_USAGE`
+//!    JetStream stream), and every worker's background aggregator folds the stream into the
+//!    `LLM_SPEND` key-value bucket that `llmbus spend` reads; [`actors::cost`] owns that
+//!    pipeline in a worker. `llmbus usage tail` follows the events live.
 //!
 //! ## Why the hot path looks like this
 //!
@@ -107,6 +112,7 @@ pub mod preflight;
 pub mod pricing;
 pub mod providers;
 pub mod telemetry;
+pub mod usage;
 pub mod wire;
 pub mod worker;
 

@@ -1,6 +1,7 @@
 //! The `llmbus` command: run a worker (`up`, `serve`), talk to one (`complete`, `models`,
-//! `deployments`), or check that one serves (`health`). The subcommands live in
-//! [`llmbus::cli`]; this file parses the command line and dispatches.
+//! `deployments`), check that one serves (`health`), follow usage events (`usage tail`),
+//! report spend (`spend`). The subcommands live in [`llmbus::cli`] and their feature modules;
+//! this file parses the command line and dispatches.
 //!
 //! A running worker stops on `SIGTERM` or `SIGINT` by draining: it leaves the queue group,
 //! finishes the jobs in flight for up to the grace period (`llmbus.shutdown_grace_secs`, or
@@ -120,6 +121,14 @@ enum Command {
         #[arg(long, default_value = "llm")]
         prefix: String,
     },
+    /// Usage events (one per finished job): `llmbus usage tail` follows them live.
+    Usage {
+        #[command(subcommand)]
+        command: llmbus::usage::cli::UsageCommand,
+    },
+    /// Spend and tokens by model group, deployment, key, team and day, from the cluster's
+    /// durable aggregates.
+    Spend(llmbus::usage::cli::SpendArgs),
 }
 
 #[tokio::main]
@@ -182,6 +191,12 @@ async fn main() -> ExitCode {
         Command::Deployments { prefix } => {
             cli::query::show(url, &prefix, |s| s.deployments()).await
         }
+        Command::Usage { command } => llmbus::usage::cli::usage(url, command)
+            .await
+            .map_err(Into::into),
+        Command::Spend(args) => llmbus::usage::cli::spend(url, args)
+            .await
+            .map_err(Into::into),
     };
     finish(result)
 }

@@ -55,6 +55,12 @@ pub const UNPUBLISHED: &str = "llmbus_answers_unpublished_total";
 pub const HANDED_OVER: &str = "llmbus_jobs_handed_over_total";
 /// Counter: jobs refused because they had no reply subject (nowhere to answer).
 pub const UNANSWERABLE: &str = "llmbus_jobs_unanswerable_total";
+/// Requests to a model no price table knows (they cost 0), by `model`.
+pub const UNPRICED_REQUESTS: &str = "llmbus_unpriced_requests_total";
+/// Usage events dropped because the publisher's buffer was full.
+pub const USAGE_DROPPED: &str = "llmbus_usage_events_dropped_total";
+/// Usage events published on `llm.usage.<model_group>`.
+pub const USAGE_PUBLISHED: &str = "llmbus_usage_events_published_total";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -224,4 +230,13 @@ fn describe() {
     );
     describe_counter!(COOLDOWNS, "Cooldowns started");
     describe_counter!(FALLBACKS, "Fallbacks to another model group, by result");
+    describe_counter!(
+        UNPRICED_REQUESTS,
+        "Requests to a model without a price (counted as costing 0), by model"
+    );
+    describe_counter!(
+        USAGE_DROPPED,
+        "Usage events dropped because the publisher's buffer was full"
+    );
+    describe_counter!(USAGE_PUBLISHED, "Usage events published");
 }

@@ -17,7 +17,7 @@ use crate::{
     actors::{
         WorkerContext,
         cancel::{self, Cancels},
-        cost::{CostActor, CostMsg, Spend},
+        cost::{CostActor, CostArgs, CostMsg, Spend, UsageSettings},
         deployment::{DeploymentInfo, Gossip, Live},
         gate::Gate,
         ingress::{IngressActor, IngressArgs, IngressMsg},
@@ -31,7 +31,9 @@ use crate::{
     },
     config::{Config, ConfigError},
     policy::Policies,
-    pricing, providers,
+    pricing::{self, PriceTable},
+    providers,
+    usage::{UsageSink, stream},
     wire::Subjects,
 };
 
@@ -50,6 +52,9 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("building the HTTP client: {0}")]
     Http(String),
+    /// `llmbus.price_table` could not be loaded.
+    #[error("{0}")]
+    PriceTable(#[from] pricing::PriceFileError),
 }
 
 /// A running worker.
@@ -70,7 +75,20 @@ impl Worker {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
-        let deployments = deployments(config, &http)?;
+        let prices = match &config.llmbus.price_table {
+            Some(path) => {
+                let table = PriceTable::load(std::path::Path::new(path))?;
+                tracing::info!(
+                    path = %path,
+                    models = table.from_file(),
+                    "loaded {} model prices from {path}",
+                    table.from_file()
+                );
+                table
+            }
+            None => PriceTable::builtin(),
+        };
+        let deployments = deployments(config, &http, &prices)?;
         if deployments.is_empty() {
             return Err(StartError::NoDeployments);
         }
@@ -123,9 +141,24 @@ impl Worker {
         .await
         .map_err(|e| StartError::Actor("router", e.to_string()))?;
         handles.push(h);
-        let (cost, h) = Actor::spawn(None, CostActor, (client.clone(), subjects.clone()))
-            .await
-            .map_err(|e| StartError::Actor("cost", e.to_string()))?;
+        let (usage, receiver) = UsageSink::channel(config.llmbus.usage_buffer);
+        let (cost, h) = Actor::spawn(
+            None,
+            CostActor,
+            CostArgs {
+                client: client.clone(),
+                subjects: subjects.clone(),
+                sink: usage.clone(),
+                receiver,
+                settings: UsageSettings {
+                    retention: stream::retention(config.llmbus.usage_retention_days),
+                    ensure_stream: true,
+                    aggregate: config.llmbus.spend_aggregator,
+                },
+            },
+        )
+        .await
+        .map_err(|e| StartError::Actor("cost", e.to_string()))?;
         handles.push(h);
         let cancels = Arc::new(Cancels::default());
         let cancel_listener = cancel::listen(&client, subjects.cancel(), cancels.clone())
@@ -143,6 +176,7 @@ impl Worker {
             cancels,
             auth: crate::auth::Auth::from_config(config),
             cost: cost.clone(),
+            usage,
             default_timeout: config.default_timeout(),
             retry: policies.retry,
             fallbacks: policies.fallbacks,
@@ -228,6 +262,8 @@ impl Worker {
             }
             Err(e) => tracing::warn!(error = %e, "ingress did not answer the drain"),
         }
+        // The last jobs' usage events go out before the connection may close.
+        let _ = ractor::call_t!(self.cost, CostMsg::Flush, 10_000);
         // Leaving takes a round trip to the server; ingress bounds it by 10 s.
         let counts = ractor::call_t!(self.ingress, IngressMsg::Leave, 30_000, relay)
             .unwrap_or_else(|e| {
@@ -340,6 +376,7 @@ pub fn served_names(config: &Config) -> Vec<String> {
 fn deployments(
     config: &Config,
     http: &reqwest::Client,
+    prices: &PriceTable,
 ) -> Result<Vec<Arc<DeploymentInfo>>, StartError> {
     let mut seen = HashSet::new();
     let mut per_group: BTreeMap<&str, usize> = BTreeMap::new();
@@ -370,7 +407,7 @@ fn deployments(
             .or(tpm.map(|t| t as f64))
             .unwrap_or(1.0);
         let price_model = entry.model_info.base_model.as_deref().unwrap_or(&p.model);
-        let price = pricing::price_for(
+        let price = prices.price_for(
             price_model,
             entry.model_info.input_cost_per_token,
             entry.model_info.output_cost_per_token,
@@ -392,7 +429,10 @@ fn deployments(
             tpm,
             max_parallel: p.max_parallel_requests,
             tags: p.tags.clone(),
-            max_input_tokens: entry.model_info.max_input_tokens,
+            max_input_tokens: entry
+                .model_info
+                .max_input_tokens
+                .or_else(|| prices.max_input_tokens(price_model)),
             misconfigured: prepared.misconfigured,
             live: Live::default(),
         }));

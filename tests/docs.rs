@@ -117,7 +117,16 @@ fn known_subject(subject: &str) -> bool {
     };
     let usage = s.usage("X");
     let health = s.health("X");
-    one_token(usage.trim_end_matches('X')) || one_token(health.trim_end_matches('X'))
+    // A worker's own subjects: llm.worker.<worker>.completion and .embedding.
+    let direct = ["completion", "embedding"].iter().any(|kind| {
+        let example = s.direct("W", kind);
+        let (head, tail) = example.split_once('W').expect("a worker token");
+        subject
+            .strip_prefix(head)
+            .and_then(|rest| rest.strip_suffix(tail))
+            .is_some_and(|worker| !worker.is_empty() && !worker.contains('.'))
+    });
+    direct || one_token(usage.trim_end_matches('X')) || one_token(health.trim_end_matches('X'))
 }
 
 #[test]
@@ -365,6 +374,12 @@ fn is_key_like(span: &str) -> bool {
 const VALUES_NOT_KEYS: &[&str] = &[
     // Error codes, metrics and setting values the Configuration section quotes.
     "invalid_api_key",
+    "llmbus_unpriced_requests_total",
+    // Fields of LiteLLM's price file (`litellm` is the package that ships it).
+    "litellm",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "output_cost_per_reasoning_token",
     "deployment_misconfigured",
     "llmbus_deployment_state",
     "false",

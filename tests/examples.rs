@@ -145,8 +145,11 @@ fn python_examples_run_against_llmbus_up() {
             run.describe(),
             up.output()
         );
+        // An example that asks for a completion prints the answer (others, such as the usage
+        // consumer, only have to run).
+        let asks = b.code.contains("llm.completion") || b.code.contains("chat.completions");
         assert!(
-            run.stdout.contains(DEMO_ANSWER),
+            !asks || run.stdout.contains(DEMO_ANSWER),
             "the Python example at {} printed no answer\n{}",
             b.place(),
             run.describe()

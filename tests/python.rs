@@ -70,3 +70,71 @@ async fn nats_py_client_speaks_the_contract() {
     );
     drop(gw);
 }
+
+/// The ```python block of the "Python: consuming usage events (nats-py)" section.
+fn readme_usage_consumer() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/README.md"))
+            .expect("schemas/README.md");
+    let section = readme
+        .split("### Python: consuming usage events (nats-py)")
+        .nth(1)
+        .expect("a usage consumer section");
+    let code = section
+        .split("```python\n")
+        .nth(1)
+        .expect("a python code block");
+    code.split("```")
+        .next()
+        .expect("a closed block")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_usage_consumer_runs() {
+    let python = tokio::task::spawn_blocking(pyenv::python)
+        .await
+        .expect("the test venv");
+    let gw = Gateway::start(CONFIG).await;
+    let mut jobs = Vec::new();
+    for (model, user) in [
+        ("gpt-4o-mini", "alice"),
+        ("small", "bob"),
+        ("nope", "alice"),
+    ] {
+        let r = gw
+            .complete(serde_json::json!({
+                "model": model, "user": user,
+                "messages": [{"role": "user", "content": "hi"}]
+            }))
+            .await;
+        jobs.push((
+            r.header("Llm-Job-Id").expect("a job id").to_string(),
+            r.status,
+        ));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("usage_consumer.py");
+    std::fs::write(&path, readme_usage_consumer()).expect("write the example");
+    let mut cmd = Command::new(python);
+    cmd.arg(&path)
+        .env("NATS_URL", gw.nats.url())
+        .env("PYTHONUNBUFFERED", "1");
+    let run = tokio::task::spawn_blocking(move || run_limited(cmd, SCRIPT_LIMIT))
+        .await
+        .expect("python runner");
+    assert!(run.success, "the usage consumer failed\n{}", run.describe());
+    let stdout = run.stdout;
+    for (job, status) in &jobs {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(job.as_str()))
+            .unwrap_or_else(|| panic!("no line for job {job}:\n{stdout}"));
+        assert!(line.contains(&format!("status {status}")), "{line}");
+    }
+    assert!(
+        stdout.contains("by alice") && stdout.contains("by bob"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("spend by key or user:"), "{stdout}");
+}

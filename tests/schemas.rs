@@ -308,3 +308,49 @@ fn headers_validate() {
     assert_invalid(rep, json!({"Llm-Cache": "maybe"}));
     assert_invalid(rep, json!({"Llm-Cost-Usd": "-1"}));
 }
+
+#[test]
+fn usage_events_validate() {
+    let file = "usage-event.json";
+    // What a worker publishes (every field present).
+    let event = llmbus::usage::UsageEvent {
+        job_id: "j-1".into(),
+        timestamp_ms: 1_741_608_000_000,
+        model_group: "gpt-4o".into(),
+        deployment: Some("openai-eu-1".into()),
+        provider: Some("openai".into()),
+        model: Some("openai/gpt-4o".into()),
+        user: Some("alice".into()),
+        tags: vec!["eu".into()],
+        prompt_tokens: 1117,
+        cached_tokens: 1024,
+        completion_tokens: 46,
+        cost_usd: 0.00045,
+        latency_ms: 812.5,
+        ttft_ms: Some(240.0),
+        status: 200,
+        stream: true,
+        attempts: 1,
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        ..Default::default()
+    };
+    assert_valid::<llmbus::usage::UsageEvent>(file, serde_json::to_value(&event).unwrap());
+    // A failure that never reached a deployment.
+    assert_valid::<llmbus::usage::UsageEvent>(
+        file,
+        json!({"job_id": "j-2", "timestamp_ms": 1, "model_group": "nope", "status": 404,
+               "error_class": "model_not_found", "deployment": null}),
+    );
+    assert_invalid(
+        file,
+        json!({"timestamp_ms": 1, "model_group": "g", "status": 200}),
+    );
+    assert_invalid(
+        file,
+        json!({"job_id": "j", "timestamp_ms": 1, "model_group": "g", "status": 1000}),
+    );
+    assert_invalid(
+        file,
+        json!({"job_id": "j", "timestamp_ms": 1, "model_group": "g", "status": 200, "cost_usd": -1}),
+    );
+}

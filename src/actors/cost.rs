@@ -1,127 +1,201 @@
-//! The cost actor: totals tokens and US dollars per model group and per deployment, records
-//! them as metrics, and publishes one usage event per finished job on `llm.usage.<group>`.
+//! The cost actor: owns a worker's usage pipeline ([`crate::usage`]). At start it makes sure
+//! the `LLM_USAGE` stream exists (warning, not failing, when JetStream is not there), starts
+//! the publisher task that empties the job side's [`UsageSink`] onto
+//! `llm.usage.<model_group>`, and starts the spend aggregator in the background. It answers
+//! this worker's own totals ([`CostMsg::Spend`]) and, at shutdown, flushes what is buffered.
+//!
+//! Jobs do not message this actor: they call [`UsageSink::record`] (the sink is in the
+//! worker context), which never waits.
 
-use std::collections::BTreeMap;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
 
-use crate::{telemetry, wire::Subjects};
+pub use crate::usage::{
+    UsageEvent,
+    publisher::{Spend, Totals},
+};
+use crate::{
+    usage::{
+        UsageSink, aggregator,
+        publisher::{self, UsageReceiver},
+        stream::{self, Ensured},
+    },
+    wire::Subjects,
+};
 
-/// One finished job's usage, as published on `llm.usage.<model_group>`.
-#[derive(Debug, Clone, Serialize)]
-pub struct UsageEvent {
-    /// The job id.
-    pub job_id: String,
-    /// The model group.
-    pub model_group: String,
-    /// The deployment that served it.
-    pub deployment: String,
-    /// Prompt tokens (cached ones included).
-    pub prompt_tokens: u64,
-    /// Prompt tokens read from a cache.
-    pub cached_tokens: u64,
-    /// Completion tokens (reasoning included).
-    pub completion_tokens: u64,
-    /// Cost in USD; 0 when the price is unknown.
-    pub cost_usd: f64,
-    /// Unix time (seconds).
-    pub created: u64,
-}
+/// How long start-up waits for JetStream to answer about the stream.
+const ENSURE_WAIT: Duration = Duration::from_secs(10);
 
-/// Totals for one model group or deployment.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Totals {
-    /// Jobs counted.
-    pub requests: u64,
-    /// Prompt tokens.
-    pub prompt_tokens: u64,
-    /// Completion tokens.
-    pub completion_tokens: u64,
-    /// USD.
-    pub cost_usd: f64,
-}
-
-impl Totals {
-    fn add(&mut self, e: &UsageEvent) {
-        self.requests += 1;
-        self.prompt_tokens += e.prompt_tokens;
-        self.completion_tokens += e.completion_tokens;
-        self.cost_usd += e.cost_usd;
-    }
-}
-
-/// Totals by model group and by deployment.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Spend {
-    /// By model group.
-    pub by_model_group: BTreeMap<String, Totals>,
-    /// By deployment.
-    pub by_deployment: BTreeMap<String, Totals>,
-}
+/// How long a stopping worker waits for buffered events to be published.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// Messages the cost actor takes.
 pub enum CostMsg {
-    /// A job finished.
-    Record(UsageEvent),
-    /// The totals so far.
+    /// This worker's totals so far.
     Spend(RpcReplyPort<Spend>),
+    /// Answers once every event recorded before it is published and flushed.
+    Flush(RpcReplyPort<()>),
 }
 
-/// The cost actor; its arguments are the NATS client and subjects for usage events.
+/// How the usage pipeline runs.
+#[derive(Debug, Clone)]
+pub struct UsageSettings {
+    /// How long `LLM_USAGE` keeps events (`llmbus.usage_retention_days`).
+    pub retention: Duration,
+    /// Ensure the `LLM_USAGE` stream at start (`false` only for tests and tools).
+    pub ensure_stream: bool,
+    /// Run the spend aggregator in this worker (`llmbus.spend_aggregator`).
+    pub aggregate: bool,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self {
+            retention: stream::retention(stream::DEFAULT_RETENTION_DAYS),
+            ensure_stream: true,
+            aggregate: true,
+        }
+    }
+}
+
+/// The cost actor's arguments.
+pub struct CostArgs {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// Subject names.
+    pub subjects: Subjects,
+    /// The sink the jobs hold (for flushing at shutdown).
+    pub sink: UsageSink,
+    /// Its receiving end, for the publisher.
+    pub receiver: UsageReceiver,
+    /// Stream and aggregator settings.
+    pub settings: UsageSettings,
+}
+
+/// The cost actor.
 pub struct CostActor;
+
+/// The cost actor's state.
+pub struct CostState {
+    sink: UsageSink,
+    totals: Arc<Mutex<Spend>>,
+    publisher: tokio::task::JoinHandle<()>,
+    aggregator: Option<tokio::task::JoinHandle<()>>,
+}
 
 impl Actor for CostActor {
     type Msg = CostMsg;
-    type State = (async_nats::Client, Subjects, Spend);
-    type Arguments = (async_nats::Client, Subjects);
+    type State = CostState;
+    type Arguments = CostArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        (client, subjects): Self::Arguments,
+        args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok((client, subjects, Spend::default()))
+        let CostArgs {
+            client,
+            subjects,
+            sink,
+            receiver,
+            settings,
+        } = args;
+        if settings.ensure_stream {
+            ensure_stream(&client, &subjects, settings.retention).await;
+        }
+        let totals = Arc::new(Mutex::new(Spend::default()));
+        let publisher = publisher::spawn(client.clone(), subjects, receiver, totals.clone());
+        let aggregator = settings
+            .aggregate
+            .then(|| tokio::spawn(aggregator::run(client)));
+        Ok(CostState {
+            sink,
+            totals,
+            publisher,
+            aggregator,
+        })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        (client, subjects, spend): &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CostMsg::Record(event) => {
-                let labels = [
-                    ("model_group", event.model_group.clone()),
-                    ("deployment", event.deployment.clone()),
-                ];
-                metrics::counter!(telemetry::TOKENS_IN, &labels).increment(event.prompt_tokens);
-                metrics::counter!(telemetry::TOKENS_OUT, &labels)
-                    .increment(event.completion_tokens);
-                // `metrics` counters are integers: spend is a gauge that only ever grows.
-                metrics::gauge!(telemetry::COST_USD, &labels).increment(event.cost_usd);
-                spend
-                    .by_model_group
-                    .entry(event.model_group.clone())
-                    .or_default()
-                    .add(&event);
-                spend
-                    .by_deployment
-                    .entry(event.deployment.clone())
-                    .or_default()
-                    .add(&event);
-                if let Ok(body) = serde_json::to_vec(&event) {
-                    // Fire and forget: usage events must never slow a job down.
-                    let _ = client
-                        .publish(subjects.usage(&event.model_group), body.into())
-                        .await;
-                }
-            }
             CostMsg::Spend(reply) => {
-                let _ = reply.send(spend.clone());
+                let totals = state
+                    .totals
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                let _ = reply.send(totals);
+            }
+            CostMsg::Flush(reply) => {
+                let sink = state.sink.clone();
+                // Off the actor's loop: a slow NATS must not hold other messages up.
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(FLUSH_WAIT, sink.flush()).await;
+                    let _ = reply.send(());
+                });
             }
         }
         Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(a) = state.aggregator.take() {
+            // Safe at any point: compare-and-set keeps the aggregates exact.
+            a.abort();
+        }
+        if tokio::time::timeout(FLUSH_WAIT, state.sink.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("usage events still buffered at shutdown were not all published");
+        }
+        state.publisher.abort();
+        Ok(())
+    }
+}
+
+async fn ensure_stream(client: &async_nats::Client, subjects: &Subjects, retention: Duration) {
+    let js = async_nats::jetstream::new(client.clone());
+    let days = retention.as_secs_f64() / 86_400.0;
+    match tokio::time::timeout(ENSURE_WAIT, stream::ensure(&js, subjects, retention)).await {
+        Ok(Ok(Ensured::Created)) => tracing::info!(
+            retention_days = days,
+            "created the {} stream: usage events are kept {days} days",
+            stream::STREAM
+        ),
+        Ok(Ok(Ensured::Existing)) => {
+            tracing::debug!("the {} stream is in place", stream::STREAM)
+        }
+        Ok(Ok(Ensured::RetentionUpdated { from })) => tracing::info!(
+            retention_days = days,
+            "the {} stream now keeps usage events {days} days (was {} days)",
+            stream::STREAM,
+            from.as_secs_f64() / 86_400.0
+        ),
+        Ok(Ok(Ensured::LeftAlone(why))) => {
+            tracing::warn!("the {} stream: {why}", stream::STREAM)
+        }
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "usage events are not kept durably (they still go out on core NATS): {e}"
+        ),
+        Err(_) => tracing::warn!(
+            "JetStream did not answer within {ENSURE_WAIT:?}: usage events are not kept \
+             durably until the {} stream exists",
+            stream::STREAM
+        ),
     }
 }

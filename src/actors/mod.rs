@@ -3,7 +3,7 @@
 //! ```text
 //!  NATS ──► endpoint readers ──admit (Gate)──► job task (one per job) ──► reply subject
 //!             (ingress)                          │   │        │
-//!                          reads the snapshot ◄──┘   │        └── usage ──► CostActor
+//!                          reads the snapshot ◄──┘   │        └── UsageSink ──► publisher
 //!                          of RoutingTable           │ permit (fast path; the
 //!                          (RouterActor owns it,     ▼ DeploymentActor queues waiters)
 //!                           supervises ──────────► Deployment ──► provider adapter ──HTTP──►
@@ -55,6 +55,8 @@ pub struct WorkerContext {
     pub auth: crate::auth::Auth,
     /// The cost actor.
     pub cost: ActorRef<cost::CostMsg>,
+    /// Where a finished job's usage event goes (never waits; see [`crate::usage`]).
+    pub usage: crate::usage::UsageSink,
     /// A job's deadline when its request sets none.
     pub default_timeout: Duration,
     /// Retries per error class and back-off.

@@ -158,6 +158,20 @@ impl Checker<'_> {
         if l.max_in_flight == 0 {
             return Err(self.fail(&path.key("max_in_flight"), "must be at least 1"));
         }
+        let days = l.usage_retention_days;
+        if !(days.is_finite() && days > 0.0 && days <= 36_500.0) {
+            let message = format!("must be a positive number of days (at most 36500), not {days}");
+            return Err(self.fail(&path.key("usage_retention_days"), message));
+        }
+        if l.usage_buffer == 0 {
+            return Err(self.fail(&path.key("usage_buffer"), "must be at least 1"));
+        }
+        if l.price_table
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err(self.fail(&path.key("price_table"), "must be a file path"));
+        }
         Ok(())
     }
 

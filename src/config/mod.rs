@@ -433,6 +433,17 @@ pub struct LlmbusSettings {
     pub http_listen: Option<SocketAddr>,
     /// Seconds between SSE keep-alive comments until a stream's first token. Default 15.
     pub http_keepalive_secs: f64,
+    /// A price file in LiteLLM's `model_prices_and_context_window.json` format whose rows
+    /// override and extend the built-in prices. Default: none (built-in prices only).
+    pub price_table: Option<String>,
+    /// Days the `LLM_USAGE` stream keeps usage events. Default 30.
+    pub usage_retention_days: f64,
+    /// Usage events buffered between the jobs and the publisher before new ones are dropped.
+    /// Default 10000.
+    #[serde(deserialize_with = "num::int")]
+    pub usage_buffer: usize,
+    /// Run the spend aggregator (`llmbus spend`'s data) in this worker. Default true.
+    pub spend_aggregator: bool,
 }
 
 impl Default for LlmbusSettings {
@@ -455,6 +466,10 @@ impl Default for LlmbusSettings {
             shutdown_grace_secs: 30.0,
             http_listen: None,
             http_keepalive_secs: 15.0,
+            price_table: None,
+            usage_retention_days: crate::usage::stream::DEFAULT_RETENTION_DAYS,
+            usage_buffer: crate::usage::publisher::DEFAULT_CAPACITY,
+            spend_aggregator: true,
         }
     }
 }

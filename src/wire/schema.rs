@@ -64,6 +64,12 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             "Reply headers",
             "The NATS headers llmbus sets on replies, as an object of header name to value.",
         ),
+        entry::<crate::usage::UsageEvent>(
+            "usage-event.json",
+            "Usage event",
+            "One finished job's usage and outcome, published on `llm.usage.<model_group>` and \
+             kept by the `LLM_USAGE` JetStream stream.",
+        ),
     ]
 }
 
@@ -90,7 +96,7 @@ mod tests {
     #[test]
     fn every_schema_has_an_id_a_title_and_the_2020_12_dialect() {
         let all = schemas();
-        assert_eq!(all.len(), 9);
+        assert_eq!(all.len(), 10);
         for (file, schema) in all {
             assert!(file.ends_with(".json"));
             assert!(schema["$id"].as_str().unwrap().starts_with(SCHEMA_ID_BASE));

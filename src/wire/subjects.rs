@@ -58,6 +58,11 @@ impl Subjects {
         format!("{}.usage.{}", self.prefix, token(model_group))
     }
 
+    /// `llm.usage.>`: every usage event (what the `LLM_USAGE` stream captures).
+    pub fn usage_all(&self) -> String {
+        format!("{}.usage.>", self.prefix)
+    }
+
     /// `llm.health.<deployment>`: health changes of one deployment.
     pub fn health(&self, deployment: &str) -> String {
         format!("{}.health.{}", self.prefix, token(deployment))

@@ -17,6 +17,8 @@ pub struct Outcome {
     pub success: bool,
     /// It was killed at the limit.
     pub timed_out: bool,
+    /// How it ended (exit code or signal), as text.
+    pub status: String,
     /// What it printed on stdout.
     pub stdout: String,
     /// What it printed on stderr.
@@ -27,8 +29,8 @@ impl Outcome {
     /// Everything, for a failure message.
     pub fn describe(&self) -> String {
         format!(
-            "success: {}, killed at the limit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.success, self.timed_out, self.stdout, self.stderr
+            "success: {}, killed at the limit: {}, ended: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.success, self.timed_out, self.status, self.stdout, self.stderr
         )
     }
 }
@@ -69,8 +71,12 @@ pub fn run_limited(mut cmd: Command, limit: Duration) -> Outcome {
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     Outcome {
-        success: finished && status.is_ok_and(|s| s.success()),
+        success: finished && status.as_ref().is_ok_and(|s| s.success()),
         timed_out: !finished,
+        status: match &status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        },
         stdout,
         stderr,
     }

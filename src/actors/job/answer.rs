@@ -6,7 +6,10 @@
 //! publish error) is replaced by a small error with the same status, so the requester is
 //! never left waiting; the failure is logged and counted.
 
-use std::{sync::atomic::Ordering, time::Instant};
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
@@ -14,7 +17,9 @@ use bytes::Bytes;
 use super::JobState;
 use crate::{
     actors::table::Route,
+    auth::Caller,
     pricing, telemetry,
+    usage::UsageEvent,
     wire::{
         ApiError, headers,
         openai::{ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse, Usage},
@@ -44,7 +49,7 @@ impl JobState<'_> {
         call.route
             .deployment
             .outcome(latency, None, None, Instant::now());
-        let cost = self.record_usage(&call.route, &usage);
+        let cost = self.price(&call.route, &usage, None);
         // Settle the capacity before answering, so the next job sees the real usage.
         let route = call.route.clone();
         drop(call);
@@ -66,7 +71,7 @@ impl JobState<'_> {
         call.route
             .deployment
             .outcome(latency, None, None, Instant::now());
-        let cost = self.record_usage(&call.route, &usage);
+        let cost = self.price(&call.route, &usage, None);
         let route = call.route.clone();
         drop(call);
         self.send_payload(&response, &route, cost).await;
@@ -152,7 +157,10 @@ impl JobState<'_> {
         call.route
             .deployment
             .outcome(latency, call.first_chunk, None, Instant::now());
-        let cost = self.record_usage(&call.route, &usage);
+        let ttft = call
+            .first_chunk
+            .map(|f| call.started.saturating_duration_since(self.job.received) + f);
+        let cost = self.price(&call.route, &usage, ttft);
         let route = call.route.clone();
         drop(call);
         let headers = self.final_headers(200, Some(&route), Some(cost));
@@ -223,6 +231,7 @@ impl JobState<'_> {
     }
 
     async fn send_error(&mut self, e: &ApiError, route: Option<&Route>) {
+        self.error_class = Some(UsageEvent::error_class_of(e));
         if e.status >= 500 {
             tracing::warn!(status = e.status, error = %e.message, "job failed");
         } else {
@@ -308,30 +317,83 @@ impl JobState<'_> {
         }
     }
 
-    /// Prices `usage` and hands it to the cost actor; returns the cost.
-    pub(super) fn record_usage(&self, route: &Route, usage: &Usage) -> f64 {
-        let info = route.info();
-        let cost = route
-            .price
-            .as_ref()
-            .map_or(0.0, |p| pricing::cost(p, usage));
-        let _ = self.ctx.cost.cast(crate::actors::cost::CostMsg::Record(
-            crate::actors::cost::UsageEvent {
-                job_id: self.job.id.clone(),
-                model_group: route.group.to_string(),
-                deployment: info.id.clone(),
-                prompt_tokens: usage.prompt_tokens,
-                cached_tokens: usage.cached_tokens(),
-                completion_tokens: usage.completion_tokens,
-                cost_usd: cost,
-                created: crate::wire::openai::unix_now(),
-            },
-        ));
+    /// Prices `usage` (the cost reported to the requester) and keeps it for the job's usage
+    /// event; `ttft` is the time from receipt to the first chunk of a stream.
+    pub(super) fn price(&mut self, route: &Route, usage: &Usage, ttft: Option<Duration>) -> f64 {
+        let model = route
+            .wildcard_model
+            .as_deref()
+            .unwrap_or(&route.info().model);
+        let cost = pricing::cost_or_unpriced(route.price.as_ref(), model, usage);
+        self.spent = Some(super::Spent {
+            usage: usage.clone(),
+            cost,
+            ttft,
+        });
         cost
     }
 
-    /// Request metrics, once the job is over.
+    /// The job's usage event as it ends with `status`: one per job, success or failure.
+    fn usage_event(&self, route: Option<&Route>, status: u16) -> UsageEvent {
+        let (model, user) = match &self.body {
+            Some(super::Body::Chat(b)) => (Some(&b.model), b.user.clone()),
+            Some(super::Body::Embedding(b)) => (Some(&b.model), b.user.clone()),
+            None => (None, None),
+        };
+        let mut event = UsageEvent {
+            job_id: self.job.id.clone(),
+            timestamp_ms: crate::usage::event::now_ms(),
+            model_group: route
+                .map(|r| r.group.to_string())
+                .or_else(|| self.served_group.as_deref().map(str::to_string))
+                .or_else(|| self.first_group.as_deref().map(str::to_string))
+                .or_else(|| model.cloned())
+                .unwrap_or_default(),
+            deployment: route.map(|r| r.info().id.clone()),
+            provider: route.map(|r| {
+                crate::providers::prefix(&r.info().model)
+                    .unwrap_or("openai")
+                    .to_string()
+            }),
+            model: route.map(|r| {
+                r.wildcard_model
+                    .clone()
+                    .unwrap_or_else(|| r.info().model.clone())
+            }),
+            key: match &self.caller {
+                Some(c @ Caller::Master) => Some(c.label().to_string()),
+                _ => None,
+            },
+            user,
+            tags: self.tags.clone(),
+            latency_ms: self.job.received.elapsed().as_secs_f64() * 1000.0,
+            status,
+            error_class: self.error_class.clone(),
+            stream: self.stream,
+            attempts: self.attempts,
+            traceparent: self.traceparent.clone(),
+            ..UsageEvent::default()
+        };
+        if let Some(spent) = &self.spent {
+            let u = &spent.usage;
+            event.prompt_tokens = u.prompt_tokens;
+            event.cached_tokens = u.cached_tokens();
+            event.cache_creation_tokens = u
+                .extra
+                .get("cache_creation_input_tokens")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            event.completion_tokens = u.completion_tokens;
+            event.reasoning_tokens = u.reasoning_tokens();
+            event.cost_usd = spent.cost;
+            event.ttft_ms = spent.ttft.map(|t| t.as_secs_f64() * 1000.0);
+        }
+        event
+    }
+
+    /// Request metrics and the usage event, once the job is over.
     pub(super) fn observe(&self, status: u16, route: Option<&Route>) {
+        self.ctx.usage.record(self.usage_event(route, status));
         let total = self.job.received.elapsed();
         let group: String = match (route, &self.served_group) {
             (Some(r), _) => r.group.to_string(),

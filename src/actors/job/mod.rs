@@ -122,6 +122,14 @@ struct Call {
     first_chunk: Option<Duration>,
 }
 
+/// What a job's upstream use cost, for its usage event.
+struct Spent {
+    usage: Usage,
+    cost: f64,
+    /// From receipt to a stream's first chunk.
+    ttft: Option<Duration>,
+}
+
 /// What a stream has sent so far.
 #[derive(Default)]
 struct StreamOut {
@@ -172,6 +180,10 @@ struct JobState<'a> {
     last_route: Option<Route>,
     upstream_time: Duration,
     out: StreamOut,
+    /// Tokens and cost, once priced.
+    spent: Option<Spent>,
+    /// For a failure, the error class of its answer.
+    error_class: Option<String>,
 }
 
 impl<'a> JobState<'a> {
@@ -212,6 +224,8 @@ impl<'a> JobState<'a> {
             last_route: None,
             upstream_time: Duration::ZERO,
             out: StreamOut::default(),
+            spent: None,
+            error_class: None,
         }
     }
 
@@ -341,9 +355,10 @@ impl<'a> JobState<'a> {
             self.upstream_time += call.started.elapsed();
             let usage = self.stream_usage();
             call.held.actual_tokens = Some(usage.total_tokens);
-            self.record_usage(&call.route, &usage);
+            self.price(&call.route, &usage, None);
             route = Some(call.route.clone());
         }
+        self.error_class = Some("cancelled".into());
         self.answered.store(true, Ordering::Release);
         self.observe(499, route.as_ref());
     }

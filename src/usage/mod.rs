@@ -1,0 +1,35 @@
+//! Usage: one event per finished job, durable, aggregated into spend.
+//!
+//! ```text
+//!  job ──UsageSink::record (never waits)──► bounded buffer ──► publisher task
+//!        (drops counted: llmbus_usage_events_dropped_total)        │ llm.usage.<model_group>
+//!                                                                  ▼
+//!   any consumer ◄── core NATS / JetStream ◄── LLM_USAGE stream (file, retention 30 d)
+//!                                                                  │ every worker, off the
+//!                                                                  ▼ job path
+//!                    llmbus spend ◄── LLM_SPEND KV ◄── aggregator (cursor + CAS per day)
+//! ```
+//!
+//! - [`event`]: [`UsageEvent`], the wire contract (`schemas/usage-event.json`).
+//! - [`publisher`]: [`UsageSink`], the job side's non-blocking handle, and the task that
+//!   publishes.
+//! - [`stream`]: the `LLM_USAGE` stream, created idempotently at worker start-up.
+//! - [`spend`]: the `LLM_SPEND` documents and why aggregation is exactly-once with many
+//!   workers; [`aggregator`]: the background task that keeps them up to date.
+//! - [`tail`] and [`report`]: `llmbus usage tail` and `llmbus spend`; [`cli`]: their
+//!   arguments.
+//!
+//! The cost actor ([`crate::actors::cost`]) owns the pipeline inside a worker: it starts the
+//! publisher and the aggregator and ensures the stream.
+
+pub mod aggregator;
+pub mod cli;
+pub mod event;
+pub mod publisher;
+pub mod report;
+pub mod spend;
+pub mod stream;
+pub mod tail;
+
+pub use event::UsageEvent;
+pub use publisher::UsageSink;

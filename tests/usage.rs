@@ -1,0 +1,478 @@
+//! Usage events, durable: every job (success or failure) publishes one event on
+//! `llm.usage.<model_group>` with the fields of `schemas/usage-event.json`; the `LLM_USAGE`
+//! stream is created idempotently at start-up and its retention follows the config without
+//! losing events; a worker without JetStream still serves; and the spend aggregators count
+//! every event exactly once however many run at once and across restarts.
+//!
+//! Each test runs against every nats-server binary found (`support::nats_binaries`): Debian's
+//! 2.9 and, where installed, the current 2.1x.
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use async_nats::{HeaderMap, jetstream};
+use bytes::Bytes;
+use futures::StreamExt;
+use llmbus::{
+    Worker,
+    client::{LlmClient, Reply},
+    config::Config,
+    usage::{
+        UsageEvent, aggregator,
+        report::{self, SpendReport},
+        spend,
+        stream::{self, STREAM},
+    },
+    wire::{Subjects, headers},
+};
+use serde_json::json;
+use support::{
+    fake_provider::{FakeProvider, Fault},
+    gateway::PATIENCE,
+    nats_binaries::{Server, binaries},
+};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn config(fake: &FakeProvider, extra: &str) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: demo
+    litellm_params: {{model: mock/demo, mock_response: "hello from the mock"}}
+  - model_name: echo
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: {}
+      api_key: sk-test
+    model_info: {{id: echo-1}}
+router_settings:
+  num_retries: 0
+{extra}
+"#,
+        fake.url()
+    )
+}
+
+async fn worker(server: &Server, yaml: &str) -> Worker {
+    let loaded = Config::from_yaml(yaml, "test.yaml").expect("test config loads");
+    Worker::start(&loaded.config, server.client().await)
+        .await
+        .expect("worker starts")
+}
+
+async fn complete(client: &LlmClient, headers: HeaderMap, body: serde_json::Value) -> Reply {
+    client
+        .complete(headers, Bytes::from(body.to_string()), PATIENCE)
+        .await
+        .expect("a reply")
+}
+
+/// The next `n` usage events on `sub`, by job id.
+async fn events(sub: &mut async_nats::Subscriber, n: usize) -> HashMap<String, UsageEvent> {
+    let mut out = HashMap::new();
+    while out.len() < n {
+        let msg = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .expect("a usage event in time")
+            .expect("subscription open");
+        let e: UsageEvent = serde_json::from_slice(&msg.payload).expect("a usage event");
+        assert_eq!(msg.subject.as_str(), format!("llm.usage.{}", e.model_group));
+        out.insert(e.job_id.clone(), e);
+    }
+    out
+}
+
+async fn stream_messages(js: &jetstream::Context) -> u64 {
+    js.get_stream(STREAM)
+        .await
+        .expect("the usage stream")
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .messages
+}
+
+/// Polls `check` every 50 ms until it holds; panics with `what` after 60 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_publishes_one_usage_event_success_or_failure() {
+    for binary in binaries() {
+        let server = Server::start(&binary, true);
+        let fake = FakeProvider::start().await;
+        let w = worker(&server, &config(&fake, "")).await;
+        let nats = server.client().await;
+        let mut sub = nats.subscribe("llm.usage.>").await.unwrap();
+        nats.flush().await.unwrap();
+        let client = LlmClient::new(server.client().await, "llm");
+
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        h.insert(headers::TRACEPARENT, traceparent);
+        h.insert(headers::TAGS, "eu,batch");
+        let ok = complete(
+            &client,
+            h,
+            json!({"model": "echo", "user": "alice",
+                   "messages": [{"role": "user", "content": "price me"}]}),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{}", ok.json());
+        let (_, sentinel) = client
+            .stream(
+                HeaderMap::new(),
+                Bytes::from(
+                    json!({"model": "echo", "stream": true,
+                           "messages": [{"role": "user", "content": "stream me please"}]})
+                    .to_string(),
+                ),
+                PATIENCE,
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(sentinel.status, 200);
+        let unknown = complete(
+            &client,
+            HeaderMap::new(),
+            json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+        assert_eq!(unknown.status, 404);
+        fake.push(Fault::status(429));
+        let limited = complete(
+            &client,
+            HeaderMap::new(),
+            json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+        assert_eq!(limited.status, 429, "{}", limited.json());
+        let mock = complete(
+            &client,
+            HeaderMap::new(),
+            json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+        assert_eq!(mock.status, 200);
+
+        let all = events(&mut sub, 5).await;
+        let job = |r: &Reply| r.header(headers::JOB_ID).expect("a job id").to_string();
+
+        let e = &all[&job(&ok)];
+        let usage = &ok.json()["usage"];
+        assert_eq!(e.status, 200);
+        assert_eq!(e.model_group, "echo");
+        assert_eq!(e.deployment.as_deref(), Some("echo-1"));
+        assert_eq!(e.provider.as_deref(), Some("openai"));
+        assert_eq!(e.model.as_deref(), Some("openai/gpt-4o-mini"));
+        assert_eq!(e.user.as_deref(), Some("alice"));
+        assert_eq!(e.tags, ["eu", "batch"]);
+        assert_eq!(e.traceparent.as_deref(), Some(traceparent));
+        assert_eq!(e.prompt_tokens, usage["prompt_tokens"].as_u64().unwrap());
+        assert_eq!(
+            e.completion_tokens,
+            usage["completion_tokens"].as_u64().unwrap()
+        );
+        let header_cost: f64 = ok.header(headers::COST_USD).unwrap().parse().unwrap();
+        assert!(e.cost_usd > 0.0 && (e.cost_usd - header_cost).abs() < 1e-15);
+        // gpt-4o-mini: $0.15/M in, $0.60/M out.
+        let expected = e.prompt_tokens as f64 * 0.15e-6 + e.completion_tokens as f64 * 0.6e-6;
+        assert!(
+            (e.cost_usd - expected).abs() < 1e-12,
+            "{} vs {expected}",
+            e.cost_usd
+        );
+        assert!(e.latency_ms > 0.0);
+        assert_eq!(
+            (e.ttft_ms, e.stream, e.error_class.as_deref()),
+            (None, false, None)
+        );
+        assert_eq!(e.attempts, 1);
+        assert!(e.timestamp_ms > 1_700_000_000_000);
+
+        let e = &all[&job(&sentinel)];
+        assert_eq!((e.status, e.stream), (200, true));
+        let ttft = e.ttft_ms.expect("a stream has a time to first token");
+        assert!(
+            ttft > 0.0 && ttft <= e.latency_ms,
+            "{ttft} vs {}",
+            e.latency_ms
+        );
+        assert!(e.completion_tokens > 0 && e.cost_usd > 0.0);
+
+        let e = &all[&job(&unknown)];
+        assert_eq!(e.status, 404);
+        assert_eq!(e.model_group, "nope");
+        assert_eq!(e.error_class.as_deref(), Some("model_not_found"));
+        assert_eq!((e.deployment.as_deref(), e.cost_usd), (None, 0.0));
+
+        let e = &all[&job(&limited)];
+        assert_eq!(e.status, 429);
+        assert_eq!(e.deployment.as_deref(), Some("echo-1"));
+        assert_eq!(e.error_class.as_deref(), Some("rate_limit_error"));
+        assert_eq!(e.cost_usd, 0.0);
+
+        let e = &all[&job(&mock)];
+        assert_eq!((e.provider.as_deref(), e.cost_usd), (Some("mock"), 0.0));
+
+        // The stream keeps all five.
+        let js = jetstream::new(nats.clone());
+        eventually("five events in LLM_USAGE", || async {
+            stream_messages(&js).await == 5
+        })
+        .await;
+        w.stop().await;
+        eprintln!("ok on nats-server {}", server.version);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config() {
+    for binary in binaries() {
+        let server = Server::start(&binary, true);
+        let fake = FakeProvider::start().await;
+        let nats = server.client().await;
+        let js = jetstream::new(nats.clone());
+
+        let a = worker(&server, &config(&fake, "")).await;
+        let mut s = js.get_stream(STREAM).await.expect("created at start-up");
+        let info = s.info().await.unwrap().clone();
+        assert_eq!(info.config.subjects, ["llm.usage.>"]);
+        assert_eq!(info.config.storage, jetstream::stream::StorageType::File);
+        assert_eq!(info.config.max_age, 30 * DAY);
+        let created = info.created;
+
+        // An event, and a setting an operator changed by hand.
+        let client = LlmClient::new(server.client().await, "llm");
+        let r = complete(
+            &client,
+            HeaderMap::new(),
+            json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        eventually("the event stored", || async {
+            stream_messages(&js).await == 1
+        })
+        .await;
+        js.update_stream(jetstream::stream::Config {
+            max_bytes: 64 << 20,
+            ..info.config.clone()
+        })
+        .await
+        .expect("an operator's change");
+
+        // Same settings: nothing changes. Another retention: updated in place.
+        let b = worker(&server, &config(&fake, "")).await;
+        let c = worker(
+            &server,
+            &config(&fake, "llmbus:\n  usage_retention_days: 7"),
+        )
+        .await;
+        let info = js
+            .get_stream(STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(info.created, created, "never recreated");
+        assert_eq!(info.config.max_age, 7 * DAY);
+        assert_eq!(
+            info.config.max_bytes,
+            64 << 20,
+            "the operator's change is kept"
+        );
+        assert_eq!(info.state.messages, 1, "no event lost");
+        assert_eq!(
+            stream::ensure(&js, &Subjects::default(), 7 * DAY)
+                .await
+                .unwrap(),
+            stream::Ensured::Existing
+        );
+        for w in [a, b, c] {
+            w.stop().await;
+        }
+
+        // A stream of that name that captures something else is left alone, and the worker
+        // still starts.
+        js.delete_stream(STREAM).await.unwrap();
+        js.create_stream(jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["other.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let d = worker(&server, &config(&fake, "")).await;
+        let info = js
+            .get_stream(STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(info.config.subjects, ["other.>"]);
+        match stream::ensure(&js, &Subjects::default(), 30 * DAY)
+            .await
+            .unwrap()
+        {
+            stream::Ensured::LeftAlone(why) => assert!(why.contains("other.>"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        d.stop().await;
+        eprintln!("ok on nats-server {}", server.version);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_jetstream_a_worker_serves_and_events_flow_on_core_nats() {
+    for binary in binaries() {
+        let server = Server::start(&binary, false);
+        let fake = FakeProvider::start().await;
+        let w = worker(&server, &config(&fake, "")).await;
+        let nats = server.client().await;
+        let mut sub = nats.subscribe("llm.usage.demo").await.unwrap();
+        nats.flush().await.unwrap();
+        let client = LlmClient::new(server.client().await, "llm");
+        let r = complete(
+            &client,
+            HeaderMap::new(),
+            json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let all = events(&mut sub, 1).await;
+        assert!(all.contains_key(r.header(headers::JOB_ID).unwrap()));
+        w.stop().await;
+    }
+}
+
+fn synthetic(i: u64, day: u64) -> UsageEvent {
+    UsageEvent {
+        job_id: format!("job-{day}-{i}"),
+        timestamp_ms: day * DAY.as_millis() as u64 + i,
+        model_group: if i.is_multiple_of(3) { "g-a" } else { "g-b" }.into(),
+        deployment: Some(format!("d-{}", i % 2)),
+        key: Some(format!("key-{}", i % 4)),
+        team: i.is_multiple_of(5).then(|| "ml".to_string()),
+        prompt_tokens: 10,
+        completion_tokens: i % 7,
+        // Binary fractions: sums are exact, so "exactly once" is an equality.
+        cost_usd: 0.0078125,
+        status: if i % 10 == 9 { 503 } else { 200 },
+        ..Default::default()
+    }
+}
+
+async fn publish(nats: &async_nats::Client, events: impl IntoIterator<Item = UsageEvent>) {
+    let js = jetstream::new(nats.clone());
+    for e in events {
+        js.publish(
+            Subjects::default().usage(&e.model_group),
+            serde_json::to_vec(&e).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+}
+
+async fn report(nats: &async_nats::Client) -> SpendReport {
+    report::spend(nats.clone(), None).await.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() {
+    for binary in binaries() {
+        let server = Server::start(&binary, true);
+        let nats = server.client().await;
+        let js = jetstream::new(nats.clone());
+        stream::ensure(&js, &Subjects::default(), 30 * DAY)
+            .await
+            .unwrap();
+        // Three aggregators on their own connections, racing over the same events.
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            tasks.push(tokio::spawn(aggregator::run(server.client().await)));
+        }
+        let day1 = 20_000; // 2024-10-04
+        let day2 = day1 + 1;
+        publish(&nats, (0..200).map(|i| synthetic(i, day1))).await;
+        publish(&nats, (0..100).map(|i| synthetic(i, day2))).await;
+        eventually("300 events aggregated", || async {
+            let r = report(&nats).await;
+            r.pending() == 0 && r.aggregated_through == 300
+        })
+        .await;
+        let r = report(&nats).await;
+        assert_eq!(r.spend.total.requests, 300);
+        assert_eq!(r.spend.total.cost_usd, 300.0 * 0.0078125);
+        assert_eq!(r.spend.total.failures, 20 + 10);
+        assert_eq!(r.by_day.len(), 2);
+        assert_eq!(
+            (r.by_day[0].day.as_str(), r.by_day[0].tally.requests),
+            ("2024-10-04", 200)
+        );
+        assert_eq!(r.by_day[1].tally.requests, 100);
+        assert_eq!(r.spend.by_model_group["g-a"].requests, 67 + 34);
+        assert_eq!(r.spend.by_key.len(), 4);
+        assert_eq!(r.spend.by_team["ml"].requests, 40 + 20);
+        let completion: u64 = (0..200).chain(0..100).map(|i| i % 7).sum();
+        assert_eq!(r.spend.total.completion_tokens, completion);
+
+        // Every aggregator stops; new events; new aggregators go on from the cursor, not from
+        // the beginning of the stream.
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        publish(&nats, (200..250).map(|i| synthetic(i, day1))).await;
+        for _ in 0..2 {
+            tasks.push(tokio::spawn(aggregator::run(server.client().await)));
+        }
+        eventually("350 events aggregated", || async {
+            report(&nats).await.aggregated_through == 350
+        })
+        .await;
+        let r = report(&nats).await;
+        assert_eq!(r.spend.total.requests, 350);
+        assert_eq!(r.spend.total.cost_usd, 350.0 * 0.0078125);
+        assert_eq!(r.by_day[0].tally.requests, 250);
+        // --since reads only the days from then on.
+        let since = report::parse_since("2024-10-05", 0).unwrap();
+        let r = report::spend(nats.clone(), Some(since)).await.unwrap();
+        assert_eq!(r.spend.total.requests, 100);
+        // The day documents are what the KV holds, with their watermarks.
+        let kv = spend::open(&js).await.unwrap().expect("the bucket");
+        let (doc, _) = spend::read::<spend::DayDoc>(&kv, &spend::day_key("2024-10-04"))
+            .await
+            .unwrap();
+        assert_eq!(doc.spend.total.requests, 250);
+        assert!(doc.applied_through >= 300);
+        for t in tasks {
+            t.abort();
+        }
+        eprintln!("ok on nats-server {}", server.version);
+    }
+}
