@@ -208,6 +208,8 @@ impl JobState<'_> {
             Ok(()) => true,
             Err(reason) => {
                 unpublished("chunk", &reason);
+                // That number never went out: the error takes it, so the requester sees no gap.
+                self.out.seq -= 1;
                 let route = self.call.take().map(|c| c.route.clone());
                 let e = ApiError::bad_gateway(format!(
                     "chunk {} of the stream could not be published: {reason}",
