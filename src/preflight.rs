@@ -123,9 +123,10 @@ fn examine_where(
         );
         if let Some(reason) = &prepared.misconfigured {
             if let Some(why) = elsewhere(entry) {
+                // Not `reason`: it names the placeholders; each worker reports the real one.
                 report
                     .notes
-                    .push(format!("{at}{name} is not checked here: {why} ({reason})"));
+                    .push(format!("{at}{name} is not checked here: {why}"));
                 continue;
             }
             report

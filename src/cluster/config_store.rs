@@ -322,7 +322,7 @@ impl ConfigStore {
                 out.push(stored);
             }
         }
-        out.sort_by(|a, b| b.revision.cmp(&a.revision));
+        out.sort_by_key(|s| std::cmp::Reverse(s.revision));
         Ok(out)
     }
 
