@@ -393,6 +393,7 @@ async fn serve_without_a_config_serves_the_cluster_config() {
         let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("llmbus: ")).collect();
         assert_eq!(errors.len(), 1, "{log}");
         assert!(errors[0].contains("run `llmbus config push FILE`"), "{log}");
+        assert!(!errors[0].contains("  "), "one tidy line: {log}");
 
         let s = store(&server).await;
         let revision = s.push(DEMO, "demo.yaml").await.unwrap();

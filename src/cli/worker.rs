@@ -105,8 +105,8 @@ pub fn bind_metrics(
 ///
 /// `cluster_config` is set when the config came from the cluster's config store (`llmbus
 /// serve` without `--config`): the store and the revision loaded. The hot reload is wired
-/// here: follow `cluster.store.watch(cluster.stored.revision)` and swap the routing table on
-/// each revision. Until then the worker serves the revision it started with.
+/// here: follow `cluster_config.store.watch(cluster_config.stored.revision)` and swap the
+/// routing table on each revision. Until then the worker serves the revision it started with.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_worker(
     config: Config,
@@ -237,7 +237,8 @@ async fn serve_cluster_config(
     let store = ConfigStore::open(client.clone(), prefix).await?;
     let stored = store.current().await?.ok_or_else(|| {
         format!(
-            "no --config and the cluster has no config yet (JetStream KV bucket {} on {url}):              run `llmbus config push FILE`, or start the worker with --config FILE",
+            "no --config and the cluster has no config yet (JetStream KV bucket {} on {url}): \
+             run `llmbus config push FILE`, or start the worker with --config FILE",
             store.bucket()
         )
     })?;
