@@ -24,9 +24,11 @@ const DEFAULT_PREFIX: &str = "llm";
 /// `llmbus config ...`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ConfigCommand {
-    /// Check a config file and store it as the cluster's config: every `llmbus serve` without
-    /// --config serves it. `os.environ/NAME` references are stored as written and resolved on
-    /// each worker; a file with a problem `llmbus check` would report is refused.
+    /// Check a config file and store it as the cluster's config.
+    ///
+    /// Every `llmbus serve` without --config serves it. `os.environ/NAME` references are stored
+    /// as written and resolved on each worker; a file with a problem `llmbus check` would
+    /// report is refused, and so is a secret written as a literal.
     Push {
         /// The LiteLLM-style config file.
         file: PathBuf,

@@ -547,6 +547,25 @@ router_settings:
     }
 
     #[test]
+    fn what_only_a_worker_can_check_is_a_note() {
+        let vertex = "\
+model_list:
+  - model_name: gem
+    litellm_params:
+      model: vertex_ai/gemini-2.5-flash
+      vertex_credentials: os.environ/VERTEX_KEY
+";
+        let v = validate(vertex, "v.yaml", &PushOptions::default()).expect("valid");
+        assert_eq!(v.notes.len(), 1, "{:?}", v.notes);
+        assert!(v.notes[0].contains("read on each worker"), "{:?}", v.notes);
+        assert!(
+            !v.notes[0].contains("os-environ"),
+            "no placeholder shown: {:?}",
+            v.notes
+        );
+    }
+
+    #[test]
     fn bad_yaml_and_refused_security_settings_are_refused() {
         let err = validate("model_list: [\n", "y.yaml", &PushOptions::default()).unwrap_err();
         assert_eq!(err.problems.len(), 1);
