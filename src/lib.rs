@@ -94,7 +94,10 @@
 //! back into HTTP and server-sent events.
 //!
 //! [`cluster`] keeps the state that makes several workers one gateway in JetStream KV:
-//! membership, deployment limits that hold cluster-wide, and cooldowns for late joiners.
+//! membership, deployment limits that hold cluster-wide, cooldowns for late joiners, and the
+//! cluster's config file ([`cluster::config_store`]: `llmbus config push|show|history|rollback`,
+//! `llmbus serve` without `--config`), checked at push without the workers' secrets
+//! ([`config::Detached`]) and named by its [`config::fingerprint`].
 
 pub mod actors;
 pub mod auth;

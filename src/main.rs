@@ -52,11 +52,15 @@ enum Command {
     /// with python3 when there is none), and a worker with the built-in quickstart config
     /// (needs no API key) unless --config is given.
     Up(UpArgs),
-    /// Run a worker against an existing NATS server.
+    /// Run a worker against an existing NATS server, with a config file or, without one, the
+    /// cluster's config (`llmbus config push`).
     Serve {
-        /// A LiteLLM-style config file.
+        /// A LiteLLM-style config file (without it: the cluster's config from NATS).
         #[arg(long, short, env = "LLMBUS_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Without --config: the subject prefix whose cluster config to serve (default llm).
+        #[arg(long, conflicts_with = "config")]
+        prefix: Option<String>,
         /// Refuse to start over any problem `llmbus check` would report (a misconfigured
         /// deployment, a deployment without credentials, a typo, an unset variable).
         #[arg(long)]
@@ -97,6 +101,9 @@ enum Command {
         /// The LiteLLM-style config file.
         config: PathBuf,
     },
+    /// The cluster's config in NATS: push a file, show, list or roll back revisions.
+    #[command(subcommand)]
+    Config(cli::config::ConfigCommand),
     /// Exit 0 when at least one llmbus worker answers on NATS and serves the prefix's
     /// completion subject (not starting, not draining); non-zero otherwise.
     Health {
@@ -163,10 +170,11 @@ async fn main() -> ExitCode {
         Command::Up(args) => cli::worker::up(url, args).await,
         Command::Serve {
             config,
+            prefix,
             strict,
             grace_secs,
             http,
-        } => cli::worker::serve(url, config, strict, grace_secs, http).await,
+        } => cli::worker::serve(url, config, prefix, strict, grace_secs, http).await,
         Command::Front {
             listen,
             prefix,
@@ -185,6 +193,7 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Check { config } => llmbus::preflight::check_command(&config),
+        Command::Config(command) => cli::config::run(url, command).await,
         Command::Health { prefix, wait_ms } => cli::query::health(url, &prefix, wait_ms).await,
         Command::Complete(args) => cli::complete::complete(url, args).await,
         Command::Models { prefix } => cli::query::show(url, &prefix, |s| s.models()).await,

@@ -8,11 +8,14 @@
 //! `serve --strict` refuses to start. Keys llmbus merely does not support (LiteLLM features it
 //! lacks) are *notes*, never problems. A config that does not load at all (bad YAML, a wrong
 //! type, a security setting llmbus does not enforce) is one problem: the loader's error.
+//!
+//! [`examine_detached`] is the same examination for `llmbus config push`, made where the
+//! workers' environment is not: every `os.environ/` variable counts as set.
 
 use std::{fmt::Write as _, path::Path};
 
 use crate::{
-    config::{Config, Loaded},
+    config::{Config, Detached, Loaded, ModelEntry},
     providers,
 };
 
@@ -73,6 +76,26 @@ pub fn examine(loaded: &Loaded) -> Report {
 
 /// [`examine`] with `env` in place of the process environment.
 pub fn examine_with_env(loaded: &Loaded, env: &dyn Fn(&str) -> Option<String>) -> Report {
+    examine_where(loaded, env, &|_| None)
+}
+
+/// [`examine`] for a config checked away from its workers (`llmbus config push`; see
+/// [`crate::config::Detached`]): every `os.environ/` variable counts as set, and a deployment
+/// that does not build here for a reason only a worker can judge (a Vertex AI key read on the
+/// workers, a `model` from a variable) is a note, not a problem.
+pub fn examine_detached(detached: &Detached) -> Report {
+    examine_where(&detached.loaded, &|name| detached.env(name), &|entry| {
+        detached.checked_on_workers(entry)
+    })
+}
+
+/// The examination; `elsewhere(entry)` says why a deployment that does not build here is
+/// checked on the workers instead, when it is.
+fn examine_where(
+    loaded: &Loaded,
+    env: &dyn Fn(&str) -> Option<String>,
+    elsewhere: &dyn Fn(&ModelEntry) -> Option<&'static str>,
+) -> Report {
     let mut report = Report {
         problems: loaded.typos.clone(),
         ..Report::default()
@@ -99,6 +122,13 @@ pub fn examine_with_env(loaded: &Loaded, env: &dyn Fn(&str) -> Option<String>) -
             entry.model_name, entry.litellm_params.model
         );
         if let Some(reason) = &prepared.misconfigured {
+            if let Some(why) = elsewhere(entry) {
+                // Not `reason`: it names the placeholders; each worker reports the real one.
+                report
+                    .notes
+                    .push(format!("{at}{name} is not checked here: {why}"));
+                continue;
+            }
             report
                 .problems
                 .push(format!("{at}{name} is misconfigured: {reason}"));

@@ -1,6 +1,8 @@
 //! `llmbus up` and `llmbus serve`: load the config, bind the metrics listener, connect (for
 //! `up`: start a private nats-server when nothing answers, installing one when there is
-//! none), run a [`Worker`] until `SIGTERM`/`SIGINT`, then drain it.
+//! none), run a [`Worker`] until `SIGTERM`/`SIGINT`, then drain it. `serve` without a config
+//! file serves the cluster's config from the config store
+//! ([`crate::cluster::config_store`]).
 //!
 //! The metrics address: an explicit `llmbus.metrics_listen` that is taken stops the start with
 //! an error naming it (two workers must not think they both export there); the default
@@ -16,6 +18,7 @@ use std::{
 use super::{Res, banner::Banner};
 use crate::{
     Worker,
+    cluster::config_store::{ConfigStore, ServedConfig},
     config::{Config, DEFAULT_NATS_URL},
     health::{Readiness, State},
     local_nats::{LocalNats, binary},
@@ -45,10 +48,13 @@ pub fn grace(config: &Config, flag: Option<f64>) -> Result<Duration, String> {
 /// True when the config file sets `llmbus.metrics_listen` itself (to any value, `null`
 /// included) rather than leaving it to the default.
 pub fn metrics_listen_is_explicit(path: Option<&Path>) -> bool {
-    let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) else {
-        return false;
-    };
-    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .is_some_and(|text| metrics_listen_is_explicit_in(&text))
+}
+
+/// [`metrics_listen_is_explicit`] for a config's text.
+pub fn metrics_listen_is_explicit_in(text: &str) -> bool {
+    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
         .ok()
         .and_then(|doc| doc.get("llmbus")?.as_mapping().cloned())
         .is_some_and(|section| section.contains_key("metrics_listen"))
@@ -96,6 +102,12 @@ pub fn bind_metrics(
 /// connection relays the jobs that arrive while the worker leaves the queue group. `http`
 /// serves the HTTP front on the worker's connection. `banner` is printed once the worker
 /// serves, with the metrics address filled in.
+///
+/// `cluster_config` is set when the config came from the cluster's config store (`llmbus
+/// serve` without `--config`): the store and the revision loaded. The hot reload is wired
+/// here: follow `cluster_config.store.watch(cluster_config.stored.revision)` and swap the
+/// routing table on each revision. Until then the worker serves the revision it started with.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_worker(
     config: Config,
     metrics_explicit: bool,
@@ -104,7 +116,9 @@ pub async fn run_worker(
     grace: Duration,
     http: Option<tokio::net::TcpListener>,
     banner: Option<Banner>,
+    cluster_config: Option<ServedConfig>,
 ) -> Res {
+    let _cluster_config = cluster_config;
     let http_settings = crate::http::HttpSettings::from_config(&config)?;
     // Before the worker says it serves, so that a SIGTERM right after that drains it.
     let mut signals = Signals::install()?;
@@ -183,21 +197,75 @@ pub async fn run_worker(
     }
 }
 
-/// `llmbus serve`.
+/// `llmbus serve`: the config file at `path`, else the cluster's config of `prefix` (default
+/// `llm`) from the config store.
 pub async fn serve(
     url: Option<String>,
-    path: PathBuf,
+    path: Option<PathBuf>,
+    prefix: Option<String>,
     strict: bool,
     grace_secs: Option<f64>,
     http: Option<SocketAddr>,
 ) -> Res {
+    let Some(path) = path else {
+        let prefix = prefix.as_deref().unwrap_or("llm");
+        return serve_cluster_config(url, prefix, strict, grace_secs, http).await;
+    };
     let config = load(Some(&path), strict)?;
     let grace = grace(&config, grace_secs)?;
     let http = crate::http::listen::worker(&config.llmbus, http, false).await?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let client = nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await?;
     let explicit = metrics_listen_is_explicit(Some(&path));
-    run_worker(config, explicit, client, &url, grace, http, None).await
+    run_worker(config, explicit, client, &url, grace, http, None, None).await
+}
+
+/// `llmbus serve` without `--config`: connects (`--nats-url`, else `NATS_URL`, else the
+/// default; credentials in the URL), reads the current revision of the cluster's config and
+/// loads its text as a file would be loaded, with this worker's environment and the same
+/// start-up checks (`--strict` included).
+async fn serve_cluster_config(
+    url: Option<String>,
+    prefix: &str,
+    strict: bool,
+    grace_secs: Option<f64>,
+    http: Option<SocketAddr>,
+) -> Res {
+    let settings = crate::config::LlmbusSettings::default();
+    let url = nats::url(&settings, url.as_deref());
+    let client = nats::connect(&settings, Some(&url), "llmbus-worker").await?;
+    let store = ConfigStore::open(client.clone(), prefix).await?;
+    let stored = store.current().await?.ok_or_else(|| {
+        format!(
+            "no --config and the cluster has no config yet (JetStream KV bucket {} on {url}): \
+             run `llmbus config push FILE`, or start the worker with --config FILE",
+            store.bucket()
+        )
+    })?;
+    let loaded = Config::from_yaml(&stored.text, &stored.origin())?;
+    let config = crate::preflight::startup(loaded, strict)?;
+    tracing::info!(
+        revision = stored.revision,
+        fingerprint = %stored.fingerprint,
+        source = %stored.source,
+        bucket = %store.bucket(),
+        "serving the cluster's config"
+    );
+    let grace = grace(&config, grace_secs)?;
+    let http = crate::http::listen::worker(&config.llmbus, http, false).await?;
+    let explicit = metrics_listen_is_explicit_in(&stored.text);
+    let served = ServedConfig { store, stored };
+    run_worker(
+        config,
+        explicit,
+        client,
+        &url,
+        grace,
+        http,
+        None,
+        Some(served),
+    )
+    .await
 }
 
 /// LiteLLM's one-liner: a proxy for one model (`--model provider/name`).
@@ -309,7 +377,17 @@ pub async fn up(url: Option<String>, args: UpArgs) -> Res {
         banner = banner.with_http(l.local_addr()?);
     }
     let explicit = metrics_listen_is_explicit(args.config.as_deref());
-    run_worker(config, explicit, client, &used, grace, http, Some(banner)).await
+    run_worker(
+        config,
+        explicit,
+        client,
+        &used,
+        grace,
+        http,
+        Some(banner),
+        None,
+    )
+    .await
 }
 
 /// The nats-server to start: the flag (or `$LLMBUS_NATS_SERVER`), else one found, else one

@@ -7,6 +7,9 @@
 //!   sliding window (bucket `LLM_QUOTA`; slices leased by compare-and-set, spent locally). The
 //!   pure rules are [`crate::limits::Ledger`] and [`crate::limits::LocalShare`].
 //! - [`health`]: cooldowns that a worker starting late learns at once (bucket `LLM_HEALTH`).
+//! - [`config_store`]: the cluster's config file, pushed once for every worker, with its
+//!   history (bucket `LLM_CONFIG`; `llmbus config push|show|history|rollback`, `llmbus serve`
+//!   without `--config`).
 //!
 //! Every bucket is created idempotently at start-up ([`ensure_bucket`]) with options that
 //! nats-server 2.9 understands: no per-key TTL (buckets age out with a bucket-wide `max_age`),
@@ -14,6 +17,7 @@
 //! the subject prefix upper-cased (`llm` → `LLM_QUOTA`), so two llmbus installations with
 //! different prefixes on one server do not share state.
 
+pub mod config_store;
 pub mod health;
 pub mod members;
 pub mod quota;

@@ -20,14 +20,19 @@
 //! - `quickstart`: the built-in config.
 //! - `single`: the one-model config of `llmbus --model <provider/model>`.
 //! - `secret`: [`Secret`], a value that never prints.
+//! - `detached`: [`Config::from_yaml_detached`], the check of a config away from its workers
+//!   (`llmbus config push`: every `os.environ/` variable counts as set; literal secrets named).
+//! - `fingerprint`: [`fingerprint`], a short stable hash of a config's text.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::Deserialize;
 
 mod check;
+mod detached;
 mod entries;
 mod env;
+mod fingerprint;
 mod load;
 mod locate;
 mod num;
@@ -37,6 +42,8 @@ mod security;
 mod single;
 pub(crate) mod suggest;
 
+pub use detached::Detached;
+pub use fingerprint::fingerprint;
 pub use load::{ConfigError, Loaded};
 pub use quickstart::QUICKSTART_YAML;
 pub use secret::Secret;
