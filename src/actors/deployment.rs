@@ -46,6 +46,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct DeploymentInfo {
     /// Unique id (`model_info.id`, else `<model_group>-<n>`).
     pub id: String,
+    /// A digest of everything that makes the deployment what it is: a config reload keeps a
+    /// running deployment whose identity is unchanged.
+    pub identity: String,
     /// The model group it serves.
     pub model_group: String,
     /// `litellm_params.model`, for example `openai/gpt-4o`.
@@ -324,6 +327,16 @@ impl Deployment {
             cooldowns,
             shared,
         }
+    }
+
+    /// Takes the deployment out of service (a reload removed it): its actor stops (jobs still
+    /// queued for capacity are told, and pick again), and the unspent part of its cluster-wide
+    /// limits goes back to the cluster. Calls in flight finish and release as usual.
+    pub async fn retire(&self) {
+        if let Some(actor) = self.actor.load_full() {
+            actor.stop(Some("removed by a config reload".into()));
+        }
+        self.close_limits(Duration::from_secs(2)).await;
     }
 
     /// True when its `rpm`/`tpm` hold for the whole cluster.

@@ -128,12 +128,15 @@ impl Actor for IngressActor {
         let readiness = Readiness::new();
         let stats = {
             let readiness = readiness.clone();
-            let gate = ctx.gate.clone();
-            // `$SRV.STATS` carries the live state (`$SRV.INFO` metadata is fixed at start).
+            let ctx = ctx.clone();
+            // `$SRV.STATS` carries the live state (`$SRV.INFO` metadata is fixed at start),
+            // including the fingerprint of the config served now (it changes on a reload).
             move |_endpoint: String, _stats: async_nats::service::endpoint::Stats| {
                 serde_json::json!({
                     "state": readiness.state().as_str(),
-                    "in_flight": gate.in_flight(),
+                    "in_flight": ctx.gate.in_flight(),
+                    "config": ctx.fingerprint.load().as_str(),
+                    "worker_id": ctx.worker_id,
                 })
             }
         };
@@ -146,7 +149,6 @@ impl Actor for IngressActor {
                 ("subject_prefix".to_string(), subjects.prefix().to_string()),
                 ("queue_group".to_string(), args.queue_group.clone()),
                 ("worker_id".to_string(), ctx.worker_id.clone()),
-                ("config".to_string(), ctx.fingerprint.clone()),
             ]))
             .queue_group(&args.queue_group)
             .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
@@ -423,7 +425,13 @@ impl Reader {
                 }
             },
             _ if phase == Phase::Leaving => self.relay(request, 0).await,
-            _ if let Err(e) = self.ctx.auth.check(request.message.headers.as_ref()) => {
+            _ if let Err(e) = self
+                .ctx
+                .settings
+                .load()
+                .auth
+                .check(request.message.headers.as_ref()) =>
+            {
                 respond_error(&request, &e).await;
             }
             Endpoint::Models => {

@@ -38,7 +38,7 @@ pub struct WorkerContext {
     /// This worker's id: in job ids, cluster state and its direct subjects.
     pub worker_id: String,
     /// The fingerprint of the config it serves ([`crate::config::Config::fingerprint`]).
-    pub fingerprint: String,
+    pub fingerprint: arc_swap::ArcSwap<String>,
     /// The cluster's live workers and what each serves; `None` without JetStream.
     pub members: Option<crate::cluster::members::Members>,
     /// The NATS connection.
@@ -51,28 +51,48 @@ pub struct WorkerContext {
     pub gate: Arc<gate::Gate>,
     /// Jobs their requesters may cancel.
     pub cancels: Arc<cancel::Cancels>,
-    /// Who may run jobs (the master key).
-    pub auth: crate::auth::Auth,
+    /// What the config says about every job (deadline, retries, fallbacks, keys); the worker
+    /// replaces it when the cluster's config changes.
+    pub settings: arc_swap::ArcSwap<JobSettings>,
     /// The cost actor.
     pub cost: ActorRef<cost::CostMsg>,
     /// Where a finished job's usage event goes (never waits; see [`crate::usage`]).
     pub usage: crate::usage::UsageSink,
+    /// The largest message the NATS server takes.
+    pub max_payload: usize,
+}
+
+/// The config's rules for every job: one snapshot, read once per job.
+#[derive(Debug)]
+pub struct JobSettings {
     /// A job's deadline when its request sets none.
     pub default_timeout: Duration,
     /// Retries per error class and back-off.
     pub retry: crate::policy::retry::RetryPolicy,
     /// Fallback lists.
     pub fallbacks: crate::policy::retry::Fallbacks,
-    /// The largest message the NATS server takes.
-    pub max_payload: usize,
+    /// Who may run jobs (the master key).
+    pub auth: crate::auth::Auth,
+}
+
+impl JobSettings {
+    /// The settings `config` gives.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let policies = crate::policy::Policies::from_config(config);
+        Self {
+            default_timeout: config.default_timeout(),
+            retry: policies.retry,
+            fallbacks: policies.fallbacks,
+            auth: crate::auth::Auth::from_config(config),
+        }
+    }
 }
 
 impl std::fmt::Debug for WorkerContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerContext")
+            .field("worker_id", &self.worker_id)
             .field("subjects", &self.subjects)
-            .field("default_timeout", &self.default_timeout)
-            .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
 }

@@ -7,27 +7,26 @@
 //! The rules a pick follows are in [`super::table`].
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::{
-    deployment::{
-        Deployment, DeploymentActor, DeploymentArgs, DeploymentInfo, Gossip, HealthEvent,
-    },
-    table::{RoutingRules, RoutingTable},
+    deployment::{Deployment, DeploymentActor, DeploymentArgs, Gossip, HealthEvent},
+    table::RoutingTable,
 };
 use crate::{
     cluster::{
         health::{Cooldown, HealthBoard},
         quota::ClusterQuota,
     },
-    policy::health::HealthPolicy,
     wire::openai::unix_now,
+    worker::Plan,
 };
 
 /// The routing table every job reads; the router replaces it.
@@ -35,12 +34,8 @@ pub type SharedTable = Arc<ArcSwap<RoutingTable>>;
 
 /// The router's arguments.
 pub struct RouterArgs {
-    /// Deployments in configuration order.
-    pub deployments: Vec<Arc<DeploymentInfo>>,
-    /// How the table routes.
-    pub rules: RoutingRules,
-    /// Health thresholds for every deployment; `None` disables cooldowns.
-    pub health: Option<HealthPolicy>,
+    /// The deployments, routing rules and health thresholds.
+    pub plan: Plan,
     /// Cooldown gossip with the other workers; `None` keeps health local.
     pub gossip: Option<Gossip>,
     /// Cluster-wide limits; `None` keeps `rpm`/`tpm` per worker.
@@ -55,6 +50,19 @@ pub enum RouterMsg {
     Remote(HealthEvent),
     /// A cooldown recorded on the cluster's health board.
     Board(Cooldown),
+    /// A new config: swap the table, keeping the deployments whose identity is unchanged.
+    Reload(Plan, RpcReplyPort<ReloadReport>),
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Deployments kept running as they were.
+    pub kept: usize,
+    /// Deployments started.
+    pub added: usize,
+    /// Deployments stopped.
+    pub removed: usize,
 }
 
 /// The router actor.
@@ -64,6 +72,8 @@ pub struct RouterActor;
 pub struct RouterState {
     table: SharedTable,
     gossip: Option<Gossip>,
+    quota: Option<ClusterQuota>,
+    /// Cooldowns on (the table's rules say so too).
     health: bool,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
@@ -78,16 +88,17 @@ impl Actor for RouterActor {
         myself: ActorRef<Self::Msg>,
         args: RouterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut deployments = Vec::with_capacity(args.deployments.len());
-        for info in args.deployments {
-            let deployment = Deployment::new(info, args.health.clone(), args.quota.as_ref());
+        let plan = args.plan;
+        let mut deployments = Vec::with_capacity(plan.deployments.len());
+        for info in plan.deployments {
+            let deployment = Deployment::new(info, plan.health.clone(), args.quota.as_ref());
             spawn(&myself, deployment.clone(), args.gossip.clone()).await?;
             deployments.push(deployment);
         }
-        let health = args.rules.health;
+        let health = plan.rules.health;
         args.table.store(Arc::new(RoutingTable::new(
             deployments,
-            args.rules,
+            plan.rules,
             unix_now(),
         )));
         // Cooldowns of the other workers: from the board when the cluster has one (it also
@@ -102,6 +113,7 @@ impl Actor for RouterActor {
         Ok(RouterState {
             table: args.table,
             gossip: args.gossip,
+            quota: args.quota,
             health,
             listener,
         })
@@ -120,11 +132,15 @@ impl Actor for RouterActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            RouterMsg::Reload(plan, reply) => {
+                let report = state.reload(&myself, plan).await?;
+                let _ = reply.send(report);
+            }
             RouterMsg::Remote(event) => {
                 let own = state
                     .gossip
@@ -172,6 +188,56 @@ impl Actor for RouterActor {
             spawn(&myself, deployment.clone(), state.gossip.clone()).await?;
         }
         Ok(())
+    }
+}
+
+impl RouterState {
+    /// Builds the new table: a deployment whose identity is unchanged is kept as it runs;
+    /// the others start; those left out stop once the jobs queued on them have moved on.
+    async fn reload(
+        &mut self,
+        myself: &ActorRef<RouterMsg>,
+        plan: Plan,
+    ) -> Result<ReloadReport, ActorProcessingErr> {
+        let old = self.table.load_full();
+        let mut running: HashMap<&str, &Arc<Deployment>> = old
+            .deployments()
+            .iter()
+            .map(|d| (d.info.identity.as_str(), d))
+            .collect();
+        let mut report = ReloadReport::default();
+        let mut deployments = Vec::with_capacity(plan.deployments.len());
+        for info in plan.deployments {
+            if let Some(kept) = running.remove(info.identity.as_str()) {
+                report.kept += 1;
+                deployments.push(kept.clone());
+                continue;
+            }
+            let deployment = Deployment::new(info, plan.health.clone(), self.quota.as_ref());
+            spawn(myself, deployment.clone(), self.gossip.clone()).await?;
+            report.added += 1;
+            deployments.push(deployment);
+        }
+        self.health = plan.rules.health;
+        self.table.store(Arc::new(RoutingTable::new(
+            deployments,
+            plan.rules,
+            unix_now(),
+        )));
+        // Jobs that already hold a removed deployment finish their call on it; those queued
+        // for its capacity are told it went away and pick again from the new table.
+        for gone in running.into_values() {
+            report.removed += 1;
+            let gone = gone.clone();
+            tokio::spawn(async move { gone.retire().await });
+        }
+        tracing::info!(
+            kept = report.kept,
+            added = report.added,
+            removed = report.removed,
+            "new config: routing table replaced"
+        );
+        Ok(report)
     }
 }
 

@@ -9,6 +9,7 @@
 //! (`127.0.0.1:9464`) moves to the next free port, so a second worker on the same host just
 //! works, and `up`'s banner prints where it went.
 
+use futures::StreamExt;
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
@@ -104,9 +105,10 @@ pub fn bind_metrics(
 /// serves, with the metrics address filled in.
 ///
 /// `cluster_config` is set when the config came from the cluster's config store (`llmbus
-/// serve` without `--config`): the store and the revision loaded. The hot reload is wired
-/// here: follow `cluster_config.store.watch(cluster_config.stored.revision)` and swap the
-/// routing table on each revision. Until then the worker serves the revision it started with.
+/// serve` without `--config`): the store and the revision loaded. The worker then follows the
+/// store and applies every new revision while it runs ([`Worker::reload`]); a revision this
+/// worker cannot load (a variable unset here, say) is logged and skipped, and it keeps serving
+/// what it has.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_worker(
     config: Config,
@@ -118,7 +120,6 @@ pub async fn run_worker(
     banner: Option<Banner>,
     cluster_config: Option<ServedConfig>,
 ) -> Res {
-    let _cluster_config = cluster_config;
     let http_settings = crate::http::HttpSettings::from_config(&config)?;
     // Before the worker says it serves, so that a SIGTERM right after that drains it.
     let mut signals = Signals::install()?;
@@ -168,7 +169,28 @@ pub async fn run_worker(
     if let Some(banner) = banner {
         println!("{}", banner.render(metrics_at));
     }
-    let signal = signals.next().await;
+    let mut revisions = match &cluster_config {
+        Some(served) => match served.store.watch(served.stored.revision).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow the cluster's config: serving this revision until restarted");
+                None
+            }
+        },
+        None => None,
+    };
+    let signal = loop {
+        let next = async {
+            match &mut revisions {
+                Some(w) => w.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            signal = signals.next() => break signal,
+            Some(stored) = next => reload(&worker, &stored).await,
+        }
+    };
     readiness.set(State::Draining);
     tracing::info!(
         signal,
@@ -193,6 +215,33 @@ pub async fn run_worker(
         }
         signal = signals.next() => {
             Err(format!("{signal} during the drain: stopped without finishing the jobs in flight").into())
+        }
+    }
+}
+
+/// Applies one revision of the cluster's config to the running worker, or logs why not.
+async fn reload(worker: &Worker, stored: &crate::cluster::config_store::Stored) {
+    let loaded = Config::from_yaml(&stored.text, &stored.source)
+        .map_err(|e| e.to_string())
+        .and_then(|l| crate::preflight::startup(l, false).map_err(|e| e.to_string()));
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(revision = stored.revision, error = %e, "the cluster's new config does not load on this worker; keeping the current one");
+            return;
+        }
+    };
+    match worker.reload(&config).await {
+        Ok(report) => tracing::info!(
+            revision = stored.revision,
+            fingerprint = %stored.fingerprint,
+            kept = report.kept,
+            added = report.added,
+            removed = report.removed,
+            "serving the cluster's config"
+        ),
+        Err(e) => {
+            tracing::error!(revision = stored.revision, error = %e, "applying the cluster's new config failed; keeping the current one");
         }
     }
 }

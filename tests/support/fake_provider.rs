@@ -216,6 +216,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// The JSON body; `Value::Null` when the body was not JSON.
     pub body: Value,
+    /// When it arrived (its headers and body were read).
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -435,6 +437,7 @@ impl Shared {
             query: parts.uri.query().map(str::to_owned),
             headers: parts.headers,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            at: std::time::Instant::now(),
         };
         let count = {
             let mut state = self.lock();

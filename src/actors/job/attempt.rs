@@ -114,7 +114,7 @@ impl JobState<'_> {
                     self.last_error = Some(error);
                     // Every deployment is cooling down: wait for the first to come back when
                     // the retries and the deadline allow it, else fall back.
-                    let retries = self.ctx.retry.retries_for(ErrorClass::RateLimit);
+                    let retries = self.settings.retry.retries_for(ErrorClass::RateLimit);
                     if let Some(wait) = retry_in
                         && !self.waited
                         && self.tries_in_group < retries + 1
@@ -136,10 +136,11 @@ impl JobState<'_> {
             self.first_group.get_or_insert_with(|| route.group.clone());
             if !route.fresh && self.attempts > 0 && !self.waited {
                 // Nothing but the deployment that just failed: back off before trying it again.
-                let wait =
-                    self.ctx
-                        .retry
-                        .backoff(self.tries_in_group, self.last_retry_after, random());
+                let wait = self.settings.retry.backoff(
+                    self.tries_in_group,
+                    self.last_retry_after,
+                    random(),
+                );
                 if !self.back_off(wait).await {
                     self.exhaust_group(FallbackKind::Generic);
                 }
@@ -263,8 +264,8 @@ impl JobState<'_> {
                 .first_group
                 .as_deref()
                 .map_or_else(|| self.groups[0].clone(), str::to_string);
-            let planned = self.ctx.fallbacks.for_group(&first, kind);
-            let max = self.ctx.fallbacks.max();
+            let planned = self.settings.fallbacks.for_group(&first, kind);
+            let max = self.settings.fallbacks.max();
             for g in planned.into_iter().chain(self.request_fallbacks.clone()) {
                 if self.groups.len() > max {
                     break;
@@ -384,7 +385,7 @@ impl JobState<'_> {
         }
         self.last_error = Some(upstream_error(id, &e));
         self.last_retry_after = e.retry_after;
-        if self.tries_in_group <= self.ctx.retry.retries_for(e.class) {
+        if self.tries_in_group <= self.settings.retry.retries_for(e.class) {
             self.excluded.push(id.to_string());
             metrics::counter!(telemetry::RETRIES, "model_group" => dep.info.model_group.clone())
                 .increment(1);

@@ -144,6 +144,8 @@ struct StreamOut {
 struct JobState<'a> {
     job: Job,
     ctx: &'a WorkerContext,
+    /// The config's rules, as they were when the job arrived.
+    settings: Arc<super::JobSettings>,
     /// Set once the job's final message has gone out.
     answered: &'a AtomicBool,
     span: tracing::Span,
@@ -193,10 +195,12 @@ impl<'a> JobState<'a> {
         answered: &'a AtomicBool,
         span: tracing::Span,
     ) -> Self {
-        let deadline = job.received + ctx.default_timeout;
+        let settings = ctx.settings.load_full();
+        let deadline = job.received + settings.default_timeout;
         Self {
             job,
             ctx,
+            settings,
             answered,
             span,
             caller: None,
@@ -265,7 +269,7 @@ impl<'a> JobState<'a> {
     /// Checks the key, reads the headers and the body. An error here is the caller's.
     fn prepare(&mut self) -> Result<(), ApiError> {
         let message = &self.job.request.message;
-        self.caller = Some(self.ctx.auth.check(message.headers.as_ref())?);
+        self.caller = Some(self.settings.auth.check(message.headers.as_ref())?);
         let parsed = RequestHeaders::from_nats(message.headers.as_ref())?;
         if let Some(t) = parsed.timeout {
             self.deadline = self.job.received + t;

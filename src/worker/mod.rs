@@ -1,38 +1,40 @@
 //! A worker: the actors of one llmbus process, started from a [`Config`] on a NATS connection.
 //!
 //! [`Worker::start`] builds one provider per deployment (sharing one HTTP client pool),
-//! spawns the router (which spawns the deployment actors), the cost actor and ingress, and
-//! returns once the worker is subscribed and serving.
+//! joins the cluster's shared state, spawns the router (which spawns the deployment actors),
+//! the cost actor and ingress, and returns once the worker is subscribed and serving.
+//! [`Worker::reload`] applies a new config to the running worker (the cluster's config
+//! changed): deployments whose settings did not change keep running, the others are replaced,
+//! and no job in flight notices.
+//!
+//! - `build`: from a config to deployments and routing rules ([`build::Plan`]).
+//! - `cluster`: what the worker shares through JetStream KV.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+mod build;
+mod cluster;
+
+pub use build::{Plan, served_names};
+
+use cluster::Cluster;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use ractor::{Actor, ActorRef};
 
 use crate::{
     actors::{
-        WorkerContext,
+        JobSettings, WorkerContext,
         cancel::{self, Cancels},
         cost::{CostActor, CostArgs, CostMsg, Spend, UsageSettings},
-        deployment::{DeploymentInfo, Gossip, Live},
+        deployment::Gossip,
         gate::Gate,
         ingress::{IngressActor, IngressArgs, IngressMsg},
-        router::{RouterActor, RouterArgs, RouterMsg},
+        router::{ReloadReport, RouterActor, RouterArgs, RouterMsg},
         table::{RoutingRules, RoutingTable},
     },
-    cluster::{
-        health::HealthBoard,
-        members::{MemberInfo, Members},
-        quota::ClusterQuota,
-    },
     config::{Config, ConfigError},
-    policy::Policies,
-    pricing::{self, PriceTable},
-    providers,
+    pricing,
     usage::{UsageSink, stream},
     wire::Subjects,
 };
@@ -60,6 +62,7 @@ pub enum StartError {
 /// A running worker.
 pub struct Worker {
     ctx: Arc<WorkerContext>,
+    http: reqwest::Client,
     ingress: ActorRef<IngressMsg>,
     router: ActorRef<RouterMsg>,
     cost: ActorRef<CostMsg>,
@@ -75,31 +78,8 @@ impl Worker {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
-        let prices = match &config.llmbus.price_table {
-            Some(path) => {
-                let table = PriceTable::load(std::path::Path::new(path))?;
-                tracing::info!(
-                    path = %path,
-                    models = table.from_file(),
-                    "loaded {} model prices from {path}",
-                    table.from_file()
-                );
-                table
-            }
-            None => PriceTable::builtin(),
-        };
-        let deployments = deployments(config, &http, &prices)?;
-        if deployments.is_empty() {
-            return Err(StartError::NoDeployments);
-        }
+        let plan = Plan::of(config, &http)?;
         let subjects = Subjects::new(config.llmbus.subject_prefix.clone());
-        let aliases = config
-            .router_settings
-            .model_group_alias
-            .iter()
-            .map(|(alias, t)| (alias.clone(), (t.group().to_string(), t.hidden())))
-            .collect();
-        let policies = Policies::from_config(config);
         let worker_id = uuid::Uuid::new_v4().simple().to_string();
         let cluster = Cluster::join(&client, config, &worker_id).await;
         let gossip = Gossip {
@@ -113,7 +93,7 @@ impl Worker {
             Vec::new(),
             RoutingRules {
                 aliases: BTreeMap::new(),
-                strategy: policies.strategy,
+                strategy: plan.rules.strategy,
                 tag_filtering: false,
                 pre_call_checks: false,
                 health: false,
@@ -124,15 +104,7 @@ impl Worker {
             None,
             RouterActor,
             RouterArgs {
-                deployments,
-                rules: RoutingRules {
-                    aliases,
-                    strategy: policies.strategy,
-                    tag_filtering: config.router_settings.enable_tag_filtering,
-                    pre_call_checks: config.router_settings.enable_pre_call_checks,
-                    health: policies.health.is_some(),
-                },
-                health: policies.health.clone(),
+                plan,
                 gossip: Some(gossip),
                 quota: cluster.quota.clone(),
                 table: table.clone(),
@@ -166,7 +138,7 @@ impl Worker {
             .map_err(|e| StartError::Actor("cancel listener", e))?;
         let ctx = Arc::new(WorkerContext {
             worker_id,
-            fingerprint: config.fingerprint(),
+            fingerprint: ArcSwap::from_pointee(config.fingerprint()),
             members: cluster.members,
             max_payload: client.server_info().max_payload,
             client,
@@ -174,12 +146,9 @@ impl Worker {
             table,
             gate: Arc::new(Gate::new(config.llmbus.max_in_flight)),
             cancels,
-            auth: crate::auth::Auth::from_config(config),
             cost: cost.clone(),
             usage,
-            default_timeout: config.default_timeout(),
-            retry: policies.retry,
-            fallbacks: policies.fallbacks,
+            settings: ArcSwap::from_pointee(JobSettings::from_config(config)),
         });
         let (ingress, h) = Actor::spawn(
             None,
@@ -194,12 +163,38 @@ impl Worker {
         handles.push(h);
         Ok(Self {
             ctx,
+            http,
             ingress,
             router,
             cost,
             handles,
             cancel_listener,
         })
+    }
+
+    /// Applies `config` to the running worker: the deployments whose settings are unchanged
+    /// keep running (their capacity, health and queues), new ones start, removed ones stop once
+    /// the jobs waiting on them have moved on; the routing table, aliases, retries, fallbacks,
+    /// deadlines and master key switch at once. Jobs in flight finish as they began.
+    ///
+    /// A config this worker cannot run (a price file it cannot read, no deployment) is refused
+    /// with the error, and the worker keeps its current config. The NATS connection settings,
+    /// subject prefix, queue group and listen addresses are fixed for the process.
+    pub async fn reload(&self, config: &Config) -> Result<ReloadReport, StartError> {
+        let plan = Plan::of(config, &self.http)?;
+        let report = ractor::call_t!(self.router, RouterMsg::Reload, 30_000, plan)
+            .map_err(|e| StartError::Actor("router", e.to_string()))?;
+        self.ctx
+            .settings
+            .store(Arc::new(JobSettings::from_config(config)));
+        let fingerprint = config.fingerprint();
+        self.ctx.fingerprint.store(Arc::new(fingerprint.clone()));
+        if let Some(members) = &self.ctx.members
+            && let Err(e) = members.update(served_names(config), fingerprint).await
+        {
+            tracing::warn!(error = %e, "announcing the new config to the cluster");
+        }
+        Ok(report)
     }
 
     /// Jobs running now.
@@ -315,127 +310,4 @@ impl Worker {
         }
         report
     }
-}
-
-/// What a worker shares with the others through JetStream KV ([`crate::cluster`]): each part
-/// is `None` when the server has no JetStream (then limits hold per worker, and cooldowns travel
-/// by core NATS gossip only), with a warning.
-struct Cluster {
-    quota: Option<ClusterQuota>,
-    board: Option<HealthBoard>,
-    members: Option<Members>,
-}
-
-impl Cluster {
-    async fn join(client: &async_nats::Client, config: &Config, worker_id: &str) -> Self {
-        let prefix = &config.llmbus.subject_prefix;
-        let warn = |what: &str, e: &dyn std::fmt::Display| {
-            tracing::warn!(error = %e, "{what}: JetStream KV is not available; this worker keeps it to itself");
-        };
-        let quota = ClusterQuota::open(client.clone(), prefix, worker_id)
-            .await
-            .map_err(|e| warn("rpm/tpm limits shared with the cluster", &e))
-            .ok();
-        let board = HealthBoard::open(client.clone(), prefix, worker_id)
-            .await
-            .map_err(|e| warn("cooldowns for workers that start later", &e))
-            .ok();
-        let me = MemberInfo::new(worker_id, served_names(config), config.fingerprint());
-        let members = Members::start(client.clone(), prefix, me)
-            .await
-            .map_err(|e| {
-                warn(
-                    "membership (relaying jobs to the workers that serve them)",
-                    &e,
-                )
-            })
-            .ok();
-        Self {
-            quota,
-            board,
-            members,
-        }
-    }
-}
-
-/// The model names a worker takes jobs for: its groups (wildcard patterns included) and their
-/// aliases, as announced to the cluster.
-pub fn served_names(config: &Config) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    let groups = config.model_list.iter().map(|m| m.model_name.clone());
-    let aliases = config.router_settings.model_group_alias.keys().cloned();
-    for name in groups.chain(aliases) {
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    names
-}
-
-/// One [`DeploymentInfo`] per `model_list` entry.
-fn deployments(
-    config: &Config,
-    http: &reqwest::Client,
-    prices: &PriceTable,
-) -> Result<Vec<Arc<DeploymentInfo>>, StartError> {
-    let mut seen = HashSet::new();
-    let mut per_group: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut out = Vec::new();
-    for entry in &config.model_list {
-        let mut params = entry.litellm_params.clone();
-        params.drop_params = params
-            .drop_params
-            .or(Some(config.litellm_settings.drop_params));
-        let p = &params;
-        let prepared = providers::prepare(entry, p, http);
-        let n = per_group.entry(entry.model_name.as_str()).or_default();
-        *n += 1;
-        let mut id = entry
-            .model_info
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", entry.model_name, n));
-        while !seen.insert(id.clone()) {
-            id.push('\'');
-        }
-        prepared.warn(&id, entry.location.as_deref());
-        let rpm = entry.rpm();
-        let tpm = entry.tpm();
-        let weight = p
-            .weight
-            .or(rpm.map(|r| r as f64))
-            .or(tpm.map(|t| t as f64))
-            .unwrap_or(1.0);
-        let price_model = entry.model_info.base_model.as_deref().unwrap_or(&p.model);
-        let price = prices.price_for(
-            price_model,
-            entry.model_info.input_cost_per_token,
-            entry.model_info.output_cost_per_token,
-        );
-        out.push(Arc::new(DeploymentInfo {
-            id,
-            model_group: entry.model_name.clone(),
-            model: p.model.clone(),
-            upstream_model: prepared.upstream_model,
-            provider: prepared.provider,
-            timeout: p.timeout.map(Duration::from_secs_f64),
-            stream_timeout: p
-                .stream_timeout
-                .or(config.router_settings.stream_timeout)
-                .map(Duration::from_secs_f64),
-            weight,
-            price,
-            rpm,
-            tpm,
-            max_parallel: p.max_parallel_requests,
-            tags: p.tags.clone(),
-            max_input_tokens: entry
-                .model_info
-                .max_input_tokens
-                .or_else(|| prices.max_input_tokens(price_model)),
-            misconfigured: prepared.misconfigured,
-            live: Live::default(),
-        }));
-    }
-    Ok(out)
 }

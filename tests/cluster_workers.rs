@@ -1,0 +1,404 @@
+//! Several worker processes on one nats-server behave as one gateway: a deployment's `rpm`
+//! holds for all of them together, a worker that starts during a cooldown knows it, a job for
+//! a group only some workers serve never gets a 404, and a config pushed to the cluster
+//! reaches running workers without failing a job. Each test runs on every nats-server release
+//! the machine has (Debian's 2.9 and the current one), at the same time.
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use llmbus::{client::LlmClient, cluster::config_store::ConfigStore};
+use serde_json::Value;
+use support::{
+    fake_provider::{FakeProvider, Fault},
+    gateway::{PATIENCE, chat, content, headers},
+    llmbus_process::LlmbusProcess,
+    nats_server::{Flavour, NatsServer, flavours},
+    worker_process::{WorkerOptions, WorkerProcess},
+};
+
+/// Runs `test` once per server flavour, all at once.
+async fn on_every_flavour<F, Fut>(test: F)
+where
+    F: Fn(Flavour) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let runs: Vec<_> = flavours()
+        .into_iter()
+        .map(|f| tokio::spawn(test(f)))
+        .collect();
+    for run in runs {
+        run.await.expect("a flavour's run");
+    }
+}
+
+/// The `worker_id` of every serving worker, from `$SRV.STATS`.
+async fn worker_ids(nats: &async_nats::Client, expected: usize) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let workers = llmbus::health::check(nats, "llm", Duration::from_secs(2))
+            .await
+            .expect("health check");
+        let mut ids = Vec::new();
+        for w in &workers {
+            let reply = nats
+                .request(format!("$SRV.STATS.llmbus.{}", w.id), Bytes::new())
+                .await
+                .expect("stats");
+            let stats: Value = serde_json::from_slice(&reply.payload).expect("stats JSON");
+            if let Some(id) = stats["endpoints"][0]["data"]["worker_id"].as_str() {
+                ids.push(id.to_string());
+            }
+        }
+        if ids.len() >= expected {
+            return ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} workers answer",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The most upstream calls in any `window`, over the arrival times `at`.
+fn max_in_window(at: &[Instant], window: Duration) -> usize {
+    let mut sorted = at.to_vec();
+    sorted.sort();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= window {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpm_holds_across_three_workers_under_uneven_load() {
+    on_every_flavour(|flavour| async move {
+        const RPM: usize = 120;
+        let server = NatsServer::start_flavour(flavour);
+        let fake = FakeProvider::start().await;
+        let yaml = format!(
+            "model_list:\n  - model_name: limited\n    litellm_params: {{model: openai/x, api_base: \"{}\", api_key: sk-quota-0123456789, rpm: {RPM}}}\n",
+            fake.url()
+        );
+        let mut workers = Vec::new();
+        for name in ["a", "b", "c"] {
+            workers.push(
+                WorkerProcess::start(name, &server.url(), &yaml, WorkerOptions::default()).await,
+            );
+        }
+        let nats = server.client().await;
+        let ids = worker_ids(&nats, 3).await;
+        // Three times the limit, 80 % of it to one worker, for a minute and a quarter; worker
+        // "c" is killed with SIGKILL half-way and its share goes to the first.
+        let offered_per_sec = 3.0 * RPM as f64 / 60.0;
+        let run = Duration::from_secs(75);
+        let kill_at = Duration::from_secs(40);
+        let started = Instant::now();
+        let ok = Arc::new(AtomicU64::new(0));
+        let limited = Arc::new(AtomicU64::new(0));
+        let mut jobs = Vec::new();
+        let mut killed = false;
+        let mut n: u64 = 0;
+        while started.elapsed() < run {
+            if !killed && started.elapsed() >= kill_at {
+                killed = true;
+                drop(workers.pop());
+            }
+            let target = match n % 10 {
+                0 => &ids[1],
+                1 if !killed => &ids[2],
+                _ => &ids[0],
+            };
+            let subject = format!("llm.worker.{target}.completion");
+            let (nats, ok, limited) = (nats.clone(), ok.clone(), limited.clone());
+            jobs.push(tokio::spawn(async move {
+                let mut h = HeaderMap::new();
+                h.insert("Llm-Timeout-Ms", "1000");
+                let body = Bytes::from(chat("limited", "x").to_string());
+                if let Ok(Ok(r)) = tokio::time::timeout(
+                    PATIENCE,
+                    nats.request_with_headers(subject, h, body),
+                )
+                .await
+                {
+                    let status = r
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Llm-Status"))
+                        .map(|v| v.to_string());
+                    match status.as_deref() {
+                        Some("200") => ok.fetch_add(1, Ordering::Relaxed),
+                        Some("429") => limited.fetch_add(1, Ordering::Relaxed),
+                        _ => 0,
+                    };
+                }
+            }));
+            n += 1;
+            let due = started + Duration::from_secs_f64(n as f64 / offered_per_sec);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        for j in jobs {
+            let _ = j.await;
+        }
+        let arrivals: Vec<Instant> = fake.requests().iter().map(|r| r.at).collect();
+        let worst = max_in_window(&arrivals, Duration::from_secs(60));
+        // The first full window, from the first call: how much of the limit the cluster used.
+        let first = arrivals.iter().min().copied().expect("calls");
+        let used_first = arrivals
+            .iter()
+            .filter(|t| **t < first + Duration::from_secs(60))
+            .count();
+        eprintln!(
+            "[rpm {flavour:?}] {n} jobs offered over {:?} (3x {RPM} rpm, 80/10/10, one worker \
+             killed at {kill_at:?}): {} served, {} refused with 429; most upstream calls in any \
+             60 s window {worst} (limit {RPM}); first window used {used_first} ({:.0} %)",
+            run,
+            ok.load(Ordering::Relaxed),
+            limited.load(Ordering::Relaxed),
+            used_first as f64 * 100.0 / RPM as f64
+        );
+        assert!(
+            worst as f64 <= RPM as f64 * 1.1,
+            "{worst} calls in one 60 s window, limit {RPM}"
+        );
+        assert!(
+            used_first as f64 >= RPM as f64 * 0.9,
+            "only {used_first} of {RPM} used in the first window"
+        );
+        assert!(limited.load(Ordering::Relaxed) > 0, "the load was over the limit");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_starts_during_a_cooldown_knows_it() {
+    on_every_flavour(|flavour| async move {
+        let server = NatsServer::start_flavour(flavour);
+        let bad = FakeProvider::start().await;
+        bad.set_default(Fault::status(500));
+        let good = FakeProvider::start().await;
+        let yaml = format!(
+            r#"model_list:
+  - model_name: g
+    litellm_params: {{model: openai/x, api_base: "{}", api_key: sk-bad-0123456789}}
+    model_info: {{id: bad}}
+  - model_name: g
+    litellm_params: {{model: openai/x, api_base: "{}", api_key: sk-good-0123456789}}
+    model_info: {{id: good}}
+router_settings:
+  allowed_fails: 1
+  cooldown_time: 120
+  num_retries: 2
+"#,
+            bad.url(),
+            good.url()
+        );
+        let first =
+            WorkerProcess::start("first", &server.url(), &yaml, WorkerOptions::default()).await;
+        let client = LlmClient::new(server.client().await, "llm");
+        // Until the bad deployment has failed twice it still gets picked; every job succeeds
+        // on the good one anyway.
+        let deadline = Instant::now() + PATIENCE;
+        while bad.request_count() < 2 {
+            let r = client
+                .complete(
+                    HeaderMap::new(),
+                    chat("g", "x").to_string().into(),
+                    PATIENCE,
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            assert!(
+                Instant::now() < deadline,
+                "the bad deployment is never picked"
+            );
+        }
+        first.wait_for_log("deployment cools down", PATIENCE).await;
+        let seen = bad.request_count();
+        let late =
+            WorkerProcess::start("late", &server.url(), &yaml, WorkerOptions::default()).await;
+        first.terminate();
+        first.assert_exits_cleanly(PATIENCE).await;
+        for _ in 0..20 {
+            let r = client
+                .complete(
+                    HeaderMap::new(),
+                    chat("g", "x").to_string().into(),
+                    PATIENCE,
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("Llm-Deployment"), Some("good"));
+        }
+        assert_eq!(
+            bad.request_count(),
+            seen,
+            "{flavour:?}: the late worker sent jobs to a deployment cooling down\n{}",
+            late.log()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_only_one_worker_serves_never_gets_a_404() {
+    on_every_flavour(|flavour| async move {
+        let server = NatsServer::start_flavour(flavour);
+        let old = "model_list:\n  - model_name: demo\n    litellm_params: {model: mock/demo, mock_response: old}\n";
+        let new = format!(
+            "{old}  - model_name: x\n    litellm_params: {{model: mock/x, mock_response: from-x}}\n"
+        );
+        let _a = WorkerProcess::start("a", &server.url(), old, WorkerOptions::default()).await;
+        let _b = WorkerProcess::start("b", &server.url(), &new, WorkerOptions::default()).await;
+        let client = LlmClient::new(server.client().await, "llm");
+        // Worker "a" learns that "b" serves x from the membership: give it the moment that
+        // takes, with a job that must succeed.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let r = client
+                .complete(HeaderMap::new(), chat("x", "hi").to_string().into(), PATIENCE)
+                .await
+                .unwrap();
+            if r.status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "x never answered: {}", r.status);
+        }
+        let replies = futures::stream::iter(0..200)
+            .map(|_| {
+                let client = client.clone();
+                async move {
+                    client
+                        .complete(HeaderMap::new(), chat("x", "hi").to_string().into(), PATIENCE)
+                        .await
+                        .unwrap()
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "{flavour:?}: {statuses:?}"
+        );
+        assert!(replies.iter().all(|r| content(r) == "from-x"));
+        // A group nobody serves is still a 404.
+        let r = client
+            .complete(HeaderMap::new(), chat("nobody", "hi").to_string().into(), PATIENCE)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_config_reaches_running_workers_without_failing_a_job() {
+    // One flavour after the other (the process helper's futures stay on this task).
+    for flavour in flavours() {
+        let server = NatsServer::start_flavour(flavour);
+        let v1 = "model_list:\n  - model_name: demo\n    litellm_params: {model: mock/demo, mock_response: one}\n";
+        let v2 = "model_list:\n  - model_name: demo\n    litellm_params: {model: mock/demo, mock_response: two}\n  - model_name: added\n    litellm_params: {model: mock/added, mock_response: new-group}\n";
+        let store = ConfigStore::open(server.client().await, "llm")
+            .await
+            .unwrap();
+        store.push(v1, "v1.yaml").await.unwrap();
+        let url = server.url();
+        let workers: Vec<LlmbusProcess> = (0..2)
+            .map(|_| LlmbusProcess::start(&["serve", "--nats-url", &url], &[]))
+            .collect();
+        for w in &workers {
+            w.wait_for_line("worker is serving", PATIENCE).await;
+        }
+        let client = LlmClient::new(server.client().await, "llm");
+        // Load all along: every job must succeed, before, during and after the reload.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let served = Arc::new(AtomicU64::new(0));
+        let load: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, stop, failures, served) = (
+                    client.clone(),
+                    stop.clone(),
+                    failures.clone(),
+                    served.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = client
+                            .complete(headers(&[]), chat("demo", "x").to_string().into(), PATIENCE)
+                            .await;
+                        match r {
+                            Ok(r) if r.status == 200 => served.fetch_add(1, Ordering::Relaxed),
+                            _ => failures.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pushed = Instant::now();
+        store.push(v2, "v2.yaml").await.unwrap();
+        // Every worker has it once the new group answers from each (the queue group spreads
+        // the probes; 20 in a row means both have it, with overwhelming likelihood, and the
+        // log lines below make sure).
+        for w in &workers {
+            w.wait_for_line("serving the cluster's config revision=2", PATIENCE)
+                .await;
+        }
+        let reloaded = pushed.elapsed();
+        for _ in 0..20 {
+            let r = client
+                .complete(
+                    HeaderMap::new(),
+                    chat("added", "x").to_string().into(),
+                    PATIENCE,
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{flavour:?}");
+            assert_eq!(content(&r), "new-group");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        for l in load {
+            l.await.unwrap();
+        }
+        eprintln!(
+            "[reload {flavour:?}] pushed to applied on both workers in {reloaded:?}; {} jobs \
+             served during the run, {} failed",
+            served.load(Ordering::Relaxed),
+            failures.load(Ordering::Relaxed)
+        );
+        assert_eq!(failures.load(Ordering::Relaxed), 0);
+        let r = client
+            .complete(
+                HeaderMap::new(),
+                chat("demo", "x").to_string().into(),
+                PATIENCE,
+            )
+            .await
+            .unwrap();
+        assert_eq!(content(&r), "two");
+    }
+}
