@@ -117,6 +117,8 @@ pub struct WorkerStatus {
     pub in_flight: Option<u64>,
     /// True when its `$SRV.INFO` lists the completion endpoint of the prefix asked about.
     pub serves_prefix: bool,
+    /// The fingerprint of the config it serves, when it said: workers that differ differ here.
+    pub config: Option<String>,
 }
 
 impl WorkerStatus {
@@ -192,12 +194,17 @@ pub async fn check(
             .unwrap_or("unknown")
             .to_string();
         let in_flight = data.as_ref().and_then(|d| d["in_flight"].as_u64());
+        let config = data
+            .as_ref()
+            .and_then(|d| d["config"].as_str())
+            .map(str::to_string);
         out.push(WorkerStatus {
             id,
             version,
             state,
             in_flight,
             serves_prefix,
+            config,
         });
     }
     Ok(out)

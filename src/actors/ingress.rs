@@ -440,9 +440,29 @@ impl Reader {
             }
             Endpoint::Deployments => {
                 let list = self.ctx.table.load().statuses(std::time::Instant::now());
-                respond_json(&request, &list).await;
+                let mut h = HeaderMap::new();
+                if let Some(configs) = self.config_mismatch() {
+                    h.insert(headers::CONFIGS, configs.as_str());
+                }
+                respond_json_with(&request, &list, h).await;
             }
         }
+    }
+
+    /// When the live workers serve more than one config: each fingerprint with its count.
+    fn config_mismatch(&self) -> Option<String> {
+        let view = self.ctx.members.as_ref()?.snapshot();
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for m in view.members.values() {
+            *counts.entry(m.config.as_str()).or_default() += 1;
+        }
+        (counts.len() > 1).then(|| {
+            counts
+                .iter()
+                .map(|(fp, n)| format!("{fp}×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
     }
 
     /// Starts the job's task, or refuses it.
@@ -571,7 +591,10 @@ fn read(
 }
 
 async fn respond_json<T: serde::Serialize>(request: &Request, body: &T) {
-    let mut h = HeaderMap::new();
+    respond_json_with(request, body, HeaderMap::new()).await;
+}
+
+async fn respond_json_with<T: serde::Serialize>(request: &Request, body: &T, mut h: HeaderMap) {
     h.insert(headers::STATUS, "200");
     match serde_json::to_vec(body) {
         Ok(payload) => {

@@ -18,6 +18,9 @@ pub async fn show(url: Option<String>, prefix: &str, subject: impl Fn(&Subjects)
         )
         .await?;
     println!("{}", serde_json::to_string_pretty(&reply.json())?);
+    if let Some(configs) = reply.header(crate::wire::headers::CONFIGS) {
+        eprintln!("warning: the workers serve different configs: {configs}");
+    }
     Ok(())
 }
 
@@ -28,16 +31,28 @@ pub async fn health(url: Option<String>, prefix: &str, wait_ms: u64) -> Res {
     let workers = health::check(&nats, prefix, Duration::from_millis(wait_ms.max(1))).await?;
     for w in &workers {
         println!(
-            "{}  llmbus {}  {}  jobs in flight: {}{}",
+            "{}  llmbus {}  {}  jobs in flight: {}  config {}{}",
             w.id,
             w.version,
             w.state,
             w.in_flight.map_or("?".to_string(), |n| n.to_string()),
+            w.config.as_deref().unwrap_or("?"),
             if w.serves_prefix {
                 String::new()
             } else {
                 format!("  (does not serve {prefix}.completion)")
             }
+        );
+    }
+    let mut configs: Vec<&str> = workers.iter().filter_map(|w| w.config.as_deref()).collect();
+    configs.sort_unstable();
+    configs.dedup();
+    if configs.len() > 1 {
+        println!(
+            "warning: the workers serve {} different configs ({}): jobs for a model group only some \
+             of them serve are handed to those",
+            configs.len(),
+            configs.join(", ")
         );
     }
     let ready = workers.iter().filter(|w| w.is_ready()).count();

@@ -39,6 +39,9 @@ pub const COST_USD: &str = "Llm-Cost-Usd";
 pub const CACHE: &str = "Llm-Cache";
 /// Reply: the job id that the worker's logs carry.
 pub const JOB_ID: &str = "Llm-Job-Id";
+/// Reply (`llm.deployments`): present when the workers serve different configs: each config
+/// fingerprint with its number of workers (`3f2a…×2, 9c1d…×1`).
+pub const CONFIGS: &str = "Llm-Configs";
 /// Reply: milliseconds the job spent in upstream calls (all attempts), so a front can report
 /// the gateway's own overhead (total minus upstream).
 pub const UPSTREAM_MS: &str = "Llm-Upstream-Ms";
@@ -166,6 +169,24 @@ pub struct ReplyHeaders {
     )]
     #[schemars(with = "String")]
     pub job_id: Option<String>,
+    /// Milliseconds the job spent in upstream calls (all attempts), with three decimals.
+    #[serde(
+        rename = "Llm-Upstream-Ms",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?$"))]
+    pub upstream_ms: Option<String>,
+    /// On `llm.deployments` replies, when the workers serve different configs: each config
+    /// fingerprint with how many workers serve it.
+    #[serde(
+        rename = "Llm-Configs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    pub configs: Option<String>,
     /// Any other header.
     #[serde(flatten)]
     pub other: BTreeMap<String, String>,
