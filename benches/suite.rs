@@ -36,6 +36,7 @@
 //! | `LLMBUS_SUITE_RATES` | 1000,2000,5000,8000,12000,16000,20000,25000 | open-loop ladder |
 //! | `LLMBUS_SUITE_STREAMS` | 10000 | concurrent streams for the memory measure (0: skip) |
 //! | `LLMBUS_SUITE_SYSTEMS` | all | comma list among `nats,http,litellm,<peer names>` |
+//! | `LLMBUS_SUITE_CHUNK_GAP_US` | 0 | pause of the fake between stream chunks, in µs |
 //!
 //! Without `--bench` (as under `cargo test --all-targets`) it runs a smoke pass of llmbus
 //! alone. Figures are printed, never asserted.
@@ -211,7 +212,7 @@ impl Lane {
                             Err(format!("sentinel {}", m.status))
                         };
                     }
-                    if first.is_none() && m.body.windows(10).any(|w| w == b"\"content\"") {
+                    if first.is_none() && has_content(&m.body) {
                         first = Some(start.elapsed());
                     }
                 }
@@ -230,18 +231,24 @@ impl Lane {
                     return Err(format!("HTTP {}", r.status()));
                 }
                 let mut bytes = r.bytes_stream();
-                let mut tail = Vec::new();
+                let mut text = Vec::new();
+                let mut seen = 0;
                 while let Some(b) = bytes.next().await {
-                    let b = b.map_err(|e| e.to_string())?;
-                    if first.is_none() && b.windows(10).any(|w| w == b"\"content\"") {
-                        first = Some(start.elapsed());
-                    }
-                    tail.extend_from_slice(&b);
-                    if tail.len() > 64 {
-                        tail.drain(..tail.len() - 64);
+                    text.extend_from_slice(&b.map_err(|e| e.to_string())?);
+                    // Each complete `data: {...}` event, looked at once.
+                    while first.is_none()
+                        && let Some(end) = text[seen..].windows(2).position(|w| w == b"\n\n")
+                    {
+                        let event = &text[seen..seen + end];
+                        if let Some(json) = event.strip_prefix(b"data: ")
+                            && has_content(json)
+                        {
+                            first = Some(start.elapsed());
+                        }
+                        seen += end + 2;
                     }
                 }
-                if tail.windows(6).any(|w| w == b"[DONE]") {
+                if text.windows(6).any(|w| w == b"[DONE]") {
                     Ok((first.unwrap_or_default(), start.elapsed()))
                 } else {
                     Err("no [DONE]".into())
@@ -249,6 +256,15 @@ impl Lane {
             }
         }
     }
+}
+
+/// True when `json` is a chat chunk whose first choice brings text.
+fn has_content(json: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(json).is_ok_and(|v| {
+        v["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    })
 }
 
 /// One system's figures.
@@ -494,11 +510,11 @@ fn litellm_command() -> Option<String> {
     let template = dir.join("litellm.yaml");
     std::fs::write(
         &template,
-        "model_list:\n  - model_name: {model}\n    litellm_params:\n      model: openai/{model}\n      api_base: {upstream}\n      api_key: {key}\n",
+        "model_list:\n  - model_name: {model}\n    litellm_params:\n      model: openai/{model}\n      api_base: {upstream}\n      api_key: {key}\ngeneral_settings:\n  dangerously_permit_weak_or_unset_master_key: true\n",
     )
     .ok()?;
     Some(format!(
-        "{python} -m litellm --config {{config:{}}} --port {{port}} --host 127.0.0.1 --num_workers 1",
+        "env LITELLM_LOCAL_MODEL_COST_MAP=True {python} -m litellm.proxy.proxy_cli --config {{config:{}}} --port {{port}} --host 127.0.0.1 --num_workers 1",
         template.display()
     ))
 }
@@ -554,7 +570,9 @@ fn main() {
         fake.keep_requests(false);
         fake.set_default(Fault::StreamChunks {
             pieces: (0..CHUNKS).map(|i| format!("w{i} ")).collect(),
-            gap: Duration::ZERO,
+            gap: Duration::from_micros(
+                std::env::var("LLMBUS_SUITE_CHUNK_GAP_US").map_or(0, |v| v.parse().unwrap_or(0)),
+            ),
         });
         let held = FakeProvider::start().await;
         held.keep_requests(false);
@@ -640,6 +658,39 @@ fn main() {
             f.streams_rss = Some((s.streams, rss));
         }
         all.push(f);
+    }
+    if s.wants("http") {
+        eprintln!("llmbus HTTP front (in the worker):");
+        let port = free_port().expect("a free port");
+        let worker = WorkerProcess::start(
+            &nats.url(),
+            &format!("{yaml}  http_listen: 127.0.0.1:{port}\n"),
+            "warn",
+        );
+        let lane = Lane::Http {
+            http: reqwest::Client::new(),
+            url: format!("http://127.0.0.1:{port}/v1/chat/completions").into(),
+        };
+        let ready = load_rt.block_on(async {
+            for _ in 0..400 {
+                if lane.call().await.is_ok() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            false
+        });
+        if ready {
+            all.push(measure(
+                &load_rt,
+                "llmbus (HTTP front)",
+                &lane,
+                &s,
+                Some(worker.pid()),
+            ));
+        } else {
+            eprintln!("  the HTTP front did not answer; skipped");
+        }
     }
     if s.wants("litellm")
         && !s.smoke

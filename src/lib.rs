@@ -49,7 +49,12 @@
 //! 4. [`actors::deployment`] holds one deployment's limits ([`limits`]) and health
 //!    (cooldowns, half-open probes). A job takes capacity on the fast path, under a short
 //!    uncontended lock; only a job that has to wait asks the deployment's actor, which queues
-//!    it first come, first served and wakes it when the buckets refill.
+//!    it first come, first served and wakes it when capacity returns. With JetStream, `rpm`
+//!    and `tpm` hold for the whole cluster: the local balance is fed by slices leased from a
+//!    KV ledger in the background ([`cluster::quota`]), so a job far from its limit never waits
+//!    on a round trip; cooldowns go to every worker, and to those that start later, through
+//!    the health board ([`cluster::health`]). A job for a group this worker does not serve is
+//!    handed to one that does ([`cluster::members`]).
 //! 5. [`providers`] turn the OpenAI request into a provider's HTTP call and its answer or
 //!    stream back into OpenAI shapes: the OpenAI-compatible family (one table row each),
 //!    Anthropic, Gemini and Vertex AI, Bedrock Converse, Cohere and Ollama; [`pricing`]
@@ -83,7 +88,8 @@
 //! LiteLLM `config.yaml` as it is, refusing security settings llmbus does not enforce and
 //! keeping a deployment that cannot work as *misconfigured* (it takes no traffic);
 //! [`preflight`] lists every problem of a config for `llmbus check` and `serve --strict`;
-//! [`worker::Worker`] starts the actors of one process; [`client`] is a small Rust client of
+//! [`worker::Worker`] starts the actors of one process and applies a new config to them
+//! ([`worker::Worker::reload`]); [`client`] is a small Rust client of
 //! the same NATS contract; [`telemetry`] sets up logs and Prometheus metrics; [`health`] serves
 //! `/healthz` and `/readyz` and answers `llmbus health`; [`local_nats`] starts a private
 //! `nats-server` for `llmbus up` and the tests (and finds or installs the binary); [`cli`]

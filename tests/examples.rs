@@ -45,6 +45,8 @@ const DEMO_ANSWER: &str = "Hello from llmbus!";
 const NOT_EXAMPLES: &[&str] = &[
     "cargo run --release -- up",
     "cargo test",
+    "cargo bench --bench suite",
+    "cargo bench --bench soak",
     "LLMBUS_BLESS=1 cargo test --test schemas",
     "git diff schemas/",
 ];

@@ -1,7 +1,7 @@
 //! Ingress: where NATS messages become jobs. It registers the worker with the NATS services
 //! framework (`$SRV.PING|INFO|STATS` answer for `llmbus`) and subscribes to the request
 //! subjects in the queue group. One reader task per endpoint admits each job through the
-//! [`Gate`] and starts its task ([`super::job::supervise`]) — no mailbox sits between NATS and
+//! [`super::gate::Gate`] and starts its task ([`super::job::supervise`]) — no mailbox sits between NATS and
 //! the jobs. A job with no reply subject (nowhere to answer) is refused before any upstream
 //! call; past `max_in_flight` a job gets a 503 at once. `llm.models` and `llm.deployments`
 //! are answered from the routing table.

@@ -76,6 +76,9 @@ impl Worker {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
+            // An API gateway does not follow redirects (neither do the providers' SDKs): a
+            // redirect is the upstream's answer, passed on.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| StartError::Http(e.to_string()))?;
         let plan = Plan::of(config, &http)?;

@@ -301,6 +301,10 @@ impl FakeProvider {
         let addr = listener.local_addr().expect("fake provider: local address");
         let server = tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            // No Nagle: each SSE event goes out as it is written, as from a real provider.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         FakeProvider {

@@ -13,7 +13,7 @@
 //! - a **panic** anywhere in it: [`supervise`] answers a 500, and no other job notices.
 //!
 //! Dropping the job's future is what stops it: the upstream connection closes, the capacity
-//! permit goes back to its deployment ([`attempt::Held`]), the cancel registration is removed,
+//! permit goes back to its deployment (`attempt::Held`), the cancel registration is removed,
 //! and the gate's ticket frees the place. No per-job state outlives the task.
 //!
 //! - `attempt`: routing, capacity, the upstream call, retries and fallbacks.
@@ -97,7 +97,9 @@ pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
     let id = job.id.clone();
     let answered = AtomicBool::new(false);
     let span = tracing::info_span!("job", job_id = %job.id, traceparent = tracing::field::Empty);
-    let run = JobState::new(job, &ctx, &answered, span.clone()).run();
+    // Boxed: the job's state machine is several kilobytes, and a task's future is moved by
+    // value on spawn; this way only a pointer moves.
+    let run = Box::pin(JobState::new(job, &ctx, &answered, span.clone()).run());
     if AssertUnwindSafe(run.instrument(span))
         .catch_unwind()
         .await
