@@ -11,12 +11,14 @@
 //!
 //! - **added latency at 1 client**, p50 and p99: the system's latency minus the matching
 //!   floor (a direct HTTP call to the fake; for llmbus over NATS, a NATS echo round trip plus
-//!   the direct call);
+//!   the direct call), paired: each round calls the floors and then the system, one after the
+//!   other, and the percentiles are those of the rounds' differences, so a shared machine's
+//!   drifts touch both alike;
 //! - **req/s at 64 connections** (closed loop) and **throughput at tail bounds**: open-loop
 //!   rates rising until the p99 (measured from the scheduled send, no coordinated omission)
 //!   passes 10 ms; the highest rate whose p99 stays under 1 ms, 5 ms and 10 ms;
-//! - **streaming**: 64-chunk streams, the time to first token over the direct stream's, and
-//!   the added time per chunk;
+//! - **streaming**: 64-chunk streams, the time to first token over the direct stream's (for
+//!   llmbus over NATS, plus the echo round trip), and the added time per chunk;
 //! - **memory**: RSS idle and after the run. The leak rate over a long run is
 //!   `cargo bench --bench soak`'s job.
 //! - llmbus only: start-up to serving, and the RSS holding 10,000 concurrent streams.
@@ -272,6 +274,10 @@ fn has_content(json: &[u8]) -> bool {
 struct Figures {
     name: String,
     single: Stats,
+    /// Paired added latency at one client, µs, sorted (see [`sequential`]).
+    added: Vec<f64>,
+    /// Paired added time to first token, µs, sorted (see [`streams`]).
+    added_ttft: Vec<f64>,
     closed: Stats,
     /// (offered rate, p99 µs from the schedule, errors)
     ladder: Vec<(u64, f64, u64)>,
@@ -293,23 +299,41 @@ impl Figures {
     }
 }
 
-fn sequential(rt: &Runtime, lane: &Lane, secs: Duration) -> Stats {
+/// One client, one call at a time. With `floors`, each round first calls every floor lane,
+/// then the system, and keeps the system's time minus the floors' of the same round (µs,
+/// sorted): the drifts of a shared machine then touch the system and its floors alike.
+fn sequential(rt: &Runtime, lane: &Lane, floors: &[&Lane], secs: Duration) -> (Stats, Vec<f64>) {
     rt.block_on(async {
         let mut s = Stats::default();
-        let start = Instant::now();
+        let mut added = Vec::new();
         // Warm-up: connections, caches.
         for _ in 0..200 {
+            for floor in floors {
+                let _ = floor.call().await;
+            }
             let _ = lane.call().await;
         }
         let start_measure = Instant::now();
-        while start_measure.elapsed() < secs {
+        'rounds: while start_measure.elapsed() < secs {
+            let mut floor_time = Duration::ZERO;
+            for floor in floors {
+                let t = Instant::now();
+                if floor.call().await.is_err() {
+                    continue 'rounds;
+                }
+                floor_time += t.elapsed();
+            }
             let t = Instant::now();
             let r = lane.call().await;
-            s.record(t.elapsed(), r);
+            let took = t.elapsed();
+            if r.is_ok() && !floors.is_empty() {
+                added.push((took.as_secs_f64() - floor_time.as_secs_f64()) * 1e6);
+            }
+            s.record(took, r);
         }
         s.elapsed = start_measure.elapsed();
-        let _ = start;
-        s
+        added.sort_by(f64::total_cmp);
+        (s, added)
     })
 }
 
@@ -371,16 +395,42 @@ fn open_loop(rt: &Runtime, lane: &Lane, rate: u64, secs: Duration) -> Stats {
     s
 }
 
-fn streams(rt: &Runtime, lane: &Lane, secs: Duration) -> (Stats, Stats) {
+/// Streams one at a time: (time to first token, total, paired added time to first token in
+/// µs, sorted). With `floors`, each round first runs the floors (a stream's first token, or
+/// an echo's round trip), as [`sequential`] does.
+fn streams(
+    rt: &Runtime,
+    lane: &Lane,
+    floors: &[&Lane],
+    secs: Duration,
+) -> (Stats, Stats, Vec<f64>) {
     rt.block_on(async {
         let (mut first, mut total) = (Stats::default(), Stats::default());
+        let mut added = Vec::new();
         for _ in 0..20 {
             let _ = lane.stream().await;
         }
         let start = Instant::now();
-        while start.elapsed() < secs {
+        'rounds: while start.elapsed() < secs {
+            let mut floor_time = Duration::ZERO;
+            for floor in floors {
+                let t = Instant::now();
+                floor_time += match floor {
+                    Lane::Echo(_) => match floor.call().await {
+                        Ok(()) => t.elapsed(),
+                        Err(_) => continue 'rounds,
+                    },
+                    _ => match floor.stream().await {
+                        Ok((f, _)) => f,
+                        Err(_) => continue 'rounds,
+                    },
+                };
+            }
             match lane.stream().await {
                 Ok((f, t)) => {
+                    if !floors.is_empty() {
+                        added.push((f.as_secs_f64() - floor_time.as_secs_f64()) * 1e6);
+                    }
                     first.record(f, Ok(()));
                     total.record(t, Ok(()));
                 }
@@ -392,19 +442,26 @@ fn streams(rt: &Runtime, lane: &Lane, secs: Duration) -> (Stats, Stats) {
         }
         first.elapsed = start.elapsed();
         total.elapsed = first.elapsed;
-        (first, total)
+        added.sort_by(f64::total_cmp);
+        (first, total, added)
     })
 }
 
 /// Runs the standard phases against `lane`.
-fn measure(rt: &Runtime, name: &str, lane: &Lane, s: &Settings, pid: Option<u32>) -> Figures {
+fn measure(
+    rt: &Runtime,
+    name: &str,
+    (lane, floors): (&Lane, &[&Lane]),
+    s: &Settings,
+    pid: Option<u32>,
+) -> Figures {
     let mut f = Figures {
         name: name.to_string(),
         rss_idle: pid.map_or(0.0, rss_mb),
         ..Default::default()
     };
     eprintln!("  {name}: 1 client");
-    f.single = sequential(rt, lane, s.secs);
+    (f.single, f.added) = sequential(rt, lane, floors, s.secs);
     eprintln!("  {name}: 64 connections");
     f.closed = closed_loop(rt, lane, 64, s.secs);
     for &rate in &s.rates {
@@ -418,7 +475,7 @@ fn measure(rt: &Runtime, name: &str, lane: &Lane, s: &Settings, pid: Option<u32>
     }
     if !matches!(lane, Lane::Echo(_)) {
         eprintln!("  {name}: streams of {CHUNKS} chunks");
-        (f.ttft, f.stream_total) = streams(rt, lane, s.secs);
+        (f.ttft, f.stream_total, f.added_ttft) = streams(rt, lane, floors, s.secs);
     }
     f.rss_after = pid.map_or(0.0, rss_mb);
     f
@@ -616,14 +673,15 @@ fn main() {
     let floor_http = measure(
         &load_rt,
         "direct HTTP",
-        &direct,
+        (&direct, &[]),
         &Settings {
             rates: vec![],
             ..s_copy(&s)
         },
         None,
     );
-    let floor_echo = sequential(&load_rt, &Lane::Echo(echo_client), s.secs);
+    let echo = Lane::Echo(echo_client);
+    let (floor_echo, _) = sequential(&load_rt, &echo, &[], s.secs);
 
     let yaml = format!(
         "model_list:\n  - model_name: {MODEL}\n    litellm_params: {{model: openai/{MODEL}, api_base: \"{upstream}\", api_key: {KEY}}}\n  - model_name: held\n    litellm_params: {{model: openai/{MODEL}, api_base: \"{}\", api_key: {KEY}}}\nllmbus:\n  metrics_listen: null\n  max_in_flight: 20000\n",
@@ -647,7 +705,7 @@ fn main() {
         let mut f = measure(
             &load_rt,
             "llmbus (NATS)",
-            &Lane::Nats(client),
+            (&Lane::Nats(client), &[&direct, &echo]),
             &s,
             Some(worker.pid()),
         );
@@ -684,7 +742,7 @@ fn main() {
             all.push(measure(
                 &load_rt,
                 "llmbus (HTTP front)",
-                &lane,
+                (&lane, &[&direct]),
                 &s,
                 Some(worker.pid()),
             ));
@@ -699,7 +757,13 @@ fn main() {
         eprintln!("LiteLLM proxy:");
         if let Some((peer, lane)) = start_peer(&load_rt, "litellm", &cmd, &upstream) {
             let pid = peer.child.id();
-            all.push(measure(&load_rt, "LiteLLM proxy", &lane, &s, Some(pid)));
+            all.push(measure(
+                &load_rt,
+                "LiteLLM proxy",
+                (&lane, &[&direct]),
+                &s,
+                Some(pid),
+            ));
         }
     }
     if !s.smoke {
@@ -717,7 +781,7 @@ fn main() {
             eprintln!("{name}:");
             if let Some((peer, lane)) = start_peer(&load_rt, name, cmd.trim(), &upstream) {
                 let pid = peer.child.id();
-                all.push(measure(&load_rt, name, &lane, &s, Some(pid)));
+                all.push(measure(&load_rt, name, (&lane, &[&direct]), &s, Some(pid)));
             }
         }
     }
@@ -755,18 +819,28 @@ fn report(direct: &Figures, echo: &Stats, all: &[Figures]) {
     println!("|---|---|---|---|---|---|---|---|---|");
     for f in all {
         let nats = f.name.contains("NATS");
+        // Paired rounds when there are some; else the floors' own percentiles.
         let floor = |q: f64| direct.single.p(q) + if nats { echo.p(q) } else { 0.0 };
+        let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        let added = |q: f64| match f.added.len() {
+            0 => f.single.p(q) - floor(q),
+            _ => at(&f.added, q),
+        };
+        let added_ttft = match f.added_ttft.len() {
+            0 => f.ttft.p(0.5) - direct.ttft.p(0.5) - if nats { echo.p(0.5) } else { 0.0 },
+            _ => at(&f.added_ttft, 0.5),
+        };
         let per_chunk = (f.stream_total.p(0.5) - direct.stream_total.p(0.5)) / CHUNKS as f64;
         println!(
             "| {} | {} | {} | {:.0} | {} / {} / {} | {} | {:.1} µs | {:.0} → {:.0} MB | {} |",
             f.name,
-            us(f.single.p(0.5) - floor(0.5)),
-            us(f.single.p(0.99) - floor(0.99)),
+            us(added(0.5)),
+            us(added(0.99)),
             f.closed.rps(),
             rate(f.best_rate(1_000.0)),
             rate(f.best_rate(5_000.0)),
             rate(f.best_rate(10_000.0)),
-            us(f.ttft.p(0.5) - direct.ttft.p(0.5)),
+            us(added_ttft),
             per_chunk,
             f.rss_idle,
             f.rss_after,
@@ -777,7 +851,7 @@ fn report(direct: &Figures, echo: &Stats, all: &[Figures]) {
         println!();
         for f in all.iter().filter(|f| !std::ptr::eq(*f, base)) {
             println!(
-                "{} vs llmbus: {:.1}x the req/s at 64 connections, {:.1}x the RSS after the run",
+                "{} vs llmbus: {:.3}x the req/s at 64 connections, {:.1}x the RSS after the run",
                 f.name,
                 f.closed.rps() / base.closed.rps().max(1e-9),
                 f.rss_after / base.rss_after.max(1e-9)
