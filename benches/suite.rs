@@ -18,7 +18,8 @@
 //!   rates rising until the p99 (measured from the scheduled send, no coordinated omission)
 //!   passes 10 ms; the highest rate whose p99 stays under 1 ms, 5 ms and 10 ms;
 //! - **streaming**: 64-chunk streams, the time to first token over the direct stream's (for
-//!   llmbus over NATS, plus the echo round trip), and the added time per chunk;
+//!   llmbus over NATS, plus an echo round trip), paired the same way, and the added time per
+//!   chunk (from the medians of whole streams);
 //! - **memory**: RSS idle and after the run. The leak rate over a long run is
 //!   `cargo bench --bench soak`'s job.
 //! - llmbus only: start-up to serving, and the RSS holding 10,000 concurrent streams.
