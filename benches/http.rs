@@ -16,6 +16,8 @@
 
 #[path = "../tests/support/fake_provider.rs"]
 mod fake_provider;
+// Shared with the tests, which use more of it.
+#[allow(dead_code)]
 #[path = "../tests/support/llmbus_process.rs"]
 mod llmbus_process;
 

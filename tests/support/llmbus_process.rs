@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 /// A running `llmbus` process.
 pub struct LlmbusProcess {
+    /// What failure messages call it.
+    label: String,
     pid: u32,
     lines: Arc<Mutex<Vec<String>>>,
     seen: watch::Receiver<usize>,
@@ -64,11 +66,23 @@ impl LlmbusProcess {
             exit_tx.send_replace(status);
         });
         Self {
+            label: format!("`llmbus {}`", args.join(" ")),
             pid,
             lines,
             seen,
             exit,
         }
+    }
+
+    /// Names the process in failure messages (for example "worker w2").
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Everything it printed so far.
@@ -77,6 +91,11 @@ impl LlmbusProcess {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .join("\n")
+    }
+
+    /// True when a line it printed contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.find(needle).is_some()
     }
 
     fn find(&self, needle: &str) -> Option<String> {
@@ -100,7 +119,8 @@ impl LlmbusProcess {
                 }
                 tokio::select! {
                     changed = seen.changed() => if changed.is_err() { return self.find(needle) },
-                    _ = exit.wait_for(|s| s.is_some()) => {
+                    // (The guard `wait_for` returns is let go at once: the future stays `Send`.)
+                    _ = async { exit.wait_for(|s| s.is_some()).await.map(|_| ()) } => {
                         // Let the readers take the last lines.
                         let _ = tokio::time::timeout(Duration::from_secs(5), seen.changed()).await;
                         return self.find(needle);
@@ -112,7 +132,8 @@ impl LlmbusProcess {
         match found {
             Ok(Some(line)) => line,
             _ => panic!(
-                "no line with {needle:?} within {timeout:?}; the output:\n{}",
+                "{}: no line with {needle:?} within {timeout:?}; the output:\n{}",
+                self.label,
                 self.log()
             ),
         }
@@ -136,6 +157,17 @@ impl LlmbusProcess {
             Ok(Ok(status)) => *status,
             _ => None,
         }
+    }
+
+    /// Waits for the process to end and asserts it exited with status 0.
+    pub async fn assert_exits_cleanly(&self, timeout: Duration) {
+        let status = self.wait_exit(timeout).await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} exited with {status:?} (None: still running after {timeout:?}); the output:\n{}",
+            self.label,
+            self.log()
+        );
     }
 
     /// Sends SIGTERM.
