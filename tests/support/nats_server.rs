@@ -12,6 +12,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
+    time::Duration,
 };
 
 use llmbus::local_nats::{LocalNats, LocalNatsError, free_port};
@@ -162,8 +163,20 @@ impl NatsServer {
         self.server.kill();
     }
 
-    /// Starts it again on the same port and store.
+    /// Starts it again on the same port and store, trying for 5 s while the port is still
+    /// held by the old process's socket.
     pub fn restart(&mut self) {
-        self.server.restart().expect("restart nats-server");
+        let mut last = None;
+        for _ in 0..50 {
+            match self.server.restart() {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "nats-server did not restart on port {}: {last:?}",
+            self.port()
+        );
     }
 }
