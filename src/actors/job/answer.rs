@@ -137,12 +137,7 @@ impl JobState<'_> {
                 return false;
             }
         }
-        let sent = self.publish_chunk(&chunk).await;
-        // Let the NATS connection write the first token now: when the upstream's next chunks
-        // are already here, this task would otherwise parse them all before the connection
-        // task runs, and the first token would wait for the last.
-        tokio::task::yield_now().await;
-        sent
+        self.publish_chunk(&chunk).await
     }
 
     /// The stream ended normally: the sentinel with the reply headers.
