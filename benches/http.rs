@@ -22,6 +22,7 @@ mod fake_provider;
 mod llmbus_process;
 
 /// The same allocator as the `llmbus` binary, so the figures are the binary's.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

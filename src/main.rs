@@ -9,7 +9,9 @@
 //! during the drain exits at once, with status 1.
 
 /// mimalloc: in the load benchmark it cut the worker's CPU per request by about 30 % against
-/// glibc's allocator, whose arena locks and heap trimming showed up in profiles.
+/// glibc's allocator, whose arena locks and heap trimming showed up in profiles. Without the
+/// `mimalloc` feature (`--no-default-features`) the system allocator serves, for heap profilers.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
