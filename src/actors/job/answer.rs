@@ -94,7 +94,7 @@ impl JobState<'_> {
             return self.send_error(&e, Some(route)).await;
         }
         let headers = self.final_headers(200, Some(route), Some(cost));
-        self.send_final(payload, headers).await;
+        self.send_final(payload, headers, 200).await;
         self.observe(200, Some(route));
     }
 
@@ -164,7 +164,7 @@ impl JobState<'_> {
         let route = call.route.clone();
         drop(call);
         let headers = self.final_headers(200, Some(&route), Some(cost));
-        self.send_final(Bytes::new(), headers).await;
+        self.send_final(Bytes::new(), headers, 200).await;
         self.observe(200, Some(&route));
     }
 
@@ -216,7 +216,8 @@ impl JobState<'_> {
                     self.out.seq
                 ))
                 .with_code("reply_not_published");
-                self.send_error(&e, route.as_ref()).await;
+                // Boxed: a rare path, kept out of the state every open stream holds.
+                Box::pin(self.send_error(&e, route.as_ref())).await;
                 false
             }
         }
@@ -253,9 +254,9 @@ impl JobState<'_> {
             {
                 unpublished("error", &err.to_string());
             }
-            self.send_final(Bytes::new(), headers).await;
+            self.send_final(Bytes::new(), headers, e.status).await;
         } else {
-            self.send_final(e.to_json(), headers).await;
+            self.send_final(e.to_json(), headers, e.status).await;
         }
         self.observe(e.status, route);
     }
@@ -281,7 +282,7 @@ impl JobState<'_> {
 
     /// Sends the job's last message (reply, error or sentinel) and marks the job answered.
     /// When it cannot be published, a small error with the same status goes instead.
-    async fn send_final(&mut self, payload: Bytes, headers: HeaderMap) {
+    async fn send_final(&mut self, payload: Bytes, headers: HeaderMap, status: u16) {
         self.call = None;
         if self.answered.swap(true, Ordering::AcqRel) {
             return;
@@ -289,34 +290,35 @@ impl JobState<'_> {
         if self.job.request.message.reply.is_none() {
             return;
         }
-        let status = headers
-            .get(headers::STATUS)
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_else(|| "200".into());
         if let Err(e) = self
             .job
             .request
             .respond_with_headers(Ok(payload), headers)
             .await
         {
-            let reason = e.to_string();
-            unpublished("reply", &reason);
-            let code = status.parse().unwrap_or(502);
-            let fallback = ApiError::new(
-                if code == 200 { 502 } else { code },
-                "api_error",
-                format!("the answer could not be published: {reason}"),
-            )
-            .with_code("reply_not_published");
-            let mut h = HeaderMap::new();
-            h.insert(headers::STATUS, status_str(fallback.status));
-            h.insert(headers::JOB_ID, self.job.id.as_str());
-            let _ = self
-                .job
-                .request
-                .respond_with_headers(Ok(fallback.to_json()), h)
-                .await;
+            // Boxed: a rare path, kept out of the state every job holds while it runs.
+            Box::pin(self.answer_unpublished(e.to_string(), status)).await;
         }
+    }
+
+    /// The job's last message could not be published (`reason`): a small error with the same
+    /// status (a 502 for a 200) goes instead.
+    async fn answer_unpublished(&self, reason: String, status: u16) {
+        unpublished("reply", &reason);
+        let fallback = ApiError::new(
+            if status == 200 { 502 } else { status },
+            "api_error",
+            format!("the answer could not be published: {reason}"),
+        )
+        .with_code("reply_not_published");
+        let mut h = HeaderMap::new();
+        h.insert(headers::STATUS, status_str(fallback.status));
+        h.insert(headers::JOB_ID, self.job.id.as_str());
+        let _ = self
+            .job
+            .request
+            .respond_with_headers(Ok(fallback.to_json()), h)
+            .await;
     }
 
     /// Prices `usage` (the cost reported to the requester) and keeps it for the job's usage

@@ -285,7 +285,9 @@ impl JobState<'_> {
         self.waited = false;
     }
 
-    /// Makes the current attempt's upstream call and answers, or says to try again.
+    /// Makes the current attempt's upstream call and answers, or says to try again. The
+    /// failure paths are boxed (`Box::pin(..).await`): their state then lives in an allocation
+    /// of its own when they run, instead of enlarging the state machine every open stream holds.
     async fn call_upstream(&mut self, body: Body, remaining: Duration) -> Flow {
         let route = &self
             .call
@@ -305,7 +307,7 @@ impl JobState<'_> {
                     self.embedded(response).await;
                     Flow::Done
                 }
-                Err(e) => self.upstream_failed(e).await,
+                Err(e) => Box::pin(self.upstream_failed(e)).await,
             },
             Body::Chat(body) if !self.stream => {
                 match guarded(provider.complete(&body, &cctx)).await {
@@ -313,13 +315,13 @@ impl JobState<'_> {
                         self.reply(response).await;
                         Flow::Done
                     }
-                    Err(e) => self.upstream_failed(e).await,
+                    Err(e) => Box::pin(self.upstream_failed(e)).await,
                 }
             }
             Body::Chat(body) => {
                 let mut chunks = match guarded(provider.stream(&body, &cctx)).await {
                     Ok(s) => s,
-                    Err(e) => return self.upstream_failed(e).await,
+                    Err(e) => return Box::pin(self.upstream_failed(e)).await,
                 };
                 let idle = info.stream_timeout.map_or(remaining, |t| t.min(remaining));
                 loop {
@@ -345,10 +347,10 @@ impl JobState<'_> {
                             }
                         }
                         Err(e) if self.out.committed => {
-                            self.fail_stream(&e).await;
+                            Box::pin(self.fail_stream(&e)).await;
                             return Flow::Done;
                         }
-                        Err(e) => return self.upstream_failed(e).await,
+                        Err(e) => return Box::pin(self.upstream_failed(e)).await,
                     }
                 }
             }
