@@ -46,6 +46,29 @@ pub const CONFIGS: &str = "Llm-Configs";
 /// the gateway's own overhead (total minus upstream).
 pub const UPSTREAM_MS: &str = "Llm-Upstream-Ms";
 
+/// The reply headers a job writes on every answer and chunk, as ready-made names: inserting
+/// one skips the name's validation and its copy, which a `&str` name costs on every insert.
+pub mod name {
+    use async_nats::header::HeaderName;
+
+    /// [`super::STATUS`].
+    pub const STATUS: HeaderName = HeaderName::from_static(super::STATUS);
+    /// [`super::SEQ`].
+    pub const SEQ: HeaderName = HeaderName::from_static(super::SEQ);
+    /// [`super::MODEL_GROUP`].
+    pub const MODEL_GROUP: HeaderName = HeaderName::from_static(super::MODEL_GROUP);
+    /// [`super::DEPLOYMENT`].
+    pub const DEPLOYMENT: HeaderName = HeaderName::from_static(super::DEPLOYMENT);
+    /// [`super::ATTEMPTS`].
+    pub const ATTEMPTS: HeaderName = HeaderName::from_static(super::ATTEMPTS);
+    /// [`super::COST_USD`].
+    pub const COST_USD: HeaderName = HeaderName::from_static(super::COST_USD);
+    /// [`super::JOB_ID`].
+    pub const JOB_ID: HeaderName = HeaderName::from_static(super::JOB_ID);
+    /// [`super::UPSTREAM_MS`].
+    pub const UPSTREAM_MS: HeaderName = HeaderName::from_static(super::UPSTREAM_MS);
+}
+
 /// The headers a requester may set on `llm.completion` and `llm.embedding`, as a JSON object of
 /// header name → value. NATS headers may repeat a name; this view keeps one value per name.
 /// Every header is optional, and other headers (`Nats-Msg-Id`, ...) pass through.

@@ -194,7 +194,7 @@ impl JobState<'_> {
         };
         self.out.seq += 1;
         let mut h = HeaderMap::new();
-        h.insert(headers::SEQ, self.out.seq.to_string().as_str());
+        h.insert(headers::name::SEQ, self.out.seq.to_string());
         let sent = match serde_json::to_vec(chunk) {
             Ok(payload) => self
                 .ctx
@@ -244,7 +244,7 @@ impl JobState<'_> {
         if self.stream {
             self.out.seq += 1;
             let mut h = headers.clone();
-            h.insert(headers::SEQ, self.out.seq.to_string().as_str());
+            h.insert(headers::name::SEQ, self.out.seq.to_string());
             if let Some(reply) = self.job.request.message.reply.clone()
                 && let Err(err) = self
                     .ctx
@@ -263,19 +263,19 @@ impl JobState<'_> {
 
     fn final_headers(&self, status: u16, route: Option<&Route>, cost: Option<f64>) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(headers::STATUS, status_str(status));
-        h.insert(headers::JOB_ID, self.job.id.as_str());
-        h.insert(headers::ATTEMPTS, self.attempts.to_string().as_str());
+        h.insert(headers::name::STATUS, status_str(status));
+        h.insert(headers::name::JOB_ID, self.job.id.clone());
+        h.insert(headers::name::ATTEMPTS, self.attempts.to_string());
         if let Some(route) = route {
-            h.insert(headers::MODEL_GROUP, &*route.group);
-            h.insert(headers::DEPLOYMENT, route.deployment.id());
+            h.insert(headers::name::MODEL_GROUP, &*route.group);
+            h.insert(headers::name::DEPLOYMENT, route.deployment.id());
         }
         if let Some(cost) = cost {
-            h.insert(headers::COST_USD, cost.to_string().as_str());
+            h.insert(headers::name::COST_USD, cost.to_string());
         }
         if !self.upstream_time.is_zero() {
             let ms = self.upstream_time.as_secs_f64() * 1000.0;
-            h.insert(headers::UPSTREAM_MS, format!("{ms:.3}").as_str());
+            h.insert(headers::name::UPSTREAM_MS, format!("{ms:.3}"));
         }
         h
     }
