@@ -73,6 +73,19 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     text.lines().next().unwrap_or_default().to_string()
 }
 
+/// A listener on `addr`, once whoever holds it now lets it go (other tests' workers hold the
+/// default ports for a few seconds at most).
+fn hold(addr: &str) -> TcpListener {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{addr} stayed taken: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// The address in the banner's `metrics: http://<addr>/metrics` line.
 fn metrics_addr(lines: &[String]) -> SocketAddr {
     let line = lines
@@ -201,9 +214,9 @@ fn an_explicit_metrics_address_that_is_taken_refuses_to_start() {
 #[test]
 fn the_default_metrics_address_moves_to_a_free_port_and_the_banner_says_where() {
     let nats = NatsServer::start();
-    // Hold the default port (or find it held by someone else: taken either way).
-    let _held = TcpListener::bind("127.0.0.1:9464");
-    assert!(TcpListener::bind("127.0.0.1:9464").is_err());
+    // Hold the default port ourselves: another test's `up` may have it now, and would free it
+    // when it stops, possibly just before this one's `up` starts.
+    let _held = hold("127.0.0.1:9464");
     let mut up = Running::spawn({
         let mut cmd = llmbus();
         cmd.args(["up", "--nats-url", &nats.url()]);
