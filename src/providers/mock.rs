@@ -149,22 +149,16 @@ impl Provider for MockProvider {
         if let Some(e) = simulated_failure(&self.text) {
             return Box::pin(async move { Err(e) });
         }
-        let response = ChatCompletionResponse {
-            id: completion_id(),
-            object: "chat.completion".into(),
-            created: unix_now(),
-            model: ctx.upstream_model.clone(),
-            choices: vec![Choice {
-                index: 0,
-                message: ChatMessage::text(Role::Assistant, self.text.clone()),
-                finish_reason: Some("stop".into()),
-                logprobs: None,
-                extra: Extra::new(),
-            }],
-            usage: Some(self.usage(request)),
-            system_fingerprint: None,
-            extra: Extra::new(),
-        };
+        let response = ChatCompletionResponse::new(
+            completion_id(),
+            ctx.upstream_model.clone(),
+            vec![Choice::new(
+                0,
+                ChatMessage::text(Role::Assistant, self.text.clone()),
+                "stop",
+            )],
+            Some(self.usage(request)),
+        );
         Box::pin(async move { Ok(response) })
     }
 

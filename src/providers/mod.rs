@@ -5,6 +5,11 @@
 //! need (base URL, key, headers). Every adapter shares one `reqwest` client pool. [`prepare`]
 //! builds a deployment's provider, or, when the deployment cannot work, a
 //! [`misconfigured::Misconfigured`] one that fails every call with the reason.
+//!
+//! [`upstream`] reads a deployment's connection settings (`api_base`, key, `extra_headers`)
+//! by the same rules for every adapter; [`json_api`] is the one adapter of the providers whose
+//! calls are plain JSON posts with a bearer key (Cohere, Ollama: one table row each, as the
+//! OpenAI-compatible family in [`openai_compat`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,12 +26,14 @@ pub mod cohere;
 pub mod error;
 pub mod gemini;
 pub mod http;
+pub mod json_api;
 pub mod misconfigured;
 pub mod mock;
 pub mod ollama;
 pub mod openai_compat;
 pub mod params;
 pub mod sse;
+pub mod upstream;
 
 pub use error::{ErrorClass, ProviderError};
 
@@ -221,8 +228,12 @@ pub fn build_with_env(
         Some("gemini") => gemini::build_with_env(params, http, env),
         Some("vertex_ai") => gemini::build_vertex_with_env(params, http, env),
         Some("bedrock") => bedrock::build_with_env(params, http, env),
-        Some("cohere_chat") | Some("cohere") => cohere::build_with_env(params, http, env),
-        Some("ollama") | Some("ollama_chat") => ollama::build_with_env(params, http, env),
+        Some("cohere_chat") | Some("cohere") => {
+            json_api::JsonProvider::build(&cohere::API, params, http, env)
+        }
+        Some("ollama") | Some("ollama_chat") => {
+            json_api::JsonProvider::build(&ollama::API, params, http, env)
+        }
         _ => openai_compat::build_with_env(params, http, env),
     }
 }

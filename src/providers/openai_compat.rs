@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::{
     CallContext, ChunkStream, ErrorClass, Provider, ProviderError, http,
     sse::{self, SseEvent},
+    upstream,
 };
 use crate::{
     config::{ConfigError, LitellmParams, Secret},
@@ -201,14 +202,10 @@ pub fn build_with_env(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(Arc<dyn Provider>, String), ConfigError> {
     let (spec, upstream_model) = split_model(&params.model)?;
-    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-    let first_env = |names: &[&str]| names.iter().find_map(|n| env(n));
+    let env = upstream::non_blank(env);
     let model = &params.model;
 
-    let base = params
-        .api_base
-        .clone()
-        .or_else(|| first_env(spec.api_base_env))
+    let base = upstream::api_base(params, &env, spec.api_base_env)
         .or_else(|| spec.default_api_base.map(str::to_owned))
         .ok_or_else(|| {
             ConfigError::Invalid(format!(
@@ -217,16 +214,8 @@ pub fn build_with_env(
                 spec.api_base_env.join(" or ")
             ))
         })?;
-    let base = parse_base(&base, model)?;
-
-    let key = match &params.api_key {
-        Some(secret) => match secret.expose().strip_prefix("os.environ/") {
-            Some(name) => env(name).map(Secret::new),
-            None => Some(secret.clone()),
-        },
-        None => first_env(spec.api_key_env).map(Secret::new),
-    }
-    .filter(|k| !k.expose().is_empty());
+    let base = upstream::parse_base(&base, model)?;
+    let key = upstream::api_key_or_env_ref(&params.api_key, &env, spec.api_key_env);
 
     let api_version = match spec.flavor {
         Flavor::OpenAi => None,
@@ -260,18 +249,6 @@ pub fn build_with_env(
     Ok((Arc::new(provider), upstream_model.to_owned()))
 }
 
-fn parse_base(base: &str, model: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(base.trim()).map_err(|e| {
-        ConfigError::Invalid(format!("model `{model}`: `api_base` is not a URL ({e})"))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(ConfigError::Invalid(format!(
-            "model `{model}`: `api_base` must be an http(s) URL"
-        )));
-    }
-    Ok(url)
-}
-
 /// `base` with `segments` appended to its path (a trailing slash in `base` is fine).
 fn join(base: &Url, segments: &[&str]) -> Url {
     let mut url = base.clone();
@@ -299,13 +276,7 @@ fn base_headers(
             Flavor::OpenAi => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
             Flavor::Azure => (HeaderName::from_static("api-key"), key.expose().to_owned()),
         };
-        let mut value = HeaderValue::from_str(&value).map_err(|_| {
-            ConfigError::Invalid(format!(
-                "model `{model}`: the API key holds characters an HTTP header cannot carry"
-            ))
-        })?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
+        headers.insert(name, upstream::secret_header(&value, model)?);
     }
     if let Some(org) = &params.organization {
         let value = HeaderValue::from_str(org).map_err(|_| {
@@ -315,19 +286,7 @@ fn base_headers(
         })?;
         headers.insert(HeaderName::from_static("openai-organization"), value);
     }
-    for (name, value) in &params.extra_headers {
-        let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            ConfigError::Invalid(format!(
-                "model `{model}`: `extra_headers` has an invalid header name `{name}`"
-            ))
-        })?;
-        let header_value = HeaderValue::from_str(value).map_err(|_| {
-            ConfigError::Invalid(format!(
-                "model `{model}`: `extra_headers.{name}` is not a header value"
-            ))
-        })?;
-        headers.insert(header_name, header_value);
-    }
+    upstream::insert_extra_headers(&mut headers, params)?;
     Ok(headers)
 }
 
@@ -526,16 +485,7 @@ impl Provider for OpenAiCompatible {
         if keyless || self.key.is_some() || in_headers {
             return None;
         }
-        let vars = lookup(self.provider).map_or(&[][..], |s| s.api_key_env);
-        let (first, others) = vars.split_first()?;
-        let others = if others.is_empty() {
-            String::new()
-        } else {
-            format!(" (or {})", others.join(", "))
-        };
-        Some(format!(
-            "no API key: set `api_key` or the environment variable {first}{others}"
-        ))
+        upstream::no_key(lookup(self.provider).map_or(&[][..], |s| s.api_key_env))
     }
 
     fn complete<'a>(

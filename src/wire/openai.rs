@@ -165,6 +165,21 @@ impl ChatMessage {
         }
     }
 
+    /// An assistant's answer as an adapter reads it from a provider: its text (left out when
+    /// empty and there are tool calls, as OpenAI does), its tool calls and its reasoning (each
+    /// left out when empty).
+    pub fn assistant(text: String, calls: Vec<ToolCall>, reasoning: Option<String>) -> Self {
+        Self {
+            role: Role::Assistant,
+            content: (!text.is_empty() || calls.is_empty()).then_some(MessageContent::Text(text)),
+            name: None,
+            tool_calls: (!calls.is_empty()).then_some(calls),
+            tool_call_id: None,
+            reasoning_content: reasoning.filter(|r| !r.is_empty()),
+            extra: Extra::new(),
+        }
+    }
+
     /// The text of the message: the string, or its text parts joined.
     pub fn text_content(&self) -> String {
         match &self.content {
@@ -292,6 +307,22 @@ pub struct ChatCompletionResponse {
     pub extra: Extra,
 }
 
+impl ChatCompletionResponse {
+    /// A `chat.completion` created now from an answer in another wire format.
+    pub fn new(id: String, model: String, choices: Vec<Choice>, usage: Option<Usage>) -> Self {
+        Self {
+            id,
+            object: "chat.completion".into(),
+            created: unix_now(),
+            model,
+            choices,
+            usage,
+            system_fingerprint: None,
+            extra: Extra::new(),
+        }
+    }
+}
+
 /// One choice of a reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Choice {
@@ -308,6 +339,19 @@ pub struct Choice {
     /// Other fields, passed through.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+impl Choice {
+    /// The choice at `index`: `message`, ended for `finish_reason`, without log probabilities.
+    pub fn new(index: u32, message: ChatMessage, finish_reason: &str) -> Self {
+        Self {
+            index,
+            message,
+            finish_reason: Some(finish_reason.to_owned()),
+            logprobs: None,
+            extra: Extra::new(),
+        }
+    }
 }
 
 /// Token counts of one request, in OpenAI's terms (`prompt_tokens` includes cached tokens).

@@ -19,7 +19,7 @@ use reqwest::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 
-use super::{CallContext, ChunkStream, ErrorClass, Provider, ProviderError, http};
+use super::{CallContext, ChunkStream, ErrorClass, Provider, ProviderError, http, upstream};
 use crate::{
     config::{ConfigError, LitellmParams, Secret},
     wire::openai::{ChatCompletionRequest, ChatCompletionResponse},
@@ -61,32 +61,18 @@ pub fn build_with_env(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(Arc<dyn Provider>, String), ConfigError> {
     let model = &params.model;
-    let upstream = model
+    let upstream_model = model
         .strip_prefix("anthropic/")
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| {
             ConfigError::Invalid(format!("model `{model}` names no model after `anthropic/`"))
         })?;
-    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-    let base = params
-        .api_base
-        .clone()
-        .or_else(|| API_BASE_ENV.iter().find_map(|n| env(n)))
+    let env = upstream::non_blank(env);
+    let base = upstream::api_base(params, &env, API_BASE_ENV)
         .unwrap_or_else(|| DEFAULT_API_BASE.to_owned());
-    let endpoint = endpoint(&base).ok_or_else(|| {
-        ConfigError::Invalid(format!(
-            "model `{model}`: `api_base` must be an http(s) URL"
-        ))
-    })?;
-    let key = match &params.api_key {
-        Some(secret) => match secret.expose().strip_prefix("os.environ/") {
-            Some(name) => env(name).map(Secret::new),
-            None => Some(secret.clone()),
-        },
-        None => env(API_KEY_ENV).map(Secret::new),
-    }
-    .filter(|k| !k.expose().is_empty());
+    let endpoint = endpoint(&base).ok_or_else(|| upstream::not_http(model))?;
+    let key = upstream::api_key_or_env_ref(&params.api_key, &env, &[API_KEY_ENV]);
     let provider = Anthropic {
         http: http.clone(),
         endpoint,
@@ -94,7 +80,7 @@ pub fn build_with_env(
         key,
         drop_params: params.drop_params.unwrap_or(false),
     };
-    Ok((Arc::new(provider), upstream.to_owned()))
+    Ok((Arc::new(provider), upstream_model.to_owned()))
 }
 
 /// `{base}/v1/messages`, as LiteLLM builds it: a base that already ends in `/v1/messages`
@@ -108,14 +94,12 @@ fn endpoint(base: &str) -> Option<Url> {
     } else {
         format!("{base}/v1/messages")
     };
-    let url = Url::parse(&full).ok()?;
-    matches!(url.scheme(), "http" | "https").then_some(url)
+    upstream::http_base(&full)
 }
 
 /// `x-api-key`, `anthropic-version`, `content-type`, then the deployment's `extra_headers`
 /// (so they may override, or add `anthropic-beta`).
 fn headers(params: &LitellmParams, key: Option<&Secret>) -> Result<HeaderMap, ConfigError> {
-    let model = &params.model;
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -126,27 +110,10 @@ fn headers(params: &LitellmParams, key: Option<&Secret>) -> Result<HeaderMap, Co
         HeaderValue::from_static(API_VERSION),
     );
     if let Some(key) = key {
-        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
-            ConfigError::Invalid(format!(
-                "model `{model}`: the API key holds characters an HTTP header cannot carry"
-            ))
-        })?;
-        value.set_sensitive(true);
+        let value = upstream::secret_header(key.expose(), &params.model)?;
         headers.insert(HeaderName::from_static("x-api-key"), value);
     }
-    for (name, value) in &params.extra_headers {
-        let name_ok = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            ConfigError::Invalid(format!(
-                "model `{model}`: `extra_headers` has an invalid header name `{name}`"
-            ))
-        })?;
-        let value_ok = HeaderValue::from_str(value).map_err(|_| {
-            ConfigError::Invalid(format!(
-                "model `{model}`: `extra_headers.{name}` is not a header value"
-            ))
-        })?;
-        headers.insert(name_ok, value_ok);
-    }
+    upstream::insert_extra_headers(&mut headers, params)?;
     Ok(headers)
 }
 
@@ -272,8 +239,10 @@ impl Provider for Anthropic {
         let in_headers = ["x-api-key", "authorization"]
             .iter()
             .any(|h| self.headers.contains_key(*h));
-        (self.key.is_none() && !in_headers)
-            .then(|| format!("no API key: set `api_key` or the environment variable {API_KEY_ENV}"))
+        if self.key.is_some() || in_headers {
+            return None;
+        }
+        upstream::no_key(&[API_KEY_ENV])
     }
 
     fn complete<'a>(

@@ -13,7 +13,7 @@ use super::request::JSON_TOOL_NAME;
 use crate::providers::{ErrorClass, ProviderError};
 use crate::wire::openai::{
     ChatCompletionResponse, ChatMessage, Choice, Extra, FunctionCall, MessageContent,
-    PromptTokensDetails, Role, ToolCall, Usage, unix_now,
+    PromptTokensDetails, Role, ToolCall, Usage,
 };
 
 /// OpenAI's `finish_reason` for an Anthropic `stop_reason`: `end_turn`, `stop_sequence` and
@@ -104,16 +104,12 @@ pub fn convert(body: &[u8], json_mode: bool) -> Result<ChatCompletionResponse, P
         logprobs: None,
         extra: Extra::new(),
     };
-    Ok(ChatCompletionResponse {
-        id: message["id"].as_str().unwrap_or_default().to_owned(),
-        object: "chat.completion".into(),
-        created: unix_now(),
-        model: message["model"].as_str().unwrap_or_default().to_owned(),
-        choices: vec![choice],
-        usage: Some(usage(&message["usage"])),
-        system_fingerprint: None,
-        extra: Extra::new(),
-    })
+    Ok(ChatCompletionResponse::new(
+        message["id"].as_str().unwrap_or_default().to_owned(),
+        message["model"].as_str().unwrap_or_default().to_owned(),
+        vec![choice],
+        Some(usage(&message["usage"])),
+    ))
 }
 
 fn invalid(why: &str) -> ProviderError {

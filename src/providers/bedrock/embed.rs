@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use super::Bedrock;
 use crate::{
-    providers::{CallContext, ErrorClass, ProviderError, http},
-    wire::openai::{Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, Extra, Usage},
+    providers::{CallContext, ErrorClass, ProviderError, http, json_api::embedding_list},
+    wire::openai::{EmbeddingInput, EmbeddingRequest, EmbeddingResponse},
 };
 
 impl Bedrock {
@@ -98,20 +98,6 @@ impl Bedrock {
             )
             .with_status(400));
         }
-        Ok(EmbeddingResponse {
-            object: "list".into(),
-            data: vectors
-                .into_iter()
-                .enumerate()
-                .map(|(i, embedding)| Embedding {
-                    object: "embedding".into(),
-                    index: u32::try_from(i).unwrap_or(u32::MAX),
-                    embedding,
-                })
-                .collect(),
-            model: model.to_owned(),
-            usage: Usage::new(prompt_tokens, 0),
-            extra: Extra::new(),
-        })
+        Ok(embedding_list(vectors, model, prompt_tokens))
     }
 }

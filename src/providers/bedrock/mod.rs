@@ -20,7 +20,7 @@ use futures::{StreamExt, future::BoxFuture};
 use reqwest::Url;
 use serde_json::Value;
 
-use super::{CallContext, ChunkStream, ErrorClass, Provider, ProviderError, http};
+use super::{CallContext, ChunkStream, ErrorClass, Provider, ProviderError, http, upstream};
 use crate::{
     config::{ConfigError, LitellmParams, Secret},
     wire::openai::{
@@ -51,7 +51,7 @@ pub fn build_with_env(
     http: &reqwest::Client,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(Arc<dyn Provider>, String), ConfigError> {
-    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let env = upstream::non_blank(env);
     let model = params.model.trim();
     let id = model.strip_prefix("bedrock/").unwrap_or(model);
     let id = id.strip_prefix("converse/").unwrap_or(id);
@@ -80,19 +80,8 @@ pub fn build_with_env(
         .api_base
         .clone()
         .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
-    let base = Url::parse(base.trim())
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
-        .ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "model `{model}`: `api_base` must be an http(s) URL"
-            ))
-        })?;
-    let secret = |s: &Option<Secret>, var: &str| {
-        s.clone()
-            .or_else(|| env(var).map(Secret::new))
-            .filter(|s| !s.expose().is_empty())
-    };
+    let base = upstream::http_base(&base).ok_or_else(|| upstream::not_http(model))?;
+    let secret = |s: &Option<Secret>, var: &str| upstream::api_key(s, &env, &[var]);
     let auth = match (
         secret(&params.aws_access_key_id, "AWS_ACCESS_KEY_ID"),
         secret(&params.aws_secret_access_key, "AWS_SECRET_ACCESS_KEY"),

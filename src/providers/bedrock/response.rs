@@ -8,8 +8,8 @@ use serde_json::Value;
 use crate::{
     providers::{ErrorClass, ProviderError},
     wire::openai::{
-        ChatCompletionResponse, ChatMessage, Choice, Extra, FunctionCall, MessageContent,
-        PromptTokensDetails, Role, ToolCall, Usage, unix_now,
+        ChatCompletionResponse, ChatMessage, Choice, FunctionCall, PromptTokensDetails, ToolCall,
+        Usage,
     },
 };
 
@@ -95,31 +95,13 @@ pub fn completion(body: &Value, model: &str) -> Result<ChatCompletionResponse, P
             });
         }
     }
-    let message = ChatMessage {
-        role: Role::Assistant,
-        content: (!text.is_empty() || calls.is_empty()).then_some(MessageContent::Text(text)),
-        name: None,
-        tool_calls: (!calls.is_empty()).then_some(calls),
-        tool_call_id: None,
-        reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
-        extra: Extra::new(),
-    };
-    Ok(ChatCompletionResponse {
-        id: completion_id(),
-        object: "chat.completion".into(),
-        created: unix_now(),
-        model: model.to_owned(),
-        choices: vec![Choice {
-            index: 0,
-            message,
-            finish_reason: Some(finish_reason(stop_reason).to_owned()),
-            logprobs: None,
-            extra: Extra::new(),
-        }],
-        usage: body.get("usage").map(usage),
-        system_fingerprint: None,
-        extra: Extra::new(),
-    })
+    let message = ChatMessage::assistant(text, calls, Some(reasoning));
+    Ok(ChatCompletionResponse::new(
+        completion_id(),
+        model.to_owned(),
+        vec![Choice::new(0, message, finish_reason(stop_reason))],
+        body.get("usage").map(usage),
+    ))
 }
 
 #[cfg(test)]

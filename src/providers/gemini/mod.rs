@@ -22,7 +22,7 @@ use reqwest::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 
-use super::{Provider, ProviderError};
+use super::{Provider, ProviderError, upstream};
 use crate::config::{ConfigError, LitellmParams, Secret};
 
 pub mod embed;
@@ -40,6 +40,8 @@ pub use provider::{Auth, Endpoint, GeminiProvider};
 pub const AI_STUDIO_BASE: &str = "https://generativelanguage.googleapis.com";
 /// The Vertex AI region used when none is configured (LiteLLM's default).
 pub const DEFAULT_VERTEX_LOCATION: &str = "us-central1";
+/// The environment variables that may hold an AI Studio key, first set one wins.
+const API_KEY_ENV: &[&str] = &["GEMINI_API_KEY", "GOOGLE_API_KEY"];
 
 /// Builds a `gemini/` (AI Studio) deployment; returns it with the upstream model name.
 pub fn build(
@@ -85,38 +87,20 @@ pub fn gemini_provider(
     http: &reqwest::Client,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<GeminiProvider, ConfigError> {
-    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let env = upstream::non_blank(env);
     let model = &params.model;
-    let base = params
-        .api_base
-        .clone()
-        .or_else(|| env("GEMINI_API_BASE"))
+    let base = upstream::api_base(params, &env, &["GEMINI_API_BASE"])
         .unwrap_or_else(|| AI_STUDIO_BASE.to_owned());
-    let key = match &params.api_key {
-        Some(secret) => match secret.expose().strip_prefix("os.environ/") {
-            Some(name) => env(name).map(Secret::new),
-            None => Some(secret.clone()),
-        },
-        None => env("GEMINI_API_KEY")
-            .or_else(|| env("GOOGLE_API_KEY"))
-            .map(Secret::new),
-    }
-    .filter(|k| !k.expose().is_empty());
+    let key = upstream::api_key_or_env_ref(&params.api_key, &env, API_KEY_ENV);
     let mut headers = base_headers(params)?;
     if let Some(key) = &key {
-        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
-            invalid(
-                model,
-                "the API key holds characters an HTTP header cannot carry",
-            )
-        })?;
-        value.set_sensitive(true);
+        let value = upstream::secret_header(key.expose(), model)?;
         headers.insert(HeaderName::from_static("x-goog-api-key"), value);
     }
     Ok(GeminiProvider {
         http: http.clone(),
         endpoint: Endpoint::AiStudio {
-            base: parse_base(&base, model)?,
+            base: upstream::parse_base(&base, model)?,
         },
         auth: Auth::ApiKey(key),
         headers,
@@ -130,7 +114,7 @@ pub fn vertex_provider(
     http: &reqwest::Client,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<GeminiProvider, ConfigError> {
-    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let env = upstream::non_blank(env);
     let model = &params.model;
     let source = match &params.vertex_credentials {
         Some(secret) => match secret.expose().strip_prefix("os.environ/") {
@@ -185,7 +169,7 @@ pub fn vertex_provider(
     Ok(GeminiProvider {
         http: http.clone(),
         endpoint: Endpoint::Vertex {
-            base: parse_base(&base, model)?,
+            base: upstream::parse_base(&base, model)?,
             project,
             location,
         },
@@ -213,38 +197,14 @@ fn invalid(model: &str, message: &str) -> ConfigError {
     ConfigError::Invalid(format!("model `{model}`: {message}"))
 }
 
-fn parse_base(base: &str, model: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(base.trim())
-        .map_err(|e| invalid(model, &format!("`api_base` is not a URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return Err(invalid(model, "`api_base` must be an http(s) URL"));
-    }
-    Ok(url)
-}
-
 /// Content type and the deployment's `extra_headers`.
 fn base_headers(params: &LitellmParams) -> Result<HeaderMap, ConfigError> {
-    let model = &params.model;
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    for (name, value) in &params.extra_headers {
-        let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            invalid(
-                model,
-                &format!("`extra_headers` has an invalid header name `{name}`"),
-            )
-        })?;
-        let header_value = HeaderValue::from_str(value).map_err(|_| {
-            invalid(
-                model,
-                &format!("`extra_headers.{name}` is not a header value"),
-            )
-        })?;
-        headers.insert(header_name, header_value);
-    }
+    upstream::insert_extra_headers(&mut headers, params)?;
     Ok(headers)
 }
 

@@ -10,10 +10,12 @@ use reqwest::{
 };
 use serde_json::Value;
 
-use super::{embed, error, redact, request, response, stream, vertex_auth::TokenSource};
+use super::{
+    API_KEY_ENV, embed, error, redact, request, response, stream, vertex_auth::TokenSource,
+};
 use crate::{
     config::Secret,
-    providers::{CallContext, ChunkStream, ErrorClass, Provider, ProviderError, http},
+    providers::{CallContext, ChunkStream, ErrorClass, Provider, ProviderError, http, upstream},
     wire::openai::{
         ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest, EmbeddingResponse,
     },
@@ -293,11 +295,10 @@ impl Provider for GeminiProvider {
     fn missing_credentials(&self) -> Option<String> {
         // Vertex AI cannot be built without a service-account key.
         let in_headers = self.headers.contains_key("x-goog-api-key");
-        matches!(self.auth, Auth::ApiKey(None) if !in_headers).then(|| {
-            "no API key: set `api_key` or the environment variable GEMINI_API_KEY (or \
-             GOOGLE_API_KEY)"
-                .to_owned()
-        })
+        if !matches!(self.auth, Auth::ApiKey(None)) || in_headers {
+            return None;
+        }
+        upstream::no_key(API_KEY_ENV)
     }
 
     fn complete<'a>(

@@ -20,7 +20,7 @@ use crate::{
     providers::{ErrorClass, ProviderError},
     wire::openai::{
         ChatCompletionResponse, ChatMessage, Choice, CompletionTokensDetails, Extra, FunctionCall,
-        MessageContent, PromptTokensDetails, Role, ToolCall, Usage, unix_now,
+        MessageContent, PromptTokensDetails, Role, ToolCall, Usage,
     },
 };
 
@@ -243,16 +243,12 @@ pub fn to_openai(
         .enumerate()
         .map(|(i, candidate)| choice(candidate, i))
         .collect();
-    Ok(ChatCompletionResponse {
-        id: completion_id(response.response_id.as_deref()),
-        object: "chat.completion".into(),
-        created: unix_now(),
-        model: model.to_owned(),
+    Ok(ChatCompletionResponse::new(
+        completion_id(response.response_id.as_deref()),
+        model.to_owned(),
         choices,
-        usage: response.usage_metadata.as_ref().map(usage),
-        system_fingerprint: None,
-        extra: Extra::new(),
-    })
+        response.usage_metadata.as_ref().map(usage),
+    ))
 }
 
 /// `chatcmpl-<Google's response id>`, or a fresh id when there is none.
