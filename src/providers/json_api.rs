@@ -161,16 +161,16 @@ impl JsonProvider {
         let response = self
             .post(self.api.embed_path, &body, "application/json", ctx)
             .await?;
-        let value = self.json(response, "embeddings").await?;
-        let vectors = value
-            .pointer(self.api.vectors)
-            .and_then(Value::as_array)
-            .ok_or_else(|| {
-                let field = self.api.vectors.trim_start_matches('/').replace('/', ".");
-                self.api.spec.invalid("embeddings", format!("no `{field}`"))
-            })?;
+        let mut value = self.json(response, "embeddings").await?;
         let tokens = (self.api.input_tokens)(&value);
-        Ok(embedding_list(vectors.clone(), &ctx.upstream_model, tokens))
+        // Moved out of the answer, not copied: embeddings are the bulk of it.
+        match value.pointer_mut(self.api.vectors).map(Value::take) {
+            Some(Value::Array(vectors)) => Ok(embedding_list(vectors, &ctx.upstream_model, tokens)),
+            _ => {
+                let field = self.api.vectors.trim_start_matches('/').replace('/', ".");
+                Err(self.api.spec.invalid("embeddings", format!("no `{field}`")))
+            }
+        }
     }
 }
 
