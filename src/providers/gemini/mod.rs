@@ -116,13 +116,11 @@ pub fn vertex_provider(
 ) -> Result<GeminiProvider, ConfigError> {
     let env = upstream::non_blank(env);
     let model = &params.model;
-    let source = match &params.vertex_credentials {
-        Some(secret) => match secret.expose().strip_prefix("os.environ/") {
-            Some(name) => env(name),
-            None => Some(secret.expose().to_owned()),
-        },
-        None => env("VERTEXAI_CREDENTIALS").or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS")),
-    }
+    let source = upstream::api_key_or_env_ref(
+        &params.vertex_credentials,
+        &env,
+        &["VERTEXAI_CREDENTIALS", "GOOGLE_APPLICATION_CREDENTIALS"],
+    )
     .ok_or_else(|| {
         invalid(
             model,
@@ -130,7 +128,8 @@ pub fn vertex_provider(
              a path to it) or GOOGLE_APPLICATION_CREDENTIALS",
         )
     })?;
-    let key = vertex_auth::ServiceAccountKey::load(&source).map_err(|e| invalid(model, &e))?;
+    let key =
+        vertex_auth::ServiceAccountKey::load(source.expose()).map_err(|e| invalid(model, &e))?;
     Url::parse(&key.token_uri)
         .map_err(|_| invalid(model, "the service-account key's `token_uri` is not a URL"))?;
     let project = params
