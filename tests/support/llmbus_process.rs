@@ -18,6 +18,8 @@ pub struct LlmbusProcess {
     pid: u32,
     lines: Arc<Mutex<Vec<String>>>,
     seen: watch::Receiver<usize>,
+    /// How many of its two output pipes have reached their end.
+    closed: watch::Receiver<usize>,
     exit: watch::Receiver<Option<ExitStatus>>,
 }
 
@@ -41,6 +43,8 @@ impl LlmbusProcess {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (seen_tx, seen) = watch::channel(0usize);
         let seen_tx = Arc::new(seen_tx);
+        let (closed_tx, closed) = watch::channel(0usize);
+        let closed_tx = Arc::new(closed_tx);
         let readers: Vec<Box<dyn Read + Send>> = vec![
             Box::new(child.stdout.take().expect("stdout is piped")),
             Box::new(child.stderr.take().expect("stderr is piped")),
@@ -48,6 +52,7 @@ impl LlmbusProcess {
         for reader in readers {
             let lines = lines.clone();
             let seen_tx = seen_tx.clone();
+            let closed_tx = closed_tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(reader).lines() {
                     let Ok(line) = line else { break };
@@ -58,6 +63,7 @@ impl LlmbusProcess {
                     };
                     seen_tx.send_replace(n);
                 }
+                closed_tx.send_modify(|n| *n += 1);
             });
         }
         let (exit_tx, exit) = watch::channel(None);
@@ -70,6 +76,7 @@ impl LlmbusProcess {
             pid,
             lines,
             seen,
+            closed,
             exit,
         }
     }
@@ -121,8 +128,7 @@ impl LlmbusProcess {
                     changed = seen.changed() => if changed.is_err() { return self.find(needle) },
                     // (The guard `wait_for` returns is let go at once: the future stays `Send`.)
                     _ = async { exit.wait_for(|s| s.is_some()).await.map(|_| ()) } => {
-                        // Let the readers take the last lines.
-                        let _ = tokio::time::timeout(Duration::from_secs(5), seen.changed()).await;
+                        self.drained().await;
                         return self.find(needle);
                     }
                 }
@@ -150,13 +156,23 @@ impl LlmbusProcess {
         rest[..end].to_string()
     }
 
-    /// Waits for the process to end.
+    /// Waits for the process to end, and for the readers to take everything it printed: the
+    /// process can be reaped before the last lines leave the pipes.
     pub async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
         let mut exit = self.exit.clone();
-        match tokio::time::timeout(timeout, exit.wait_for(|s| s.is_some())).await {
+        let status = match tokio::time::timeout(timeout, exit.wait_for(|s| s.is_some())).await {
             Ok(Ok(status)) => *status,
-            _ => None,
-        }
+            _ => return None,
+        };
+        self.drained().await;
+        status
+    }
+
+    /// After the process ended: waits until both pipes reached their end. A child it started
+    /// (a nats-server) can hold them open, so the wait is bounded.
+    async fn drained(&self) {
+        let mut closed = self.closed.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), closed.wait_for(|n| *n >= 2)).await;
     }
 
     /// Waits for the process to end and asserts it exited with status 0.
