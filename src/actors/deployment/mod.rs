@@ -5,209 +5,41 @@
 //! [`Deployment`] is the deployment's state, shared by every job of the worker. Its fast path
 //! needs no message: a job takes a [`Permit`] with [`Deployment::try_acquire`] under a short,
 //! uncontended lock, gives it back with [`Deployment::release`] and reports how the call went
-//! with [`Deployment::outcome`]. The [`DeploymentActor`] owns what needs a mailbox: the queue of
-//! jobs that found no capacity (first come, first served, each until its own deadline), the
-//! timer that wakes them when the buckets refill, and the announcements of cooldowns to the
-//! other workers on `llm.health.<deployment>`. A job asks the actor only when it has to wait.
+//! with [`Deployment::outcome`]. The [`DeploymentActor`] (in `queue`) owns what needs a
+//! mailbox: the jobs waiting for capacity and the cooldown announcements. A job asks the actor
+//! only when it has to wait. What the deployment is and reports is in `info`.
 //!
 //! It never makes the HTTP call: the job runs it in its own task.
 
+mod info;
+mod queue;
+
 use std::{
-    collections::VecDeque,
     sync::{
-        Arc, LazyLock, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwapOption;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, rpc::CallResult};
-use serde::{Deserialize, Serialize};
+use ractor::{ActorRef, rpc::CallResult};
+
+pub use info::{DeploymentInfo, DeploymentStatus, Live, epoch_ms};
+pub use queue::{
+    DeploymentActor, DeploymentArgs, DeploymentMsg, DeploymentState, Gossip, HealthEvent,
+};
 
 use crate::{
-    cluster::{
-        health::HealthBoard,
-        quota::{ClusterLimit, ClusterQuota, LimitKind},
-    },
-    limits::{Capacity, CapacitySnapshot, Permit, SharedLimit},
+    cluster::quota::{ClusterLimit, ClusterQuota, LimitKind},
+    limits::{Capacity, Permit, SharedLimit},
     policy::health::{Health, HealthPolicy, HealthState},
-    pricing::Price,
-    providers::{ErrorClass, Provider},
+    providers::ErrorClass,
     telemetry,
-    wire::Subjects,
 };
 
 /// How long a half-open deployment's probe may take before another job may probe it.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the rest of the worker knows about a deployment; fixed for the deployment's life.
-#[derive(Debug)]
-pub struct DeploymentInfo {
-    /// Unique id (`model_info.id`, else `<model_group>-<n>`).
-    pub id: String,
-    /// A digest of everything that makes the deployment what it is: a config reload keeps a
-    /// running deployment whose identity is unchanged.
-    pub identity: String,
-    /// The model group it serves.
-    pub model_group: String,
-    /// `litellm_params.model`, for example `openai/gpt-4o`.
-    pub model: String,
-    /// The name the provider knows, for example `gpt-4o`.
-    pub upstream_model: String,
-    /// How to call it.
-    pub provider: Arc<dyn Provider>,
-    /// The most one call may take.
-    pub timeout: Option<Duration>,
-    /// The most a stream may stay silent between chunks.
-    pub stream_timeout: Option<Duration>,
-    /// Share of traffic under weighted shuffle (`weight`, else `rpm`, else `tpm`, else 1).
-    pub weight: f64,
-    /// Prices for the cost of each call, when known.
-    pub price: Option<Price>,
-    /// Requests per minute.
-    pub rpm: Option<u64>,
-    /// Tokens per minute.
-    pub tpm: Option<u64>,
-    /// Calls in flight at once.
-    pub max_parallel: Option<u32>,
-    /// Routing tags.
-    pub tags: Vec<String>,
-    /// The context window, for pre-call checks.
-    pub max_input_tokens: Option<u64>,
-    /// Why the deployment cannot work, when it cannot: the router never routes to it
-    /// (`providers::misconfigured`).
-    pub misconfigured: Option<String>,
-    /// Numbers the router reads without a lock.
-    pub live: Live,
-}
-
-/// The instant all `*_ms` numbers in [`Live`] count from.
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-/// Milliseconds from the process epoch to `t` (0 for instants before it).
-pub fn epoch_ms(t: Instant) -> u64 {
-    t.saturating_duration_since(*EPOCH).as_millis() as u64
-}
-
-/// Lock-free numbers a deployment keeps up to date for the router.
-#[derive(Debug, Default)]
-pub struct Live {
-    /// Calls in flight.
-    pub in_flight: AtomicU32,
-    /// True while a new job would have to wait for capacity.
-    pub saturated: AtomicBool,
-    /// Moving average of successful call latency, microseconds.
-    pub latency_ewma_us: AtomicU64,
-    /// Moving average of time to first chunk of streams, microseconds.
-    pub ttft_ewma_us: AtomicU64,
-    /// Requests in the current RPM window.
-    pub rpm_used: AtomicU64,
-    /// Tokens in the current TPM window.
-    pub tpm_used: AtomicU64,
-    /// [`HealthState::code`] as of the last outcome.
-    pub state: AtomicU8,
-    /// When the current cooldown ends, in [`epoch_ms`]; 0 when none.
-    pub cooling_until_ms: AtomicU64,
-}
-
-impl Live {
-    /// True when a new job would be admitted right away.
-    pub fn has_capacity(&self) -> bool {
-        !self.saturated.load(Ordering::Relaxed)
-    }
-
-    /// The health state at `now`, from the numbers last written.
-    pub fn health(&self, now: Instant) -> HealthState {
-        match self.state.load(Ordering::Relaxed) {
-            0 => HealthState::Healthy,
-            _ if epoch_ms(now) >= self.cooling_until_ms.load(Ordering::Relaxed) => {
-                HealthState::HalfOpen
-            }
-            _ => HealthState::CoolingDown,
-        }
-    }
-
-    /// Time left in the current cooldown.
-    pub fn cooldown_left(&self, now: Instant) -> Duration {
-        let until = self.cooling_until_ms.load(Ordering::Relaxed);
-        Duration::from_millis(until.saturating_sub(epoch_ms(now)))
-    }
-}
-
-/// Publishes cooldowns for the other workers.
-#[derive(Clone)]
-pub struct Gossip {
-    /// The NATS connection.
-    pub client: async_nats::Client,
-    /// Subject names.
-    pub subjects: Subjects,
-    /// This worker's id, so it can ignore its own messages.
-    pub worker: String,
-    /// The cluster's cooldown board in JetStream KV (workers that start later read it); `None`
-    /// without JetStream, when core NATS gossip is all there is.
-    pub board: Option<HealthBoard>,
-}
-
-impl std::fmt::Debug for Gossip {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gossip")
-            .field("worker", &self.worker)
-            .field("board", &self.board.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-/// A health change, as published on `llm.health.<deployment>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HealthEvent {
-    /// The deployment.
-    pub deployment: String,
-    /// The worker that saw it.
-    pub worker: String,
-    /// `cooldown`.
-    pub state: String,
-    /// How long the cooldown lasts from now, milliseconds.
-    pub cooldown_ms: u64,
-    /// The error class that caused it.
-    pub reason: String,
-}
-
-/// A deployment's state as `llm.deployments` reports it. Holds no secret.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeploymentStatus {
-    /// Deployment id.
-    pub id: String,
-    /// Model group.
-    pub model_group: String,
-    /// `provider/model`.
-    pub model: String,
-    /// `healthy`, `cooling_down`, `half_open` or `misconfigured`.
-    pub state: HealthState,
-    /// Why the deployment cannot work (with state `misconfigured`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub misconfigured: Option<String>,
-    /// Milliseconds left in the cooldown (0 when none).
-    pub cooldown_remaining_ms: u64,
-    /// Cooldowns started since the worker started.
-    pub cooldowns: u64,
-    /// Failures counted against the deployment in the last minute.
-    pub failures_last_minute: usize,
-    /// Calls that ended in the last minute.
-    pub calls_last_minute: usize,
-    /// Capacity in use and limits.
-    pub capacity: CapacitySnapshot,
-    /// Jobs waiting for capacity.
-    pub waiting: usize,
-    /// Moving average latency of successful calls, milliseconds.
-    pub latency_ms: f64,
-    /// Moving average time to first token of streams, milliseconds.
-    pub ttft_ms: f64,
-    /// Successful calls.
-    pub successes: u64,
-    /// Failed calls.
-    pub failures: u64,
-}
 
 /// Why [`Deployment::acquire`] gave no permit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -588,175 +420,6 @@ impl Deployment {
         self.gauges.in_flight.set(snap.in_flight as f64);
         self.gauges.rpm_used.set(snap.rpm_used as f64);
         self.gauges.tpm_used.set(snap.tpm_used as f64);
-    }
-}
-
-/// The actor's arguments.
-pub struct DeploymentArgs {
-    /// The deployment.
-    pub deployment: Arc<Deployment>,
-    /// Where cooldowns are announced; `None` to keep them local.
-    pub gossip: Option<Gossip>,
-}
-
-/// Messages a deployment actor takes.
-pub enum DeploymentMsg {
-    /// Grant capacity for a call that expects to use `est_tokens`, in arrival order, when
-    /// there is some; the answer may wait.
-    Acquire {
-        /// Tokens reserved against TPM until the call settles.
-        est_tokens: u64,
-        /// Where the permit goes.
-        reply: RpcReplyPort<Permit>,
-    },
-    /// Capacity may have come free: look at the queue again.
-    Wake,
-    /// A cooldown started here: tell the other workers.
-    Announce {
-        /// How long it lasts.
-        length: Duration,
-        /// The failure class that started it.
-        class: ErrorClass,
-    },
-}
-
-/// The actor: the queue of jobs waiting for capacity, and cooldown announcements.
-pub struct DeploymentActor;
-
-/// The actor's state.
-pub struct DeploymentState {
-    deployment: Arc<Deployment>,
-    gossip: Option<Gossip>,
-    waiting: VecDeque<(u64, RpcReplyPort<Permit>)>,
-    wake_at: Option<Instant>,
-}
-
-impl Actor for DeploymentActor {
-    type Msg = DeploymentMsg;
-    type State = DeploymentState;
-    type Arguments = DeploymentArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: DeploymentArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let deployment = args.deployment;
-        // A restarted actor has lost its predecessor's queue (those jobs were told so).
-        deployment.lock().waiting = 0;
-        deployment.actor.store(Some(Arc::new(myself)));
-        Ok(DeploymentState {
-            deployment,
-            gossip: args.gossip,
-            waiting: VecDeque::new(),
-            wake_at: None,
-        })
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        // Forget ourselves unless a successor already took over.
-        let slot = &state.deployment.actor;
-        let current = slot.load_full();
-        if current.is_some_and(|a| a.get_id() == myself.get_id()) {
-            slot.store(None);
-        }
-        Ok(())
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let now = Instant::now();
-        match msg {
-            DeploymentMsg::Acquire { est_tokens, reply } => {
-                state.waiting.push_back((est_tokens, reply));
-                state.serve_waiting(&myself, now);
-            }
-            DeploymentMsg::Wake => {
-                state.serve_waiting(&myself, now);
-            }
-            DeploymentMsg::Announce { length, class } => state.announce(length, class),
-        }
-        Ok(())
-    }
-}
-
-impl DeploymentState {
-    /// Tells the other workers about a cooldown this worker started.
-    fn announce(&self, length: Duration, class: ErrorClass) {
-        let Some(g) = &self.gossip else { return };
-        let id = &self.deployment.info.id;
-        let event = HealthEvent {
-            deployment: id.clone(),
-            worker: g.worker.clone(),
-            state: "cooldown".into(),
-            cooldown_ms: length.as_millis() as u64,
-            reason: format!("{class:?}"),
-        };
-        let client = g.client.clone();
-        let subject = g.subjects.health(id);
-        let board = g.board.clone();
-        let until = crate::cluster::epoch_ms() + event.cooldown_ms;
-        // Fire and forget: gossip never holds up the actor.
-        tokio::spawn(async move {
-            if let Ok(body) = serde_json::to_vec(&event) {
-                let _ = client.publish(subject, body.into()).await;
-            }
-            if let Some(board) = board
-                && let Err(e) = board.publish(&event.deployment, until, &event.reason).await
-            {
-                tracing::warn!(error = %e, "recording a cooldown in the cluster's health board");
-            }
-        });
-    }
-
-    /// Grants capacity to waiting jobs in arrival order, while there is capacity.
-    fn serve_waiting(&mut self, myself: &ActorRef<DeploymentMsg>, now: Instant) {
-        let deployment = self.deployment.clone();
-        let mut core = deployment.lock();
-        let mut wake = None;
-        while let Some((est_tokens, reply)) = self.waiting.front() {
-            if reply.is_closed() {
-                // The job gave up (its deadline passed); forget it.
-                self.waiting.pop_front();
-                continue;
-            }
-            match core.capacity.try_acquire(*est_tokens, now) {
-                Ok(permit) => {
-                    let (_, reply) = self.waiting.pop_front().expect("front exists");
-                    if let Err(ractor::MessagingErr::SendErr(permit)) = reply.send(permit) {
-                        // The job went away between the check and the send.
-                        core.capacity.cancel(permit, now);
-                    }
-                }
-                Err(wait) => {
-                    wake = wait.duration();
-                    break;
-                }
-            }
-        }
-        core.waiting = self.waiting.len();
-        deployment.publish_capacity(&mut core, now);
-        drop(core);
-        if let Some(after) = wake {
-            self.schedule_wake(myself, now + after, after);
-        }
-    }
-
-    fn schedule_wake(&mut self, myself: &ActorRef<DeploymentMsg>, at: Instant, after: Duration) {
-        if self.wake_at.is_some_and(|w| w > Instant::now() && w <= at) {
-            return;
-        }
-        self.wake_at = Some(at);
-        // The timer holds the actor only until `after`, a refill time (well under a minute).
-        myself.send_after(after, || DeploymentMsg::Wake);
     }
 }
 

@@ -1,0 +1,223 @@
+//! A deployment's actor: the queue of jobs that found no capacity (first come, first served,
+//! each until its own deadline), the timer that wakes them when the buckets refill, and the
+//! announcements of cooldowns to the other workers on `llm.health.<deployment>`
+//! ([`HealthEvent`], sent through [`Gossip`]).
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+
+use super::Deployment;
+use crate::{cluster::health::HealthBoard, limits::Permit, providers::ErrorClass, wire::Subjects};
+
+/// Publishes cooldowns for the other workers.
+#[derive(Clone)]
+pub struct Gossip {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// Subject names.
+    pub subjects: Subjects,
+    /// This worker's id, so it can ignore its own messages.
+    pub worker: String,
+    /// The cluster's cooldown board in JetStream KV (workers that start later read it); `None`
+    /// without JetStream, when core NATS gossip is all there is.
+    pub board: Option<HealthBoard>,
+}
+
+impl std::fmt::Debug for Gossip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gossip")
+            .field("worker", &self.worker)
+            .field("board", &self.board.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A health change, as published on `llm.health.<deployment>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthEvent {
+    /// The deployment.
+    pub deployment: String,
+    /// The worker that saw it.
+    pub worker: String,
+    /// `cooldown`.
+    pub state: String,
+    /// How long the cooldown lasts from now, milliseconds.
+    pub cooldown_ms: u64,
+    /// The error class that caused it.
+    pub reason: String,
+}
+
+/// The actor's arguments.
+pub struct DeploymentArgs {
+    /// The deployment.
+    pub deployment: Arc<Deployment>,
+    /// Where cooldowns are announced; `None` to keep them local.
+    pub gossip: Option<Gossip>,
+}
+
+/// Messages a deployment actor takes.
+pub enum DeploymentMsg {
+    /// Grant capacity for a call that expects to use `est_tokens`, in arrival order, when
+    /// there is some; the answer may wait.
+    Acquire {
+        /// Tokens reserved against TPM until the call settles.
+        est_tokens: u64,
+        /// Where the permit goes.
+        reply: RpcReplyPort<Permit>,
+    },
+    /// Capacity may have come free: look at the queue again.
+    Wake,
+    /// A cooldown started here: tell the other workers.
+    Announce {
+        /// How long it lasts.
+        length: Duration,
+        /// The failure class that started it.
+        class: ErrorClass,
+    },
+}
+
+/// The actor: the queue of jobs waiting for capacity, and cooldown announcements.
+pub struct DeploymentActor;
+
+/// The actor's state.
+pub struct DeploymentState {
+    deployment: Arc<Deployment>,
+    gossip: Option<Gossip>,
+    waiting: VecDeque<(u64, RpcReplyPort<Permit>)>,
+    wake_at: Option<Instant>,
+}
+
+impl Actor for DeploymentActor {
+    type Msg = DeploymentMsg;
+    type State = DeploymentState;
+    type Arguments = DeploymentArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: DeploymentArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let deployment = args.deployment;
+        // A restarted actor has lost its predecessor's queue (those jobs were told so).
+        deployment.lock().waiting = 0;
+        deployment.actor.store(Some(Arc::new(myself)));
+        Ok(DeploymentState {
+            deployment,
+            gossip: args.gossip,
+            waiting: VecDeque::new(),
+            wake_at: None,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Forget ourselves unless a successor already took over.
+        let slot = &state.deployment.actor;
+        let current = slot.load_full();
+        if current.is_some_and(|a| a.get_id() == myself.get_id()) {
+            slot.store(None);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
+        match msg {
+            DeploymentMsg::Acquire { est_tokens, reply } => {
+                state.waiting.push_back((est_tokens, reply));
+                state.serve_waiting(&myself, now);
+            }
+            DeploymentMsg::Wake => {
+                state.serve_waiting(&myself, now);
+            }
+            DeploymentMsg::Announce { length, class } => state.announce(length, class),
+        }
+        Ok(())
+    }
+}
+
+impl DeploymentState {
+    /// Tells the other workers about a cooldown this worker started.
+    fn announce(&self, length: Duration, class: ErrorClass) {
+        let Some(g) = &self.gossip else { return };
+        let id = &self.deployment.info.id;
+        let event = HealthEvent {
+            deployment: id.clone(),
+            worker: g.worker.clone(),
+            state: "cooldown".into(),
+            cooldown_ms: length.as_millis() as u64,
+            reason: format!("{class:?}"),
+        };
+        let client = g.client.clone();
+        let subject = g.subjects.health(id);
+        let board = g.board.clone();
+        let until = crate::cluster::epoch_ms() + event.cooldown_ms;
+        // Fire and forget: gossip never holds up the actor.
+        tokio::spawn(async move {
+            if let Ok(body) = serde_json::to_vec(&event) {
+                let _ = client.publish(subject, body.into()).await;
+            }
+            if let Some(board) = board
+                && let Err(e) = board.publish(&event.deployment, until, &event.reason).await
+            {
+                tracing::warn!(error = %e, "recording a cooldown in the cluster's health board");
+            }
+        });
+    }
+
+    /// Grants capacity to waiting jobs in arrival order, while there is capacity.
+    fn serve_waiting(&mut self, myself: &ActorRef<DeploymentMsg>, now: Instant) {
+        let deployment = self.deployment.clone();
+        let mut core = deployment.lock();
+        let mut wake = None;
+        while let Some((est_tokens, reply)) = self.waiting.front() {
+            if reply.is_closed() {
+                // The job gave up (its deadline passed); forget it.
+                self.waiting.pop_front();
+                continue;
+            }
+            match core.capacity.try_acquire(*est_tokens, now) {
+                Ok(permit) => {
+                    let (_, reply) = self.waiting.pop_front().expect("front exists");
+                    if let Err(ractor::MessagingErr::SendErr(permit)) = reply.send(permit) {
+                        // The job went away between the check and the send.
+                        core.capacity.cancel(permit, now);
+                    }
+                }
+                Err(wait) => {
+                    wake = wait.duration();
+                    break;
+                }
+            }
+        }
+        core.waiting = self.waiting.len();
+        deployment.publish_capacity(&mut core, now);
+        drop(core);
+        if let Some(after) = wake {
+            self.schedule_wake(myself, now + after, after);
+        }
+    }
+
+    fn schedule_wake(&mut self, myself: &ActorRef<DeploymentMsg>, at: Instant, after: Duration) {
+        if self.wake_at.is_some_and(|w| w > Instant::now() && w <= at) {
+            return;
+        }
+        self.wake_at = Some(at);
+        // The timer holds the actor only until `after`, a refill time (well under a minute).
+        myself.send_after(after, || DeploymentMsg::Wake);
+    }
+}
