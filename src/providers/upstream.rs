@@ -10,7 +10,7 @@ use std::fmt;
 
 use reqwest::{
     Url,
-    header::{HeaderMap, HeaderName, HeaderValue},
+    header::{self, HeaderMap, HeaderName, HeaderValue},
 };
 use serde_json::Value;
 
@@ -171,7 +171,9 @@ pub struct Upstream {
     http: reqwest::Client,
     base: Url,
     key: Option<Secret>,
-    extra_headers: Vec<(String, String)>,
+    /// What every call carries: the key as a bearer token (marked sensitive) and the
+    /// `extra_headers`, checked and built once.
+    headers: HeaderMap,
     drop_params: bool,
 }
 
@@ -201,11 +203,18 @@ impl Upstream {
             api_base(params, &env, spec.base_env).unwrap_or_else(|| spec.default_base.to_owned());
         let base = base.trim();
         let base = base.strip_suffix(spec.path_suffix).unwrap_or(base);
+        let key = api_key(&params.api_key, &env, spec.key_env);
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &key {
+            let bearer = secret_header(&format!("Bearer {}", key.expose()), model)?;
+            headers.insert(header::AUTHORIZATION, bearer);
+        }
+        insert_extra_headers(&mut headers, params)?;
         let upstream = Upstream {
             http: http.clone(),
             base: http_base(base).ok_or_else(|| not_http(model))?,
-            key: api_key(&params.api_key, &env, spec.key_env),
-            extra_headers: params.extra_headers.clone().into_iter().collect(),
+            key,
+            headers,
             drop_params: params.drop_params.unwrap_or(false),
         };
         Ok((upstream, name.to_owned()))
@@ -223,11 +232,7 @@ impl Upstream {
 
     /// Whether the calls carry credentials: a key, or an `Authorization` extra header.
     pub fn has_credentials(&self) -> bool {
-        self.key.is_some()
-            || self
-                .extra_headers
-                .iter()
-                .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        self.headers.contains_key(header::AUTHORIZATION)
     }
 
     /// `{base}/{path}`.
@@ -239,7 +244,8 @@ impl Upstream {
     }
 
     /// Posts `body` as JSON to `{base}/{path}` with `accept`, the key as a bearer token, the
-    /// extra headers and the trace context; a non-2xx answer is the error `to_error` makes.
+    /// extra headers (which replace the bearer token when they name `Authorization`) and the
+    /// trace context; a non-2xx answer is the error `to_error` makes.
     pub async fn post(
         &self,
         path: &str,
@@ -248,15 +254,13 @@ impl Upstream {
         ctx: &CallContext,
         to_error: impl FnOnce(u16, &HeaderMap, &[u8]) -> ProviderError,
     ) -> Result<reqwest::Response, ProviderError> {
-        let mut builder = self.http.post(self.url(path)).json(body);
+        let mut builder = self
+            .http
+            .post(self.url(path))
+            .headers(self.headers.clone())
+            .json(body);
         if let Some(accept) = accept {
-            builder = builder.header("accept", accept);
-        }
-        if let Some(key) = self.key() {
-            builder = builder.bearer_auth(key);
-        }
-        for (name, value) in &self.extra_headers {
-            builder = builder.header(name.as_str(), value.as_str());
+            builder = builder.header(header::ACCEPT, accept);
         }
         if let Some(tp) = &ctx.traceparent {
             builder = builder.header("traceparent", tp.as_str());
@@ -356,6 +360,52 @@ mod tests {
             "{err}"
         );
         let err = secret_header("sk-\nsecret", "m").unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn headers_are_built_and_checked_once_at_start_up() {
+        let upstream = |key: Option<&str>, extra: &[(&str, &str)]| {
+            let params = LitellmParams {
+                model: "example/m".into(),
+                api_key: key.map(Secret::new),
+                extra_headers: extra
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..LitellmParams::default()
+            };
+            Upstream::resolve(&SPEC, &params, &reqwest::Client::new(), |_| None)
+                .map(|(u, _)| u)
+                .map_err(|e| e.to_string())
+        };
+        let u = upstream(Some("sk-1"), &[("x-team", "blue")]).unwrap();
+        assert!(u.has_credentials());
+        assert_eq!(u.headers["x-team"], "blue");
+        assert_eq!(u.headers[header::AUTHORIZATION], "Bearer sk-1");
+        assert!(u.headers[header::AUTHORIZATION].is_sensitive());
+
+        // An `Authorization` extra header is a credential, and replaces the key's.
+        let u = upstream(None, &[("Authorization", "Basic abc")]).unwrap();
+        assert!(u.has_credentials());
+        let u = upstream(Some("sk-1"), &[("authorization", "Basic abc")]).unwrap();
+        assert_eq!(u.headers.get_all(header::AUTHORIZATION).iter().count(), 1);
+        assert!(!upstream(None, &[]).unwrap().has_credentials());
+
+        // Refused when the deployment is built, not on its first call; the key never shows.
+        let err = upstream(None, &[("bad name", "v")])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains("invalid header name `bad name`"), "{err}");
+        let err = upstream(None, &[("x-ok", "line\nbreak")])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            err.contains("`extra_headers.x-ok` is not a header value"),
+            "{err}"
+        );
+        let err = upstream(Some("sk-\nsecret"), &[]).map(|_| ()).unwrap_err();
+        assert!(err.contains("API key holds characters"), "{err}");
         assert!(!err.contains("secret"), "{err}");
     }
 
