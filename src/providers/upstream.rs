@@ -92,6 +92,16 @@ pub fn parse_base(base: &str, model: &str) -> Result<Url, ConfigError> {
         .ok_or_else(|| not_http(model))
 }
 
+/// `base` with `segments` appended to its path (a trailing slash in `base` is fine); each
+/// segment is percent-encoded as one segment.
+pub fn join(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
 /// A header value that holds a key: marked sensitive, and the error never shows it.
 pub fn secret_header(value: &str, model: &str) -> Result<HeaderValue, ConfigError> {
     let mut value = HeaderValue::from_str(value).map_err(|_| {
@@ -235,12 +245,9 @@ impl Upstream {
         self.headers.contains_key(header::AUTHORIZATION)
     }
 
-    /// `{base}/{path}`.
+    /// `{base}/{path}`, for a `path` of the adapter's own (`v2/chat`).
     pub fn url(&self, path: &str) -> Url {
-        let mut url = self.base.clone();
-        let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
-        url.set_path(&joined);
-        url
+        join(&self.base, &path.split('/').collect::<Vec<_>>())
     }
 
     /// Posts `body` as JSON to `{base}/{path}` with `accept`, the key as a bearer token, the

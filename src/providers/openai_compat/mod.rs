@@ -80,8 +80,8 @@ pub fn build_with_env(
     let headers = base_headers(spec, params, key.as_ref())?;
     let (endpoint, embeddings) = match spec.flavor {
         Flavor::OpenAi => (
-            join(&base, &["chat", "completions"]),
-            join(&base, &["embeddings"]),
+            upstream::join(&base, &["chat", "completions"]),
+            upstream::join(&base, &["embeddings"]),
         ),
         Flavor::Azure => (base.clone(), base),
     };
@@ -96,15 +96,6 @@ pub fn build_with_env(
         key,
     };
     Ok((Arc::new(provider), upstream_model.to_owned()))
-}
-
-/// `base` with `segments` appended to its path (a trailing slash in `base` is fine).
-fn join(base: &Url, segments: &[&str]) -> Url {
-    let mut url = base.clone();
-    if let Ok(mut path) = url.path_segments_mut() {
-        path.pop_if_empty().extend(segments);
-    }
-    url
 }
 
 /// The headers every call of the deployment sends: content type, key, organization, and the
@@ -185,7 +176,7 @@ impl OpenAiCompatible {
     fn azure_url(&self, deployment: &str, operation: &[&str]) -> Url {
         let mut path = vec!["openai", "deployments", deployment];
         path.extend_from_slice(operation);
-        let mut url = join(&self.endpoint, &path);
+        let mut url = upstream::join(&self.endpoint, &path);
         if let Some(version) = &self.api_version {
             url.query_pairs_mut().append_pair("api-version", version);
         }
