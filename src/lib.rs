@@ -61,9 +61,9 @@
 //!    prices the usage (built-in prices, or LiteLLM's price file); the job hands its usage
 //!    event to [`usage`] without waiting.
 //! 6. [`usage`] publishes one event per job on `llm.usage.<group>` (kept by the `LLM_USAGE`
-//!    JetStream stream), and every worker's background aggregator folds the stream into the
-//!    `LLM_SPEND` key-value bucket that `llmbus spend` reads; [`actors::cost`] owns that
-//!    pipeline in a worker. `llmbus usage tail` follows the events live.
+//!    JetStream stream), and a background aggregator (one worker's at a time, by a lease)
+//!    folds the stream into the `LLM_SPEND` key-value bucket that `llmbus spend` reads;
+//!    [`actors::cost`] owns that pipeline in a worker. `llmbus usage tail` follows the events live.
 //!
 //! ## Why the hot path looks like this
 //!

@@ -17,9 +17,11 @@ use futures::StreamExt;
 use llmbus::{
     Worker,
     client::{LlmClient, Reply},
+    cluster::lease,
     config::Config,
     usage::{
-        UsageEvent, aggregator,
+        UsageEvent,
+        aggregator::{self, Aggregator},
         report::{self, SpendReport},
         spend,
         stream::{self, STREAM},
@@ -412,10 +414,11 @@ async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() 
         stream::ensure(&js, &Subjects::default(), 30 * DAY)
             .await
             .unwrap();
-        // Three aggregators on their own connections, racing over the same events.
-        let mut tasks = Vec::new();
+        // Three aggregators on their own connections, racing over the same events (no
+        // lease: every one of them reads and writes).
+        let mut racers = Vec::new();
         for _ in 0..3 {
-            tasks.push(tokio::spawn(aggregator::run(server.client().await)));
+            racers.push(tokio::spawn(aggregator::follow(server.client().await)));
         }
         let day1 = 20_000; // 2024-10-04
         let day2 = day1 + 1;
@@ -442,14 +445,15 @@ async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() 
         let completion: u64 = (0..200).chain(0..100).map(|i| i % 7).sum();
         assert_eq!(r.spend.total.completion_tokens, completion);
 
-        // Every aggregator stops; new events; new aggregators go on from the cursor, not from
-        // the beginning of the stream.
-        for t in tasks.drain(..) {
+        // Every aggregator stops; new events; new aggregators (as workers run them, under the
+        // lease) go on from the cursor, not from the beginning of the stream.
+        for t in racers {
             t.abort();
         }
         publish(&nats, (200..250).map(|i| synthetic(i, day1))).await;
+        let mut leased = Vec::new();
         for _ in 0..2 {
-            tasks.push(tokio::spawn(aggregator::run(server.client().await)));
+            leased.push(Aggregator::spawn(server.client().await));
         }
         eventually("350 events aggregated", || async {
             report(&nats).await.aggregated_through == 350
@@ -470,9 +474,93 @@ async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() 
             .unwrap();
         assert_eq!(doc.spend.total.requests, 250);
         assert!(doc.applied_through >= 300);
-        for t in tasks {
-            t.abort();
+        drop(leased);
+        eprintln!("ok on nats-server {}", server.version);
+    }
+}
+
+/// The lease key's holder, when someone holds it.
+async fn lease_holder(kv: &jetstream::kv::Store) -> Option<String> {
+    let entry = kv.entry(aggregator::LEASE_KEY).await.unwrap()?;
+    let doc: lease::LeaseDoc = serde_json::from_slice(&entry.value).unwrap();
+    Some(doc.holder).filter(|h| !h.is_empty())
+}
+
+/// Consumers on `LLM_USAGE`: an aggregator reading it has one.
+async fn readers(js: &jetstream::Context) -> usize {
+    let mut s = js.get_stream(STREAM).await.unwrap();
+    s.info().await.unwrap().state.consumer_count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_aggregator_reads_the_stream_at_a_time_and_another_takes_over() {
+    // A short ttl so that a holder that dies is outlived quickly (long enough that a renewal
+    // is never late on a busy machine).
+    const TTL: Duration = Duration::from_secs(6);
+    for binary in binaries() {
+        let server = Server::start(&binary, true);
+        let nats = server.client().await;
+        let js = jetstream::new(nats.clone());
+        stream::ensure(&js, &Subjects::default(), 30 * DAY)
+            .await
+            .unwrap();
+        let mut aggregators = Vec::new();
+        for _ in 0..3 {
+            aggregators.push(Aggregator::spawn_with_ttl(server.client().await, TTL));
         }
+        let day = 20_100;
+        publish(&nats, (0..100).map(|i| synthetic(i, day))).await;
+        eventually("100 events aggregated", || async {
+            report(&nats).await.aggregated_through == 100
+        })
+        .await;
+        let kv = spend::open(&js).await.unwrap().expect("the bucket");
+        let first = lease_holder(&kv).await.expect("a holder");
+        // Three aggregators, one reader of the stream, through a few renewals.
+        for _ in 0..4 {
+            assert_eq!(readers(&js).await, 1, "{}", server.version);
+            assert_eq!(lease_holder(&kv).await.as_deref(), Some(first.as_str()));
+            tokio::time::sleep(TTL / 3).await;
+        }
+
+        // The holder dies without a word (its task aborted): another takes over after the
+        // ttl and counts what came meanwhile.
+        let holder = aggregators
+            .iter()
+            .position(|a| a.name() == first)
+            .expect("one of them");
+        drop(aggregators.remove(holder));
+        publish(&nats, (100..150).map(|i| synthetic(i, day))).await;
+        eventually("150 events aggregated", || async {
+            report(&nats).await.aggregated_through == 150
+        })
+        .await;
+        let second = lease_holder(&kv).await.expect("a holder");
+        assert_ne!(second, first);
+
+        // The new holder stops cleanly: it gives the lease back, and the last one takes it.
+        let holder = aggregators
+            .iter()
+            .position(|a| a.name() == second)
+            .expect("one of them");
+        aggregators
+            .remove(holder)
+            .stop(Duration::from_secs(10))
+            .await;
+        // Given back (the last one may have taken it already).
+        assert_ne!(lease_holder(&kv).await.as_deref(), Some(second.as_str()));
+        let last = aggregators[0].name().to_owned();
+        eventually("the last aggregator holds the lease", || async {
+            lease_holder(&kv).await.as_deref() == Some(last.as_str())
+        })
+        .await;
+        publish(&nats, (150..160).map(|i| synthetic(i, day))).await;
+        eventually("160 events aggregated", || async {
+            report(&nats).await.aggregated_through == 160
+        })
+        .await;
+        let r = report(&nats).await;
+        assert_eq!(r.spend.total.requests, 160, "each event counted once");
         eprintln!("ok on nats-server {}", server.version);
     }
 }

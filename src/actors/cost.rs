@@ -20,7 +20,8 @@ pub use crate::usage::{
 };
 use crate::{
     usage::{
-        UsageSink, aggregator,
+        UsageSink,
+        aggregator::Aggregator,
         publisher::{self, UsageReceiver},
         stream::{self, Ensured},
     },
@@ -32,6 +33,9 @@ const ENSURE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a stopping worker waits for buffered events to be published.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a stopping worker waits to give the spend aggregator's lease back.
+const LEASE_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Messages the cost actor takes.
 pub enum CostMsg {
@@ -84,7 +88,7 @@ pub struct CostState {
     sink: UsageSink,
     totals: Arc<Mutex<Spend>>,
     publisher: tokio::task::JoinHandle<()>,
-    aggregator: Option<tokio::task::JoinHandle<()>>,
+    aggregator: Option<Aggregator>,
 }
 
 impl Actor for CostActor {
@@ -109,9 +113,7 @@ impl Actor for CostActor {
         }
         let totals = Arc::new(Mutex::new(Spend::default()));
         let publisher = publisher::spawn(client.clone(), subjects, receiver, totals.clone());
-        let aggregator = settings
-            .aggregate
-            .then(|| tokio::spawn(aggregator::run(client)));
+        let aggregator = settings.aggregate.then(|| Aggregator::spawn(client));
         Ok(CostState {
             sink,
             totals,
@@ -153,8 +155,9 @@ impl Actor for CostActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(a) = state.aggregator.take() {
-            // Safe at any point: compare-and-set keeps the aggregates exact.
-            a.abort();
+            // Safe at any point: compare-and-set keeps the aggregates exact. Its lease goes
+            // back, so another worker takes the aggregates over at once.
+            a.stop(LEASE_RELEASE_WAIT).await;
         }
         if tokio::time::timeout(FLUSH_WAIT, state.sink.flush())
             .await

@@ -7,6 +7,8 @@
 //!   sliding window (bucket `LLM_QUOTA`; slices leased by compare-and-set, spent locally). The
 //!   pure rules are [`crate::limits::Ledger`] and [`crate::limits::LocalShare`].
 //! - [`health`]: cooldowns that a worker starting late learns at once (bucket `LLM_HEALTH`).
+//! - [`lease`]: one holder at a time for a duty any worker can do (the spend aggregator's
+//!   lease in `LLM_SPEND`), by compare-and-set and revisions seen on the local clock.
 //! - [`config_store`]: the cluster's config file, pushed once for every worker, with its
 //!   history (bucket `LLM_CONFIG`; `llmbus config push|show|history|rollback`, `llmbus serve`
 //!   without `--config`).
@@ -19,6 +21,7 @@
 
 pub mod config_store;
 pub mod health;
+pub mod lease;
 pub mod members;
 pub mod quota;
 

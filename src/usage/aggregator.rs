@@ -1,10 +1,17 @@
-//! The spend aggregator: a background task in every worker that reads `LLM_USAGE` from the
-//! durable cursor in `LLM_SPEND` and folds each batch of events into the day documents with
-//! compare-and-set, as [`super::spend`] explains. It never touches the job path: a slow or
-//! absent JetStream only delays the aggregates.
+//! The spend aggregator: a background task that reads `LLM_USAGE` from the durable cursor in
+//! `LLM_SPEND` and folds each batch of events into the day documents with compare-and-set, as
+//! [`super::spend`] explains. It never touches the job path: a slow or absent JetStream only
+//! delays the aggregates.
 //!
-//! Reading uses an ephemeral pull consumer (explicit acks, acknowledged once per batch; it
-//! works on nats-server 2.9) that starts at `cursor + 1`. On any error the task drops the
+//! Every worker runs one ([`Aggregator::spawn`]), but only the holder of the lease `lease` in
+//! `LLM_SPEND` ([`crate::cluster::lease`]) reads the stream, so the cluster reads each event
+//! once however many workers it has. When the holder stops cleanly it gives the lease back and
+//! another worker takes over at its next look (every third of [`LEASE_TTL`]); when the holder
+//! dies, within [`LEASE_TTL`] and a third. An overlap of two holders is harmless: the writes
+//! are compare-and-set.
+//!
+//! Reading ([`follow`]) uses an ephemeral pull consumer (explicit acks, acknowledged once per
+//! batch; it works on nats-server 2.9) that starts at `cursor + 1`. On any error it drops the
 //! consumer, waits (1 s doubling to 60 s) and starts over from the cursor, which is always
 //! safe: the watermarks make re-reading harmless.
 
@@ -16,6 +23,7 @@ use async_nats::jetstream::{
     kv,
 };
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     UsageEvent,
@@ -23,6 +31,7 @@ use super::{
     spend::{self, Cursor, DayDoc},
     stream::STREAM,
 };
+use crate::cluster::lease::Lease;
 
 /// Events per batch, at most.
 pub const BATCH: usize = 500;
@@ -34,23 +43,116 @@ const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// the cursor).
 const CAS_TRIES: usize = 50;
 
-/// Runs the aggregator until the task is aborted.
-pub async fn run(client: async_nats::Client) {
+/// The key of the aggregator's lease in `LLM_SPEND`.
+pub const LEASE_KEY: &str = "lease";
+
+/// How long a lease holder that stopped renewing keeps it.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// A worker's aggregator task. Dropping it aborts the task (the lease then lapses after its
+/// ttl); [`Aggregator::stop`] gives the lease back first.
+pub struct Aggregator {
+    name: String,
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Aggregator {
+    /// Starts the aggregator on `client`: it takes its turn for the lease and aggregates while
+    /// it holds it.
+    pub fn spawn(client: async_nats::Client) -> Self {
+        Self::spawn_with_ttl(client, LEASE_TTL)
+    }
+
+    /// [`Aggregator::spawn`] with another lease ttl (tests use a short one).
+    pub fn spawn_with_ttl(client: async_nats::Client, ttl: Duration) -> Self {
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(leased(client, name.clone(), ttl, stop.clone()));
+        Self { name, task, stop }
+    }
+
+    /// The name it holds the lease by (random, one per aggregator).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops the aggregator, giving the lease back when it holds it, within `timeout`.
+    pub async fn stop(mut self, timeout: Duration) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(timeout, &mut self.task).await;
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Takes turns for the lease and follows the stream while holding it, until `stop`.
+async fn leased(client: async_nats::Client, name: String, ttl: Duration, stop: CancellationToken) {
+    let js = jetstream::new(client.clone());
+    let mut pause = Duration::from_secs(1);
+    let mut warned = false;
+    let kv = loop {
+        let e = match spend::bucket(&js).await {
+            Ok(kv) => break kv,
+            Err(e) => e,
+        };
+        warn_once(&mut warned, &e);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(60));
+    };
+    let lease = Lease::new(kv, LEASE_KEY, name, ttl);
+    loop {
+        tokio::select! {
+            _ = lease.acquire() => {}
+            _ = stop.cancelled() => return,
+        }
+        tracing::info!(
+            holder = lease.holder(),
+            "this worker keeps the spend aggregates now (it holds the {} lease)",
+            spend::BUCKET
+        );
+        tokio::select! {
+            never = follow(client.clone()) => match never {},
+            why = lease.keep() => {
+                tracing::info!(reason = %why, "this worker no longer keeps the spend aggregates");
+            }
+            _ = stop.cancelled() => {
+                lease.release().await;
+                return;
+            }
+        }
+    }
+}
+
+fn warn_once(warned: &mut bool, e: &str) {
+    if *warned {
+        tracing::debug!(error = %e, "the spend aggregator stopped; retrying");
+    } else {
+        tracing::warn!(
+            error = %e,
+            "the spend aggregator cannot run (retrying in the background); usage events \
+             still flow, `llmbus spend` lags until it can"
+        );
+        *warned = true;
+    }
+}
+
+/// Reads the stream and applies it, batch after batch, retrying after any error, for ever;
+/// with no lease (tests run several at once to prove the writes exactly-once).
+pub async fn follow(client: async_nats::Client) -> Never {
     let js = jetstream::new(client);
     let mut pause = Duration::from_secs(1);
     let mut warned = false;
     loop {
         let e = session(&js, &mut pause).await;
-        if warned {
-            tracing::debug!(error = %e, "the spend aggregator stopped; retrying");
-        } else {
-            tracing::warn!(
-                error = %e,
-                "the spend aggregator cannot run (retrying in the background); usage events \
-                 still flow, `llmbus spend` lags until it can"
-            );
-            warned = true;
-        }
+        warn_once(&mut warned, &e);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(60));
     }
@@ -64,7 +166,8 @@ async fn session(js: &jetstream::Context, pause: &mut Duration) -> String {
     }
 }
 
-enum Never {}
+/// What never happens: [`follow`] does not return.
+pub enum Never {}
 
 async fn session_inner(js: &jetstream::Context, pause: &mut Duration) -> Result<Never, String> {
     let kv = spend::bucket(js).await?;

@@ -5,8 +5,8 @@
 //!        (drops counted: llmbus_usage_events_dropped_total)        │ llm.usage.<model_group>
 //!                                                                  ▼
 //!   any consumer ◄── core NATS / JetStream ◄── LLM_USAGE stream (file, retention 30 d)
-//!                                                                  │ every worker, off the
-//!                                                                  ▼ job path
+//!                                                                  │ one worker at a time
+//!                                                                  ▼ (lease), off the job path
 //!                    llmbus spend ◄── LLM_SPEND KV ◄── aggregator (cursor + CAS per day)
 //! ```
 //!
@@ -15,7 +15,8 @@
 //!   publishes.
 //! - [`stream`]: the `LLM_USAGE` stream, created idempotently at worker start-up.
 //! - [`spend`]: the `LLM_SPEND` documents and why aggregation is exactly-once with many
-//!   workers; [`aggregator`]: the background task that keeps them up to date.
+//!   workers; [`aggregator`]: the background task that keeps them up to date, in the worker
+//!   that holds its lease.
 //! - [`tail`] and [`report`]: `llmbus usage tail` and `llmbus spend`; [`cli`]: their
 //!   arguments.
 //!

@@ -11,9 +11,10 @@
 //!
 //! # Exactly once with several workers
 //!
-//! Every worker runs the aggregator ([`super::aggregator`]); they all read the same events and
-//! race to apply them, and JetStream KV's compare-and-set (`update(key, value, revision)`) lets
-//! exactly one win each write:
+//! Every worker runs the aggregator ([`super::aggregator`]) and one at a time reads the stream,
+//! by a lease; but a lease can overlap (a holder that stalls is outlived), so correctness never
+//! rests on it: aggregators may read the same events and race to apply them, and JetStream
+//! KV's compare-and-set (`update(key, value, revision)`) lets exactly one win each write:
 //!
 //! 1. A worker holds a batch of events with stream sequences `(b, e]`, where `b` is at most
 //!    the cursor it last read (so every event up to `b` is already counted).
