@@ -32,7 +32,7 @@ use serde_json::json;
 use support::{
     fake_provider::{FakeProvider, Fault},
     gateway::PATIENCE,
-    nats_binaries::{Server, binaries},
+    nats_binaries::{Binary, Server, binaries},
 };
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -405,15 +405,22 @@ async fn report(nats: &async_nats::Client) -> SpendReport {
     report::spend(nats.clone(), None).await.unwrap_or_default()
 }
 
+/// A private server running `binary` with the `LLM_USAGE` stream in place, a client and its
+/// JetStream context.
+async fn with_usage_stream(binary: &Binary) -> (Server, async_nats::Client, jetstream::Context) {
+    let server = Server::start(binary, true);
+    let nats = server.client().await;
+    let js = jetstream::new(nats.clone());
+    stream::ensure(&js, &Subjects::default(), 30 * DAY)
+        .await
+        .unwrap();
+    (server, nats, js)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() {
     for binary in binaries() {
-        let server = Server::start(&binary, true);
-        let nats = server.client().await;
-        let js = jetstream::new(nats.clone());
-        stream::ensure(&js, &Subjects::default(), 30 * DAY)
-            .await
-            .unwrap();
+        let (server, nats, js) = with_usage_stream(&binary).await;
         // Three aggregators on their own connections, racing over the same events (no
         // lease: every one of them reads and writes).
         let mut racers = Vec::new();
@@ -498,12 +505,7 @@ async fn one_aggregator_reads_the_stream_at_a_time_and_another_takes_over() {
     // is never late on a busy machine).
     const TTL: Duration = Duration::from_secs(6);
     for binary in binaries() {
-        let server = Server::start(&binary, true);
-        let nats = server.client().await;
-        let js = jetstream::new(nats.clone());
-        stream::ensure(&js, &Subjects::default(), 30 * DAY)
-            .await
-            .unwrap();
+        let (server, nats, js) = with_usage_stream(&binary).await;
         let mut aggregators = Vec::new();
         for _ in 0..3 {
             aggregators.push(Aggregator::spawn_with_ttl(server.client().await, TTL));
