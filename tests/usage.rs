@@ -23,8 +23,7 @@ use llmbus::{
         UsageEvent,
         aggregator::{self, Aggregator},
         report::{self, SpendReport},
-        spend,
-        stream::{self, STREAM},
+        spend, stream,
     },
     wire::{Subjects, headers},
 };
@@ -87,7 +86,7 @@ async fn events(sub: &mut async_nats::Subscriber, n: usize) -> HashMap<String, U
 }
 
 async fn stream_messages(js: &jetstream::Context) -> u64 {
-    js.get_stream(STREAM)
+    js.get_stream(Subjects::default().usage_stream())
         .await
         .expect("the usage stream")
         .info()
@@ -255,7 +254,10 @@ async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config()
         let js = jetstream::new(nats.clone());
 
         let a = worker(&server, &config(&fake, "")).await;
-        let mut s = js.get_stream(STREAM).await.expect("created at start-up");
+        let mut s = js
+            .get_stream(Subjects::default().usage_stream())
+            .await
+            .expect("created at start-up");
         let info = s.info().await.unwrap().clone();
         assert_eq!(info.config.subjects, ["llm.usage.>"]);
         assert_eq!(info.config.storage, jetstream::stream::StorageType::File);
@@ -290,7 +292,7 @@ async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config()
         )
         .await;
         let info = js
-            .get_stream(STREAM)
+            .get_stream(Subjects::default().usage_stream())
             .await
             .unwrap()
             .info()
@@ -317,9 +319,11 @@ async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config()
 
         // A stream of that name that captures something else is left alone, and the worker
         // still starts.
-        js.delete_stream(STREAM).await.unwrap();
+        js.delete_stream(Subjects::default().usage_stream())
+            .await
+            .unwrap();
         js.create_stream(jetstream::stream::Config {
-            name: STREAM.into(),
+            name: Subjects::default().usage_stream(),
             subjects: vec!["other.>".into()],
             ..Default::default()
         })
@@ -327,7 +331,7 @@ async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config()
         .unwrap();
         let d = worker(&server, &config(&fake, "")).await;
         let info = js
-            .get_stream(STREAM)
+            .get_stream(Subjects::default().usage_stream())
             .await
             .unwrap()
             .info()
@@ -402,7 +406,9 @@ async fn publish(nats: &async_nats::Client, events: impl IntoIterator<Item = Usa
 }
 
 async fn report(nats: &async_nats::Client) -> SpendReport {
-    report::spend(nats.clone(), None).await.unwrap_or_default()
+    report::spend(nats.clone(), &Subjects::default(), None)
+        .await
+        .unwrap_or_default()
 }
 
 /// A private server running `binary` with the `LLM_USAGE` stream in place, a client and its
@@ -425,7 +431,10 @@ async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() 
         // lease: every one of them reads and writes).
         let mut racers = Vec::new();
         for _ in 0..3 {
-            racers.push(tokio::spawn(aggregator::follow(server.client().await)));
+            racers.push(tokio::spawn(aggregator::follow(
+                server.client().await,
+                Subjects::default(),
+            )));
         }
         let day1 = 20_000; // 2024-10-04
         let day2 = day1 + 1;
@@ -460,7 +469,10 @@ async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() 
         publish(&nats, (200..250).map(|i| synthetic(i, day1))).await;
         let mut leased = Vec::new();
         for _ in 0..2 {
-            leased.push(Aggregator::spawn(server.client().await));
+            leased.push(Aggregator::spawn(
+                server.client().await,
+                &Subjects::default(),
+            ));
         }
         eventually("350 events aggregated", || async {
             report(&nats).await.aggregated_through == 350
@@ -472,10 +484,15 @@ async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() 
         assert_eq!(r.by_day[0].tally.requests, 250);
         // --since reads only the days from then on.
         let since = report::parse_since("2024-10-05", 0).unwrap();
-        let r = report::spend(nats.clone(), Some(since)).await.unwrap();
+        let r = report::spend(nats.clone(), &Subjects::default(), Some(since))
+            .await
+            .unwrap();
         assert_eq!(r.spend.total.requests, 100);
         // The day documents are what the KV holds, with their watermarks.
-        let kv = spend::open(&js).await.unwrap().expect("the bucket");
+        let kv = spend::open(&js, "LLM_SPEND")
+            .await
+            .unwrap()
+            .expect("the bucket");
         let (doc, _) = spend::read::<spend::DayDoc>(&kv, &spend::day_key("2024-10-04"))
             .await
             .unwrap();
@@ -495,7 +512,10 @@ async fn lease_holder(kv: &jetstream::kv::Store) -> Option<String> {
 
 /// Consumers on `LLM_USAGE`: an aggregator reading it has one.
 async fn readers(js: &jetstream::Context) -> usize {
-    let mut s = js.get_stream(STREAM).await.unwrap();
+    let mut s = js
+        .get_stream(Subjects::default().usage_stream())
+        .await
+        .unwrap();
     s.info().await.unwrap().state.consumer_count
 }
 
@@ -508,7 +528,11 @@ async fn one_aggregator_reads_the_stream_at_a_time_and_another_takes_over() {
         let (server, nats, js) = with_usage_stream(&binary).await;
         let mut aggregators = Vec::new();
         for _ in 0..3 {
-            aggregators.push(Aggregator::spawn_with_ttl(server.client().await, TTL));
+            aggregators.push(Aggregator::spawn_with_ttl(
+                server.client().await,
+                &Subjects::default(),
+                TTL,
+            ));
         }
         let day = 20_100;
         publish(&nats, (0..100).map(|i| synthetic(i, day))).await;
@@ -516,7 +540,10 @@ async fn one_aggregator_reads_the_stream_at_a_time_and_another_takes_over() {
             report(&nats).await.aggregated_through == 100
         })
         .await;
-        let kv = spend::open(&js).await.unwrap().expect("the bucket");
+        let kv = spend::open(&js, "LLM_SPEND")
+            .await
+            .unwrap()
+            .expect("the bucket");
         let first = lease_holder(&kv).await.expect("a holder");
         // Three aggregators, one reader of the stream, through a few renewals.
         for _ in 0..4 {
@@ -563,6 +590,56 @@ async fn one_aggregator_reads_the_stream_at_a_time_and_another_takes_over() {
         .await;
         let r = report(&nats).await;
         assert_eq!(r.spend.total.requests, 160, "each event counted once");
+        eprintln!("ok on nats-server {}", server.version);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_on_one_server_keep_their_usage_and_spend_apart() {
+    for binary in binaries() {
+        let server = Server::start(&binary, true);
+        let fake = FakeProvider::start().await;
+        let default = worker(&server, &config(&fake, "")).await;
+        let acme = worker(&server, &config(&fake, "llmbus:\n  subject_prefix: acme\n")).await;
+        let nats = server.client().await;
+        let js = jetstream::new(nats.clone());
+        for (prefix, jobs) in [("llm", 3), ("acme", 5)] {
+            let client = LlmClient::new(server.client().await, prefix);
+            for _ in 0..jobs {
+                let r = complete(
+                    &client,
+                    HeaderMap::new(),
+                    json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]}),
+                )
+                .await;
+                assert_eq!(r.status, 200, "{prefix}: {}", r.json());
+            }
+        }
+        for (subjects, jobs) in [(Subjects::default(), 3), (Subjects::new("acme"), 5)] {
+            let name = subjects.usage_stream();
+            let mut s = js.get_stream(&name).await.expect("created at start-up");
+            let config = s.info().await.unwrap().config.clone();
+            assert_eq!(config.subjects, [subjects.usage_all()], "{name}");
+            eventually("each installation's spend counts its own jobs", || async {
+                report::spend(nats.clone(), &subjects, None)
+                    .await
+                    .is_ok_and(|r| r.pending() == 0 && r.spend.total.requests == jobs)
+            })
+            .await;
+            assert!(
+                spend::open(&js, &subjects.spend_bucket())
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        assert_eq!(
+            Subjects::new("acme").usage_stream(),
+            "ACME_USAGE",
+            "the default installation's names stay LLM_USAGE and LLM_SPEND"
+        );
+        acme.stop().await;
+        default.stop().await;
         eprintln!("ok on nats-server {}", server.version);
     }
 }

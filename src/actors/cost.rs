@@ -112,8 +112,10 @@ impl Actor for CostActor {
             ensure_stream(&client, &subjects, settings.retention).await;
         }
         let totals = Arc::new(Mutex::new(Spend::default()));
-        let publisher = publisher::spawn(client.clone(), subjects, receiver, totals.clone());
-        let aggregator = settings.aggregate.then(|| Aggregator::spawn(client));
+        let aggregator = settings
+            .aggregate
+            .then(|| Aggregator::spawn(client.clone(), &subjects));
+        let publisher = publisher::spawn(client, subjects, receiver, totals.clone());
         Ok(CostState {
             sink,
             totals,
@@ -173,23 +175,22 @@ impl Actor for CostActor {
 async fn ensure_stream(client: &async_nats::Client, subjects: &Subjects, retention: Duration) {
     let js = async_nats::jetstream::new(client.clone());
     let days = retention.as_secs_f64() / 86_400.0;
+    let name = subjects.usage_stream();
     match tokio::time::timeout(ENSURE_WAIT, stream::ensure(&js, subjects, retention)).await {
         Ok(Ok(Ensured::Created)) => tracing::info!(
             retention_days = days,
-            "created the {} stream: usage events are kept {days} days",
-            stream::STREAM
+            "created the {name} stream: usage events are kept {days} days"
         ),
         Ok(Ok(Ensured::Existing)) => {
-            tracing::debug!("the {} stream is in place", stream::STREAM)
+            tracing::debug!("the {name} stream is in place")
         }
         Ok(Ok(Ensured::RetentionUpdated { from })) => tracing::info!(
             retention_days = days,
-            "the {} stream now keeps usage events {days} days (was {} days)",
-            stream::STREAM,
+            "the {name} stream now keeps usage events {days} days (was {} days)",
             from.as_secs_f64() / 86_400.0
         ),
         Ok(Ok(Ensured::LeftAlone(why))) => {
-            tracing::warn!("the {} stream: {why}", stream::STREAM)
+            tracing::warn!("the {name} stream: {why}")
         }
         Ok(Err(e)) => tracing::warn!(
             error = %e,
@@ -197,8 +198,7 @@ async fn ensure_stream(client: &async_nats::Client, subjects: &Subjects, retenti
         ),
         Err(_) => tracing::warn!(
             "JetStream did not answer within {ENSURE_WAIT:?}: usage events are not kept \
-             durably until the {} stream exists",
-            stream::STREAM
+             durably until the {name} stream exists"
         ),
     }
 }

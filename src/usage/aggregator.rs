@@ -29,9 +29,9 @@ use super::{
     UsageEvent,
     event::now_ms,
     spend::{self, Cursor, DayDoc},
-    stream::STREAM,
 };
 use crate::cluster::lease::Lease;
+use crate::wire::Subjects;
 
 /// Events per batch, at most.
 pub const BATCH: usize = 500;
@@ -60,15 +60,21 @@ pub struct Aggregator {
 impl Aggregator {
     /// Starts the aggregator on `client`: it takes its turn for the lease and aggregates while
     /// it holds it.
-    pub fn spawn(client: async_nats::Client) -> Self {
-        Self::spawn_with_ttl(client, LEASE_TTL)
+    pub fn spawn(client: async_nats::Client, subjects: &Subjects) -> Self {
+        Self::spawn_with_ttl(client, subjects, LEASE_TTL)
     }
 
     /// [`Aggregator::spawn`] with another lease ttl (tests use a short one).
-    pub fn spawn_with_ttl(client: async_nats::Client, ttl: Duration) -> Self {
+    pub fn spawn_with_ttl(client: async_nats::Client, subjects: &Subjects, ttl: Duration) -> Self {
         let name = uuid::Uuid::new_v4().simple().to_string();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(leased(client, name.clone(), ttl, stop.clone()));
+        let task = tokio::spawn(leased(
+            client,
+            subjects.clone(),
+            name.clone(),
+            ttl,
+            stop.clone(),
+        ));
         Self { name, task, stop }
     }
 
@@ -91,12 +97,19 @@ impl Drop for Aggregator {
 }
 
 /// Takes turns for the lease and follows the stream while holding it, until `stop`.
-async fn leased(client: async_nats::Client, name: String, ttl: Duration, stop: CancellationToken) {
+async fn leased(
+    client: async_nats::Client,
+    subjects: Subjects,
+    name: String,
+    ttl: Duration,
+    stop: CancellationToken,
+) {
     let js = jetstream::new(client.clone());
+    let bucket = subjects.spend_bucket();
     let mut pause = Duration::from_secs(1);
     let mut warned = false;
     let kv = loop {
-        let e = match spend::bucket(&js).await {
+        let e = match spend::bucket(&js, &bucket).await {
             Ok(kv) => break kv,
             Err(e) => e,
         };
@@ -115,11 +128,10 @@ async fn leased(client: async_nats::Client, name: String, ttl: Duration, stop: C
         }
         tracing::info!(
             holder = lease.holder(),
-            "this worker keeps the spend aggregates now (it holds the {} lease)",
-            spend::BUCKET
+            "this worker keeps the spend aggregates now (it holds the {bucket} lease)"
         );
         tokio::select! {
-            never = follow(client.clone()) => match never {},
+            never = follow(client.clone(), subjects.clone()) => match never {},
             why = lease.keep() => {
                 tracing::info!(reason = %why, "this worker no longer keeps the spend aggregates");
             }
@@ -146,12 +158,12 @@ fn warn_once(warned: &mut bool, e: &str) {
 
 /// Reads the stream and applies it, batch after batch, retrying after any error, for ever;
 /// with no lease (tests run several at once to prove the writes exactly-once).
-pub async fn follow(client: async_nats::Client) -> Never {
+pub async fn follow(client: async_nats::Client, subjects: Subjects) -> Never {
     let js = jetstream::new(client);
     let mut pause = Duration::from_secs(1);
     let mut warned = false;
     loop {
-        let e = session(&js, &mut pause).await;
+        let e = session(&js, &subjects, &mut pause).await;
         warn_once(&mut warned, &e);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(60));
@@ -159,8 +171,8 @@ pub async fn follow(client: async_nats::Client) -> Never {
 }
 
 /// Reads and applies batches until something fails; returns why.
-async fn session(js: &jetstream::Context, pause: &mut Duration) -> String {
-    match session_inner(js, pause).await {
+async fn session(js: &jetstream::Context, subjects: &Subjects, pause: &mut Duration) -> String {
+    match session_inner(js, subjects, pause).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -169,26 +181,30 @@ async fn session(js: &jetstream::Context, pause: &mut Duration) -> String {
 /// What never happens: [`follow`] does not return.
 pub enum Never {}
 
-async fn session_inner(js: &jetstream::Context, pause: &mut Duration) -> Result<Never, String> {
-    let kv = spend::bucket(js).await?;
+async fn session_inner(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    pause: &mut Duration,
+) -> Result<Never, String> {
+    let kv = spend::bucket(js, &subjects.spend_bucket()).await?;
+    let stream_name = subjects.usage_stream();
+    let stream_name = stream_name.as_str();
     let mut stream = js
-        .get_stream(STREAM)
+        .get_stream(stream_name)
         .await
-        .map_err(|e| format!("the {STREAM} stream: {e}"))?;
+        .map_err(|e| format!("the {stream_name} stream: {e}"))?;
     let (cursor, _) = spend::read::<Cursor>(&kv, spend::CURSOR_KEY).await?;
     let last = stream
         .info()
         .await
-        .map_err(|e| format!("the {STREAM} stream: {e}"))?
+        .map_err(|e| format!("the {stream_name} stream: {e}"))?
         .state
         .last_sequence;
     if cursor.applied_through > last {
         return Err(format!(
-            "{}'s cursor ({}) is beyond the end of {STREAM} ({last}): was the stream deleted \
+            "{}'s cursor ({}) is beyond the end of {stream_name} ({last}): was the stream deleted \
              and created again? Delete the {} bucket to start the aggregates over",
-            spend::BUCKET,
-            cursor.applied_through,
-            spend::BUCKET
+            kv.name, cursor.applied_through, kv.name
         ));
     }
     let consumer: PullConsumer = stream
@@ -204,10 +220,10 @@ async fn session_inner(js: &jetstream::Context, pause: &mut Duration) -> Result<
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("a consumer on {STREAM}: {e}"))?;
+        .map_err(|e| format!("a consumer on {stream_name}: {e}"))?;
     tracing::debug!(
         from = cursor.applied_through + 1,
-        "the spend aggregator reads {STREAM}"
+        "the spend aggregator reads {stream_name}"
     );
     // Every event up to `base` is counted.
     let mut base = cursor.applied_through;
@@ -218,15 +234,15 @@ async fn session_inner(js: &jetstream::Context, pause: &mut Duration) -> Result<
             .expires(FETCH_WAIT)
             .messages()
             .await
-            .map_err(|e| format!("fetching from {STREAM}: {e}"))?;
+            .map_err(|e| format!("fetching from {stream_name}: {e}"))?;
         let mut batch: Vec<(u64, UsageEvent)> = Vec::new();
         let mut end = base;
         let mut last_msg = None;
         while let Some(m) = messages.next().await {
-            let m = m.map_err(|e| format!("fetching from {STREAM}: {e}"))?;
+            let m = m.map_err(|e| format!("fetching from {stream_name}: {e}"))?;
             let seq = m
                 .info()
-                .map_err(|e| format!("a message of {STREAM} without metadata: {e}"))?
+                .map_err(|e| format!("a message of {stream_name} without metadata: {e}"))?
                 .stream_sequence;
             end = end.max(seq);
             match serde_json::from_slice::<UsageEvent>(&m.payload) {
@@ -241,7 +257,7 @@ async fn session_inner(js: &jetstream::Context, pause: &mut Duration) -> Result<
         last_msg
             .ack()
             .await
-            .map_err(|e| format!("acknowledging {STREAM} messages: {e}"))?;
+            .map_err(|e| format!("acknowledging {stream_name} messages: {e}"))?;
         *pause = Duration::from_secs(1);
     }
 }
@@ -263,8 +279,7 @@ pub async fn apply(
     if cursor.applied_through < base {
         return Err(format!(
             "the {} cursor went back from {base} to {}: was it reset? Starting over from it",
-            spend::BUCKET,
-            cursor.applied_through
+            kv.name, cursor.applied_through
         ));
     }
     batch.retain(|(seq, _)| *seq > cursor.applied_through);
@@ -313,6 +328,6 @@ async fn advance(kv: &kv::Store, end: u64) -> Result<(), String> {
     }
     Err(format!(
         "the {} cursor: gave up after {CAS_TRIES} conflicting writes",
-        spend::BUCKET
+        kv.name
     ))
 }

@@ -51,6 +51,9 @@ pub struct SpendArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Subject prefix: the installation whose spend to read.
+    #[arg(long, default_value = "llm")]
+    pub prefix: String,
 }
 
 /// Runs `llmbus usage ...`.
@@ -82,7 +85,7 @@ pub async fn spend(nats_url: Option<String>, args: SpendArgs) -> Result<(), Stri
         None => None,
     };
     let client = connect(nats_url, "llmbus-spend").await?;
-    let report = report::spend(client, since).await?;
+    let report = report::spend(client, &Subjects::new(args.prefix), since).await?;
     if args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         println!("{text}");

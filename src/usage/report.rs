@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::{
     event::{civil_from_days, day_of, days_from_civil, usd},
     spend::{self, Breakdown, Cursor, DayDoc, Tally},
-    stream::STREAM,
 };
+use crate::wire::Subjects;
 
 /// Where a report starts: a UTC day.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,10 +154,7 @@ impl SpendReport {
             }
             Some(_) => {}
             None => {
-                let _ = writeln!(
-                    out,
-                    "(the {STREAM} stream is not there: no new usage is kept)"
-                );
+                let _ = writeln!(out, "(the usage stream is not there: no new usage is kept)");
             }
         }
         let sections: [(&str, Vec<(&str, &Tally)>); 7] = [
@@ -214,23 +211,25 @@ fn table(out: &mut String, title: &str, rows: &[(&str, &Tally)]) {
     }
 }
 
-/// Reads the report from the `LLM_SPEND` aggregates on `client`'s JetStream.
+/// Reads the report from the `LLM_SPEND` aggregates (of the installation under `subjects`'
+/// prefix) on `client`'s JetStream.
 pub async fn spend(
     client: async_nats::Client,
+    subjects: &Subjects,
     since: Option<Since>,
 ) -> Result<SpendReport, String> {
     let js = jetstream::new(client);
-    let Some(kv) = spend::open(&js).await? else {
+    let bucket = subjects.spend_bucket();
+    let Some(kv) = spend::open(&js, &bucket).await? else {
         return Err(format!(
-            "no spend yet: the {} bucket does not exist (workers create it when they start \
-             with JetStream on)",
-            spend::BUCKET
+            "no spend yet: the {bucket} bucket does not exist (workers create it when they \
+             start with JetStream on)"
         ));
     };
     let first = since.as_ref().map(|s| s.day.clone());
     let days = spend::days_since(&kv, first.as_deref()).await?;
     let (cursor, _) = spend::read::<Cursor>(&kv, spend::CURSOR_KEY).await?;
-    let last = match js.get_stream(STREAM).await {
+    let last = match js.get_stream(subjects.usage_stream()).await {
         Ok(mut s) => s.info().await.ok().map(|i| i.state.last_sequence),
         Err(_) => None,
     };

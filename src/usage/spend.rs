@@ -1,4 +1,5 @@
-//! Spend aggregates: what `llmbus spend` reads, kept in the JetStream KV bucket `LLM_SPEND`.
+//! Spend aggregates: what `llmbus spend` reads, kept in the JetStream KV bucket `LLM_SPEND`
+//! (named after the subject prefix like every llmbus bucket: `ACME_SPEND` for `acme`).
 //!
 //! # Documents
 //!
@@ -43,9 +44,6 @@ use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 
 use super::UsageEvent;
-
-/// The KV bucket.
-pub const BUCKET: &str = "LLM_SPEND";
 
 /// The cursor's key.
 pub const CURSOR_KEY: &str = "cursor";
@@ -214,12 +212,12 @@ pub struct Cursor {
 /// key, rollups allowed, deletes denied, direct get). Made by hand because async-nats 0.51's
 /// `create_key_value` first asks for the account info, whose answer from nats-server 2.9 it
 /// cannot parse.
-fn bucket_stream() -> jetstream::stream::Config {
+fn bucket_stream(bucket: &str) -> jetstream::stream::Config {
     use jetstream::stream::{Config, DiscardPolicy, StorageType};
     Config {
-        name: format!("KV_{BUCKET}"),
+        name: format!("KV_{bucket}"),
         description: Some("llmbus spend aggregates by day (llmbus spend)".to_string()),
-        subjects: vec![format!("$KV.{BUCKET}.>")],
+        subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
         storage: StorageType::File,
         allow_rollup: true,
@@ -232,31 +230,31 @@ fn bucket_stream() -> jetstream::stream::Config {
     }
 }
 
-/// Opens the `LLM_SPEND` bucket, creating it when it is missing (file storage, one revision
-/// per key).
-pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
-    if let Some(kv) = open(js).await? {
+/// Opens the spend bucket `bucket` ([`crate::wire::Subjects::spend_bucket`]), creating it
+/// when it is missing (file storage, one revision per key).
+pub async fn bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, String> {
+    if let Some(kv) = open(js, bucket).await? {
         return Ok(kv);
     }
-    if let Err(e) = js.create_stream(bucket_stream()).await {
+    if let Err(e) = js.create_stream(bucket_stream(bucket)).await {
         // Another worker may have created it meanwhile; opening tells.
-        tracing::debug!(error = %e, "creating the {BUCKET} bucket");
+        tracing::debug!(error = %e, "creating the {bucket} bucket");
     }
-    open(js)
+    open(js, bucket)
         .await?
-        .ok_or_else(|| format!("the {BUCKET} key-value bucket could not be created"))
+        .ok_or_else(|| format!("the {bucket} key-value bucket could not be created"))
 }
 
-/// Opens the `LLM_SPEND` bucket without creating it (for readers); `None` when it does not
+/// Opens the spend bucket `bucket` without creating it (for readers); `None` when it does not
 /// exist.
-pub async fn open(js: &jetstream::Context) -> Result<Option<kv::Store>, String> {
+pub async fn open(js: &jetstream::Context, bucket: &str) -> Result<Option<kv::Store>, String> {
     use jetstream::context::GetStreamErrorKind;
-    match js.get_stream(format!("KV_{BUCKET}")).await {
+    match js.get_stream(format!("KV_{bucket}")).await {
         Ok(_) => js
-            .get_key_value(BUCKET)
+            .get_key_value(bucket)
             .await
             .map(Some)
-            .map_err(|e| format!("the {BUCKET} key-value bucket: {e}")),
+            .map_err(|e| format!("the {bucket} key-value bucket: {e}")),
         Err(e) => match e.kind() {
             GetStreamErrorKind::JetStream(j)
                 if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
@@ -266,7 +264,7 @@ pub async fn open(js: &jetstream::Context) -> Result<Option<kv::Store>, String> 
             GetStreamErrorKind::Request => Err(format!(
                 "JetStream is not available ({e}); is the NATS server started with -js?"
             )),
-            _ => Err(format!("the {BUCKET} key-value bucket: {e}")),
+            _ => Err(format!("the {bucket} key-value bucket: {e}")),
         },
     }
 }
@@ -283,7 +281,7 @@ pub async fn read<T: for<'de> Deserialize<'de> + Default>(
     {
         Some(entry) if entry.operation == kv::Operation::Put => {
             let doc = serde_json::from_slice(&entry.value)
-                .map_err(|e| format!("{BUCKET} {key} is not an llmbus document: {e}"))?;
+                .map_err(|e| format!("{} {key} is not an llmbus document: {e}", kv.name))?;
             Ok((doc, entry.revision))
         }
         // Deleted or purged: start over, with the revision for compare-and-set.
@@ -324,10 +322,10 @@ pub async fn days_since(kv: &kv::Store, first: Option<&str>) -> Result<Vec<DayDo
     let mut keys: Vec<String> = kv
         .keys()
         .await
-        .map_err(|e| format!("listing {BUCKET}: {e}"))?
+        .map_err(|e| format!("listing {}: {e}", kv.name))?
         .try_collect()
         .await
-        .map_err(|e| format!("listing {BUCKET}: {e}"))?;
+        .map_err(|e| format!("listing {}: {e}", kv.name))?;
     keys.retain(|k| {
         k.strip_prefix("day.")
             .is_some_and(|d| first.is_none_or(|f| d >= f))

@@ -1,6 +1,7 @@
 //! The `LLM_USAGE` JetStream stream: it captures every usage event (`<prefix>.usage.>`) on
 //! file storage for `llmbus.usage_retention_days` (default 30), so consumers can replay and
-//! `llmbus spend` can aggregate after any worker restart.
+//! `llmbus spend` can aggregate after any worker restart. Its name carries the subject prefix
+//! ([`Subjects::usage_stream`]: `LLM_USAGE` for `llm`, `ACME_USAGE` for `acme`).
 //!
 //! Every worker calls [`ensure`] at start-up; it is idempotent and safe when several workers
 //! start at once:
@@ -21,9 +22,6 @@ use async_nats::jetstream::{
 };
 
 use crate::wire::Subjects;
-
-/// The stream's name.
-pub const STREAM: &str = "LLM_USAGE";
 
 /// The default retention in days.
 pub const DEFAULT_RETENTION_DAYS: f64 = 30.0;
@@ -46,13 +44,16 @@ pub enum Ensured {
 
 /// Why the stream could not be ensured.
 #[derive(Debug, thiserror::Error)]
-#[error("the {STREAM} stream: {0}")]
-pub struct StreamError(String);
+#[error("the {stream} stream: {reason}")]
+pub struct StreamError {
+    stream: String,
+    reason: String,
+}
 
 /// The stream's configuration for `subjects` and `retention`.
 pub fn config(subjects: &Subjects, retention: Duration) -> Config {
     Config {
-        name: STREAM.to_string(),
+        name: subjects.usage_stream(),
         description: Some(format!(
             "llmbus usage events, one per finished job ({}.usage.<model_group>)",
             subjects.prefix()
@@ -76,12 +77,14 @@ pub async fn ensure(
     retention: Duration,
 ) -> Result<Ensured, StreamError> {
     let wanted = config(subjects, retention);
-    match js.get_stream(STREAM).await {
+    let name = wanted.name.clone();
+    let error = |reason: String| StreamError {
+        stream: name.clone(),
+        reason,
+    };
+    match js.get_stream(&name).await {
         Ok(mut stream) => {
-            let info = stream
-                .info()
-                .await
-                .map_err(|e| StreamError(e.to_string()))?;
+            let info = stream.info().await.map_err(|e| error(e.to_string()))?;
             reconcile(js, info.config.clone(), &wanted).await
         }
         Err(e) if is_not_found(&e) => match js.create_stream(wanted.clone()).await {
@@ -89,18 +92,15 @@ pub async fn ensure(
             Err(e) if name_taken(&e) => {
                 // Another worker created it a moment ago.
                 let mut stream = js
-                    .get_stream(STREAM)
+                    .get_stream(&name)
                     .await
-                    .map_err(|e| StreamError(e.to_string()))?;
-                let info = stream
-                    .info()
-                    .await
-                    .map_err(|e| StreamError(e.to_string()))?;
+                    .map_err(|e| error(e.to_string()))?;
+                let info = stream.info().await.map_err(|e| error(e.to_string()))?;
                 reconcile(js, info.config.clone(), &wanted).await
             }
-            Err(e) => Err(StreamError(describe_create(&e))),
+            Err(e) => Err(error(describe_create(&e, &wanted.subjects[0]))),
         },
-        Err(e) => Err(StreamError(match e.kind() {
+        Err(e) => Err(error(match e.kind() {
             GetStreamErrorKind::Request => {
                 format!("{e} (is JetStream enabled on the NATS server? `nats-server -js`)")
             }
@@ -153,10 +153,19 @@ fn name_taken(e: &async_nats::jetstream::context::CreateStreamError) -> bool {
         if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST)
 }
 
-fn describe_create(e: &async_nats::jetstream::context::CreateStreamError) -> String {
+fn describe_create(e: &async_nats::jetstream::context::CreateStreamError, subject: &str) -> String {
     match e.kind() {
         CreateStreamErrorKind::JetStreamUnavailable => {
             format!("{e} (is JetStream enabled on the NATS server? `nats-server -js`)")
+        }
+        CreateStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP =>
+        {
+            format!(
+                "creating it: another stream already captures {subject} (an llmbus from \
+                 before the stream's name carried the subject prefix called it LLM_USAGE; \
+                 delete that stream, or copy it into this one, to keep the events): {e}"
+            )
         }
         _ => format!("creating it: {e}"),
     }

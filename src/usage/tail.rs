@@ -14,7 +14,7 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 
-use super::{UsageEvent, stream::STREAM};
+use super::UsageEvent;
 use crate::wire::Subjects;
 
 /// Which statuses to show.
@@ -87,7 +87,9 @@ pub async fn tail(
     };
     let js = jetstream::new(client.clone());
     let mut printed = 0u64;
-    match js.get_stream(STREAM).await {
+    let stream_name = subjects.usage_stream();
+    let stream_name = stream_name.as_str();
+    match js.get_stream(stream_name).await {
         Ok(stream) => {
             let deliver_policy = match options.since_ms {
                 Some(ms) => DeliverPolicy::ByStartTime {
@@ -104,14 +106,14 @@ pub async fn tail(
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| format!("following {STREAM}: {e}"))?;
+                .map_err(|e| format!("following {stream_name}: {e}"))?;
             let mut messages = consumer
                 .messages()
                 .await
-                .map_err(|e| format!("following {STREAM}: {e}"))?;
-            eprintln!("following {subject} in the {STREAM} stream (Ctrl-C to stop)");
+                .map_err(|e| format!("following {stream_name}: {e}"))?;
+            eprintln!("following {subject} in the {stream_name} stream (Ctrl-C to stop)");
             while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| format!("following {STREAM}: {e}"))?;
+                let m = m.map_err(|e| format!("following {stream_name}: {e}"))?;
                 if show(&m.payload, options, out)? {
                     printed += 1;
                     if options.count.is_some_and(|n| printed >= n) {
@@ -131,7 +133,7 @@ pub async fn tail(
                 .await
                 .map_err(|e| format!("subscribing to {subject}: {e}"))?;
             eprintln!(
-                "following {subject} on core NATS (the {STREAM} stream is not there: {e}; \
+                "following {subject} on core NATS (the {stream_name} stream is not there: {e}; \
                  no history)"
             );
             while let Some(m) = sub.next().await {

@@ -67,6 +67,17 @@ impl Subjects {
     pub fn health(&self, deployment: &str) -> String {
         format!("{}.health.{}", self.prefix, token(deployment))
     }
+
+    /// `LLM_USAGE`: the JetStream stream that keeps the usage events. Named after the prefix,
+    /// like the cluster's buckets, so two installations on one server keep apart.
+    pub fn usage_stream(&self) -> String {
+        crate::cluster::bucket_name(&self.prefix, "USAGE")
+    }
+
+    /// `LLM_SPEND`: the key-value bucket of the spend aggregates.
+    pub fn spend_bucket(&self) -> String {
+        crate::cluster::bucket_name(&self.prefix, "SPEND")
+    }
 }
 
 impl Default for Subjects {
@@ -96,5 +107,16 @@ mod tests {
         assert_eq!(s.completion(), "acme.llm.completion");
         assert_eq!(s.usage("gpt-4o.mini"), "acme.llm.usage.gpt-4o_mini");
         assert_eq!(s.health("a b*>"), "acme.llm.health.a_b__");
+        assert_eq!(s.usage_stream(), "ACME_LLM_USAGE");
+        assert_eq!(s.spend_bucket(), "ACME_LLM_SPEND");
+        let default = Subjects::default();
+        assert_eq!(
+            (
+                default.usage_stream().as_str(),
+                default.spend_bucket().as_str()
+            ),
+            ("LLM_USAGE", "LLM_SPEND"),
+            "the names of installations that predate the prefix in them"
+        );
     }
 }
