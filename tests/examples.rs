@@ -47,6 +47,7 @@ const NOT_EXAMPLES: &[&str] = &[
     "cargo test",
     "cargo bench --bench suite",
     "cargo bench --bench soak",
+    "cargo bench --bench cluster_cpu",
     "LLMBUS_BLESS=1 cargo test --test schemas",
     "git diff schemas/",
 ];
