@@ -208,41 +208,20 @@ pub struct Cursor {
     pub updated_ms: u64,
 }
 
-/// The stream behind the bucket, as `create_key_value` would make it (ADR-8: one revision per
-/// key, rollups allowed, deletes denied, direct get). Made by hand because async-nats 0.51's
-/// `create_key_value` first asks for the account info, whose answer from nats-server 2.9 it
-/// cannot parse.
-fn bucket_stream(bucket: &str) -> jetstream::stream::Config {
-    use jetstream::stream::{Config, DiscardPolicy, StorageType};
-    Config {
-        name: format!("KV_{bucket}"),
-        description: Some("llmbus spend aggregates by day (llmbus spend)".to_string()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        storage: StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: DiscardPolicy::New,
-        num_replicas: 1,
-        duplicate_window: std::time::Duration::from_secs(120),
-        ..Default::default()
-    }
-}
-
 /// Opens the spend bucket `bucket` ([`crate::wire::Subjects::spend_bucket`]), creating it
-/// when it is missing (file storage, one revision per key).
+/// when it is missing (file storage, one revision per key) as every llmbus bucket is made
+/// ([`crate::cluster::ensure_bucket`]).
 pub async fn bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, String> {
-    if let Some(kv) = open(js, bucket).await? {
-        return Ok(kv);
-    }
-    if let Err(e) = js.create_stream(bucket_stream(bucket)).await {
-        // Another worker may have created it meanwhile; opening tells.
-        tracing::debug!(error = %e, "creating the {bucket} bucket");
-    }
-    open(js, bucket)
-        .await?
-        .ok_or_else(|| format!("the {bucket} key-value bucket could not be created"))
+    let config = kv::Config {
+        bucket: bucket.to_owned(),
+        description: "llmbus spend aggregates by day (llmbus spend)".to_owned(),
+        history: 1,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    crate::cluster::ensure_bucket(js, config)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Opens the spend bucket `bucket` without creating it (for readers); `None` when it does not
