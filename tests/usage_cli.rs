@@ -4,7 +4,8 @@
 //!
 //! - `spend` answers from the `LLM_SPEND` aggregates the workers keep, and the totals survive
 //!   stopping every worker and starting new ones: the counts are exact (no event lost, none
-//!   counted twice), and they match the cost each reply carried.
+//!   counted twice), and they match the cost each reply carried. A worker that stops gives
+//!   the aggregator's lease back.
 //! - `usage tail` follows new events live with its filters, and `--json` prints events that
 //!   parse as `UsageEvent`.
 
@@ -18,7 +19,11 @@ use std::{
 };
 
 use async_nats::HeaderMap;
-use llmbus::{client::LlmClient, usage::UsageEvent, wire::headers};
+use llmbus::{
+    client::LlmClient,
+    usage::{UsageEvent, aggregator, spend},
+    wire::headers,
+};
 use serde_json::{Value, json};
 use support::{
     fake_provider::FakeProvider,
@@ -126,6 +131,20 @@ async fn spend_survives_restarting_every_worker() {
             w.assert_exits_cleanly(WAIT).await;
         }
         drop(first);
+        // The worker that kept the aggregates gave its lease back on the way out, so the next
+        // worker takes them over at once rather than after the lease's ttl.
+        let js = async_nats::jetstream::new(server.client().await);
+        let kv = spend::open(&js, "LLM_SPEND")
+            .await
+            .unwrap()
+            .expect("the bucket");
+        let lease = kv
+            .get(aggregator::LEASE_KEY)
+            .await
+            .unwrap()
+            .expect("a lease");
+        let lease: Value = serde_json::from_slice(&lease).unwrap();
+        assert_eq!(lease["holder"], "", "given back: {lease}");
         // With no worker running, spend still answers from the aggregates.
         let v = spend_until(&url, "spend without workers", |v| {
             v["total"]["requests"] == 6

@@ -43,6 +43,10 @@ pub enum CostMsg {
     Spend(RpcReplyPort<Spend>),
     /// Answers once every event recorded before it is published and flushed.
     Flush(RpcReplyPort<()>),
+    /// Stops the spend aggregator, giving its lease back so that another worker takes the
+    /// aggregates over at once; answers when done. A stopping worker sends it while its
+    /// connection is still open.
+    StopAggregator(RpcReplyPort<()>),
 }
 
 /// How the usage pipeline runs.
@@ -144,6 +148,15 @@ impl Actor for CostActor {
                 // Off the actor's loop: a slow NATS must not hold other messages up.
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(FLUSH_WAIT, sink.flush()).await;
+                    let _ = reply.send(());
+                });
+            }
+            CostMsg::StopAggregator(reply) => {
+                let aggregator = state.aggregator.take();
+                tokio::spawn(async move {
+                    if let Some(a) = aggregator {
+                        a.stop(LEASE_RELEASE_WAIT).await;
+                    }
                     let _ = reply.send(());
                 });
             }

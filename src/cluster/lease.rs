@@ -139,10 +139,14 @@ impl Lease {
     }
 
     /// Gives the lease back when this holder has it (best effort: a holder that cannot
-    /// write it is simply outlived).
+    /// write it is simply outlived). It reads the key rather than trusting its own record, so
+    /// that a take whose answer was cut short by the stop is given back too.
     pub async fn release(&self) {
-        let revision = self.revision.swap(0, Ordering::Relaxed);
-        if revision != 0 {
+        self.revision.store(0, Ordering::Relaxed);
+        if let Ok((doc, revision)) = self.read().await
+            && revision != 0
+            && doc.holder == self.holder
+        {
             let _ = self.write("", revision).await;
         }
     }

@@ -124,7 +124,10 @@ async fn leased(
     loop {
         tokio::select! {
             _ = lease.acquire() => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                lease.release().await;
+                return;
+            }
         }
         tracing::info!(
             holder = lease.holder(),

@@ -260,8 +260,10 @@ impl Worker {
             }
             Err(e) => tracing::warn!(error = %e, "ingress did not answer the drain"),
         }
-        // The last jobs' usage events go out before the connection may close.
+        // The last jobs' usage events go out before the connection may close, and the spend
+        // aggregator gives its lease back while it still can.
         let _ = ractor::call_t!(self.cost, CostMsg::Flush, 10_000);
+        let _ = ractor::call_t!(self.cost, CostMsg::StopAggregator, 10_000);
         // Leaving takes a round trip to the server; ingress bounds it by 10 s.
         let counts = ractor::call_t!(self.ingress, IngressMsg::Leave, 30_000, relay)
             .unwrap_or_else(|e| {
