@@ -65,13 +65,8 @@ async fn load(client: &LlmClient, jobs: u64) -> u64 {
 }
 
 fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.trim().replace('_', "").parse().ok())
-            .unwrap_or(default)
-    };
+    let smoke = support::smoke();
+    let var = support::env_count;
     let (jobs, rounds) = if smoke {
         (1_000, 1)
     } else {

@@ -166,13 +166,8 @@ async fn one(client: &LlmClient, nats: &async_nats::Client, i: u64) -> Result<()
 }
 
 fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let var = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.trim().replace('_', "").parse().ok())
-            .unwrap_or(default)
-    };
+    let smoke = support::smoke();
+    let var = support::env_count;
     let total = if smoke {
         2_000
     } else {

@@ -130,6 +130,20 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// True unless run by `cargo bench` (which passes `--bench`): under `cargo test
+/// --all-targets` the benchmarks run a short smoke pass.
+pub fn smoke() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// The whole number in the environment variable `name` (`1_000_000` is fine), else `default`.
+pub fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
 /// A multi-threaded tokio runtime whose threads carry `name`.
 pub fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
