@@ -6,7 +6,7 @@
 use std::{fmt, sync::Arc};
 
 use futures::{StreamExt, future::BoxFuture, stream::BoxStream};
-use reqwest::header::HeaderMap;
+use reqwest::{Url, header::HeaderMap};
 use serde_json::{Value, json};
 
 use super::{
@@ -60,6 +60,10 @@ pub struct Api {
 pub struct JsonProvider {
     api: &'static Api,
     upstream: Upstream,
+    /// `{base}/{chat_path}`, joined once at start-up.
+    chat_url: Url,
+    /// `{base}/{embed_path}`.
+    embed_url: Url,
 }
 
 impl fmt::Debug for JsonProvider {
@@ -78,24 +82,32 @@ impl JsonProvider {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(Arc<dyn Provider>, String), ConfigError> {
         let (upstream, model) = Upstream::resolve(&api.spec, params, http, env)?;
-        Ok((Arc::new(JsonProvider { api, upstream }), model))
+        let provider = JsonProvider {
+            api,
+            chat_url: upstream.url(api.chat_path),
+            embed_url: upstream.url(api.embed_path),
+            upstream,
+        };
+        Ok((Arc::new(provider), model))
     }
 
     fn key(&self) -> Option<&str> {
         self.upstream.key()
     }
 
-    /// Posts `body` as JSON to `path`; `accept` is sent when the provider takes it.
+    /// Posts `body` as JSON to `url`; `accept` is sent when the provider takes it.
     async fn post(
         &self,
-        path: &str,
+        url: &Url,
         body: &Value,
         accept: &str,
         ctx: &CallContext,
     ) -> Result<reqwest::Response, ProviderError> {
         let accept = self.api.accept.then_some(accept);
         let to_error = self.api.error_from_response;
-        self.upstream.post(path, body, accept, ctx, to_error).await
+        self.upstream
+            .post(url.clone(), body, accept, ctx, to_error)
+            .await
     }
 
     /// Converts and posts a chat request, for an answer or (`stream`) an event stream.
@@ -112,7 +124,7 @@ impl JsonProvider {
         } else {
             "application/json"
         };
-        self.post(self.api.chat_path, &body, accept, ctx).await
+        self.post(&self.chat_url, &body, accept, ctx).await
     }
 
     /// The JSON document of an answer; the error for one that is not JSON names `what`.
@@ -159,7 +171,7 @@ impl JsonProvider {
             body[self.api.dimensions] = d.into();
         }
         let response = self
-            .post(self.api.embed_path, &body, "application/json", ctx)
+            .post(&self.embed_url, &body, "application/json", ctx)
             .await?;
         let mut value = self.json(response, "embeddings").await?;
         let tokens = (self.api.input_tokens)(&value);

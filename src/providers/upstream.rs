@@ -245,27 +245,24 @@ impl Upstream {
         self.headers.contains_key(header::AUTHORIZATION)
     }
 
-    /// `{base}/{path}`, for a `path` of the adapter's own (`v2/chat`).
+    /// `{base}/{path}`, for a `path` of the adapter's own (`v2/chat`); adapters join their
+    /// URLs once, when the deployment is built.
     pub fn url(&self, path: &str) -> Url {
         join(&self.base, &path.split('/').collect::<Vec<_>>())
     }
 
-    /// Posts `body` as JSON to `{base}/{path}` with `accept`, the key as a bearer token, the
-    /// extra headers (which replace the bearer token when they name `Authorization`) and the
-    /// trace context; a non-2xx answer is the error `to_error` makes.
+    /// Posts `body` as JSON to `url` (from [`Upstream::url`]) with `accept`, the key as a
+    /// bearer token, the extra headers (which replace the bearer token when they name
+    /// `Authorization`) and the trace context; a non-2xx answer is the error `to_error` makes.
     pub async fn post(
         &self,
-        path: &str,
+        url: Url,
         body: &Value,
         accept: Option<&str>,
         ctx: &CallContext,
         to_error: impl FnOnce(u16, &HeaderMap, &[u8]) -> ProviderError,
     ) -> Result<reqwest::Response, ProviderError> {
-        let mut builder = self
-            .http
-            .post(self.url(path))
-            .headers(self.headers.clone())
-            .json(body);
+        let mut builder = self.http.post(url).headers(self.headers.clone()).json(body);
         if let Some(accept) = accept {
             builder = builder.header(header::ACCEPT, accept);
         }
