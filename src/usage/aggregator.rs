@@ -106,19 +106,16 @@ async fn leased(
 ) {
     let js = jetstream::new(client.clone());
     let bucket = subjects.spend_bucket();
-    let mut pause = Duration::from_secs(1);
-    let mut warned = false;
+    let mut backoff = Backoff::new();
     let kv = loop {
         let e = match spend::bucket(&js, &bucket).await {
             Ok(kv) => break kv,
             Err(e) => e,
         };
-        warn_once(&mut warned, &e);
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(backoff.failed(&e)) => {}
             _ = stop.cancelled() => return,
         }
-        pause = (pause * 2).min(Duration::from_secs(60));
     };
     let lease = Lease::new(kv, LEASE_KEY, name, ttl);
     loop {
@@ -146,16 +143,41 @@ async fn leased(
     }
 }
 
-fn warn_once(warned: &mut bool, e: &str) {
-    if *warned {
-        tracing::debug!(error = %e, "the spend aggregator stopped; retrying");
-    } else {
-        tracing::warn!(
-            error = %e,
-            "the spend aggregator cannot run (retrying in the background); usage events \
-             still flow, `llmbus spend` lags until it can"
-        );
-        *warned = true;
+/// The wait between tries after an error: 1 s, doubling to 60 s, back to 1 s after a success.
+/// The first error is logged as a warning, the later ones at debug level.
+struct Backoff {
+    pause: Duration,
+    warned: bool,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self {
+            pause: Duration::from_secs(1),
+            warned: false,
+        }
+    }
+
+    /// Work succeeded: the next error waits the shortest pause again.
+    fn reset(&mut self) {
+        self.pause = Duration::from_secs(1);
+    }
+
+    /// Logs `e` and returns how long to wait before the next try.
+    fn failed(&mut self, e: &str) -> Duration {
+        if self.warned {
+            tracing::debug!(error = %e, "the spend aggregator stopped; retrying");
+        } else {
+            tracing::warn!(
+                error = %e,
+                "the spend aggregator cannot run (retrying in the background); usage events \
+                 still flow, `llmbus spend` lags until it can"
+            );
+            self.warned = true;
+        }
+        let wait = self.pause;
+        self.pause = (wait * 2).min(Duration::from_secs(60));
+        wait
     }
 }
 
@@ -163,19 +185,16 @@ fn warn_once(warned: &mut bool, e: &str) {
 /// with no lease (tests run several at once to prove the writes exactly-once).
 pub async fn follow(client: async_nats::Client, subjects: Subjects) -> Never {
     let js = jetstream::new(client);
-    let mut pause = Duration::from_secs(1);
-    let mut warned = false;
+    let mut backoff = Backoff::new();
     loop {
-        let e = session(&js, &subjects, &mut pause).await;
-        warn_once(&mut warned, &e);
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(60));
+        let e = session(&js, &subjects, &mut backoff).await;
+        tokio::time::sleep(backoff.failed(&e)).await;
     }
 }
 
 /// Reads and applies batches until something fails; returns why.
-async fn session(js: &jetstream::Context, subjects: &Subjects, pause: &mut Duration) -> String {
-    match session_inner(js, subjects, pause).await {
+async fn session(js: &jetstream::Context, subjects: &Subjects, backoff: &mut Backoff) -> String {
+    match session_inner(js, subjects, backoff).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -187,7 +206,7 @@ pub enum Never {}
 async fn session_inner(
     js: &jetstream::Context,
     subjects: &Subjects,
-    pause: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<Never, String> {
     let kv = spend::bucket(js, &subjects.spend_bucket()).await?;
     let stream_name = subjects.usage_stream();
@@ -261,7 +280,7 @@ async fn session_inner(
             .ack()
             .await
             .map_err(|e| format!("acknowledging {stream_name} messages: {e}"))?;
-        *pause = Duration::from_secs(1);
+        backoff.reset();
     }
 }
 
