@@ -234,12 +234,8 @@ pub async fn open(js: &jetstream::Context, bucket: &str) -> Result<Option<kv::St
             .await
             .map(Some)
             .map_err(|e| format!("the {bucket} key-value bucket: {e}")),
+        Err(e) if super::stream::is_not_found(&e) => Ok(None),
         Err(e) => match e.kind() {
-            GetStreamErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-            {
-                Ok(None)
-            }
             GetStreamErrorKind::Request => Err(format!(
                 "JetStream is not available ({e}); is the NATS server started with -js?"
             )),

@@ -143,7 +143,8 @@ fn days(d: Duration) -> f64 {
     d.as_secs_f64() / 86_400.0
 }
 
-fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+/// True when the server says the stream does not exist.
+pub(super) fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
     matches!(e.kind(), GetStreamErrorKind::JetStream(j)
         if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
