@@ -61,6 +61,10 @@ pub const UNPRICED_REQUESTS: &str = "llmbus_unpriced_requests_total";
 pub const USAGE_DROPPED: &str = "llmbus_usage_events_dropped_total";
 /// Usage events published on `llm.usage.<model_group>`.
 pub const USAGE_PUBLISHED: &str = "llmbus_usage_events_published_total";
+/// 1 while the worker's `rpm`/`tpm` limits hold for the cluster, 0 while they are its own.
+pub const LIMITS_SHARED: &str = "llmbus_limits_shared";
+/// The worker's clock offset from the NATS server (server minus worker), seconds.
+pub const CLOCK_OFFSET: &str = "llmbus_clock_offset_seconds";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -233,6 +237,15 @@ fn describe() {
     describe_counter!(
         UNPRICED_REQUESTS,
         "Requests to a model without a price (counted as costing 0), by model"
+    );
+    describe_gauge!(
+        LIMITS_SHARED,
+        "1 while rpm/tpm limits hold for the cluster, 0 while this worker keeps them alone"
+    );
+    describe_gauge!(
+        CLOCK_OFFSET,
+        Unit::Seconds,
+        "The NATS server's clock minus this worker's"
     );
     describe_counter!(
         USAGE_DROPPED,

@@ -2,7 +2,9 @@
 //! that every job reads (through an `ArcSwap`, so routing needs no message), spawns one
 //! [`DeploymentActor`] per deployment and supervises them (one that fails is started again on
 //! the same [`Deployment`]: its numbers survive, its queue of waiting jobs does not), and
-//! passes on the cooldowns other workers announce on `llm.health.*`.
+//! passes on the cooldowns other workers announce on `llm.health.*`. When the worker's limits
+//! change between local and shared ([`RouterMsg::Share`]), it rebuilds every deployment on
+//! the new terms; the old ones finish the calls they hold.
 //!
 //! The rules a pick follows are in [`super::table`].
 
@@ -25,6 +27,7 @@ use crate::{
         health::{Cooldown, HealthBoard},
         quota::ClusterQuota,
     },
+    policy::health::HealthPolicy,
     wire::openai::unix_now,
     worker::Plan,
 };
@@ -52,6 +55,18 @@ pub enum RouterMsg {
     Board(Cooldown),
     /// A new config: swap the table, keeping the deployments whose identity is unchanged.
     Reload(Plan, RpcReplyPort<ReloadReport>),
+    /// The worker's limits now hold for the cluster (`Some` quota) or for it alone (`None`):
+    /// every deployment is rebuilt on these terms, with this cooldown board (or none).
+    Share(Box<Shared>, RpcReplyPort<()>),
+}
+
+/// What the worker shares with the cluster now.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// Cluster-wide limits; `None` keeps `rpm`/`tpm` per worker.
+    pub quota: Option<ClusterQuota>,
+    /// The cooldown board; `None` leaves cooldowns to core NATS gossip.
+    pub board: Option<HealthBoard>,
 }
 
 /// What a reload changed.
@@ -75,6 +90,8 @@ pub struct RouterState {
     quota: Option<ClusterQuota>,
     /// Cooldowns on (the table's rules say so too).
     health: bool,
+    /// The cooldown thresholds deployments are built with.
+    policy: Option<HealthPolicy>,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -89,6 +106,7 @@ impl Actor for RouterActor {
         args: RouterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let plan = args.plan;
+        let policy = plan.health.clone();
         let mut deployments = Vec::with_capacity(plan.deployments.len());
         for info in plan.deployments {
             let deployment = Deployment::new(info, plan.health.clone(), args.quota.as_ref());
@@ -101,20 +119,13 @@ impl Actor for RouterActor {
             plan.rules,
             unix_now(),
         )));
-        // Cooldowns of the other workers: from the board when the cluster has one (it also
-        // holds those decided before this worker started), else from core NATS gossip.
-        let listener = match &args.gossip {
-            Some(Gossip {
-                board: Some(board), ..
-            }) => Some(watch_board(board.clone(), myself.clone()).await?),
-            Some(g) => Some(listen(g.clone(), myself.clone()).await?),
-            None => None,
-        };
+        let listener = listener(&args.gossip, &myself).await?;
         Ok(RouterState {
             table: args.table,
             gossip: args.gossip,
             quota: args.quota,
             health,
+            policy,
             listener,
         })
     }
@@ -141,6 +152,10 @@ impl Actor for RouterActor {
                 let report = state.reload(&myself, plan).await?;
                 let _ = reply.send(report);
             }
+            RouterMsg::Share(shared, reply) => {
+                state.share(&myself, *shared).await?;
+                let _ = reply.send(());
+            }
             RouterMsg::Remote(event) => {
                 let own = state
                     .gossip
@@ -159,7 +174,7 @@ impl Actor for RouterActor {
                 if !own
                     && state.health
                     && let Some(d) = state.table.load().deployment(&c.deployment)
-                    && let Some(left) = c.remaining(crate::cluster::epoch_ms())
+                    && let Some(left) = board_of(&state.gossip).and_then(|b| b.remaining(&c))
                 {
                     d.remote_cooldown(left.min(Duration::from_secs(3600)), Instant::now());
                 }
@@ -206,6 +221,7 @@ impl RouterState {
             .map(|d| (d.info.identity.as_str(), d))
             .collect();
         let mut report = ReloadReport::default();
+        self.policy = plan.health.clone();
         let mut deployments = Vec::with_capacity(plan.deployments.len());
         for info in plan.deployments {
             if let Some(kept) = running.remove(info.identity.as_str()) {
@@ -239,6 +255,77 @@ impl RouterState {
         );
         Ok(report)
     }
+}
+
+impl RouterState {
+    /// Rebuilds every deployment with `shared`'s limits and board. A call in flight keeps its
+    /// permit and gives it back to the deployment it came from; jobs queued for capacity on
+    /// an old deployment are told it went away and pick again from the new table. The new
+    /// deployments take over the cooldowns and the window the old ones had.
+    async fn share(
+        &mut self,
+        myself: &ActorRef<RouterMsg>,
+        shared: Shared,
+    ) -> Result<(), ActorProcessingErr> {
+        self.quota = shared.quota;
+        if let Some(g) = &mut self.gossip {
+            g.board = shared.board;
+        }
+        let old = self.table.load_full();
+        let now = Instant::now();
+        let mut deployments = Vec::with_capacity(old.deployments().len());
+        for d in old.deployments() {
+            let info = Arc::new(d.info.renewed());
+            let fresh = Deployment::new(info, self.policy.clone(), self.quota.as_ref());
+            fresh.take_over(d, now);
+            spawn(myself, fresh.clone(), self.gossip.clone()).await?;
+            deployments.push(fresh);
+        }
+        self.table.store(Arc::new(old.rebuilt(deployments)));
+        for gone in old.deployments() {
+            let gone = gone.clone();
+            tokio::spawn(async move { gone.retire().await });
+        }
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+        self.listener = listener(&self.gossip, myself).await?;
+        tracing::info!(
+            limits = if self.quota.is_some() {
+                "shared"
+            } else {
+                "local"
+            },
+            deployments = old.deployments().len(),
+            "deployments rebuilt with {} limits",
+            if self.quota.is_some() {
+                "cluster-wide"
+            } else {
+                "local"
+            }
+        );
+        Ok(())
+    }
+}
+
+/// The cooldown board the router follows, if any.
+fn board_of(gossip: &Option<Gossip>) -> Option<&HealthBoard> {
+    gossip.as_ref()?.board.as_ref()
+}
+
+/// Follows the other workers' cooldowns: from the board when the cluster has one (it also
+/// holds those decided before this worker started), else from core NATS gossip.
+async fn listener(
+    gossip: &Option<Gossip>,
+    router: &ActorRef<RouterMsg>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ActorProcessingErr> {
+    Ok(match gossip {
+        Some(Gossip {
+            board: Some(board), ..
+        }) => Some(watch_board(board.clone(), router.clone()).await?),
+        Some(g) => Some(listen(g.clone(), router.clone()).await?),
+        None => None,
+    })
 }
 
 async fn spawn(
