@@ -27,8 +27,13 @@ impl std::fmt::Display for LocalReason {
             LocalReason::NoJetStream(e) => write!(f, "JetStream KV is not available ({e})"),
             LocalReason::ClockOffset(o) => write!(
                 f,
-                "this worker's clock is {:.1} s off the NATS server's (more than {} s)",
-                o.offset_ms as f64 / 1000.0,
+                "this worker's clock is {:.1} s {} the NATS server's (more than {} s off)",
+                o.offset_ms.unsigned_abs() as f64 / 1000.0,
+                if o.offset_ms < 0 {
+                    "ahead of"
+                } else {
+                    "behind"
+                },
                 super::clock::MAX_OFFSET.as_secs()
             ),
         }
@@ -83,7 +88,7 @@ impl std::fmt::Debug for Sharing {
 
 impl Sharing {
     /// A state with limits `limits` and no clock measurement.
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Self(Arc::new(ArcSwap::from_pointee(SharingStatus {
             limits,
             clock: None,
@@ -101,7 +106,7 @@ impl Sharing {
     }
 
     /// Replaces the state.
-    pub fn set(&self, status: SharingStatus) {
+    pub(crate) fn set(&self, status: SharingStatus) {
         self.0.store(Arc::new(status));
     }
 }

@@ -57,7 +57,7 @@ pub(super) struct Joined {
 impl Joined {
     /// What the router gets with a clock `offset` off: everything, or nothing when the clock
     /// is too far off.
-    pub(super) fn shared(&self, offset: Offset) -> Shared {
+    fn shared(&self, offset: Offset) -> Shared {
         match limits_for(offset) {
             Limits::Shared => Shared {
                 quota: Some(self.quota.clone()),
@@ -65,11 +65,6 @@ impl Joined {
             },
             Limits::Local(_) => Shared::default(),
         }
-    }
-
-    /// The clock offset measured when joining.
-    pub(super) fn offset(&self) -> Offset {
-        self.offset
     }
 }
 
@@ -107,6 +102,38 @@ pub(super) async fn join(
         board,
     };
     Ok((joined, members))
+}
+
+/// The first attempt to join, made before the worker serves.
+pub(super) struct FirstJoin {
+    /// What the router starts with.
+    pub(super) shared: Shared,
+    /// The membership, for the worker's context.
+    pub(super) members: Option<Arc<Members>>,
+    /// For the [`Link`], which takes over from there.
+    pub(super) outcome: Result<Joined, ClusterError>,
+}
+
+/// [`join`], once, before the worker serves.
+pub(super) async fn first_join(
+    client: &async_nats::Client,
+    prefix: &str,
+    worker_id: &str,
+    announce: &Announce,
+    clock: &Clock,
+) -> FirstJoin {
+    match join(client, prefix, worker_id, announce, clock).await {
+        Ok((joined, members)) => FirstJoin {
+            shared: joined.shared(joined.offset),
+            members: Some(Arc::new(members)),
+            outcome: Ok(joined),
+        },
+        Err(e) => FirstJoin {
+            shared: Shared::default(),
+            members: None,
+            outcome: Err(e),
+        },
+    }
 }
 
 /// Whether a worker could share its limits on `client` now: the check of `serve --strict`.

@@ -104,15 +104,8 @@ impl Worker {
         let prefix = config.llmbus.subject_prefix.clone();
         let clock = Clock::from_env();
         let announce: Announce = Arc::new(Mutex::new((served_names(config), config.fingerprint())));
-        let (first, members) =
-            match cluster::join(&client, &prefix, &worker_id, &announce, &clock).await {
-                Ok((joined, members)) => (Ok(joined), Some(Arc::new(members))),
-                Err(e) => (Err(e), None),
-            };
-        let shared = first
-            .as_ref()
-            .map(|j| j.shared(j.offset()))
-            .unwrap_or_default();
+        let first = cluster::first_join(&client, &prefix, &worker_id, &announce, &clock).await;
+        let shared = first.shared.clone();
         let gossip = Gossip {
             client: client.clone(),
             subjects: subjects.clone(),
@@ -170,7 +163,7 @@ impl Worker {
         let ctx = Arc::new(WorkerContext {
             worker_id,
             fingerprint: ArcSwap::from_pointee(config.fingerprint()),
-            members: arc_swap::ArcSwapOption::new(members),
+            members: arc_swap::ArcSwapOption::new(first.members),
             sharing: Sharing::new(Limits::Local(LocalReason::NoJetStream(
                 "not joined yet".into(),
             ))),
@@ -193,7 +186,7 @@ impl Worker {
                 router: router.clone(),
                 ctx: ctx.clone(),
             },
-            first,
+            first.outcome,
         );
         let (ingress, h) = Actor::spawn(
             None,
