@@ -32,6 +32,7 @@ use support::{
     command::{self, Finished},
     fake_provider::{FakeProvider, Fault},
     gateway::PATIENCE,
+    http_front::HttpGateway,
     nats_server::NatsServer,
     shipped_nats::ShippedNats,
     worker_process::{WorkerOptions, WorkerProcess},
@@ -444,4 +445,34 @@ async fn with_the_shipped_config_only_workers_or_the_master_key_change_the_confi
     let out = llmbus_cli(&args, &ops).await;
     assert!(out.stderr.contains("answered 401"), "{}", out.describe());
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_fronts_cancel_carries_the_jobs_key() {
+    let fake = FakeProvider::start().await;
+    fake.set_default(Fault::NeverEnding { after_chunks: 2 });
+    let yaml = format!(
+        "model_list:\n  - model_name: slow\n    litellm_params: {{model: openai/slow, api_base: \
+         \"{}\", api_key: sk-fake-0123456789}}\ngeneral_settings:\n  master_key: {MASTER}\n\
+         llmbus:\n  metrics_listen: null\n",
+        fake.url()
+    );
+    let gw = HttpGateway::start(&yaml).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.base))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "go"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let first = tokio::time::timeout(PATIENCE, body.next())
+        .await
+        .expect("a first event");
+    assert!(first.is_some());
+    assert_eq!(fake.cut_bodies(), 0);
+    // The client goes away: the front's cancel, with the job's key, stops the upstream call.
+    drop(body);
+    fake.wait_for_cut_bodies(1, PATIENCE).await;
 }
