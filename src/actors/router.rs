@@ -2,7 +2,9 @@
 //! that every job reads (through an `ArcSwap`, so routing needs no message), spawns one
 //! [`DeploymentActor`] per deployment and supervises them (one that fails is started again on
 //! the same [`Deployment`]: its numbers survive, its queue of waiting jobs does not), and
-//! passes on the cooldowns other workers announce on `llm.health.*`.
+//! passes on the cooldowns other workers announce on `llm.health.*` or the health board, those
+//! of current members only and no longer than it lets another worker impose
+//! ([`super::announced`]).
 //!
 //! The rules a pick follows are in [`super::table`].
 
@@ -17,12 +19,14 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::{
+    announced::{self, Announced},
     deployment::{Deployment, DeploymentActor, DeploymentArgs, Gossip, HealthEvent},
     table::RoutingTable,
 };
 use crate::{
     cluster::{
         health::{Cooldown, HealthBoard},
+        members::MemberWatch,
         quota::ClusterQuota,
     },
     wire::openai::unix_now,
@@ -40,6 +44,9 @@ pub struct RouterArgs {
     pub gossip: Option<Gossip>,
     /// Cluster-wide limits; `None` keeps `rpm`/`tpm` per worker.
     pub quota: Option<ClusterQuota>,
+    /// The cluster's members, whose cooldown announcements are believed; `None` without
+    /// JetStream (announcements are then taken from any worker).
+    pub members: Option<MemberWatch>,
     /// Where the table is published.
     pub table: SharedTable,
 }
@@ -75,6 +82,8 @@ pub struct RouterState {
     quota: Option<ClusterQuota>,
     /// Cooldowns on (the table's rules say so too).
     health: bool,
+    /// Which announced cooldowns are taken on, and for how long.
+    announced: Announced,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -89,6 +98,12 @@ impl Actor for RouterActor {
         args: RouterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let plan = args.plan;
+        let me = args.gossip.as_ref().map(|g| g.worker.clone());
+        let announced = Announced::new(
+            me.unwrap_or_default(),
+            args.members,
+            announced::remote_cap(plan.health.as_ref()),
+        );
         let mut deployments = Vec::with_capacity(plan.deployments.len());
         for info in plan.deployments {
             let deployment = Deployment::new(info, plan.health.clone(), args.quota.as_ref());
@@ -115,6 +130,7 @@ impl Actor for RouterActor {
             gossip: args.gossip,
             quota: args.quota,
             health,
+            announced,
             listener,
         })
     }
@@ -141,27 +157,14 @@ impl Actor for RouterActor {
                 let report = state.reload(&myself, plan).await?;
                 let _ = reply.send(report);
             }
-            RouterMsg::Remote(event) => {
-                let own = state
-                    .gossip
-                    .as_ref()
-                    .is_some_and(|g| g.worker == event.worker);
-                if !own
-                    && state.health
-                    && let Some(d) = state.table.load().deployment(&event.deployment)
-                {
-                    let cooldown = Duration::from_millis(event.cooldown_ms.min(3_600_000));
-                    d.remote_cooldown(cooldown, Instant::now());
-                }
-            }
+            RouterMsg::Remote(event) => state.remote(
+                &event.worker,
+                &event.deployment,
+                Duration::from_millis(event.cooldown_ms),
+            ),
             RouterMsg::Board(c) => {
-                let own = state.gossip.as_ref().is_some_and(|g| g.worker == c.worker);
-                if !own
-                    && state.health
-                    && let Some(d) = state.table.load().deployment(&c.deployment)
-                    && let Some(left) = c.remaining(crate::cluster::epoch_ms())
-                {
-                    d.remote_cooldown(left.min(Duration::from_secs(3600)), Instant::now());
+                if let Some(left) = c.remaining(crate::cluster::epoch_ms()) {
+                    state.remote(&c.worker, &c.deployment, left);
                 }
             }
         }
@@ -192,6 +195,19 @@ impl Actor for RouterActor {
 }
 
 impl RouterState {
+    /// A cooldown of `length` that `worker` announced for `deployment`: taken on when the
+    /// worker is a member, cut to the bound ([`Announced`]).
+    fn remote(&self, worker: &str, deployment: &str, length: Duration) {
+        if !self.health {
+            return;
+        }
+        if let Some(length) = self.announced.accept(worker, deployment, length)
+            && let Some(d) = self.table.load().deployment(deployment)
+        {
+            d.remote_cooldown(length, Instant::now());
+        }
+    }
+
     /// Builds the new table: a deployment whose identity is unchanged is kept as it runs;
     /// the others start; those left out stop once the jobs queued on them have moved on.
     async fn reload(
@@ -206,6 +222,8 @@ impl RouterState {
             .map(|d| (d.info.identity.as_str(), d))
             .collect();
         let mut report = ReloadReport::default();
+        self.announced
+            .set_cap(announced::remote_cap(plan.health.as_ref()));
         let mut deployments = Vec::with_capacity(plan.deployments.len());
         for info in plan.deployments {
             if let Some(kept) = running.remove(info.identity.as_str()) {
@@ -291,9 +309,11 @@ async fn listen(
         .map_err(|e| format!("subscribing to health gossip: {e}"))?;
     Ok(tokio::spawn(async move {
         while let Some(m) = sub.next().await {
-            if let Ok(event) = serde_json::from_slice::<HealthEvent>(&m.payload)
-                && router.cast(RouterMsg::Remote(event)).is_err()
-            {
+            let Ok(event) = serde_json::from_slice::<HealthEvent>(&m.payload) else {
+                crate::cluster::health::malformed();
+                continue;
+            };
+            if router.cast(RouterMsg::Remote(event)).is_err() {
                 break;
             }
         }

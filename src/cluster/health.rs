@@ -12,6 +12,12 @@
 //! replace it (compare-and-set on the revision). Entries are never deleted; one that has ended
 //! is ignored and the bucket's `max_age` (24 h) removes it eventually. Times are epoch
 //! milliseconds, so workers' clocks are assumed to agree to well under a second (NTP).
+//!
+//! The board is only as trustworthy as who may write it: the shipped NATS config lets only the
+//! workers' user write `$KV.>`. A reader still checks each entry ([`crate::actors::announced`]:
+//! from a current member, no longer than it lets another worker impose); an entry that is not
+//! a cooldown is skipped and counted (`llmbus_cooldown_announcements_ignored_total`,
+//! `reason="malformed"`).
 
 use std::time::Duration;
 
@@ -132,15 +138,18 @@ impl HealthBoard {
         let mut out = vec![];
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| self.error(e.to_string()))?;
-            if let Some(value) = self
+            let Some(value) = self
                 .kv
                 .get(&key)
                 .await
                 .map_err(|e| self.error(e.to_string()))?
-                && let Ok(c) = serde_json::from_slice::<Cooldown>(&value)
-                && c.remaining(now).is_some()
-            {
-                out.push(c);
+            else {
+                continue;
+            };
+            match serde_json::from_slice::<Cooldown>(&value) {
+                Ok(c) if c.remaining(now).is_some() => out.push(c),
+                Ok(_) => {}
+                Err(_) => malformed(),
             }
         }
         Ok(out)
@@ -194,6 +203,7 @@ impl HealthBoard {
                         continue;
                     }
                     let Ok(c) = serde_json::from_slice::<Cooldown>(&entry.value) else {
+                        malformed();
                         continue;
                     };
                     if c.remaining(epoch_ms()).is_some() && tx.send(c).await.is_err() {
@@ -211,6 +221,11 @@ impl HealthBoard {
             reason,
         }
     }
+}
+
+/// Counts an announcement (a board entry, a gossip message) that is not a cooldown.
+pub(crate) fn malformed() {
+    metrics::counter!(crate::telemetry::COOLDOWNS_IGNORED, "reason" => "malformed").increment(1);
 }
 
 /// An mpsc receiver as a stream, without another crate.

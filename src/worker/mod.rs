@@ -68,6 +68,8 @@ pub struct Worker {
     cost: ActorRef<CostMsg>,
     handles: Vec<tokio::task::JoinHandle<()>>,
     cancel_listener: tokio::task::JoinHandle<()>,
+    /// Serves `llm.admin.config.push|rollback` ([`crate::actors::admin`]).
+    admin: tokio::task::JoinHandle<()>,
 }
 
 impl Worker {
@@ -110,6 +112,7 @@ impl Worker {
                 plan,
                 gossip: Some(gossip),
                 quota: cluster.quota.clone(),
+                members: cluster.members.as_ref().map(|m| m.watch()),
                 table: table.clone(),
             },
         )
@@ -135,7 +138,7 @@ impl Worker {
         .await
         .map_err(|e| StartError::Actor("cost", e.to_string()))?;
         handles.push(h);
-        let cancels = Arc::new(Cancels::default());
+        let cancels = Arc::new(Cancels::new(crate::auth::Auth::from_config(config)));
         let cancel_listener = cancel::listen(&client, subjects.cancel(), cancels.clone())
             .await
             .map_err(|e| StartError::Actor("cancel listener", e))?;
@@ -153,6 +156,9 @@ impl Worker {
             usage,
             settings: ArcSwap::from_pointee(JobSettings::from_config(config)),
         });
+        let admin = crate::actors::admin::serve(ctx.clone(), config.llmbus.queue_group.clone())
+            .await
+            .map_err(|e| StartError::Actor("admin", e))?;
         let (ingress, h) = Actor::spawn(
             None,
             IngressActor,
@@ -172,6 +178,7 @@ impl Worker {
             cost,
             handles,
             cancel_listener,
+            admin,
         })
     }
 
@@ -190,6 +197,9 @@ impl Worker {
         self.ctx
             .settings
             .store(Arc::new(JobSettings::from_config(config)));
+        self.ctx
+            .cancels
+            .set_auth(crate::auth::Auth::from_config(config));
         let fingerprint = config.fingerprint();
         self.ctx.fingerprint.store(Arc::new(fingerprint.clone()));
         if let Some(members) = &self.ctx.members
@@ -310,6 +320,7 @@ impl Worker {
         self.router.stop(None);
         self.cost.stop(None);
         self.cancel_listener.abort();
+        self.admin.abort();
         for h in self.handles {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }
