@@ -15,6 +15,14 @@
 //! time a check takes. No message, log line or metric ever holds the key or what the caller
 //! sent.
 //!
+//! A job can be cancelled (`llm.cancel`) only by its own key or the master key
+//! ([`Auth::may_cancel`]): the cancel registry remembers each job's key as a [`KeyDigest`]
+//! (its SHA-256), never the key. Without a master key nobody is authenticated, so a cancel
+//! needs only the job's reply subject.
+//!
+//! The admin subjects (`llm.admin.>`, config push and rollback) need the master key itself
+//! ([`Auth::is_master`]); a worker without one refuses them.
+//!
 //! Virtual keys (a later feature) plug into [`Auth::check`]: a key that is not the master key
 //! is looked up there, and [`Caller`] grows the variant that names it.
 
@@ -30,6 +38,36 @@ use crate::{
 pub struct Auth {
     master_key: Option<Secret>,
     reject_client_tags: bool,
+}
+
+/// The SHA-256 digest of a key: what llmbus keeps when it must remember which key a job came
+/// with. Compared in constant time; `Debug` prints nothing of it.
+#[derive(Clone, Copy)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    /// The digest of `key`.
+    pub fn of(key: &str) -> Self {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest(&SHA256, key.as_bytes()).as_ref());
+        Self(out)
+    }
+
+    /// Constant-time equality.
+    pub fn matches(&self, other: &KeyDigest) -> bool {
+        let diff = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyDigest(..)")
+    }
 }
 
 /// Who a job runs for, as the key check established it (for usage events and logs).
@@ -73,6 +111,49 @@ impl Auth {
     /// True when jobs must present a key.
     pub fn required(&self) -> bool {
         self.master_key.is_some()
+    }
+
+    /// The digest of the key `headers` present (`Authorization: Bearer <key>`), when a key is
+    /// required and one is presented well-formed; what a job's cancel is checked against.
+    pub fn owner(&self, headers: Option<&async_nats::HeaderMap>) -> Option<KeyDigest> {
+        if !self.required() {
+            return None;
+        }
+        headers::api_key(headers)
+            .ok()
+            .flatten()
+            .map(|k| KeyDigest::of(&k))
+    }
+
+    /// Whether a cancel presenting `headers` may stop a job registered with `owner` (see
+    /// [`Auth::owner`]): always without a master key; else only with the job's own key or the
+    /// master key.
+    pub fn may_cancel(
+        &self,
+        owner: Option<&KeyDigest>,
+        headers: Option<&async_nats::HeaderMap>,
+    ) -> bool {
+        let Some(master) = &self.master_key else {
+            return true;
+        };
+        let Some(presented) = headers::api_key(headers).ok().flatten() else {
+            return false;
+        };
+        let presented = KeyDigest::of(&presented);
+        // Both compared, whatever the first says: no early exit to time.
+        let is_master = presented.matches(&KeyDigest::of(master.expose()));
+        let is_owner = owner.is_some_and(|o| o.matches(&presented));
+        is_master | is_owner
+    }
+
+    /// Whether `headers` present the master key; false when there is none (a worker without a
+    /// master key lets nobody use the admin subjects).
+    pub fn is_master(&self, headers: Option<&async_nats::HeaderMap>) -> bool {
+        matches!(
+            (&self.master_key, headers::api_key(headers)),
+            (Some(master), Ok(Some(presented)))
+                if same_key(presented.as_bytes(), master.expose().as_bytes())
+        )
     }
 
     /// Checks a job's headers: `Ok` with the caller, or a 401 in OpenAI's error shape (type
@@ -222,6 +303,46 @@ mod tests {
     #[test]
     fn debug_never_prints_the_key() {
         assert!(!format!("{:?}", auth()).contains(MASTER));
+        assert_eq!(format!("{:?}", KeyDigest::of(MASTER)), "KeyDigest(..)");
+    }
+
+    #[test]
+    fn a_cancel_needs_the_jobs_own_key_or_the_master_key() {
+        let a = auth();
+        let job_key = map(&[("Authorization", "Bearer sk-job-key")]);
+        let owner = a.owner(Some(&job_key));
+        assert!(owner.is_some());
+        assert!(a.may_cancel(owner.as_ref(), Some(&job_key)));
+        let master = map(&[("authorization", &format!("bearer {MASTER}"))]);
+        assert!(a.may_cancel(owner.as_ref(), Some(&master)));
+        for other in [
+            Some(map(&[("Authorization", "Bearer sk-other-key")])),
+            Some(map(&[("Authorization", "sk-job-key")])),
+            Some(map(&[])),
+            None,
+        ] {
+            assert!(!a.may_cancel(owner.as_ref(), other.as_ref()), "{other:?}");
+        }
+        // A job that came without a key: only the master key cancels it.
+        assert!(a.owner(None).is_none());
+        assert!(!a.may_cancel(None, Some(&job_key)));
+        assert!(a.may_cancel(None, Some(&master)));
+        // Without a master key nobody is authenticated: the reply subject is enough.
+        let open = Auth::default();
+        assert!(open.owner(Some(&job_key)).is_none());
+        assert!(open.may_cancel(None, None));
+    }
+
+    #[test]
+    fn only_the_master_key_is_the_master_key() {
+        let master = map(&[("Authorization", &format!("Bearer {MASTER}"))]);
+        assert!(auth().is_master(Some(&master)));
+        assert!(!auth().is_master(Some(&map(&[("Authorization", "Bearer sk-x")]))));
+        assert!(!auth().is_master(None));
+        assert!(
+            !Auth::default().is_master(Some(&master)),
+            "no master key: nobody is"
+        );
     }
 
     #[test]

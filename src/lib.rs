@@ -45,7 +45,8 @@
 //!    snapshot that jobs read through an `ArcSwap`, and the pick rules (health, tags,
 //!    context window, capacity, then the routing strategy). [`actors::router`] owns it,
 //!    spawns and supervises the deployment actors, and passes on cooldowns other workers
-//!    announce on `llm.health.*`.
+//!    announce on `llm.health.*`, those of current members only and bounded in length
+//!    ([`actors::announced`]).
 //! 4. [`actors::deployment`] holds one deployment's limits ([`limits`]) and health
 //!    (cooldowns, half-open probes). A job takes capacity on the fast path, under a short
 //!    uncontended lock; only a job that has to wait asks the deployment's actor, which queues
@@ -84,7 +85,10 @@
 //! The rules behind retries, fallbacks, cooldowns and routing strategies live in [`policy`] as
 //! pure code. `llm.embedding` jobs take the same path as completions, without streaming.
 //!
-//! [`auth`] is the key check of every job (`general_settings.master_key`). [`config`] loads a
+//! [`auth`] is the key check of every job (`general_settings.master_key`), of every cancel (the
+//! job's own key or the master key, [`actors::cancel`]) and of the admin subjects
+//! (`llm.admin.config.push|rollback`, [`actors::admin`], which change the cluster's config
+//! with the master key). [`config`] loads a
 //! LiteLLM `config.yaml` as it is, refusing security settings llmbus does not enforce and
 //! keeping a deployment that cannot work as *misconfigured* (it takes no traffic);
 //! [`preflight`] lists every problem of a config for `llmbus check` and `serve --strict`;

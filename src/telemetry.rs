@@ -61,6 +61,17 @@ pub const UNPRICED_REQUESTS: &str = "llmbus_unpriced_requests_total";
 pub const USAGE_DROPPED: &str = "llmbus_usage_events_dropped_total";
 /// Usage events published on `llm.usage.<model_group>`.
 pub const USAGE_PUBLISHED: &str = "llmbus_usage_events_published_total";
+/// Counter: cancels (`llm.cancel`) refused because they carried neither the job's key nor the
+/// master key.
+pub const CANCELS_REFUSED: &str = "llmbus_cancels_refused_total";
+/// Counter: cooldowns other workers announced (gossip or health board) that were ignored, by
+/// `reason` (`unknown_worker`: not a current member; `malformed`).
+pub const COOLDOWNS_IGNORED: &str = "llmbus_cooldown_announcements_ignored_total";
+/// Counter: cooldowns other workers announced that were longer than this worker lets one
+/// impose, and were cut to that length.
+pub const COOLDOWNS_CLAMPED: &str = "llmbus_cooldown_announcements_clamped_total";
+/// Counter: requests on the admin subjects (`llm.admin.>`), by `action` and `status`.
+pub const ADMIN_REQUESTS: &str = "llmbus_admin_requests_total";
 /// 1 while the worker's `rpm`/`tpm` limits hold for the cluster, 0 while they are its own.
 pub const LIMITS_SHARED: &str = "llmbus_limits_shared";
 /// The worker's clock offset from the NATS server (server minus worker), seconds.
@@ -252,4 +263,20 @@ fn describe() {
         "Usage events dropped because the publisher's buffer was full"
     );
     describe_counter!(USAGE_PUBLISHED, "Usage events published");
+    describe_counter!(
+        CANCELS_REFUSED,
+        "Cancels refused: neither the job's key nor the master key"
+    );
+    describe_counter!(
+        COOLDOWNS_IGNORED,
+        "Cooldown announcements ignored, by reason (unknown_worker, malformed)"
+    );
+    describe_counter!(
+        COOLDOWNS_CLAMPED,
+        "Cooldown announcements cut to the longest a remote worker may impose"
+    );
+    describe_counter!(
+        ADMIN_REQUESTS,
+        "Requests on the admin subjects, by action and status"
+    );
 }

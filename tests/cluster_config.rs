@@ -5,8 +5,13 @@
 //! - The store: the text comes back byte for byte with its `os.environ/` references; history
 //!   is newest first; a rollback is a new revision with the old text; a watch delivers each new
 //!   revision and the latest after the server restarts.
-//! - Refusals: bad YAML, an unknown provider, a refused security setting, a literal secret, an
-//!   empty model list, another subject prefix: refused at push, and the store is unchanged.
+//! - Refusals: bad YAML, an unknown provider, a refused security setting, a literal secret
+//!   (by key name, or by its shape: a token in `extra_headers`, `user:password@` or `?key=` in
+//!   `api_base`), an empty model list, another subject prefix: refused at push, and the store
+//!   is unchanged. A rollback to a revision stored before that check is refused the same way.
+//! - Who may push: the admin subjects `llm.admin.config.push|rollback` want the master key
+//!   (401 without, 403 from a worker that has none), and `llmbus config push --master-key`
+//!   goes through them.
 //! - The commands as real processes: `config push` (and its refusal), `show`, `history`,
 //!   `rollback`; `serve` with no `--config` answers a job from the pushed config, and refuses
 //!   in one line when nothing was pushed; a server without JetStream is named as such.
@@ -20,11 +25,13 @@ use std::{
     time::Duration,
 };
 
+use async_nats::HeaderMap;
 use futures::StreamExt;
 use llmbus::{
-    client::LlmClient,
-    cluster::config_store::{ConfigStore, PushError, PushOptions},
-    config::fingerprint,
+    Worker,
+    client::{LlmClient, Reply},
+    cluster::config_store::{AdminReply, ConfigStore, PushError, PushOptions},
+    config::{Config, fingerprint},
     local_nats::free_port,
 };
 use support::{
@@ -143,6 +150,21 @@ async fn an_invalid_config_is_refused_and_the_store_is_unchanged() {
             "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/a\n      api_key: sk-live-secret\n".into(),
             "model_list[0].litellm_params.api_key",
         ),
+        (
+            "a token in extra_headers",
+            "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/a\n      api_key: os.environ/K\n      extra_headers: {X-Proxy-Auth: \"Bearer sk-live-secret-in-a-header\"}\n".into(),
+            "model_list[0].litellm_params.extra_headers.X-Proxy-Auth",
+        ),
+        (
+            "credentials in api_base",
+            "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/a\n      api_key: os.environ/K\n      api_base: https://proxy:sk-live-secret@llm.example.com/v1\n".into(),
+            "user:password@",
+        ),
+        (
+            "a key in api_base's query",
+            "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/a\n      api_key: os.environ/K\n      api_base: https://llm.example.com/v1?key=sk-live-secret\n".into(),
+            "model_list[0].litellm_params.api_base",
+        ),
         ("no models", "model_list: []\n".into(), "model_list is empty"),
         (
             "a typo",
@@ -257,6 +279,8 @@ async fn llmbus(args: &[&str]) -> Output {
             .env_remove("NATS_URL")
             .env_remove("LLMBUS_CONFIG")
             .env_remove("RUST_LOG")
+            .env_remove("LLMBUS_MASTER_KEY")
+            .env_remove("NATS_INBOX_PREFIX")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -488,4 +512,237 @@ async fn a_server_without_jetstream_is_named_as_such() {
             "{args:?}: {said}"
         );
     }
+}
+
+/// A config text that writes a credential into `api_base`, stored as an older llmbus stored
+/// it: straight into the bucket, with no check.
+const OLD_WITH_SECRET: &str = "\
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/a
+      api_key: os.environ/K
+      api_base: https://proxy:sk-stored-long-ago@llm.example.com/v1
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_is_checked_for_literal_secrets_like_a_push() {
+    let server = NatsServer::start();
+    let s = store(&server).await;
+    let good = s.push(SECOND, "good.yaml").await.unwrap();
+    let envelope = serde_json::json!({
+        "text": OLD_WITH_SECRET,
+        "source": "old.yaml",
+        "pushed_at_ms": 1,
+        "pushed_by": "someone@long-ago",
+        "fingerprint": fingerprint(OLD_WITH_SECRET),
+    });
+    let kv = async_nats::jetstream::new(server.client().await)
+        .get_key_value("LLM_CONFIG")
+        .await
+        .unwrap();
+    let old = kv.put("config", envelope.to_string().into()).await.unwrap();
+    s.push(SECOND, "good-again.yaml").await.unwrap();
+    let before = s.current().await.unwrap().unwrap().revision;
+
+    match s.rollback(old).await {
+        Err(PushError::Refused(refused)) => {
+            let message = refused.to_string();
+            assert!(
+                message.starts_with(&format!("old.yaml (revision {old}): refused")),
+                "{message}"
+            );
+            assert!(
+                message.contains("model_list[0].litellm_params.api_base"),
+                "{message}"
+            );
+            assert!(!message.contains("sk-stored-long-ago"), "{message}");
+        }
+        other => panic!("the rollback was not refused: {other:?}"),
+    }
+    assert_eq!(s.current().await.unwrap().unwrap().revision, before);
+
+    // The CLI says the same, and takes --allow-literal-secrets.
+    let url = server.url();
+    let rev = old.to_string();
+    let out = llmbus(&["config", "rollback", &rev, "--nats-url", &url]).await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("litellm_params.api_base"), "{err}");
+    assert!(!err.contains("sk-stored-long-ago"), "{err}");
+    let out = llmbus(&[
+        "config",
+        "rollback",
+        &rev,
+        "--allow-literal-secrets",
+        "--nats-url",
+        &url,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let now = s.current().await.unwrap().unwrap();
+    assert_eq!(
+        (now.rollback_of, now.text.as_str()),
+        (Some(old), OLD_WITH_SECRET)
+    );
+    assert!(good < old);
+}
+
+const ADMIN_KEY: &str = "sk-admin-master-0123456789";
+
+/// One admin request; the reply.
+async fn admin(
+    client: &LlmClient,
+    what: &str,
+    key: Option<&str>,
+    body: serde_json::Value,
+) -> Reply {
+    let mut h = HeaderMap::new();
+    if let Some(key) = key {
+        h.insert("Authorization", format!("Bearer {key}").as_str());
+    }
+    client
+        .request(
+            format!("llm.admin.config.{what}"),
+            h,
+            body.to_string().into(),
+            PATIENCE,
+        )
+        .await
+        .expect("a worker answers the admin subject")
+}
+
+fn error_code(r: &Reply) -> String {
+    r.json()["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_subjects_need_the_master_key() {
+    let server = NatsServer::start();
+    let yaml = format!("{DEMO}general_settings:\n  master_key: {ADMIN_KEY}\n");
+    let loaded = Config::from_yaml(&yaml, "w.yaml").unwrap();
+    let worker = Worker::start(&loaded.config, server.client().await)
+        .await
+        .unwrap();
+    let client = LlmClient::new(server.client().await, "llm");
+    let s = store(&server).await;
+    let push =
+        serde_json::json!({"text": SECOND, "source": "second.yaml", "pushed_by": "ops@desk"});
+
+    for key in [None, Some("sk-not-the-master-key")] {
+        let r = admin(&client, "push", key, push.clone()).await;
+        assert_eq!(r.status, 401, "{:?}", r.json());
+        assert_eq!(error_code(&r), "invalid_api_key");
+        assert!(!String::from_utf8_lossy(&r.body).contains("sk-not-the"));
+    }
+    assert!(s.current().await.unwrap().is_none(), "nothing was written");
+
+    // The worker checks the config as a push does: a literal secret is refused.
+    let secret = serde_json::json!({"text": OLD_WITH_SECRET, "source": "bad.yaml"});
+    let r = admin(&client, "push", Some(ADMIN_KEY), secret).await;
+    assert_eq!(r.status, 400, "{:?}", r.json());
+    assert_eq!(error_code(&r), "config_refused");
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(body.contains("api_base"), "{body}");
+    assert!(!body.contains("sk-stored-long-ago"), "{body}");
+    let r = admin(
+        &client,
+        "push",
+        Some(ADMIN_KEY),
+        serde_json::json!({"nope": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.json());
+
+    let r = admin(&client, "push", Some(ADMIN_KEY), push).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let pushed: AdminReply = serde_json::from_slice(&r.body).unwrap();
+    let now = s.current().await.unwrap().unwrap();
+    assert_eq!((now.revision, now.text.as_str()), (pushed.revision, SECOND));
+    assert_eq!(now.pushed_by, "ops@desk");
+    assert_eq!(pushed.fingerprint, fingerprint(SECOND));
+
+    // The CLI goes through the workers with --master-key.
+    let dir = tempfile::tempdir().unwrap();
+    let first = write(dir.path(), "first.yaml", FIRST);
+    let url = server.url();
+    let out = llmbus(&[
+        "config",
+        "push",
+        &first,
+        "--master-key",
+        ADMIN_KEY,
+        "--nats-url",
+        &url,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("as revision"),
+        "{}",
+        text(&out.stdout)
+    );
+    let r1 = s.current().await.unwrap().unwrap().revision;
+    let out = llmbus(&[
+        "config",
+        "push",
+        &first,
+        "--master-key",
+        "sk-wrong-0123",
+        "--nats-url",
+        &url,
+    ])
+    .await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("answered 401"), "{err}");
+    assert!(!err.contains("sk-wrong-0123"), "{err}");
+
+    // A rollback through the workers.
+    let r = admin(
+        &client,
+        "rollback",
+        Some(ADMIN_KEY),
+        serde_json::json!({"revision": pushed.revision}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let rolled: AdminReply = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(rolled.rollback_of, Some(pushed.revision));
+    assert!(rolled.revision > r1);
+    let r = admin(
+        &client,
+        "rollback",
+        Some(ADMIN_KEY),
+        serde_json::json!({"revision": 999_999}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "revision_not_found")
+    );
+    worker.stop().await;
+
+    // A worker without a master key lets nobody in.
+    let open = Config::from_yaml(DEMO, "open.yaml").unwrap();
+    let worker = Worker::start(&open.config, server.client().await)
+        .await
+        .unwrap();
+    let r = admin(
+        &client,
+        "push",
+        Some(ADMIN_KEY),
+        serde_json::json!({"text": SECOND, "source": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (403, "no_master_key"),
+        "{:?}",
+        r.json()
+    );
+    worker.stop().await;
 }

@@ -2,8 +2,9 @@
 //!
 //! - `deploy/nats/nats-server.conf` passes `nats-server -t`, and a server started with it lets
 //!   the `llmbus` user serve jobs (request/reply, streams, `$SRV`, usage events, JetStream)
-//!   without a single permissions violation, lets the `client` user ask, and refuses a client
-//!   that tries to serve `llm.completion` itself;
+//!   without a single permissions violation, lets an application user (`app1`) ask, and
+//!   refuses an application that tries to serve `llm.completion` itself (what one application
+//!   may do to another is `tests/nats_auth.rs`'s);
 //! - `deploy/systemd/llmbus.service` passes `systemd-analyze verify` (where installed);
 //! - `deploy/kubernetes/` parses, its `config.yaml` loads as an llmbus config, and the
 //!   manifests agree with each other (config path, metrics port, labels, Secret keys);
@@ -14,27 +15,20 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    time::Duration,
+    process::{Command, Stdio},
 };
 
-use async_nats::{ConnectOptions, HeaderMap};
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use llmbus::{Worker, client::LlmClient, config::Config, local_nats::free_port};
+use llmbus::{Worker, client::LlmClient, config::Config};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::gateway::{PATIENCE, chat};
-
-/// The passwords the test gives the config's `$NAME` references.
-const PASSWORDS: [(&str, &str); 3] = [
-    ("LLMBUS_NATS_PASSWORD", "worker-secret"),
-    ("CLIENT_NATS_PASSWORD", "client-secret"),
-    ("ADMIN_NATS_PASSWORD", "admin-secret"),
-];
+use support::{
+    gateway::{PATIENCE, chat},
+    shipped_nats::{ShippedNats, passwords},
+};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -56,7 +50,7 @@ fn nats_server_conf_passes_nats_server_t() {
         .arg("-c")
         .arg(deploy("nats/nats-server.conf"))
         .arg("-t")
-        .envs(PASSWORDS)
+        .envs(passwords())
         .stdin(Stdio::null())
         .output()
         .expect("start nats-server");
@@ -72,150 +66,6 @@ fn nats_server_conf_passes_nats_server_t() {
     assert!(said.contains("is valid"), "{said}");
 }
 
-/// nats-server with `deploy/nats/nats-server.conf`, on free loopback ports and a temporary
-/// store (command-line flags override the file). Killed when dropped.
-struct ConfiguredNats {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl ConfiguredNats {
-    fn start() -> Self {
-        let mut last = String::new();
-        // Another process may take a free port before the server binds it: try a few.
-        for _ in 0..3 {
-            let store = tempfile::tempdir().expect("temp dir");
-            // The file's store_dir cannot be overridden with -sd (nats-server calls that a
-            // duplicate): use a copy that points at the temporary store.
-            let conf = read("nats/nats-server.conf");
-            let line = "store_dir: \"/var/lib/nats\"";
-            assert!(conf.contains(line), "nats-server.conf lacks {line:?}");
-            let conf = conf.replace(line, &format!("store_dir: {:?}", store.path().join("js")));
-            let conf_path = store.path().join("nats-server.conf");
-            std::fs::write(&conf_path, conf).expect("write the config copy");
-            let port = free_port().expect("free port");
-            let monitor = free_port().expect("free port");
-            let mut child = Command::new(support::nats_server::default_binary())
-                .arg("-c")
-                .arg(&conf_path)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .args(["-m", &monitor.to_string()])
-                .envs(PASSWORDS)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start nats-server");
-            let stderr = child.stderr.take().expect("piped stderr");
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let mut log = Vec::new();
-                let mut told = false;
-                // Read to the end so the server never blocks on a full pipe.
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if !told && line.contains("Server is ready") {
-                        told = true;
-                        let _ = tx.send(Ok(()));
-                    }
-                    log.push(line);
-                }
-                if !told {
-                    let _ = tx.send(Err(log.join("\n")));
-                }
-            });
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(Ok(())) => {
-                    return Self {
-                        child,
-                        port,
-                        _store: store,
-                    };
-                }
-                Ok(Err(log)) => last = log,
-                Err(_) => last = "no \"Server is ready\" within 60s".into(),
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("nats-server with deploy/nats/nats-server.conf did not start:\n{last}");
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Connects as `user`; every connection event's text goes to the returned list.
-    async fn connect(&self, user: &str, password: &str) -> (async_nats::Client, Events) {
-        let events = Events::default();
-        let sink = events.clone();
-        let client = ConnectOptions::with_user_and_password(user.into(), password.into())
-            .event_callback(move |event| {
-                let sink = sink.clone();
-                async move { sink.push(event.to_string()) }
-            })
-            .connect(self.url())
-            .await
-            .unwrap_or_else(|e| panic!("connect as {user}: {e}"));
-        (client, events)
-    }
-}
-
-impl Drop for ConfiguredNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A connection's events, with a way to wait for one.
-#[derive(Clone, Default)]
-struct Events {
-    seen: Arc<Mutex<Vec<String>>>,
-    notify: Arc<tokio::sync::Notify>,
-}
-
-impl Events {
-    fn push(&self, event: String) {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(event);
-        self.notify.notify_waiters();
-    }
-
-    fn all(&self) -> Vec<String> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn violations(&self) -> Vec<String> {
-        self.all()
-            .into_iter()
-            .filter(|e| e.to_lowercase().contains("permission"))
-            .collect()
-    }
-
-    /// Waits until an event mentions a permissions violation; panics after `limit`.
-    async fn wait_violation(&self, limit: Duration) -> String {
-        let wait = async {
-            loop {
-                let notified = self.notify.notified();
-                if let Some(v) = self.violations().into_iter().next() {
-                    return v;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
-            panic!(
-                "no permissions violation within {limit:?}; events: {:?}",
-                self.all()
-            )
-        })
-    }
-}
-
 const WORKER_CONFIG: &str = r#"
 model_list:
   - model_name: demo
@@ -226,8 +76,8 @@ llmbus:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_server_conf_permissions_let_llmbus_work_and_keep_clients_in_their_lane() {
-    let nats = ConfiguredNats::start();
-    let (worker_nc, worker_events) = nats.connect("llmbus", PASSWORDS[0].1).await;
+    let nats = ShippedNats::start();
+    let (worker_nc, worker_events) = nats.connect("llmbus").await;
 
     // The worker user may manage JetStream in its account: the usage stream, for one.
     let js = async_nats::jetstream::new(worker_nc.clone());
@@ -244,7 +94,7 @@ async fn nats_server_conf_permissions_let_llmbus_work_and_keep_clients_in_their_
         .await
         .expect("the worker starts under the llmbus user's permissions");
 
-    let (client_nc, client_events) = nats.connect("client", PASSWORDS[1].1).await;
+    let (client_nc, client_events) = nats.connect("app1").await;
     let client = LlmClient::new(client_nc.clone(), "llm");
     let body = |v: Value| Bytes::from(v.to_string());
 

@@ -105,6 +105,9 @@ fn known_subject(subject: &str) -> bool {
         s.models(),
         s.deployments(),
         s.cancel(),
+        s.admin_all(),
+        s.admin_config_push(),
+        s.admin_config_rollback(),
     ];
     if fixed.iter().any(|f| f == subject) {
         return true;

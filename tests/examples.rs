@@ -18,6 +18,11 @@
 //!   PyPI/npm wrapper); developer commands (`cargo test`, `git diff`, ...) are listed and
 //!   skipped; any other line fails the test, so a new example is either run or listed;
 //! - ```` ```go ```` blocks are not run (no Go toolchain): they are reviewed by hand.
+//!
+//! The Python and JavaScript examples that talk to the workers over NATS run a second time as
+//! the application user `app1` of the shipped `deploy/nats/nats-server.conf` (its user in
+//! `NATS_URL`, its inbox prefix in `NATS_INBOX_PREFIX`), where reading any inbox but its own is
+//! refused: the examples' inbox prefix option is what makes them work there.
 
 mod support;
 
@@ -29,7 +34,9 @@ use support::{
     pyenv,
     run::run_limited,
     shell::{logical_lines, words},
+    shipped_nats::ShippedNats,
     up::Up,
+    worker_process::WorkerProcess,
 };
 
 /// How long one example may run before it is killed (and fails).
@@ -196,6 +203,66 @@ fn javascript_examples_run_against_llmbus_up_and_exit() {
             run.describe()
         );
     }
+}
+
+/// The examples that talk to the workers over NATS as an application would (not the HTTP
+/// ones, not the JetStream consumers): they must also run as an application user of the shipped
+/// `deploy/nats/nats-server.conf`, which may read only its own inboxes.
+fn application_examples(langs: &[&str]) -> Vec<Block> {
+    blocks_of(langs)
+        .into_iter()
+        .filter(|b| {
+            b.code.contains("llm.completion")
+                && !b.code.contains("chat.completions")
+                && !b.code.contains("jetstream")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_run_as_an_application_of_the_shipped_nats_config() {
+    let nats = ShippedNats::start();
+    let quickstart = llmbus::config::QUICKSTART_YAML;
+    let worker =
+        WorkerProcess::start("w", &nats.url_as("llmbus"), quickstart, Default::default()).await;
+    let python = pyenv::python();
+    let (node, modules) = (pyenv::node(), pyenv::node_modules());
+    let dir = tempfile::tempdir_in(modules.parent().expect("the node folder")).expect("temp dir");
+    let (url, inbox) = (nats.url_as("app1"), ShippedNats::inbox_of("app1").unwrap());
+    let mut ran = 0;
+    for (lang, b) in application_examples(&["python", "py"])
+        .into_iter()
+        .map(|b| ("python", b))
+        .chain(application_examples(&["js"]).into_iter().map(|b| ("js", b)))
+    {
+        let mut cmd = if lang == "python" {
+            let path = dir.path().join(format!("app_{ran}.py"));
+            std::fs::write(&path, &b.code).expect("write the example");
+            let mut cmd = Command::new(&python);
+            cmd.arg(path).env("PYTHONUNBUFFERED", "1");
+            cmd
+        } else {
+            let path = dir.path().join(format!("app_{ran}.mjs"));
+            std::fs::write(&path, &b.code).expect("write the example");
+            let mut cmd = Command::new(&node.node);
+            cmd.arg(path);
+            cmd
+        };
+        cmd.env("NATS_URL", &url).env("NATS_INBOX_PREFIX", inbox);
+        let run = tokio::task::spawn_blocking(move || run_limited(cmd, LIMIT))
+            .await
+            .expect("runner");
+        assert!(
+            run.success && run.stdout.contains(DEMO_ANSWER),
+            "the example at {} failed as user app1 of deploy/nats/nats-server.conf\n{}\n--- \
+             worker ---\n{}",
+            b.place(),
+            run.describe(),
+            worker.log()
+        );
+        ran += 1;
+    }
+    assert!(ran >= 4, "only {ran} examples ran as an application");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,11 +10,14 @@
 //! ```
 //!
 //! - [`ingress`]: the NATS service and its endpoint readers; the drain.
+//! - [`admin`]: the admin subjects (`llm.admin.config.push|rollback`), checked against the
+//!   master key.
 //! - [`gate`]: admission (the in-flight bound), the worker's phase, the cut-off signal.
 //! - [`job`]: one job's life as a task (the "request actor" role).
 //! - [`cancel`]: cancellation by the requester (`llm.cancel`).
 //! - [`table`]: the routing table snapshot and the pick rules.
 //! - [`router`]: the actor that owns the table and supervises the deployment actors.
+//! - [`announced`]: which cooldowns other workers announce are believed, and for how long.
 //! - [`deployment`]: one deployment's capacity and health, and its actor.
 //! - [`cost`]: the cost actor.
 
@@ -22,6 +25,8 @@ use std::{sync::Arc, time::Duration};
 
 use ractor::ActorRef;
 
+pub mod admin;
+pub mod announced;
 pub mod cancel;
 pub mod cost;
 pub mod deployment;

@@ -2,9 +2,11 @@
 //! that every job reads (through an `ArcSwap`, so routing needs no message), spawns one
 //! [`DeploymentActor`] per deployment and supervises them (one that fails is started again on
 //! the same [`Deployment`]: its numbers survive, its queue of waiting jobs does not), and
-//! passes on the cooldowns other workers announce on `llm.health.*`. When the worker's limits
-//! change between local and shared ([`RouterMsg::Share`]), it rebuilds every deployment on
-//! the new terms; the old ones finish the calls they hold.
+//! passes on the cooldowns other workers announce on `llm.health.*` or the health board, those
+//! of current members only and no longer than it lets another worker impose
+//! ([`super::announced`]). When the worker's limits change between local and shared
+//! ([`RouterMsg::Share`]), it rebuilds every deployment on the new terms; the old ones finish
+//! the calls they hold.
 //!
 //! The rules a pick follows are in [`super::table`].
 
@@ -19,12 +21,14 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::{
+    announced::{self, Announced},
     deployment::{Deployment, DeploymentActor, DeploymentArgs, Gossip, HealthEvent},
     table::RoutingTable,
 };
 use crate::{
     cluster::{
         health::{Cooldown, HealthBoard},
+        members::MemberWatch,
         quota::ClusterQuota,
     },
     policy::health::HealthPolicy,
@@ -43,6 +47,9 @@ pub struct RouterArgs {
     pub gossip: Option<Gossip>,
     /// Cluster-wide limits; `None` keeps `rpm`/`tpm` per worker.
     pub quota: Option<ClusterQuota>,
+    /// The cluster's members, whose cooldown announcements are believed; `None` without
+    /// JetStream (announcements are then taken from any worker).
+    pub members: Option<MemberWatch>,
     /// Where the table is published.
     pub table: SharedTable,
 }
@@ -67,6 +74,9 @@ pub struct Shared {
     pub quota: Option<ClusterQuota>,
     /// The cooldown board; `None` leaves cooldowns to core NATS gossip.
     pub board: Option<HealthBoard>,
+    /// The membership, once the worker has joined it: from then on only members' announced
+    /// cooldowns are believed. `None` leaves the router's membership as it is.
+    pub members: Option<MemberWatch>,
 }
 
 /// What a reload changed.
@@ -92,6 +102,8 @@ pub struct RouterState {
     health: bool,
     /// The cooldown thresholds deployments are built with.
     policy: Option<HealthPolicy>,
+    /// Which announced cooldowns are taken on, and for how long.
+    announced: Announced,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -107,6 +119,12 @@ impl Actor for RouterActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let plan = args.plan;
         let policy = plan.health.clone();
+        let me = args.gossip.as_ref().map(|g| g.worker.clone());
+        let announced = Announced::new(
+            me.unwrap_or_default(),
+            args.members,
+            announced::remote_cap(plan.health.as_ref()),
+        );
         let mut deployments = Vec::with_capacity(plan.deployments.len());
         for info in plan.deployments {
             let deployment = Deployment::new(info, plan.health.clone(), args.quota.as_ref());
@@ -126,6 +144,7 @@ impl Actor for RouterActor {
             quota: args.quota,
             health,
             policy,
+            announced,
             listener,
         })
     }
@@ -156,27 +175,14 @@ impl Actor for RouterActor {
                 state.share(&myself, *shared).await?;
                 let _ = reply.send(());
             }
-            RouterMsg::Remote(event) => {
-                let own = state
-                    .gossip
-                    .as_ref()
-                    .is_some_and(|g| g.worker == event.worker);
-                if !own
-                    && state.health
-                    && let Some(d) = state.table.load().deployment(&event.deployment)
-                {
-                    let cooldown = Duration::from_millis(event.cooldown_ms.min(3_600_000));
-                    d.remote_cooldown(cooldown, Instant::now());
-                }
-            }
+            RouterMsg::Remote(event) => state.remote(
+                &event.worker,
+                &event.deployment,
+                Duration::from_millis(event.cooldown_ms),
+            ),
             RouterMsg::Board(c) => {
-                let own = state.gossip.as_ref().is_some_and(|g| g.worker == c.worker);
-                if !own
-                    && state.health
-                    && let Some(d) = state.table.load().deployment(&c.deployment)
-                    && let Some(left) = board_of(&state.gossip).and_then(|b| b.remaining(&c))
-                {
-                    d.remote_cooldown(left.min(Duration::from_secs(3600)), Instant::now());
+                if let Some(left) = board_of(&state.gossip).and_then(|b| b.remaining(&c)) {
+                    state.remote(&c.worker, &c.deployment, left);
                 }
             }
         }
@@ -207,6 +213,19 @@ impl Actor for RouterActor {
 }
 
 impl RouterState {
+    /// A cooldown of `length` that `worker` announced for `deployment`: taken on when the
+    /// worker is a member, cut to the bound ([`Announced`]).
+    fn remote(&self, worker: &str, deployment: &str, length: Duration) {
+        if !self.health {
+            return;
+        }
+        if let Some(length) = self.announced.accept(worker, deployment, length)
+            && let Some(d) = self.table.load().deployment(deployment)
+        {
+            d.remote_cooldown(length, Instant::now());
+        }
+    }
+
     /// Builds the new table: a deployment whose identity is unchanged is kept as it runs;
     /// the others start; those left out stop once the jobs queued on them have moved on.
     async fn reload(
@@ -222,6 +241,8 @@ impl RouterState {
             .collect();
         let mut report = ReloadReport::default();
         self.policy = plan.health.clone();
+        self.announced
+            .set_cap(announced::remote_cap(plan.health.as_ref()));
         let mut deployments = Vec::with_capacity(plan.deployments.len());
         for info in plan.deployments {
             if let Some(kept) = running.remove(info.identity.as_str()) {
@@ -270,6 +291,11 @@ impl RouterState {
         self.quota = shared.quota;
         if let Some(g) = &mut self.gossip {
             g.board = shared.board;
+        }
+        if let Some(members) = shared.members {
+            let me = self.gossip.as_ref().map(|g| g.worker.clone());
+            let cap = announced::remote_cap(self.policy.as_ref());
+            self.announced = Announced::new(me.unwrap_or_default(), Some(members), cap);
         }
         let old = self.table.load_full();
         let now = Instant::now();
@@ -378,9 +404,11 @@ async fn listen(
         .map_err(|e| format!("subscribing to health gossip: {e}"))?;
     Ok(tokio::spawn(async move {
         while let Some(m) = sub.next().await {
-            if let Ok(event) = serde_json::from_slice::<HealthEvent>(&m.payload)
-                && router.cast(RouterMsg::Remote(event)).is_err()
-            {
+            let Ok(event) = serde_json::from_slice::<HealthEvent>(&m.payload) else {
+                crate::cluster::health::malformed();
+                continue;
+            };
+            if router.cast(RouterMsg::Remote(event)).is_err() {
                 break;
             }
         }

@@ -6,17 +6,33 @@
 //! checks the file before it connects, so a refused file needs no server. `show` prints the
 //! text exactly as pushed on stdout (`llmbus config show > config.yaml` gives the file back)
 //! and what it is on stderr; `--json` prints one JSON document instead.
+//!
+//! Who may push or roll back: with `--master-key` (or `LLMBUS_MASTER_KEY`), the request goes
+//! to the workers on `llm.admin.config.push|rollback` ([`crate::actors::admin`]), which check
+//! the key and write the bucket themselves; any NATS user allowed to publish there can do it.
+//! Without it the command writes the bucket directly, which takes the workers' NATS
+//! permissions (`$JS.API.>`, `$KV.>`): the only way for the first push, when no worker runs.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
+use async_nats::HeaderMap;
+use bytes::Bytes;
 use serde_json::json;
 
 use super::Res;
 use crate::{
-    cluster::config_store::{ConfigStore, PushOptions, Stored, validate},
+    client::{ClientError, LlmClient},
+    cluster::config_store::{
+        AdminPush, AdminReply, AdminRollback, ConfigStore, PushError, PushOptions, Stored,
+        validate, who,
+    },
     config::LlmbusSettings,
     nats,
+    wire::{Subjects, headers},
 };
+
+/// How long an admin request may take (a worker validates the config and writes the bucket).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The subject prefix when none is given.
 const DEFAULT_PREFIX: &str = "llm";
@@ -36,10 +52,15 @@ pub enum ConfigCommand {
         /// else llm).
         #[arg(long)]
         prefix: Option<String>,
-        /// Store it even though it writes a key, the master key or a NATS credential as a
-        /// literal (anyone who may read the KV bucket can read them).
+        /// Store it even though it writes a key, the master key, a token or a credential in a
+        /// URL as a literal (anyone who may read the KV bucket can read them).
         #[arg(long)]
         allow_literal_secrets: bool,
+        /// Push through the workers with the cluster's master key (they check it and write the
+        /// bucket); without it, the bucket is written directly, which needs the workers' NATS
+        /// permissions.
+        #[arg(long, env = "LLMBUS_MASTER_KEY", hide_env_values = true)]
+        master_key: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -72,6 +93,12 @@ pub enum ConfigCommand {
         /// Subject prefix.
         #[arg(long, default_value = DEFAULT_PREFIX)]
         prefix: String,
+        /// Roll back even to a text that writes a secret as a literal.
+        #[arg(long)]
+        allow_literal_secrets: bool,
+        /// Roll back through the workers with the cluster's master key (see `push`).
+        #[arg(long, env = "LLMBUS_MASTER_KEY", hide_env_values = true)]
+        master_key: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -85,8 +112,14 @@ pub async fn run(url: Option<String>, command: ConfigCommand) -> Res {
             file,
             prefix,
             allow_literal_secrets,
+            master_key,
             json,
-        } => push(url, file, prefix, allow_literal_secrets, json).await,
+        } => {
+            let options = PushOptions {
+                allow_literal_secrets,
+            };
+            push(url, file, prefix, options, master_key, json).await
+        }
         ConfigCommand::Show {
             revision,
             prefix,
@@ -96,8 +129,16 @@ pub async fn run(url: Option<String>, command: ConfigCommand) -> Res {
         ConfigCommand::Rollback {
             revision,
             prefix,
+            allow_literal_secrets,
+            master_key,
             json,
-        } => rollback(url, &prefix, revision, json).await,
+        } => {
+            let request = AdminRollback {
+                revision,
+                allow_literal_secrets,
+            };
+            rollback(url, &prefix, request, master_key, json).await
+        }
     }
 }
 
@@ -114,54 +155,142 @@ async fn push(
     url: Option<String>,
     file: PathBuf,
     prefix: Option<String>,
-    allow_literal_secrets: bool,
+    options: PushOptions,
+    master_key: Option<String>,
     json: bool,
 ) -> Res {
     let source = file.display().to_string();
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("{source}: cannot read the config file: {e}"))?;
-    let options = PushOptions {
-        allow_literal_secrets,
-    };
-    // Checked before connecting: a refused file needs no server.
+    // Checked before connecting: a refused file needs no server, and a secret in it never
+    // leaves this machine.
     let valid = validate(&text, &source, &options)?;
     let prefix = prefix.unwrap_or_else(|| valid.prefix.clone());
-    let store = open(url, &prefix).await?;
-    let before = store.current().await?;
-    let revision = store.push_with(&text, &source, &options).await?;
-    let same_as = before
-        .filter(|b| b.fingerprint == valid.fingerprint)
-        .map(|b| b.revision);
+    let through_workers = match &master_key {
+        Some(key) => {
+            let request = AdminPush {
+                text: text.clone(),
+                source: source.clone(),
+                pushed_by: who(),
+                allow_literal_secrets: options.allow_literal_secrets,
+            };
+            let subject = Subjects::new(prefix.as_str()).admin_config_push();
+            admin(url.as_deref(), subject, key, serde_json::to_vec(&request)?).await?
+        }
+        None => None,
+    };
+    let reply = match through_workers {
+        Some(reply) => reply,
+        None => {
+            let store = open_to_write(url, &prefix).await?;
+            let before = store.current().await?;
+            let revision = store
+                .push_with(&text, &source, &options)
+                .await
+                .map_err(direct_write_failed)?;
+            AdminReply {
+                revision,
+                bucket: store.bucket().to_owned(),
+                same_as: before
+                    .filter(|b| b.fingerprint == valid.fingerprint)
+                    .map(|b| b.revision),
+                rollback_of: None,
+                fingerprint: valid.fingerprint,
+                deployments: valid.deployments,
+                notes: valid.notes,
+            }
+        }
+    };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "revision": revision,
-                "bucket": store.bucket(),
-                "source": source,
-                "fingerprint": valid.fingerprint,
-                "deployments": valid.deployments,
-                "same_as": same_as,
-                "notes": valid.notes,
-            }))?
-        );
+        let mut v = serde_json::to_value(&reply)?;
+        v["source"] = json!(source);
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
-        "pushed {source} as revision {revision} of the cluster's config ({}): fingerprint {}, {} \
+        "pushed {source} as revision {} of the cluster's config ({}): fingerprint {}, {} \
          deployment{}{}",
-        store.bucket(),
-        valid.fingerprint,
-        valid.deployments,
-        if valid.deployments == 1 { "" } else { "s" },
-        same_as.map_or(String::new(), |r| format!(
+        reply.revision,
+        reply.bucket,
+        reply.fingerprint,
+        reply.deployments,
+        if reply.deployments == 1 { "" } else { "s" },
+        reply.same_as.map_or(String::new(), |r| format!(
             ", the same text as revision {r}"
         )),
     );
-    for note in &valid.notes {
+    for note in &reply.notes {
         println!("note: {note}");
     }
     Ok(())
+}
+
+/// One admin request with the master key: the worker's answer, its error as ours, or `None`
+/// when no worker serves the subject (the caller then writes the bucket directly, which only
+/// the workers' NATS permissions allow: the first push, before any worker runs).
+async fn admin(
+    url: Option<&str>,
+    subject: String,
+    key: &str,
+    body: Vec<u8>,
+) -> Result<Option<AdminReply>, Box<dyn std::error::Error>> {
+    let client = nats::connect(&LlmbusSettings::default(), url, "llmbus-config").await?;
+    let mut h = HeaderMap::new();
+    h.insert(headers::AUTHORIZATION, format!("Bearer {key}").as_str());
+    let answer = LlmClient::new(client, "llm")
+        .request(subject.clone(), h, Bytes::from(body), ADMIN_TIMEOUT)
+        .await;
+    let reply = match answer {
+        Ok(reply) => reply,
+        Err(ClientError::NoResponders(_)) => {
+            eprintln!(
+                "no llmbus worker serves {subject} (none runs yet, or they serve another \
+                 --prefix): writing the config bucket directly, which only the workers' NATS \
+                 user may do"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("{subject}: {e}").into()),
+    };
+    if reply.status == 200 {
+        let ok = serde_json::from_slice(&reply.body)
+            .map_err(|e| format!("{subject}: an answer that is not the admin reply: {e}"))?;
+        return Ok(Some(ok));
+    }
+    let message = reply.json()["error"]["message"].as_str().map_or_else(
+        || String::from_utf8_lossy(&reply.body).into_owned(),
+        str::to_owned,
+    );
+    Err(format!("{subject} answered {}: {message}", reply.status).into())
+}
+
+/// A direct write that failed: a refusal as it is; a store error with who may write.
+fn direct_write_failed(e: PushError) -> Box<dyn std::error::Error> {
+    match e {
+        PushError::Store(s) => who_may_write(s.to_string()),
+        other => other.into(),
+    }
+}
+
+/// The store, opened to be written directly; an error says who may.
+async fn open_to_write(
+    url: Option<String>,
+    prefix: &str,
+) -> Result<ConfigStore, Box<dyn std::error::Error>> {
+    open(url, prefix)
+        .await
+        .map_err(|e| who_may_write(e.to_string()))
+}
+
+/// `error`, and who may write the config bucket directly.
+fn who_may_write(error: String) -> Box<dyn std::error::Error> {
+    format!(
+        "{error}\nwriting the cluster's config directly takes the workers' NATS permissions \
+         (the JetStream API and $KV.>; in deploy/nats/nats-server.conf only the `llmbus` user \
+         has them): connect as that user, or push through the workers with --master-key (or \
+         LLMBUS_MASTER_KEY)"
+    )
+    .into()
 }
 
 async fn show(url: Option<String>, prefix: &str, revision: Option<u64>, json: bool) -> Res {
@@ -231,21 +360,62 @@ async fn history(url: Option<String>, prefix: &str, json: bool) -> Res {
     Ok(())
 }
 
-async fn rollback(url: Option<String>, prefix: &str, revision: u64, json: bool) -> Res {
-    let store = open(url, prefix).await?;
-    let new = store.rollback(revision).await?;
-    let stored = store
-        .revision(new)
-        .await?
-        .ok_or_else(|| format!("revision {new} vanished from {}", store.bucket()))?;
+async fn rollback(
+    url: Option<String>,
+    prefix: &str,
+    request: AdminRollback,
+    master_key: Option<String>,
+    json: bool,
+) -> Res {
+    let revision = request.revision;
+    let through_workers = match &master_key {
+        Some(key) => {
+            let subject = Subjects::new(prefix).admin_config_rollback();
+            admin(url.as_deref(), subject, key, serde_json::to_vec(&request)?).await?
+        }
+        None => None,
+    };
+    let reply = match through_workers {
+        Some(reply) => reply,
+        None => {
+            let store = open_to_write(url, prefix).await?;
+            let options = PushOptions {
+                allow_literal_secrets: request.allow_literal_secrets,
+            };
+            let before = store.current().await?;
+            let new = store
+                .rollback_with(revision, &options)
+                .await
+                .map_err(direct_write_failed)?;
+            let stored = store
+                .revision(new)
+                .await?
+                .ok_or_else(|| format!("revision {new} vanished from {}", store.bucket()))?;
+            let everything = PushOptions {
+                allow_literal_secrets: true,
+            };
+            let valid = validate(&stored.text, &stored.source, &everything)?;
+            AdminReply {
+                revision: new,
+                bucket: store.bucket().to_owned(),
+                same_as: before
+                    .filter(|b| b.fingerprint == stored.fingerprint)
+                    .map(|b| b.revision),
+                rollback_of: Some(revision),
+                fingerprint: stored.fingerprint,
+                deployments: valid.deployments,
+                notes: valid.notes,
+            }
+        }
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&stored)?);
-    } else {
-        println!(
-            "rolled back: revision {new} is revision {revision}'s config ({}, fingerprint {})",
-            stored.source, stored.fingerprint
-        );
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
     }
+    println!(
+        "rolled back: revision {} is revision {revision}'s config (fingerprint {})",
+        reply.revision, reply.fingerprint
+    );
     Ok(())
 }
 

@@ -290,9 +290,10 @@ async fn serve_cluster_config(
     let store = ConfigStore::open(client.clone(), prefix).await?;
     let stored = store.current().await?.ok_or_else(|| {
         format!(
-            "no --config and the cluster has no config yet (JetStream KV bucket {} on {url}): \
+            "no --config and the cluster has no config yet (JetStream KV bucket {} on {}): \
              run `llmbus config push FILE`, or start the worker with --config FILE",
-            store.bucket()
+            store.bucket(),
+            nats::redacted(&url)
         )
     })?;
     let loaded = Config::from_yaml(&stored.text, &stored.origin())?;
@@ -412,6 +413,7 @@ pub async fn up(url: Option<String>, args: UpArgs) -> Res {
     let mut started = None;
     let client = match nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await {
         Ok(c) => {
+            let url = nats::redacted(&url);
             tracing::info!(%url, "using the NATS server that answers there");
             c
         }

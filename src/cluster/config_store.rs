@@ -9,8 +9,17 @@
 //! A config is validated before it is written ([`validate`]): it must load as a worker would
 //! load it if every `os.environ/` variable were set ([`crate::config::Detached`]), pass every
 //! start-up check of `llmbus check` ([`crate::preflight::examine_detached`]), write no secret
-//! as a literal (unless [`PushOptions::allow_literal_secrets`]) and be meant for this store's
-//! subject prefix. A refused config is never written, so it never reaches a worker.
+//! as a literal, by key name or by the value's shape (unless
+//! [`PushOptions::allow_literal_secrets`]) and be meant for this store's subject prefix. A
+//! rollback checks the old text the same way, so a revision stored before a check existed
+//! cannot come back through it. A refused config is never written, so it never reaches a
+//! worker.
+//!
+//! Who may write: whoever may write the bucket (`$KV.<PREFIX>_CONFIG.>` and the JetStream
+//! API; in the shipped NATS config, the workers' user only), or anyone holding the master key,
+//! through a worker ([`crate::actors::admin`] serves `llm.admin.config.push|rollback`: it
+//! checks the key and writes here itself). [`AdminPush`], [`AdminRollback`] and
+//! [`AdminReply`] are those subjects' bodies.
 //!
 //! [`ConfigStore::watch`] follows the bucket for hot reload. It delivers every revision newer
 //! than the one the worker loaded, in order, each once. It does not miss the latest across a
@@ -86,6 +95,50 @@ pub struct PushOptions {
     /// Store a config that writes a key, the master key or a NATS credential as a literal
     /// (readable by anyone who may read the bucket). Off by default.
     pub allow_literal_secrets: bool,
+}
+
+/// The body of `llm.admin.config.push` (with `Authorization: Bearer <master key>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminPush {
+    /// The config file's text.
+    pub text: String,
+    /// The file's name, for the record.
+    pub source: String,
+    /// Who pushes (`user@host`), for the record.
+    #[serde(default)]
+    pub pushed_by: String,
+    /// Store it even with literal secrets.
+    #[serde(default)]
+    pub allow_literal_secrets: bool,
+}
+
+/// The body of `llm.admin.config.rollback` (with `Authorization: Bearer <master key>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminRollback {
+    /// The revision to make current again.
+    pub revision: u64,
+    /// Store it even with literal secrets.
+    #[serde(default)]
+    pub allow_literal_secrets: bool,
+}
+
+/// The answer of both admin subjects when the write happened (status 200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminReply {
+    /// The new revision.
+    pub revision: u64,
+    /// The bucket written.
+    pub bucket: String,
+    /// The config's fingerprint.
+    pub fingerprint: String,
+    /// How many deployments it has.
+    pub deployments: usize,
+    /// The revision that held the same text before, if the current one did.
+    pub same_as: Option<u64>,
+    /// For a rollback: the revision whose text this is.
+    pub rollback_of: Option<u64>,
+    /// What is worth knowing about the config (see [`Validated::notes`]).
+    pub notes: Vec<String>,
 }
 
 /// A config that passed [`validate`].
@@ -228,35 +281,76 @@ impl ConfigStore {
         source: &str,
         options: &PushOptions,
     ) -> Result<u64, PushError> {
-        self.store(text, source, options, None).await
+        self.push_as(text, source, &who(), options).await
     }
 
-    /// Makes revision `revision`'s text the current config again, as a new revision (its text
-    /// is validated again, as any push). Returns the new revision.
+    /// [`ConfigStore::push_with`], recorded as pushed by `pushed_by`.
+    pub async fn push_as(
+        &self,
+        text: &str,
+        source: &str,
+        pushed_by: &str,
+        options: &PushOptions,
+    ) -> Result<u64, PushError> {
+        let origin = Origin {
+            source,
+            pushed_by,
+            rollback_of: None,
+        };
+        self.store(text, &origin, options).await
+    }
+
+    /// Makes revision `revision`'s text the current config again, as a new revision. Its text
+    /// is validated again as any push, literal secrets included: a revision stored before the
+    /// check found them (or pushed with `--allow-literal-secrets`) is refused. Returns the new
+    /// revision.
     pub async fn rollback(&self, revision: u64) -> Result<u64, PushError> {
+        self.rollback_with(revision, &PushOptions::default()).await
+    }
+
+    /// [`ConfigStore::rollback`] with options.
+    pub async fn rollback_with(
+        &self,
+        revision: u64,
+        options: &PushOptions,
+    ) -> Result<u64, PushError> {
+        self.rollback_as(revision, &who(), options).await
+    }
+
+    /// [`ConfigStore::rollback_with`], recorded as made by `pushed_by`.
+    pub async fn rollback_as(
+        &self,
+        revision: u64,
+        pushed_by: &str,
+        options: &PushOptions,
+    ) -> Result<u64, PushError> {
         let old = self
             .revision(revision)
             .await?
             .ok_or(PushError::NoSuchRevision(revision))?;
-        // Its secrets, if any, are in the bucket already: only the rest is checked again.
-        let options = PushOptions {
-            allow_literal_secrets: true,
+        let origin = Origin {
+            source: &old.source,
+            pushed_by,
+            rollback_of: Some(revision),
         };
-        self.store(&old.text, &old.source, &options, Some(revision))
-            .await
+        self.store(&old.text, &origin, options).await
     }
 
     async fn store(
         &self,
         text: &str,
-        source: &str,
+        origin: &Origin<'_>,
         options: &PushOptions,
-        rollback_of: Option<u64>,
     ) -> Result<u64, PushError> {
-        let valid = validate(text, source, options)?;
+        // Refusals name a rollback's revision too.
+        let named = match origin.rollback_of {
+            Some(r) => format!("{} (revision {r})", origin.source),
+            None => origin.source.to_owned(),
+        };
+        let valid = validate(text, &named, options)?;
         if valid.prefix != self.prefix {
             return Err(Refused {
-                source_name: source.to_owned(),
+                source_name: named,
                 problems: vec![format!(
                     "llmbus.subject_prefix is `{}`, but this is the config store of prefix `{}`: \
                      its workers would serve `{}.*`; push it to prefix `{}` (--prefix), or change \
@@ -268,11 +362,11 @@ impl ConfigStore {
         }
         let envelope = Envelope {
             text: text.to_owned(),
-            source: source.to_owned(),
+            source: origin.source.to_owned(),
             pushed_at_ms: epoch_ms(),
-            pushed_by: who(),
+            pushed_by: origin.pushed_by.to_owned(),
             fingerprint: valid.fingerprint,
-            rollback_of,
+            rollback_of: origin.rollback_of,
         };
         let body = serde_json::to_vec(&envelope).map_err(|e| self.error(e.to_string()))?;
         self.kv
@@ -374,6 +468,14 @@ impl ConfigStore {
     }
 }
 
+/// Where a write comes from, for the record.
+struct Origin<'a> {
+    /// The file's name.
+    source: &'a str,
+    pushed_by: &'a str,
+    rollback_of: Option<u64>,
+}
+
 /// What `llmbus serve` without `--config` serves: the store and the revision it loaded. The
 /// running worker follows `store.watch(stored.revision)` to reload.
 #[derive(Debug, Clone)]
@@ -470,7 +572,7 @@ async fn explain(client: &async_nats::Client, err: ClusterError) -> ClusterError
 }
 
 /// `user@host` of this process, for the record of who pushed.
-fn who() -> String {
+pub fn who() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))
         .unwrap_or_else(|_| "unknown".into());

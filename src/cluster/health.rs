@@ -13,6 +13,12 @@
 //! is ignored and the bucket's `max_age` (24 h) removes it eventually. Times are epoch
 //! milliseconds of the NATS server's clock as each worker measures it ([`super::clock`]), so
 //! a worker whose own clock is off still writes and reads the same ends as the others.
+//!
+//! The board is only as trustworthy as who may write it: the shipped NATS config lets only the
+//! workers' user write `$KV.>`. A reader still checks each entry ([`crate::actors::announced`]:
+//! from a current member, no longer than it lets another worker impose); an entry that is not
+//! a cooldown is skipped and counted (`llmbus_cooldown_announcements_ignored_total`,
+//! `reason="malformed"`).
 
 use std::time::Duration;
 
@@ -162,15 +168,18 @@ impl HealthBoard {
         let mut out = vec![];
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| self.error(e.to_string()))?;
-            if let Some(value) = self
+            let Some(value) = self
                 .kv
                 .get(&key)
                 .await
                 .map_err(|e| self.error(e.to_string()))?
-                && let Ok(c) = serde_json::from_slice::<Cooldown>(&value)
-                && c.remaining(now).is_some()
-            {
-                out.push(c);
+            else {
+                continue;
+            };
+            match serde_json::from_slice::<Cooldown>(&value) {
+                Ok(c) if c.remaining(now).is_some() => out.push(c),
+                Ok(_) => {}
+                Err(_) => malformed(),
             }
         }
         Ok(out)
@@ -225,6 +234,7 @@ impl HealthBoard {
                         continue;
                     }
                     let Ok(c) = serde_json::from_slice::<Cooldown>(&entry.value) else {
+                        malformed();
                         continue;
                     };
                     if c.remaining(clock.now_ms()).is_some() && tx.send(c).await.is_err() {
@@ -242,6 +252,11 @@ impl HealthBoard {
             reason,
         }
     }
+}
+
+/// Counts an announcement (a board entry, a gossip message) that is not a cooldown.
+pub(crate) fn malformed() {
+    metrics::counter!(crate::telemetry::COOLDOWNS_IGNORED, "reason" => "malformed").increment(1);
 }
 
 /// An mpsc receiver as a stream, without another crate.

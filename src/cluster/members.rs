@@ -195,6 +195,25 @@ impl Shared {
     }
 }
 
+/// A reader of this worker's view of the members, for parts of the worker that hold it apart
+/// from [`Members`] (the router checks who announces a cooldown). Cheap to clone.
+#[derive(Clone)]
+pub struct MemberWatch {
+    shared: Arc<Shared>,
+}
+
+impl MemberWatch {
+    /// The live workers now: a pointer load.
+    pub fn snapshot(&self) -> Arc<MemberView> {
+        self.shared.view.load_full()
+    }
+
+    /// A receiver that changes whenever the view changes.
+    pub fn changed(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+}
+
 /// This worker's membership: its heartbeat and its view of the others. Dropping it stops both
 /// without deleting the key (as a crash would); [`Members::leave`] deletes it.
 pub struct Members {
@@ -302,6 +321,13 @@ impl Members {
     /// A receiver that changes whenever the view changes.
     pub fn changed(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()
+    }
+
+    /// A reader of the view that can be held apart from this.
+    pub fn watch(&self) -> MemberWatch {
+        MemberWatch {
+            shared: self.shared.clone(),
+        }
     }
 
     /// This worker's id.

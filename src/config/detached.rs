@@ -11,9 +11,13 @@
 //! it loads the text ([`Detached::checked_on_workers`]): a Vertex AI service-account key that
 //! is not written inline, a `model` that is itself a variable.
 //!
-//! [`Detached::literal_secrets`] lists the keys, master key and NATS credentials written as
-//! literals: the cluster's config is stored in NATS KV, readable by anyone who may read the
-//! bucket and printed by `llmbus config show`, so a push refuses them unless told otherwise.
+//! [`Detached::literal_secrets`] lists the secrets written as literals: by the key they are
+//! written under (keys, the master key, NATS credentials, credential headers such as
+//! `extra_headers.Authorization`) or by their shape wherever they are (`sk-...`, `AKIA...`,
+//! `Bearer ...`, a JWT, `user:password@` or `?key=` in a URL; [`super::secret`]). The
+//! cluster's config is stored in NATS KV, readable by anyone who may read the bucket and
+//! printed by `llmbus config show`, so a push (and a rollback) refuses them unless told
+//! otherwise. The message names the key path and line, never the value.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +27,7 @@ use super::{
     Config, ConfigError, Loaded, ModelEntry,
     env::reference,
     locate::{KeyPath, locate},
+    secret::{credential_shape, is_secret_key},
 };
 
 /// What a variable stands in for, which decides the shape of its placeholder.
@@ -39,19 +44,6 @@ enum Kind {
 
 /// The stand-in for a `model` that is an `os.environ/` reference.
 const PLACEHOLDER_MODEL: &str = "openai/os-environ-model";
-
-/// The keys that hold secrets (the [`super::Secret`] fields but the AWS access key id, which
-/// names a key rather than being one).
-const SECRET_KEYS: &[&str] = &[
-    "api_key",
-    "aws_secret_access_key",
-    "aws_session_token",
-    "vertex_credentials",
-    "master_key",
-    "nats_password",
-    "nats_token",
-    "nats_nkey",
-];
 
 /// A config loaded with every `os.environ/` variable counted as set.
 #[derive(Debug)]
@@ -101,13 +93,13 @@ impl Config {
                 if let Some(name) = reference(value) {
                     let kind = key.map_or(by_name(name), |k| by_key(k, name));
                     refs.entry(name.to_owned()).or_insert(kind);
-                } else if key.is_some_and(|k| is_literal_secret(k, value)) {
+                } else if let Some(what) = literal_secret(key, value) {
                     let at = match locate(text, path) {
                         Some((line, _)) => format!("{origin}, line {line}"),
                         None => origin.to_owned(),
                     };
                     literal_secrets.push(format!(
-                        "{at}: {path}: a secret written in the file; the cluster's config is \
+                        "{at}: {path}: {what} written in the file; the cluster's config is \
                          stored in NATS KV and shown by `llmbus config show`, so write \
                          `os.environ/NAME` and set NAME on each worker"
                     ));
@@ -152,12 +144,21 @@ fn scan(
     }
 }
 
-fn is_literal_secret(key: &str, value: &str) -> bool {
+/// What makes `value` (under `key`) a literal secret, if it is one: its key's name, or its
+/// own shape. Never repeats the value.
+fn literal_secret(key: Option<&str>, value: &str) -> Option<&'static str> {
     let value = value.trim();
-    SECRET_KEYS.contains(&key)
-        && !value.is_empty()
+    if value.is_empty() {
+        return None;
+    }
+    if let Some(key) = key
+        && is_secret_key(key)
         // A Vertex AI key may be a path to a file: only the inline JSON is the secret.
         && (key != "vertex_credentials" || value.starts_with('{'))
+    {
+        return Some("a secret");
+    }
+    credential_shape(value)
 }
 
 fn kind_of(refs: &BTreeMap<String, Kind>, name: &str) -> Kind {
@@ -291,6 +292,58 @@ general_settings:
             d.checked_on_workers(&d.loaded.config.model_list[0])
                 .is_none()
         );
+    }
+
+    #[test]
+    fn secrets_are_found_by_their_shape_wherever_they_are_written() {
+        let d = detached(
+            "\
+model_list:
+  - model_name: a
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: https://proxy-user:hunter2-pass@llm.example.com/v1
+      api_key: os.environ/OPENAI_API_KEY
+      extra_headers:
+        Authorization: Bearer tok-0123456789abcdef
+        X-Trace: on
+        X-Other: sk-proj-0123456789abcdefghij
+  - model_name: g
+    litellm_params:
+      model: gemini/gemini-2.5-flash
+      api_base: https://generativelanguage.example.com/v1beta?key=AIzaSyExample0123
+      api_key: os.environ/GEMINI_API_KEY
+  - model_name: m
+    litellm_params: {model: mock/m, mock_response: \"Hello, no secret here.\"}
+",
+        );
+        let all = d.literal_secrets.join("\n");
+        assert_eq!(d.literal_secrets.len(), 4, "{all}");
+        for (line, path, what) in [
+            (5, "model_list[0].litellm_params.api_base", "user:password@"),
+            (
+                8,
+                "model_list[0].litellm_params.extra_headers.Authorization",
+                "a secret",
+            ),
+            (
+                10,
+                "model_list[0].litellm_params.extra_headers.X-Other",
+                "OpenAI-style key",
+            ),
+            (14, "model_list[1].litellm_params.api_base", "query"),
+        ] {
+            let want = format!("c.yaml, line {line}: {path}: ");
+            let found = d
+                .literal_secrets
+                .iter()
+                .find(|m| m.starts_with(&want))
+                .unwrap_or_else(|| panic!("no {want}: {all}"));
+            assert!(found.contains(what), "{found}");
+        }
+        for secret in ["hunter2", "tok-0123", "sk-proj", "AIzaSy"] {
+            assert!(!all.contains(secret), "{secret} echoed: {all}");
+        }
     }
 
     #[test]

@@ -429,6 +429,10 @@ pub struct LlmbusSettings {
     pub nats_tls_key: Option<String>,
     /// Insist on TLS.
     pub nats_require_tls: bool,
+    /// The prefix of this connection's reply subjects (inboxes), `_INBOX` by default. With the
+    /// shipped NATS config each application has its own (`_INBOX_app1`), the only inboxes its
+    /// user may read. Else the `NATS_INBOX_PREFIX` environment variable.
+    pub nats_inbox_prefix: Option<String>,
     /// First token of every subject. Default `llm`.
     pub subject_prefix: String,
     /// The queue group the workers share. Default `llmbus`.
@@ -471,6 +475,7 @@ impl Default for LlmbusSettings {
             nats_tls_cert: None,
             nats_tls_key: None,
             nats_require_tls: false,
+            nats_inbox_prefix: None,
             subject_prefix: "llm".into(),
             queue_group: "llmbus".into(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),

@@ -6,7 +6,9 @@
 //! (`<inbox>.<n>`), so a stream and a single reply take the same path, and the front always
 //! knows the reply subject it must name to cancel a job. A [`Job`] dropped before its last
 //! message (the HTTP client went away, or the front gave up waiting) publishes that subject to
-//! `<prefix>.cancel`, where the worker running it stops the upstream call.
+//! `<prefix>.cancel`, with the job's own `Authorization` header (a worker with a master key
+//! honours a cancel only with the job's key), where the worker running it stops the upstream
+//! call.
 //!
 //! The in-worker front runs a `Backend` on the worker's own NATS connection; `llmbus front`
 //! runs one on a connection of its own. The path is the same, so is the answer.
@@ -138,6 +140,7 @@ impl Backend {
         let reply = format!("{}{id}", self.inbox);
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.jobs).insert(id, tx);
+        let authorization = headers.get(headers::AUTHORIZATION).cloned();
         let mut job = Job {
             id,
             reply: reply.clone(),
@@ -146,6 +149,7 @@ impl Backend {
             jobs: self.jobs.clone(),
             nats: self.client.nats().clone(),
             cancel: self.subjects().cancel(),
+            authorization,
             finished: false,
             broken: false,
             next_seq: 1,
@@ -219,6 +223,8 @@ pub struct Job {
     jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>,
     nats: async_nats::Client,
     cancel: String,
+    /// The job's `Authorization` header, which its cancel carries.
+    authorization: Option<async_nats::HeaderValue>,
     finished: bool,
     /// A chunk was lost: the job can no longer be answered well, so it is cancelled.
     broken: bool,
@@ -291,9 +297,13 @@ impl Drop for Job {
         let nats = self.nats.clone();
         let cancel = std::mem::take(&mut self.cancel);
         let reply = Bytes::from(std::mem::take(&mut self.reply));
+        let mut h = HeaderMap::new();
+        if let Some(key) = self.authorization.take() {
+            h.insert(headers::AUTHORIZATION, key);
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = nats.publish(cancel, reply).await {
+                if let Err(e) = nats.publish_with_headers(cancel, h, reply).await {
                     tracing::debug!(error = %e, "publishing a job's cancellation");
                 }
             });

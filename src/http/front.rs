@@ -59,6 +59,7 @@ pub async fn run(options: FrontOptions) -> Result<(), Box<dyn std::error::Error>
     let mut signals = Signals::install()?;
     let server = HttpServer::start(listener, backend, http, None)?;
     let addr = server.addr();
+    let url = crate::nats::redacted(&url);
     tracing::info!(%addr, %url, %prefix, "llmbus front is serving");
     println!(
         "llmbus front: OpenAI-compatible HTTP at http://{addr}/v1, forwarding to {prefix}.* on {url}"

@@ -78,6 +78,22 @@ impl Subjects {
     pub fn spend_bucket(&self) -> String {
         crate::cluster::bucket_name(&self.prefix, "SPEND")
     }
+
+    /// `llm.admin.>`: every admin subject (request/reply, the master key required).
+    pub fn admin_all(&self) -> String {
+        format!("{}.admin.>", self.prefix)
+    }
+
+    /// `llm.admin.config.push`: store a config as the cluster's config (one worker of the queue
+    /// group checks the master key and writes the config bucket).
+    pub fn admin_config_push(&self) -> String {
+        format!("{}.admin.config.push", self.prefix)
+    }
+
+    /// `llm.admin.config.rollback`: make an earlier revision of the cluster's config current.
+    pub fn admin_config_rollback(&self) -> String {
+        format!("{}.admin.config.rollback", self.prefix)
+    }
 }
 
 impl Default for Subjects {

@@ -30,7 +30,7 @@ use crate::{
         ClusterError,
         clock::{Clock, ClockProbe, MAX_OFFSET, MEASURE_EVERY, Offset, WARN_OFFSET},
         health::HealthBoard,
-        members::{MemberInfo, Members, MembersOptions},
+        members::{MemberInfo, MemberWatch, Members, MembersOptions},
         quota::ClusterQuota,
         sharing::{Limits, LocalReason, Sharing, SharingStatus},
     },
@@ -62,6 +62,7 @@ impl Joined {
             Limits::Shared => Shared {
                 quota: Some(self.quota.clone()),
                 board: Some(self.board.clone()),
+                members: None,
             },
             Limits::Local(_) => Shared::default(),
         }
@@ -260,8 +261,9 @@ async fn run(args: LinkArgs, mut joined: Option<Joined>) {
                 let id = &args.ctx.worker_id;
                 match join(&args.client, &args.prefix, id, &args.announce, &args.clock).await {
                     Ok((j, members)) => {
+                        let watch = members.watch();
                         args.ctx.members.store(Some(Arc::new(members)));
-                        apply(&args, &j, j.offset).await;
+                        apply(&args, &j, j.offset, Some(watch)).await;
                         joined = Some(j);
                     }
                     Err(e) => tracing::debug!(error = %e, "joining the cluster: not yet"),
@@ -270,7 +272,7 @@ async fn run(args: LinkArgs, mut joined: Option<Joined>) {
             Some(j) => {
                 tokio::time::sleep(MEASURE_EVERY).await;
                 match args.clock.measure(&j.probe).await {
-                    Ok(offset) => apply(&args, j, offset).await,
+                    Ok(offset) => apply(&args, j, offset, None).await,
                     Err(e) => tracing::debug!(error = %e, "measuring the clock against the server"),
                 }
             }
@@ -279,12 +281,15 @@ async fn run(args: LinkArgs, mut joined: Option<Joined>) {
 }
 
 /// Applies a clock measurement: the router is told when the limits change between shared and
-/// local.
-async fn apply(args: &LinkArgs, joined: &Joined, offset: Offset) {
+/// local, and of the membership `members` the worker has just joined.
+async fn apply(args: &LinkArgs, joined: &Joined, offset: Offset, members: Option<MemberWatch>) {
     let limits = limits_for(offset);
     let shared_before = args.ctx.sharing.is_shared();
-    if (limits == Limits::Shared) != shared_before {
-        let parts = Box::new(joined.shared(offset));
+    if (limits == Limits::Shared) != shared_before || members.is_some() {
+        let parts = Box::new(Shared {
+            members,
+            ..joined.shared(offset)
+        });
         if let Err(e) = ractor::call_t!(args.router, RouterMsg::Share, 30_000, parts) {
             tracing::warn!(error = %e, "the router did not take the new limits; trying again later");
             return;

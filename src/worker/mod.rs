@@ -85,6 +85,8 @@ pub struct Worker {
     link: Link,
     /// What the membership is told (a reload changes it).
     announce: Announce,
+    /// Serves `llm.admin.config.push|rollback` ([`crate::actors::admin`]).
+    admin: tokio::task::JoinHandle<()>,
 }
 
 impl Worker {
@@ -131,6 +133,7 @@ impl Worker {
                 plan,
                 gossip: Some(gossip),
                 quota: shared.quota.clone(),
+                members: first.members.as_ref().map(|m| m.watch()),
                 table: table.clone(),
             },
         )
@@ -156,7 +159,7 @@ impl Worker {
         .await
         .map_err(|e| StartError::Actor("cost", e.to_string()))?;
         handles.push(h);
-        let cancels = Arc::new(Cancels::default());
+        let cancels = Arc::new(Cancels::new(crate::auth::Auth::from_config(config)));
         let cancel_listener = cancel::listen(&client, subjects.cancel(), cancels.clone())
             .await
             .map_err(|e| StartError::Actor("cancel listener", e))?;
@@ -177,6 +180,9 @@ impl Worker {
             usage,
             settings: ArcSwap::from_pointee(JobSettings::from_config(config)),
         });
+        let admin = crate::actors::admin::serve(ctx.clone(), config.llmbus.queue_group.clone())
+            .await
+            .map_err(|e| StartError::Actor("admin", e))?;
         let link = Link::start(
             LinkArgs {
                 client: ctx.client.clone(),
@@ -209,6 +215,7 @@ impl Worker {
             cancel_listener,
             link,
             announce,
+            admin,
         })
     }
 
@@ -227,6 +234,9 @@ impl Worker {
         self.ctx
             .settings
             .store(Arc::new(JobSettings::from_config(config)));
+        self.ctx
+            .cancels
+            .set_auth(crate::auth::Auth::from_config(config));
         let fingerprint = config.fingerprint();
         self.ctx.fingerprint.store(Arc::new(fingerprint.clone()));
         *self.announce.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -346,6 +356,7 @@ impl Worker {
         self.router.stop(None);
         self.cost.stop(None);
         self.cancel_listener.abort();
+        self.admin.abort();
         for h in self.handles {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }

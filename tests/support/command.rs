@@ -23,13 +23,16 @@ pub const SHUTDOWN: Duration = Duration::from_secs(30);
 
 /// `llmbus` with an environment that cannot leak into the test: no `NATS_URL`, no config, no
 /// OpenAI key (so the quickstart has only `demo` and `demo-embedding`), no `RUST_LOG` (each
-/// command's own default loudness), and the tests' nats-server for `up` to start.
+/// command's own default loudness), no master key or inbox prefix, and the tests' nats-server
+/// for `up` to start.
 pub fn llmbus() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_llmbus"));
     cmd.env_remove("NATS_URL")
         .env_remove("LLMBUS_CONFIG")
         .env_remove("OPENAI_API_KEY")
         .env_remove("RUST_LOG")
+        .env_remove("LLMBUS_MASTER_KEY")
+        .env_remove("NATS_INBOX_PREFIX")
         .env("LLMBUS_NATS_SERVER", default_binary())
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

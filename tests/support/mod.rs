@@ -17,5 +17,6 @@ pub mod nats_server;
 pub mod pyenv;
 pub mod run;
 pub mod shell;
+pub mod shipped_nats;
 pub mod up;
 pub mod worker_process;

@@ -237,9 +237,10 @@ impl<'a> JobState<'a> {
 
     async fn run(mut self) {
         let ctx = self.ctx;
+        let message = &self.job.request.message;
         let registration = ctx
             .cancels
-            .register(self.job.request.message.reply.as_ref());
+            .register(message.reply.as_ref(), message.headers.as_ref());
         if let Err(e) = self.prepare() {
             return self.fail(e).await;
         }
