@@ -6,7 +6,12 @@
 //! place, nor once it drains (after `SIGTERM`), when it has left the queue group and only
 //! finishes the jobs it already has. The services framework fixes `$SRV.INFO` metadata when
 //! the service starts, so the live state travels in the `data` of each endpoint's `$SRV.STATS`
-//! entry: `{"state": "serving" | "draining", "in_flight": <jobs>}`.
+//! entry: `{"state": "serving" | "draining", "in_flight": <jobs>, "config": <fingerprint>,
+//! "limits": {"mode": "shared" | "local", "note": <why, for people>, "clock_offset_ms": <ms>}}`
+//! ([`limits_data`]).
+//!
+//! A worker whose limits are local (no JetStream, or a clock too far off the server's) still
+//! serves, so `llmbus health` still exits 0, but says so on its line and in a warning.
 
 use std::{
     sync::{
@@ -21,7 +26,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::{actors::ingress::SERVICE_NAME, wire::Subjects};
+use crate::{actors::ingress::SERVICE_NAME, cluster::sharing::Sharing, wire::Subjects};
 
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +124,12 @@ pub struct WorkerStatus {
     pub serves_prefix: bool,
     /// The fingerprint of the config it serves, when it said: workers that differ differ here.
     pub config: Option<String>,
+    /// `shared` or `local`: where its `rpm`/`tpm` limits hold, when it said.
+    pub limits: Option<String>,
+    /// Why, for people (`local, not shared: JetStream KV is not available (...)`).
+    pub limits_note: Option<String>,
+    /// Its clock's offset from the NATS server, milliseconds, once measured.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl WorkerStatus {
@@ -126,6 +137,22 @@ impl WorkerStatus {
     pub fn is_ready(&self) -> bool {
         self.serves_prefix && self.state == State::Serving.as_str()
     }
+
+    /// True when it said its limits hold for itself alone.
+    pub fn limits_local(&self) -> bool {
+        self.limits.as_deref() == Some("local")
+    }
+}
+
+/// The `limits` object of a worker's `$SRV.STATS` data: where its limits hold and its clock
+/// offset from the server.
+pub fn limits_data(sharing: &Sharing) -> Value {
+    let status = sharing.status();
+    serde_json::json!({
+        "mode": status.limits.as_str(),
+        "note": status.limits.describe(),
+        "clock_offset_ms": status.clock.map(|c| c.offset_ms),
+    })
 }
 
 /// Asks every llmbus worker on `client`'s server about itself: `$SRV.PING.llmbus` (replies
@@ -194,10 +221,12 @@ pub async fn check(
             .unwrap_or("unknown")
             .to_string();
         let in_flight = data.as_ref().and_then(|d| d["in_flight"].as_u64());
-        let config = data
-            .as_ref()
-            .and_then(|d| d["config"].as_str())
-            .map(str::to_string);
+        let at = |pointer: &str| data.as_ref().and_then(|d| d.pointer(pointer));
+        let text = |pointer: &str| at(pointer).and_then(Value::as_str).map(str::to_string);
+        let config = text("/config");
+        let limits = text("/limits/mode");
+        let limits_note = text("/limits/note");
+        let clock_offset_ms = at("/limits/clock_offset_ms").and_then(Value::as_i64);
         out.push(WorkerStatus {
             id,
             version,
@@ -205,6 +234,9 @@ pub async fn check(
             in_flight,
             serves_prefix,
             config,
+            limits,
+            limits_note,
+            clock_offset_ms,
         });
     }
     Ok(out)

@@ -107,7 +107,11 @@
 //! membership, deployment limits that hold cluster-wide, cooldowns for late joiners, and the
 //! cluster's config file ([`cluster::config_store`]: `llmbus config push|show|history|rollback`,
 //! `llmbus serve` without `--config`), checked at push without the workers' secrets
-//! ([`config::Detached`]) and named by its [`config::fingerprint`].
+//! ([`config::Detached`]) and named by its [`config::fingerprint`]. Its times are the NATS
+//! server's as each worker measures them ([`cluster::clock`]), its keys the deployment ids
+//! every worker derives alike ([`config::deployment_ids`]); a worker that cannot share its
+//! limits (no JetStream yet, a clock too far off) keeps them local, says so
+//! ([`cluster::sharing`]) and joins when it can.
 
 pub mod actors;
 pub mod auth;

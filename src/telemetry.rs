@@ -72,6 +72,10 @@ pub const COOLDOWNS_IGNORED: &str = "llmbus_cooldown_announcements_ignored_total
 pub const COOLDOWNS_CLAMPED: &str = "llmbus_cooldown_announcements_clamped_total";
 /// Counter: requests on the admin subjects (`llm.admin.>`), by `action` and `status`.
 pub const ADMIN_REQUESTS: &str = "llmbus_admin_requests_total";
+/// 1 while the worker's `rpm`/`tpm` limits hold for the cluster, 0 while they are its own.
+pub const LIMITS_SHARED: &str = "llmbus_limits_shared";
+/// The worker's clock offset from the NATS server (server minus worker), seconds.
+pub const CLOCK_OFFSET: &str = "llmbus_clock_offset_seconds";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -244,6 +248,15 @@ fn describe() {
     describe_counter!(
         UNPRICED_REQUESTS,
         "Requests to a model without a price (counted as costing 0), by model"
+    );
+    describe_gauge!(
+        LIMITS_SHARED,
+        "1 while rpm/tpm limits hold for the cluster, 0 while this worker keeps them alone"
+    );
+    describe_gauge!(
+        CLOCK_OFFSET,
+        Unit::Seconds,
+        "The NATS server's clock minus this worker's"
     );
     describe_counter!(
         USAGE_DROPPED,

@@ -18,6 +18,7 @@ model_list:
       model: openai/gpt-4o-mini
       api_base: {url}
       api_key: sk-test-key-0123456789
+    model_info: {{id: gpt-4o-mini-1}}
   - model_name: azure-gpt
     litellm_params:
       model: azure/my-gpt4o-deployment

@@ -122,7 +122,13 @@ model_list:
     assert!(!text.contains("sk-very-secret-123"), "{text}");
     let v: Value = serde_json::from_slice(&reply.body).unwrap();
     let keyed = &v.as_array().unwrap()[0];
-    assert_eq!(keyed["id"], "keyed-1");
+    // The id names the upstream (`<group>-<8 hex digits>`), never its key.
+    let id = keyed["id"].as_str().unwrap();
+    let hash = id.strip_prefix("keyed-").expect("<group>-<hash>");
+    assert!(
+        hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
     assert_eq!(keyed["model_group"], "keyed");
     assert_eq!(keyed["capacity"]["rpm_limit"], 60);
     // Requests in the window; a limit shared with the cluster counts the slice this worker

@@ -16,6 +16,7 @@ async fn metrics_are_exported_with_buckets() {
 model_list:
   - model_name: demo
     litellm_params: {model: openai/gpt-4o-mini, mock_response: "hello", rpm: 100, api_key: sk-metric-secret}
+    model_info: {id: demo-1}
   - model_name: demo
     litellm_params: {model: nosuch/provider}
     model_info: {id: broken}

@@ -137,6 +137,7 @@ impl Actor for IngressActor {
                     "in_flight": ctx.gate.in_flight(),
                     "config": ctx.fingerprint.load().as_str(),
                     "worker_id": ctx.worker_id,
+                    "limits": crate::health::limits_data(&ctx.sharing),
                 })
             }
         };
@@ -451,7 +452,7 @@ impl Reader {
 
     /// When the live workers serve more than one config: each fingerprint with its count.
     fn config_mismatch(&self) -> Option<String> {
-        let view = self.ctx.members.as_ref()?.snapshot();
+        let view = self.ctx.members.load().as_ref()?.snapshot();
         let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
         for m in view.members.values() {
             *counts.entry(m.config.as_str()).or_default() += 1;

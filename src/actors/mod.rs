@@ -44,8 +44,11 @@ pub struct WorkerContext {
     pub worker_id: String,
     /// The fingerprint of the config it serves ([`crate::config::Config::fingerprint`]).
     pub fingerprint: arc_swap::ArcSwap<String>,
-    /// The cluster's live workers and what each serves; `None` without JetStream.
-    pub members: Option<crate::cluster::members::Members>,
+    /// The cluster's live workers and what each serves; empty without JetStream (until the
+    /// worker joins; empty again once it leaves, when it stops).
+    pub members: arc_swap::ArcSwapOption<crate::cluster::members::Members>,
+    /// Whether its limits hold for the cluster now ($SRV.STATS, `llmbus health`).
+    pub sharing: crate::cluster::sharing::Sharing,
     /// The NATS connection.
     pub client: async_nats::Client,
     /// Subject names.

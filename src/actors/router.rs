@@ -4,7 +4,9 @@
 //! the same [`Deployment`]: its numbers survive, its queue of waiting jobs does not), and
 //! passes on the cooldowns other workers announce on `llm.health.*` or the health board, those
 //! of current members only and no longer than it lets another worker impose
-//! ([`super::announced`]).
+//! ([`super::announced`]). When the worker's limits change between local and shared
+//! ([`RouterMsg::Share`]), it rebuilds every deployment on the new terms; the old ones finish
+//! the calls they hold.
 //!
 //! The rules a pick follows are in [`super::table`].
 
@@ -29,6 +31,7 @@ use crate::{
         members::MemberWatch,
         quota::ClusterQuota,
     },
+    policy::health::HealthPolicy,
     wire::openai::unix_now,
     worker::Plan,
 };
@@ -59,6 +62,21 @@ pub enum RouterMsg {
     Board(Cooldown),
     /// A new config: swap the table, keeping the deployments whose identity is unchanged.
     Reload(Plan, RpcReplyPort<ReloadReport>),
+    /// The worker's limits now hold for the cluster (`Some` quota) or for it alone (`None`):
+    /// every deployment is rebuilt on these terms, with this cooldown board (or none).
+    Share(Box<Shared>, RpcReplyPort<()>),
+}
+
+/// What the worker shares with the cluster now.
+#[derive(Clone, Default)]
+pub struct Shared {
+    /// Cluster-wide limits; `None` keeps `rpm`/`tpm` per worker.
+    pub quota: Option<ClusterQuota>,
+    /// The cooldown board; `None` leaves cooldowns to core NATS gossip.
+    pub board: Option<HealthBoard>,
+    /// The membership, once the worker has joined it: from then on only members' announced
+    /// cooldowns are believed. `None` leaves the router's membership as it is.
+    pub members: Option<MemberWatch>,
 }
 
 /// What a reload changed.
@@ -82,6 +100,8 @@ pub struct RouterState {
     quota: Option<ClusterQuota>,
     /// Cooldowns on (the table's rules say so too).
     health: bool,
+    /// The cooldown thresholds deployments are built with.
+    policy: Option<HealthPolicy>,
     /// Which announced cooldowns are taken on, and for how long.
     announced: Announced,
     listener: Option<tokio::task::JoinHandle<()>>,
@@ -98,6 +118,7 @@ impl Actor for RouterActor {
         args: RouterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let plan = args.plan;
+        let policy = plan.health.clone();
         let me = args.gossip.as_ref().map(|g| g.worker.clone());
         let announced = Announced::new(
             me.unwrap_or_default(),
@@ -116,20 +137,13 @@ impl Actor for RouterActor {
             plan.rules,
             unix_now(),
         )));
-        // Cooldowns of the other workers: from the board when the cluster has one (it also
-        // holds those decided before this worker started), else from core NATS gossip.
-        let listener = match &args.gossip {
-            Some(Gossip {
-                board: Some(board), ..
-            }) => Some(watch_board(board.clone(), myself.clone()).await?),
-            Some(g) => Some(listen(g.clone(), myself.clone()).await?),
-            None => None,
-        };
+        let listener = listener(&args.gossip, &myself).await?;
         Ok(RouterState {
             table: args.table,
             gossip: args.gossip,
             quota: args.quota,
             health,
+            policy,
             announced,
             listener,
         })
@@ -157,13 +171,17 @@ impl Actor for RouterActor {
                 let report = state.reload(&myself, plan).await?;
                 let _ = reply.send(report);
             }
+            RouterMsg::Share(shared, reply) => {
+                state.share(&myself, *shared).await?;
+                let _ = reply.send(());
+            }
             RouterMsg::Remote(event) => state.remote(
                 &event.worker,
                 &event.deployment,
                 Duration::from_millis(event.cooldown_ms),
             ),
             RouterMsg::Board(c) => {
-                if let Some(left) = c.remaining(crate::cluster::epoch_ms()) {
+                if let Some(left) = board_of(&state.gossip).and_then(|b| b.remaining(&c)) {
                     state.remote(&c.worker, &c.deployment, left);
                 }
             }
@@ -222,6 +240,7 @@ impl RouterState {
             .map(|d| (d.info.identity.as_str(), d))
             .collect();
         let mut report = ReloadReport::default();
+        self.policy = plan.health.clone();
         self.announced
             .set_cap(announced::remote_cap(plan.health.as_ref()));
         let mut deployments = Vec::with_capacity(plan.deployments.len());
@@ -257,6 +276,82 @@ impl RouterState {
         );
         Ok(report)
     }
+}
+
+impl RouterState {
+    /// Rebuilds every deployment with `shared`'s limits and board. A call in flight keeps its
+    /// permit and gives it back to the deployment it came from; jobs queued for capacity on
+    /// an old deployment are told it went away and pick again from the new table. The new
+    /// deployments take over the cooldowns and the window the old ones had.
+    async fn share(
+        &mut self,
+        myself: &ActorRef<RouterMsg>,
+        shared: Shared,
+    ) -> Result<(), ActorProcessingErr> {
+        self.quota = shared.quota;
+        if let Some(g) = &mut self.gossip {
+            g.board = shared.board;
+        }
+        if let Some(members) = shared.members {
+            let me = self.gossip.as_ref().map(|g| g.worker.clone());
+            let cap = announced::remote_cap(self.policy.as_ref());
+            self.announced = Announced::new(me.unwrap_or_default(), Some(members), cap);
+        }
+        let old = self.table.load_full();
+        let now = Instant::now();
+        let mut deployments = Vec::with_capacity(old.deployments().len());
+        for d in old.deployments() {
+            let info = Arc::new(d.info.renewed());
+            let fresh = Deployment::new(info, self.policy.clone(), self.quota.as_ref());
+            fresh.take_over(d, now);
+            spawn(myself, fresh.clone(), self.gossip.clone()).await?;
+            deployments.push(fresh);
+        }
+        self.table.store(Arc::new(old.rebuilt(deployments)));
+        for gone in old.deployments() {
+            let gone = gone.clone();
+            tokio::spawn(async move { gone.retire().await });
+        }
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+        self.listener = listener(&self.gossip, myself).await?;
+        tracing::info!(
+            limits = if self.quota.is_some() {
+                "shared"
+            } else {
+                "local"
+            },
+            deployments = old.deployments().len(),
+            "deployments rebuilt with {} limits",
+            if self.quota.is_some() {
+                "cluster-wide"
+            } else {
+                "local"
+            }
+        );
+        Ok(())
+    }
+}
+
+/// The cooldown board the router follows, if any.
+fn board_of(gossip: &Option<Gossip>) -> Option<&HealthBoard> {
+    gossip.as_ref()?.board.as_ref()
+}
+
+/// Follows the other workers' cooldowns: from the board when the cluster has one (it also
+/// holds those decided before this worker started), else from core NATS gossip.
+async fn listener(
+    gossip: &Option<Gossip>,
+    router: &ActorRef<RouterMsg>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ActorProcessingErr> {
+    Ok(match gossip {
+        Some(Gossip {
+            board: Some(board), ..
+        }) => Some(watch_board(board.clone(), router.clone()).await?),
+        Some(g) => Some(listen(g.clone(), router.clone()).await?),
+        None => None,
+    })
 }
 
 async fn spawn(

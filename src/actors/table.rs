@@ -161,6 +161,11 @@ impl RoutingTable {
         }
     }
 
+    /// The same table (rules, creation time) over `deployments`, which replace this table's.
+    pub fn rebuilt(&self, deployments: Vec<Arc<Deployment>>) -> Self {
+        Self::new(deployments, self.rules.clone(), self.created)
+    }
+
     /// Every deployment, in configuration order.
     pub fn deployments(&self) -> &[Arc<Deployment>] {
         &self.deployments

@@ -31,12 +31,16 @@ pub async fn health(url: Option<String>, prefix: &str, wait_ms: u64) -> Res {
     let workers = health::check(&nats, prefix, Duration::from_millis(wait_ms.max(1))).await?;
     for w in &workers {
         println!(
-            "{}  llmbus {}  {}  jobs in flight: {}  config {}{}",
+            "{}  llmbus {}  {}  jobs in flight: {}  config {}  limits {}{}",
             w.id,
             w.version,
             w.state,
             w.in_flight.map_or("?".to_string(), |n| n.to_string()),
             w.config.as_deref().unwrap_or("?"),
+            w.limits_note
+                .as_deref()
+                .or(w.limits.as_deref())
+                .unwrap_or("?"),
             if w.serves_prefix {
                 String::new()
             } else {
@@ -53,6 +57,14 @@ pub async fn health(url: Option<String>, prefix: &str, wait_ms: u64) -> Res {
              of them serve are handed to those",
             configs.len(),
             configs.join(", ")
+        );
+    }
+    let local = workers.iter().filter(|w| w.limits_local()).count();
+    if local > 0 {
+        println!(
+            "warning: {local} of {} workers enforce rpm/tpm limits locally, not shared with the \
+             cluster: each of them lets a whole limit through on its own",
+            workers.len()
         );
     }
     let ready = workers.iter().filter(|w| w.is_ready()).count();

@@ -247,7 +247,8 @@ async fn reload(worker: &Worker, stored: &crate::cluster::config_store::Stored) 
 }
 
 /// `llmbus serve`: the config file at `path`, else the cluster's config of `prefix` (default
-/// `llm`) from the config store.
+/// `llm`) from the config store. With `strict`, also refuses to start when the limits could
+/// not be shared with the cluster.
 pub async fn serve(
     url: Option<String>,
     path: Option<PathBuf>,
@@ -265,6 +266,9 @@ pub async fn serve(
     let http = crate::http::listen::worker(&config.llmbus, http, false).await?;
     let url = nats::url(&config.llmbus, url.as_deref());
     let client = nats::connect(&config.llmbus, Some(&url), "llmbus-worker").await?;
+    if strict {
+        require_shared(&client, &config).await?;
+    }
     let explicit = metrics_listen_is_explicit(Some(&path));
     run_worker(config, explicit, client, &url, grace, http, None, None).await
 }
@@ -301,6 +305,9 @@ async fn serve_cluster_config(
         bucket = %store.bucket(),
         "serving the cluster's config"
     );
+    if strict {
+        require_shared(&client, &config).await?;
+    }
     let grace = grace(&config, grace_secs)?;
     let http = crate::http::listen::worker(&config.llmbus, http, false).await?;
     let explicit = metrics_listen_is_explicit_in(&stored.text);
@@ -316,6 +323,22 @@ async fn serve_cluster_config(
         Some(served),
     )
     .await
+}
+
+/// `serve --strict`: refuses to start a worker whose `rpm`/`tpm` limits would hold for it
+/// alone (no JetStream KV on the server, or a clock too far off the server's).
+async fn require_shared(client: &async_nats::Client, config: &Config) -> Res {
+    crate::worker::check_shared(client, config)
+        .await
+        .map_err(|why| {
+            format!(
+                "--strict: rpm/tpm limits would be local, not shared with the cluster: {why}. \
+                 Enable JetStream on the NATS server (nats-server -js) and synchronise this \
+                 machine's clock, or start without --strict to run with limits of this \
+                 worker's own"
+            )
+            .into()
+        })
 }
 
 /// LiteLLM's one-liner: a proxy for one model (`--model provider/name`).

@@ -11,7 +11,8 @@
 //! Writes keep the latest end: a cooldown that ends earlier than the one stored does not
 //! replace it (compare-and-set on the revision). Entries are never deleted; one that has ended
 //! is ignored and the bucket's `max_age` (24 h) removes it eventually. Times are epoch
-//! milliseconds, so workers' clocks are assumed to agree to well under a second (NTP).
+//! milliseconds of the NATS server's clock as each worker measures it ([`super::clock`]), so
+//! a worker whose own clock is off still writes and reads the same ends as the others.
 //!
 //! The board is only as trustworthy as who may write it: the shipped NATS config lets only the
 //! workers' user write `$KV.>`. A reader still checks each entry ([`crate::actors::announced`]:
@@ -26,7 +27,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{ClusterError, bucket_name, ensure_bucket, epoch_ms, jetstream, key_token};
+use super::{ClusterError, bucket_name, clock::Clock, ensure_bucket, jetstream, key_token};
 
 /// A deployment's cooldown, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +54,7 @@ impl Cooldown {
 pub struct HealthBoard {
     kv: kv::Store,
     worker: String,
+    clock: Clock,
 }
 
 impl HealthBoard {
@@ -77,7 +79,35 @@ impl HealthBoard {
         Ok(Self {
             kv,
             worker: worker.into(),
+            clock: Clock::system(),
         })
+    }
+
+    /// The same board with its times taken from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The cluster's time now, epoch ms: what cooldown ends are written in.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// How long `cooldown` still lasts now; `None` once it has ended.
+    pub fn remaining(&self, cooldown: &Cooldown) -> Option<Duration> {
+        cooldown.remaining(self.now_ms())
+    }
+
+    /// Records that `deployment` cools down for `length` from now (see [`HealthBoard::publish`]).
+    pub async fn publish_for(
+        &self,
+        deployment: &str,
+        length: Duration,
+        reason: &str,
+    ) -> Result<bool, ClusterError> {
+        let until = self.now_ms() + length.as_millis() as u64;
+        self.publish(deployment, until, reason).await
     }
 
     /// Records that `deployment` cools down until `until_ms` (epoch ms) because of `reason`.
@@ -129,7 +159,7 @@ impl HealthBoard {
 
     /// The cooldowns in force now, one per deployment.
     pub async fn initial(&self) -> Result<Vec<Cooldown>, ClusterError> {
-        let now = epoch_ms();
+        let now = self.now_ms();
         let mut keys = self
             .kv
             .keys()
@@ -170,6 +200,7 @@ impl HealthBoard {
             .map_err(|e| self.error(e.to_string()))?;
         let (tx, rx) = mpsc::channel(256);
         let kv = self.kv.clone();
+        let clock = self.clock.clone();
         tokio::spawn(async move {
             let mut current = Some(first);
             let mut backoff = Duration::from_millis(100);
@@ -206,7 +237,7 @@ impl HealthBoard {
                         malformed();
                         continue;
                     };
-                    if c.remaining(epoch_ms()).is_some() && tx.send(c).await.is_err() {
+                    if c.remaining(clock.now_ms()).is_some() && tx.send(c).await.is_err() {
                         return;
                     }
                 }

@@ -27,7 +27,9 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{ClusterError, bucket_name, ensure_bucket, epoch_ms, jetstream, key_token};
+use super::{
+    ClusterError, bucket_name, clock::Clock, ensure_bucket, epoch_ms, jetstream, key_token,
+};
 
 /// What a worker tells the cluster about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +42,7 @@ pub struct MemberInfo {
     pub config: String,
     /// When it started, epoch ms.
     pub started_ms: u64,
-    /// Its last heartbeat, epoch ms (its own clock).
+    /// Its last heartbeat, epoch ms (the server's clock as the worker measures it).
     #[serde(default)]
     pub heartbeat_ms: u64,
     /// Its heartbeat period, ms.
@@ -147,6 +149,8 @@ struct Shared {
     changed: watch::Sender<u64>,
     me: Mutex<MemberInfo>,
     opts: MembersOptions,
+    /// The time heartbeats are written and judged in.
+    clock: Clock,
 }
 
 impl Shared {
@@ -179,7 +183,7 @@ impl Shared {
 
     fn record(&self, info: MemberInfo, now: Instant) {
         // A record read from history is as old as its heartbeat says.
-        let age = Duration::from_millis(epoch_ms().saturating_sub(info.heartbeat_ms));
+        let age = Duration::from_millis(self.clock.now_ms().saturating_sub(info.heartbeat_ms));
         let at = now.checked_sub(age).unwrap_or(now);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.insert(info.worker.clone(), Seen { info, at });
@@ -237,6 +241,17 @@ impl Members {
         me: MemberInfo,
         opts: MembersOptions,
     ) -> Result<Self, ClusterError> {
+        Self::start_on(client, prefix, me, opts, Clock::system()).await
+    }
+
+    /// [`Members::start_with`], heartbeats written and judged on `clock`.
+    pub async fn start_on(
+        client: async_nats::Client,
+        prefix: &str,
+        me: MemberInfo,
+        opts: MembersOptions,
+        clock: Clock,
+    ) -> Result<Self, ClusterError> {
         let bucket = bucket_name(prefix, "WORKERS");
         let js = jetstream(client, Duration::from_secs(5));
         let kv = ensure_bucket(
@@ -258,6 +273,7 @@ impl Members {
             changed,
             me: Mutex::new(me),
             opts,
+            clock,
         });
         heartbeat(&kv, &key, &shared)
             .await
@@ -390,7 +406,7 @@ fn apply(shared: &Shared, entry: kv::Entry, now: Instant) {
 async fn heartbeat(kv: &kv::Store, key: &str, shared: &Shared) -> Result<(), String> {
     let body = {
         let mut me = shared.me.lock().unwrap_or_else(|e| e.into_inner());
-        me.heartbeat_ms = epoch_ms();
+        me.heartbeat_ms = shared.clock.now_ms();
         me.every_ms = shared.opts.heartbeat.as_millis() as u64;
         serde_json::to_vec(&*me).map_err(|e| e.to_string())?
     };

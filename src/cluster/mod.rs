@@ -12,6 +12,9 @@
 //! - [`config_store`]: the cluster's config file, pushed once for every worker, with its
 //!   history (bucket `LLM_CONFIG`; `llmbus config push|show|history|rollback`, `llmbus serve`
 //!   without `--config`).
+//! - [`clock`]: the server's time as a worker sees it (bucket `LLM_CLOCK`), which every time
+//!   written into or judged from the buckets above uses, so workers' clocks need not agree.
+//! - [`sharing`]: whether a worker's limits hold for the cluster now, or for it alone and why.
 //!
 //! Every bucket is created idempotently at start-up ([`ensure_bucket`]) with options that
 //! nats-server 2.9 understands: no per-key TTL (buckets age out with a bucket-wide `max_age`),
@@ -19,11 +22,13 @@
 //! the subject prefix upper-cased (`llm` → `LLM_QUOTA`), so two llmbus installations with
 //! different prefixes on one server do not share state.
 
+pub mod clock;
 pub mod config_store;
 pub mod health;
 pub mod lease;
 pub mod members;
 pub mod quota;
+pub mod sharing;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -84,7 +89,8 @@ pub fn key_token(name: &str) -> String {
     out
 }
 
-/// Milliseconds since the Unix epoch on this machine's clock.
+/// Milliseconds since the Unix epoch on this machine's clock (for what only people read; shared
+/// state takes its times from a [`clock::Clock`]).
 pub fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

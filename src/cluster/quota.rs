@@ -57,7 +57,7 @@ use std::{
 use async_nats::jetstream::kv;
 use tokio::{sync::Notify, task::JoinHandle};
 
-use super::{ClusterError, bucket_name, ensure_bucket, epoch_ms, jetstream, key_token};
+use super::{ClusterError, bucket_name, clock::Clock, ensure_bucket, jetstream, key_token};
 use crate::limits::{Ledger, LocalShare, ShareParams, SharedLimit, SyncPlan, Taken, Wait};
 
 /// Which limit of a deployment.
@@ -110,6 +110,8 @@ pub struct ClusterQuota {
     worker: String,
     opts: QuotaOptions,
     instances: Arc<AtomicU64>,
+    /// The time of the ledger's stamps and window (the server's, see [`super::clock`]).
+    clock: Clock,
 }
 
 impl ClusterQuota {
@@ -147,7 +149,14 @@ impl ClusterQuota {
             worker: worker.into(),
             opts,
             instances: Arc::new(AtomicU64::new(0)),
+            clock: Clock::system(),
         })
+    }
+
+    /// The same access with the ledger's times taken from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// A limiter of `limit` units per window for `deployment`, with slices sized by the
@@ -179,6 +188,7 @@ impl ClusterQuota {
             on_refill: Mutex::new(None),
             stats: Stats::default(),
             cluster_used: AtomicU64::new(0),
+            clock: self.clock.clone(),
         });
         let task = tokio::spawn(run(
             inner.clone(),
@@ -236,6 +246,7 @@ struct Inner {
     on_refill: Mutex<Option<Callback>>,
     stats: Stats,
     cluster_used: AtomicU64,
+    clock: Clock,
 }
 
 impl Inner {
@@ -387,7 +398,7 @@ async fn run(inner: Arc<Inner>, kv: kv::Store, key: String, owner: String) {
     // The entry as this task last wrote or read it, with its revision.
     let mut cached: Option<(Ledger, u64)> = None;
     loop {
-        let plan = inner.share().plan(Instant::now(), epoch_ms());
+        let plan = inner.share().plan(Instant::now(), inner.clock.now_ms());
         let Some(plan) = plan else {
             let next = inner.share().next_check(Instant::now());
             tokio::select! {
@@ -417,7 +428,7 @@ async fn sync(
     for attempt in 0..16 {
         if attempt > 0 {
             // Lost a race: plan again with what changed locally meanwhile.
-            match inner.share().plan(Instant::now(), epoch_ms()) {
+            match inner.share().plan(Instant::now(), inner.clock.now_ms()) {
                 Some(p) => plan = p,
                 None => return,
             }
@@ -432,7 +443,7 @@ async fn sync(
         };
         // The stamp is taken after the state was read (see the proof in the ledger module).
         let started = Instant::now();
-        let now_ms = epoch_ms();
+        let now_ms = inner.clock.now_ms();
         let stamp = inner.share().stamp(now_ms);
         ledger.prune(now_ms, horizon);
         let before_own = ledger.owners.get(owner).cloned().unwrap_or_default();

@@ -210,10 +210,15 @@ impl<'a> Resolver<'a> {
         Ok(())
     }
 
-    /// Resolves an optional secret; an unset variable leaves it unset.
+    /// Resolves an optional secret; an unset variable leaves it unset. A value read from a
+    /// variable keeps the variable's name ([`Secret::variable`]).
     fn resolve_secret(&self, value: &mut Option<Secret>, path: &KeyPath) -> Result<(), String> {
         if let Some(v) = value.take() {
-            *value = Some(Secret::new(self.lookup(v.expose(), path)?));
+            let resolved = self.lookup(v.expose(), path)?;
+            *value = Some(match reference(v.expose()) {
+                Some(name) => Secret::from_env(resolved, name),
+                None => Secret::new(resolved),
+            });
         }
         Ok(())
     }

@@ -23,12 +23,15 @@
 //! - `detached`: [`Config::from_yaml_detached`], the check of a config away from its workers
 //!   (`llmbus config push`: every `os.environ/` variable counts as set; literal secrets named).
 //! - `fingerprint`: [`fingerprint`], a short stable hash of a config's text.
+//! - `deployment_id`: [`deployment_ids`], each deployment's id (`model_info.id`, else derived
+//!   from what the deployment is, the same on every worker).
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde::Deserialize;
 
 mod check;
+mod deployment_id;
 mod detached;
 mod entries;
 mod env;
@@ -42,6 +45,7 @@ mod security;
 mod single;
 pub(crate) mod suggest;
 
+pub use deployment_id::{deployment_ids, derived_id};
 pub use detached::Detached;
 pub use fingerprint::fingerprint;
 pub use load::{ConfigError, Loaded};
@@ -195,7 +199,8 @@ pub struct LitellmParams {
 /// `model_info` of a deployment.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ModelInfo {
-    /// The deployment's id; llmbus makes one when absent.
+    /// The deployment's id; llmbus derives one from the upstream when absent
+    /// ([`deployment_ids`]).
     #[serde(default)]
     pub id: Option<String>,
     /// USD per prompt token, overriding the built-in price table.

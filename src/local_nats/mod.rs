@@ -43,6 +43,8 @@ pub struct LocalNats {
     port: u16,
     store: PathBuf,
     args: Vec<String>,
+    /// `-js` on the command line (the default; tests start servers without it).
+    jetstream: bool,
     child: Option<Child>,
 }
 
@@ -66,13 +68,25 @@ impl LocalNats {
         store: &Path,
         args: &[&str],
     ) -> Result<Self, LocalNatsError> {
+        Self::start_binary_js(binary, port, store, args, true)
+    }
+
+    /// Like [`LocalNats::start_binary`], with JetStream on or off.
+    pub fn start_binary_js(
+        binary: &Path,
+        port: u16,
+        store: &Path,
+        args: &[&str],
+        jetstream: bool,
+    ) -> Result<Self, LocalNatsError> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let child = spawn(binary, port, store, &args)?;
+        let child = spawn(binary, port, store, &args, jetstream)?;
         Ok(Self {
             binary: binary.to_path_buf(),
             port,
             store: store.to_path_buf(),
             args,
+            jetstream,
             child: Some(child),
         })
     }
@@ -103,8 +117,19 @@ impl LocalNats {
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) -> Result<(), LocalNatsError> {
         self.kill();
-        self.child = Some(spawn(&self.binary, self.port, &self.store, &self.args)?);
+        self.child = Some(spawn(
+            &self.binary,
+            self.port,
+            &self.store,
+            &self.args,
+            self.jetstream,
+        )?);
         Ok(())
+    }
+
+    /// Turns JetStream on or off for the next [`LocalNats::restart`].
+    pub fn set_jetstream(&mut self, on: bool) {
+        self.jetstream = on;
     }
 }
 
@@ -121,14 +146,22 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-fn spawn(binary: &Path, port: u16, store: &Path, args: &[String]) -> Result<Child, LocalNatsError> {
+fn spawn(
+    binary: &Path,
+    port: u16,
+    store: &Path,
+    args: &[String],
+    jetstream: bool,
+) -> Result<Child, LocalNatsError> {
     let mut cmd = Command::new(binary);
     // Its own process group: Ctrl-C in a terminal signals the whole foreground group, and the
     // server must outlive `llmbus up`'s drain (which needs it), not die with the keypress.
     #[cfg(unix)]
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(if jetstream { &["-js"][..] } else { &[] })
+        .arg("-sd")
         .arg(store)
         .args(args)
         .stdin(Stdio::null())

@@ -2,11 +2,7 @@
 //! entry (its provider built, its price and context window found), and the names the worker
 //! takes jobs for.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use super::StartError;
 use crate::{
@@ -14,7 +10,7 @@ use crate::{
         deployment::{DeploymentInfo, Live},
         table::RoutingRules,
     },
-    config::{Config, LitellmParams},
+    config::{Config, LitellmParams, deployment_ids},
     policy::{Policies, health::HealthPolicy},
     pricing::PriceTable,
     providers,
@@ -118,32 +114,22 @@ pub fn served_names(config: &Config) -> Vec<String> {
     names
 }
 
-/// One [`DeploymentInfo`] per `model_list` entry.
+/// One [`DeploymentInfo`] per `model_list` entry, with the ids of
+/// [`crate::config::deployment_ids`].
 pub(super) fn deployments(
     config: &Config,
     http: &reqwest::Client,
     prices: &PriceTable,
 ) -> Result<Vec<Arc<DeploymentInfo>>, StartError> {
-    let mut seen = HashSet::new();
-    let mut per_group: BTreeMap<&str, usize> = BTreeMap::new();
     let mut out = Vec::new();
-    for (index, entry) in config.model_list.iter().enumerate() {
+    let ids = deployment_ids(config);
+    for ((index, entry), id) in config.model_list.iter().enumerate().zip(ids) {
         let mut params = entry.litellm_params.clone();
         params.drop_params = params
             .drop_params
             .or(Some(config.litellm_settings.drop_params));
         let p = &params;
         let prepared = providers::prepare(entry, p, http);
-        let n = per_group.entry(entry.model_name.as_str()).or_default();
-        *n += 1;
-        let mut id = entry
-            .model_info
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", entry.model_name, n));
-        while !seen.insert(id.clone()) {
-            id.push('\'');
-        }
         prepared.warn(&id, entry.location.as_deref());
         let rpm = entry.rpm();
         let tpm = entry.tpm();

@@ -8,16 +8,25 @@
 //! and no job in flight notices.
 //!
 //! - `build`: from a config to deployments and routing rules ([`build::Plan`]).
-//! - `cluster`: what the worker shares through JetStream KV.
+//! - `cluster`: what the worker shares through JetStream KV, joining late when JetStream comes
+//!   up after the worker, and its clock against the server's.
+//!
+//! A stopping worker leaves the cluster in an order that strands nothing: it leaves the
+//! membership as the drain begins (nobody hands it jobs any more), lets the jobs in flight
+//! finish, returns the unspent parts of its limits, and only then closes its NATS connection.
 
 mod build;
 mod cluster;
 
 pub use build::{Plan, served_names};
 
-use cluster::Cluster;
+use cluster::{Announce, Link, LinkArgs};
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use ractor::{Actor, ActorRef};
@@ -32,6 +41,10 @@ use crate::{
         ingress::{IngressActor, IngressArgs, IngressMsg},
         router::{ReloadReport, RouterActor, RouterArgs, RouterMsg},
         table::{RoutingRules, RoutingTable},
+    },
+    cluster::{
+        clock::Clock,
+        sharing::{Limits, LocalReason, Sharing},
     },
     config::{Config, ConfigError},
     pricing,
@@ -68,6 +81,10 @@ pub struct Worker {
     cost: ActorRef<CostMsg>,
     handles: Vec<tokio::task::JoinHandle<()>>,
     cancel_listener: tokio::task::JoinHandle<()>,
+    /// Joining the cluster late, following the clock.
+    link: Link,
+    /// What the membership is told (a reload changes it).
+    announce: Announce,
     /// Serves `llm.admin.config.push|rollback` ([`crate::actors::admin`]).
     admin: tokio::task::JoinHandle<()>,
 }
@@ -86,12 +103,16 @@ impl Worker {
         let plan = Plan::of(config, &http)?;
         let subjects = Subjects::new(config.llmbus.subject_prefix.clone());
         let worker_id = uuid::Uuid::new_v4().simple().to_string();
-        let cluster = Cluster::join(&client, config, &worker_id).await;
+        let prefix = config.llmbus.subject_prefix.clone();
+        let clock = Clock::from_env();
+        let announce: Announce = Arc::new(Mutex::new((served_names(config), config.fingerprint())));
+        let first = cluster::first_join(&client, &prefix, &worker_id, &announce, &clock).await;
+        let shared = first.shared.clone();
         let gossip = Gossip {
             client: client.clone(),
             subjects: subjects.clone(),
             worker: worker_id.clone(),
-            board: cluster.board.clone(),
+            board: shared.board.clone(),
         };
         let mut handles = Vec::new();
         let table = Arc::new(ArcSwap::from_pointee(RoutingTable::new(
@@ -111,8 +132,8 @@ impl Worker {
             RouterArgs {
                 plan,
                 gossip: Some(gossip),
-                quota: cluster.quota.clone(),
-                members: cluster.members.as_ref().map(|m| m.watch()),
+                quota: shared.quota.clone(),
+                members: first.members.as_ref().map(|m| m.watch()),
                 table: table.clone(),
             },
         )
@@ -145,7 +166,10 @@ impl Worker {
         let ctx = Arc::new(WorkerContext {
             worker_id,
             fingerprint: ArcSwap::from_pointee(config.fingerprint()),
-            members: cluster.members,
+            members: arc_swap::ArcSwapOption::new(first.members),
+            sharing: Sharing::new(Limits::Local(LocalReason::NoJetStream(
+                "not joined yet".into(),
+            ))),
             max_payload: client.server_info().max_payload,
             client,
             subjects,
@@ -159,6 +183,17 @@ impl Worker {
         let admin = crate::actors::admin::serve(ctx.clone(), config.llmbus.queue_group.clone())
             .await
             .map_err(|e| StartError::Actor("admin", e))?;
+        let link = Link::start(
+            LinkArgs {
+                client: ctx.client.clone(),
+                prefix,
+                clock,
+                announce: announce.clone(),
+                router: router.clone(),
+                ctx: ctx.clone(),
+            },
+            first.outcome,
+        );
         let (ingress, h) = Actor::spawn(
             None,
             IngressActor,
@@ -178,6 +213,8 @@ impl Worker {
             cost,
             handles,
             cancel_listener,
+            link,
+            announce,
             admin,
         })
     }
@@ -202,12 +239,19 @@ impl Worker {
             .set_auth(crate::auth::Auth::from_config(config));
         let fingerprint = config.fingerprint();
         self.ctx.fingerprint.store(Arc::new(fingerprint.clone()));
-        if let Some(members) = &self.ctx.members
+        *self.announce.lock().unwrap_or_else(|e| e.into_inner()) =
+            (served_names(config), fingerprint.clone());
+        if let Some(members) = self.ctx.members.load_full()
             && let Err(e) = members.update(served_names(config), fingerprint).await
         {
             tracing::warn!(error = %e, "announcing the new config to the cluster");
         }
         Ok(report)
+    }
+
+    /// Where its `rpm`/`tpm` limits hold now (shared with the cluster, or its own and why).
+    pub fn sharing(&self) -> &Sharing {
+        &self.ctx.sharing
     }
 
     /// Jobs running now.
@@ -235,13 +279,15 @@ impl Worker {
         self.drain_via(grace, None).await
     }
 
-    /// Stops gracefully. From now on the worker takes no new job: one that still arrives is
-    /// relayed (published again with its reply subject) to the other workers of the queue
+    /// Stops gracefully. From now on the worker takes no new job: it leaves the cluster's
+    /// membership at once (no worker hands it a job any more), and a job that still arrives
+    /// is relayed (published again with its reply subject) to the other workers of the queue
     /// group. It waits up to `grace` for every job in flight (streams included) to finish; a
     /// job still running then is answered with a 503 (`worker_shutting_down`; an error
-    /// message and the sentinel for a stream). Then it leaves the queue group: with `relay`
-    /// (a second connection to the same NATS), by draining its own connection, which loses no
-    /// job (what arrives meanwhile is relayed on `relay`); this closes the worker's
+    /// message and the sentinel for a stream). It gives the unspent parts of its cluster-wide
+    /// limits back while its connection is still open. Then it leaves the queue group: with
+    /// `relay` (a second connection to the same NATS), by draining its own connection, which
+    /// loses no job (what arrives meanwhile is relayed on `relay`); this closes the worker's
     /// connection. Then every actor stops. Never leaves a job without an answer.
     ///
     /// Relaying needs publish permission on the request subjects (`llm.completion`, ...).
@@ -253,6 +299,7 @@ impl Worker {
         use crate::actors::gate::DrainCounts;
         let began = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + grace;
+        self.leave_membership().await;
         match ractor::call_t!(self.ingress, IngressMsg::Drain, 30_000) {
             Ok(()) => {
                 let idle = tokio::time::timeout_at(deadline, self.ctx.gate.idle())
@@ -274,6 +321,7 @@ impl Worker {
         // aggregator gives its lease back while it still can.
         let _ = ractor::call_t!(self.cost, CostMsg::Flush, 10_000);
         let _ = ractor::call_t!(self.cost, CostMsg::StopAggregator, 10_000);
+        self.return_limits().await;
         // Leaving takes a round trip to the server; ingress bounds it by 10 s.
         let counts = ractor::call_t!(self.ingress, IngressMsg::Leave, 30_000, relay)
             .unwrap_or_else(|e| {
@@ -304,18 +352,6 @@ impl Worker {
                 format!("{} relayed to other workers", report.relayed)
             }
         );
-        // Give the unspent parts of the cluster-wide limits back, and leave the membership.
-        let limits = async {
-            for d in self.ctx.table.load().deployments() {
-                d.close_limits(Duration::from_secs(1)).await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), limits).await;
-        if let Some(members) = &self.ctx.members
-            && let Err(e) = members.leave().await
-        {
-            tracing::debug!(error = %e, "leaving the cluster's membership");
-        }
         self.ingress.stop(None);
         self.router.stop(None);
         self.cost.stop(None);
@@ -326,4 +362,46 @@ impl Worker {
         }
         report
     }
+
+    /// Stops following the cluster and deletes this worker's membership entry (bounded by
+    /// 5 s), so the others drop it at once.
+    async fn leave_membership(&self) {
+        self.link.stop();
+        if let Some(members) = self.ctx.members.swap(None) {
+            match tokio::time::timeout(Duration::from_secs(5), members.leave()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster's membership"),
+                Err(_) => tracing::warn!("leaving the cluster's membership timed out"),
+            }
+        }
+    }
+
+    /// Gives the unspent parts of the cluster-wide limits back (bounded by 5 s): once no job
+    /// runs, before the connection closes.
+    async fn return_limits(&self) {
+        let limits = async {
+            for d in self.ctx.table.load().deployments() {
+                d.close_limits(Duration::from_secs(2)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), limits)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "returning the unspent parts of the cluster-wide limits timed out; they age out \
+                 within a minute"
+            );
+        }
+    }
+}
+
+/// Whether a worker would share its `rpm`/`tpm` limits with the cluster on `client` now
+/// (JetStream KV reachable, clock within [`crate::cluster::clock::MAX_OFFSET`] of the
+/// server's): the check `serve --strict` makes before it starts. The error says why not.
+pub async fn check_shared(
+    client: &async_nats::Client,
+    config: &Config,
+) -> Result<(), crate::cluster::sharing::LocalReason> {
+    cluster::check(client, &config.llmbus.subject_prefix).await
 }

@@ -117,12 +117,22 @@ impl NatsServer {
 
     /// Starts `binary` with more command-line options.
     pub fn start_binary(binary: &Path, args: &[&str]) -> Self {
+        Self::start_binary_js(binary, args, true)
+    }
+
+    /// Starts a server without JetStream (turn it on with [`NatsServer::set_jetstream`] and
+    /// [`NatsServer::restart`]).
+    pub fn start_without_jetstream() -> Self {
+        Self::start_binary_js(&default_binary(), &[], false)
+    }
+
+    fn start_binary_js(binary: &Path, args: &[&str], jetstream: bool) -> Self {
         let store = tempfile::tempdir().expect("temporary directory for the JetStream store");
         let mut last = None;
         // Another process may take the free port before the server binds it: try a few.
         for _ in 0..5 {
             let port = free_port().expect("a free loopback port");
-            match LocalNats::start_binary(binary, port, store.path(), args) {
+            match LocalNats::start_binary_js(binary, port, store.path(), args, jetstream) {
                 Ok(server) => {
                     return Self {
                         server,
@@ -161,6 +171,11 @@ impl NatsServer {
     /// Kills the server (SIGKILL).
     pub fn kill(&mut self) {
         self.server.kill();
+    }
+
+    /// Turns JetStream on or off for the next [`NatsServer::restart`].
+    pub fn set_jetstream(&mut self, on: bool) {
+        self.server.set_jetstream(on);
     }
 
     /// Starts it again on the same port and store, trying for 5 s while the port is still

@@ -20,6 +20,8 @@ pub struct WorkerOptions {
     /// Serve `/metrics`, `/healthz`, `/readyz` on a free loopback port (else `metrics_listen:
     /// null`).
     pub metrics: bool,
+    /// More environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `llmbus serve` process.
@@ -64,8 +66,13 @@ impl WorkerProcess {
         if let Some(g) = &grace {
             args.extend(["--grace-secs", g]);
         }
+        let env: Vec<(&str, &str)> = options
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let worker = Self {
-            process: LlmbusProcess::start(&args, &[]).with_label(format!("worker {name}")),
+            process: LlmbusProcess::start(&args, &env).with_label(format!("worker {name}")),
             metrics,
             _dir: dir,
         };

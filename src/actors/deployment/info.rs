@@ -19,7 +19,8 @@ use crate::{
 /// What the rest of the worker knows about a deployment; fixed for the deployment's life.
 #[derive(Debug)]
 pub struct DeploymentInfo {
-    /// Unique id (`model_info.id`, else `<model_group>-<n>`).
+    /// Unique id (`model_info.id`, else `<model_group>-<hash of the upstream>`, the same on
+    /// every worker: [`crate::config::deployment_ids`]).
     pub id: String,
     /// A digest of everything that makes the deployment what it is: a config reload keeps a
     /// running deployment whose identity is unchanged.
@@ -55,6 +56,39 @@ pub struct DeploymentInfo {
     pub misconfigured: Option<String>,
     /// Numbers the router reads without a lock.
     pub live: Live,
+}
+
+impl DeploymentInfo {
+    /// The same facts with fresh [`Live`] numbers but the latency averages: for a deployment
+    /// that replaces this one while it keeps running for the calls it holds.
+    pub fn renewed(&self) -> DeploymentInfo {
+        let live = Live::default();
+        for (to, from) in [
+            (&live.latency_ewma_us, &self.live.latency_ewma_us),
+            (&live.ttft_ewma_us, &self.live.ttft_ewma_us),
+        ] {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        DeploymentInfo {
+            id: self.id.clone(),
+            identity: self.identity.clone(),
+            model_group: self.model_group.clone(),
+            model: self.model.clone(),
+            upstream_model: self.upstream_model.clone(),
+            provider: self.provider.clone(),
+            timeout: self.timeout,
+            stream_timeout: self.stream_timeout,
+            weight: self.weight,
+            price: self.price,
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_parallel: self.max_parallel,
+            tags: self.tags.clone(),
+            max_input_tokens: self.max_input_tokens,
+            misconfigured: self.misconfigured.clone(),
+            live,
+        }
+    }
 }
 
 /// The instant all `*_ms` numbers in [`Live`] count from.
@@ -134,6 +168,10 @@ pub struct DeploymentStatus {
     pub calls_last_minute: usize,
     /// Capacity in use and limits.
     pub capacity: CapacitySnapshot,
+    /// Where its `rpm`/`tpm` hold: `shared` (the whole cluster) or `local` (this worker alone:
+    /// the cluster lets N times the limit through); absent without `rpm`/`tpm`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<&'static str>,
     /// Jobs waiting for capacity.
     pub waiting: usize,
     /// Moving average latency of successful calls, milliseconds.

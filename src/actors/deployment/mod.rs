@@ -11,6 +11,7 @@
 //!
 //! It never makes the HTTP call: the job runs it in its own task.
 
+mod handover;
 mod info;
 mod queue;
 
@@ -382,6 +383,13 @@ impl Deployment {
             failures_last_minute,
             calls_last_minute,
             capacity: core.capacity.snapshot(now),
+            limits: (self.info.rpm.is_some() || self.info.tpm.is_some()).then_some(
+                if self.cluster_limited() {
+                    "shared"
+                } else {
+                    "local"
+                },
+            ),
             waiting: core.waiting,
             latency_ms: live.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
             ttft_ms: live.ttft_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,

@@ -165,14 +165,15 @@ impl DeploymentState {
         let client = g.client.clone();
         let subject = g.subjects.health(id);
         let board = g.board.clone();
-        let until = crate::cluster::epoch_ms() + event.cooldown_ms;
         // Fire and forget: gossip never holds up the actor.
         tokio::spawn(async move {
             if let Ok(body) = serde_json::to_vec(&event) {
                 let _ = client.publish(subject, body.into()).await;
             }
             if let Some(board) = board
-                && let Err(e) = board.publish(&event.deployment, until, &event.reason).await
+                && let Err(e) = board
+                    .publish_for(&event.deployment, length, &event.reason)
+                    .await
             {
                 tracing::warn!(error = %e, "recording a cooldown in the cluster's health board");
             }

@@ -198,7 +198,7 @@ impl JobState<'_> {
     /// the requester directly. False when no other worker serves it (the job gets its 404), or
     /// the job has been handed over too often already.
     async fn hand_over(&mut self) -> bool {
-        let Some(members) = &self.ctx.members else {
+        let Some(members) = self.ctx.members.load_full() else {
             return false;
         };
         let message = &self.job.request.message;
