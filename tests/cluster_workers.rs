@@ -402,3 +402,87 @@ async fn a_pushed_config_reaches_running_workers_without_failing_a_job() {
         assert_eq!(content(&r), "two");
     }
 }
+
+/// Puts a member that has left without a word into the membership: `ghost` serves `x`, its
+/// heartbeat is fresh and its period long, so every worker keeps it in its view, yet nothing
+/// subscribes to its subjects (like a worker killed with `kill -9` a moment ago).
+async fn put_ghost(nats: &async_nats::Client) {
+    let js = async_nats::jetstream::new(nats.clone());
+    let kv = js
+        .get_key_value(llmbus::cluster::bucket_name("llm", "WORKERS"))
+        .await
+        .expect("the membership bucket");
+    let mut ghost = llmbus::cluster::members::MemberInfo::new("ghost", vec!["x".into()], "gone");
+    ghost.heartbeat_ms = llmbus::cluster::epoch_ms();
+    ghost.every_ms = 600_000;
+    kv.put("ghost", serde_json::to_vec(&ghost).unwrap().into())
+        .await
+        .expect("write the ghost's entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_never_handed_to_a_worker_that_has_left() {
+    on_every_flavour(|flavour| async move {
+        let server = NatsServer::start_flavour(flavour);
+        let demo = "model_list:\n  - model_name: demo\n    litellm_params: {model: mock/demo, mock_response: demo}\n";
+        let a = WorkerProcess::start("a", &server.url(), demo, WorkerOptions::default()).await;
+        let nats = server.client().await;
+        let a_id = worker_ids(&nats, 1).await.remove(0);
+        put_ghost(&nats).await;
+        let client = LlmClient::new(nats.clone(), "llm");
+        let ask = |model: &'static str| {
+            let client = client.clone();
+            async move {
+                client
+                    .complete(HeaderMap::new(), chat(model, "hi").to_string().into(), PATIENCE)
+                    .await
+                    .unwrap_or_else(|e| panic!("{flavour:?}: no answer for {model}: {e}"))
+            }
+        };
+        // Once worker "a" sees the ghost, a job for x is handed to it: the ghost's subject has
+        // no responders, so the job gets a clear 503 instead of NATS's empty status.
+        let deadline = Instant::now() + PATIENCE;
+        let r = loop {
+            let r = ask("x").await;
+            if r.status != 404 {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "{flavour:?}: a never saw the ghost");
+        };
+        assert_eq!(r.status, 503, "{flavour:?}: {}", String::from_utf8_lossy(&r.body));
+        let e = r.json();
+        assert_eq!(e["error"]["code"], "worker_unreachable", "{e}");
+        assert_eq!(e["error"]["type"], "service_unavailable_error", "{e}");
+        assert!(a.logged("did not answer"), "{flavour:?}: not logged\n{}", a.log());
+        // A worker that does serve x joins: every job for x reaches it, none is lost to the
+        // ghost, whichever worker the queue group gives it to.
+        let with_x = format!(
+            "{demo}  - model_name: x\n    litellm_params: {{model: mock/x, mock_response: from-x}}\n"
+        );
+        let _c = WorkerProcess::start("c", &server.url(), &with_x, WorkerOptions::default()).await;
+        // Until "a" sees "c" too (a job on a's own subject is one "a" must hand over).
+        let via_a = llmbus::wire::Subjects::new("llm").direct(&a_id, "completion");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let m = nats
+                .request(via_a.clone(), chat("x", "hi").to_string().into())
+                .await
+                .unwrap_or_else(|e| panic!("{flavour:?}: no answer from a: {e}"));
+            let status = m.headers.as_ref().and_then(|h| h.get("Llm-Status"));
+            if status.is_some_and(|s| s.as_str() == "200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{flavour:?}: a never saw c");
+        }
+        put_ghost(&nats).await;
+        let replies = futures::stream::iter(0..100)
+            .map(|_| ask("x"))
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+        assert!(statuses.iter().all(|s| *s == 200), "{flavour:?}: {statuses:?}");
+        assert!(replies.iter().all(|r| content(r) == "from-x"));
+    })
+    .await;
+}
