@@ -453,7 +453,7 @@ async fn a_job_is_never_handed_to_a_worker_that_has_left() {
         let e = r.json();
         assert_eq!(e["error"]["code"], "worker_unreachable", "{e}");
         assert_eq!(e["error"]["type"], "service_unavailable_error", "{e}");
-        assert!(a.logged("did not answer"), "{flavour:?}: not logged\n{}", a.log());
+        a.wait_for_log("did not answer", PATIENCE).await;
         // A worker that does serve x joins: every job for x reaches it, none is lost to the
         // ghost, whichever worker the queue group gives it to.
         let with_x = format!(

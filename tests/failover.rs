@@ -109,7 +109,11 @@ async fn a_lone_rate_limited_deployment_answers_429_with_retry_after_at_once() {
     let gw = Gateway::start(&format!("model_list:\n{}", deployment("g", &fake, "d"))).await;
     let r = gw.complete(chat("g", "again")).await;
     assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
-    let wait: u64 = r.header("Retry-After").expect("Retry-After").parse().unwrap();
+    let wait: u64 = r
+        .header("Retry-After")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
     assert!((1..=5).contains(&wait), "{wait}");
     assert_eq!(fake.request_count(), 1);
 }
@@ -130,7 +134,11 @@ fn cooling_config(bad: &FakeProvider, good: &FakeProvider, fallbacks: bool) -> S
 }
 
 /// LiteLLM's answer for a model whose deployments all cool down, with its `Retry-After`.
-fn assert_no_deployments_available(status: u16, body: &serde_json::Value, retry_after: Option<&str>) {
+fn assert_no_deployments_available(
+    status: u16,
+    body: &serde_json::Value,
+    retry_after: Option<&str>,
+) {
     assert_eq!(status, 429, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
@@ -144,7 +152,10 @@ fn assert_no_deployments_available(status: u16, body: &serde_json::Value, retry_
     assert_eq!(body["error"]["type"], "rate_limit_error");
     let wait: u64 = retry_after.expect("a Retry-After header").parse().unwrap();
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
-    assert!(message.contains(&format!("Try again in {wait} seconds")), "{message}");
+    assert!(
+        message.contains(&format!("Try again in {wait} seconds")),
+        "{message}"
+    );
 }
 
 #[tokio::test]

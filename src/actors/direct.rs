@@ -117,9 +117,7 @@ async fn probe(ctx: &WorkerContext, kind: JobKind, target: &str, deadline: Insta
     let mut h = HeaderMap::new();
     h.insert(PROBE, "1");
     let subject = ctx.subjects.direct(target, kind_name(kind));
-    let asked = ctx
-        .client
-        .request_with_headers(subject, h, Bytes::new());
+    let asked = ctx.client.request_with_headers(subject, h, Bytes::new());
     match tokio::time::timeout(patience, asked).await {
         Ok(Ok(answer)) => {
             let status = answer
@@ -182,7 +180,11 @@ pub(crate) fn is_probe(request: &Request) -> bool {
 
 /// Answers a probe: `200` while this worker serves, `503` once it drains or leaves.
 pub(crate) async fn answer_probe(request: &Request, phase: Phase) {
-    let status = if phase == Phase::Serving { "200" } else { "503" };
+    let status = if phase == Phase::Serving {
+        "200"
+    } else {
+        "503"
+    };
     let mut h = HeaderMap::new();
     h.insert(headers::STATUS, status);
     let _ = request.respond_with_headers(Ok(Bytes::new()), h).await;

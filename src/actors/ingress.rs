@@ -533,7 +533,11 @@ impl Reader {
                     .publish_with_reply_and_headers(subject, reply, h, message.payload)
                     .await
             }
-            None => client.publish_with_headers(subject, h, message.payload).await,
+            None => {
+                client
+                    .publish_with_headers(subject, h, message.payload)
+                    .await
+            }
         };
         match sent {
             Ok(()) => gate.count_relayed(),

@@ -196,8 +196,14 @@ impl JobState<'_> {
     async fn hand_over(&mut self) -> Result<(), Option<ApiError>> {
         use crate::actors::direct::{self, HandOver};
         let message = &self.job.request.message;
-        match direct::hand_over(self.ctx, self.job.kind, message, &self.groups[0], self.deadline)
-            .await
+        match direct::hand_over(
+            self.ctx,
+            self.job.kind,
+            message,
+            &self.groups[0],
+            self.deadline,
+        )
+        .await
         {
             HandOver::Sent => {
                 self.answered
