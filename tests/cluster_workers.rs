@@ -1,7 +1,8 @@
 //! Several worker processes on one nats-server behave as one gateway: a deployment's `rpm`
 //! holds for all of them together, a worker that starts during a cooldown knows it, a job for
-//! a group only some workers serve never gets a 404, and a config pushed to the cluster
-//! reaches running workers without failing a job. Each test runs on every nats-server release
+//! a group only some workers serve never gets a 404 (nor goes to a worker that has left but is
+//! still listed, and its hand-over needs no permission the shipped NATS config lacks), and a
+//! config pushed to the cluster reaches running workers without failing a job. Each test runs on every nats-server release
 //! the machine has (Debian's 2.9 and the current one), at the same time.
 
 mod support;
@@ -17,13 +18,14 @@ use std::{
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use llmbus::{client::LlmClient, cluster::config_store::ConfigStore};
+use llmbus::{Worker, client::LlmClient, cluster::config_store::ConfigStore, config::Config};
 use serde_json::Value;
 use support::{
     fake_provider::{FakeProvider, Fault},
     gateway::{PATIENCE, chat, content, headers},
     llmbus_process::LlmbusProcess,
     nats_server::{Flavour, NatsServer, flavours},
+    shipped_nats::ShippedNats,
     worker_process::{WorkerOptions, WorkerProcess},
 };
 
@@ -504,4 +506,59 @@ async fn a_job_is_never_handed_to_a_worker_that_has_left() {
         );
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_shipped_permissions_a_hand_over_and_its_probe_are_allowed() {
+    // Two workers as the `llmbus` user of deploy/nats/nats-server.conf, serving different
+    // groups; app2 asks for the group only one serves. Jobs the queue group gives the other
+    // are probed for and handed over: neither worker may hit a permission violation.
+    let nats = ShippedNats::start();
+    let master = "sk-master-handover";
+    let config = |group: &str| {
+        let yaml = format!(
+            "model_list:\n  - model_name: {group}\n    litellm_params: {{model: mock/{group}, \
+             mock_response: from-{group}}}\ngeneral_settings:\n  master_key: {master}\n\
+             llmbus:\n  metrics_listen: null\n"
+        );
+        Config::from_yaml(&yaml, "test.yaml")
+            .expect("config")
+            .config
+    };
+    let (a_nc, a_events) = nats.connect("llmbus").await;
+    let (b_nc, b_events) = nats.connect("llmbus").await;
+    let a = Worker::start(&config("demo"), a_nc.clone())
+        .await
+        .expect("worker a");
+    let b = Worker::start(&config("x"), b_nc.clone())
+        .await
+        .expect("worker b");
+    let (app2, _) = nats.connect("app2").await;
+    let client = LlmClient::new(app2, "llm");
+    let mut auth = HeaderMap::new();
+    auth.insert("Authorization", format!("Bearer {master}").as_str());
+    // Until 20 in a row succeed: "a" knows "b" by then (a job it got before would be a 404),
+    // and some of the 20 went through "a" (all 20 on "b" has a chance of one in a million).
+    let deadline = Instant::now() + PATIENCE;
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        let r = client
+            .complete(auth.clone(), chat("x", "hi").to_string().into(), PATIENCE)
+            .await
+            .expect("app2 gets an answer");
+        in_a_row = if r.status == 200 { in_a_row + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "x never answered 20 in a row");
+    }
+    for nc in [&a_nc, &b_nc] {
+        nc.flush().await.expect("flush");
+    }
+    for (name, events) in [("a", &a_events), ("b", &b_events)] {
+        assert!(
+            events.violations().is_empty(),
+            "worker {name} lacks a permission: {:?}",
+            events.violations()
+        );
+    }
+    a.stop().await;
+    b.stop().await;
 }
