@@ -55,7 +55,7 @@
 //!    KV ledger in the background ([`cluster::quota`]), so a job far from its limit never waits
 //!    on a round trip; cooldowns go to every worker, and to those that start later, through
 //!    the health board ([`cluster::health`]). A job for a group this worker does not serve is
-//!    handed to one that does ([`cluster::members`]).
+//!    handed to one that does ([`cluster::members`]) and still answers ([`actors::direct`]).
 //! 5. [`providers`] turn the OpenAI request into a provider's HTTP call and its answer or
 //!    stream back into OpenAI shapes: the OpenAI-compatible family (one table row each),
 //!    Anthropic, Gemini and Vertex AI, Bedrock Converse, Cohere and Ollama; [`pricing`]

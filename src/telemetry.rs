@@ -53,6 +53,9 @@ pub const RETRIES: &str = "llmbus_retries_total";
 pub const UNPUBLISHED: &str = "llmbus_answers_unpublished_total";
 /// Counter: jobs for a model group this worker does not serve, handed to a worker that does.
 pub const HANDED_OVER: &str = "llmbus_jobs_handed_over_total";
+/// Counter: workers listed as serving a model that did not answer the probe before a hand-over
+/// (they stopped; the membership drops them within a few heartbeats).
+pub const HANDOVER_UNREACHABLE: &str = "llmbus_handover_unreachable_total";
 /// Counter: jobs refused because they had no reply subject (nowhere to answer).
 pub const UNANSWERABLE: &str = "llmbus_jobs_unanswerable_total";
 /// Requests to a model no price table knows (they cost 0), by `model`.
@@ -263,6 +266,10 @@ fn describe() {
         "Usage events dropped because the publisher's buffer was full"
     );
     describe_counter!(USAGE_PUBLISHED, "Usage events published");
+    describe_counter!(
+        HANDOVER_UNREACHABLE,
+        "Workers listed as serving a model that did not answer before a hand-over"
+    );
     describe_counter!(
         CANCELS_REFUSED,
         "Cancels refused: neither the job's key nor the master key"

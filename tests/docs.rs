@@ -407,6 +407,8 @@ const VALUES_NOT_KEYS: &[&str] = &[
     "overloaded_error",
     "content_filter",
     "no_healthy_deployment",
+    "worker_unreachable",
+    "llmbus_handover_unreachable_total",
 ];
 
 #[test]

@@ -22,6 +22,10 @@
 //!    `Endpoint::stop`): a job routed here in the instant before the server processed the
 //!    unsubscription (about one round trip) is dropped by the client library, unseen.
 //!
+//! The worker's own subjects (`<prefix>.worker.<id>.completion|embedding`) take the jobs other
+//! workers hand it and their probes ([`super::direct`]): it runs those jobs while it serves and
+//! while it drains, and once it leaves relays them to the shared subject instead.
+//!
 //! Endpoints can only unsubscribe, not drain, in async-nats 0.51: that is why step 1 keeps the
 //! subscriptions and relays instead, and why step 3 drains the whole connection.
 
@@ -37,7 +41,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    WorkerContext,
+    WorkerContext, direct,
     gate::{DrainCounts, Phase},
     job::{self, Job, JobKind},
 };
@@ -109,6 +113,8 @@ struct Reader {
 #[derive(Clone, Copy)]
 enum Endpoint {
     Job(JobKind),
+    /// This worker's own subject: jobs other workers hand it, and their probes.
+    Direct(JobKind),
     Models,
     Deployments,
 }
@@ -208,13 +214,13 @@ impl Actor for IngressActor {
                 direct_completion,
                 reader.clone(),
                 leave.subscribe(),
-                Endpoint::Job(JobKind::Completion),
+                Endpoint::Direct(JobKind::Completion),
             ),
             read(
                 direct_embedding,
                 reader,
                 leave.subscribe(),
-                Endpoint::Job(JobKind::Embedding),
+                Endpoint::Direct(JobKind::Embedding),
             ),
         ];
         // Make sure the server has our subscriptions before anyone is told we serve (a flush
@@ -417,15 +423,32 @@ impl Reader {
                     if gate.alone() || hops >= MAX_RELAYS {
                         self.admit(kind, request).await;
                     } else {
-                        self.relay(request, hops).await;
+                        self.relay(request, hops, None).await;
                     }
                 }
                 Phase::Leaving => {
                     let hops = relays(&request);
-                    self.relay(request, hops).await;
+                    self.relay(request, hops, None).await;
                 }
             },
-            _ if phase == Phase::Leaving => self.relay(request, 0).await,
+            Endpoint::Direct(_) if direct::is_probe(&request) => {
+                direct::answer_probe(&request, phase).await;
+            }
+            // Handed over because this worker serves the model: it runs the job while it
+            // drains too (senders pick a draining worker only when no other serves); once it
+            // leaves, the job goes on to the shared subject, where another worker takes it.
+            Endpoint::Direct(kind) => match phase {
+                Phase::Serving | Phase::Draining => self.admit(kind, request).await,
+                Phase::Leaving => {
+                    let hops = relays(&request);
+                    let shared = match kind {
+                        JobKind::Completion => self.ctx.subjects.completion(),
+                        JobKind::Embedding => self.ctx.subjects.embedding(),
+                    };
+                    self.relay(request, hops, Some(shared)).await;
+                }
+            },
+            _ if phase == Phase::Leaving => self.relay(request, 0, None).await,
             _ if let Err(e) = self
                 .ctx
                 .settings
@@ -494,24 +517,25 @@ impl Reader {
         tokio::spawn(job::supervise(job, self.ctx.clone(), ticket));
     }
 
-    /// Publishes `request` again on its subject, with its reply subject and headers, for
-    /// another worker of the queue group.
-    async fn relay(&self, request: Request, hops: u32) {
+    /// Publishes `request` again on its subject (or on `to`), with its reply subject and
+    /// headers, for another worker of the queue group.
+    async fn relay(&self, request: Request, hops: u32, to: Option<String>) {
         let gate = &self.ctx.gate;
         let relay = gate.relay.load_full();
         let client = relay.as_deref().unwrap_or(&self.ctx.client);
         let message = request.message;
+        let subject = to.map_or(message.subject, async_nats::Subject::from);
         let mut h = message.headers.unwrap_or_default();
         h.insert(RELAYED, (hops + 1).to_string().as_str());
         let sent = match message.reply {
             Some(reply) => {
                 client
-                    .publish_with_reply_and_headers(message.subject, reply, h, message.payload)
+                    .publish_with_reply_and_headers(subject, reply, h, message.payload)
                     .await
             }
             None => {
                 client
-                    .publish_with_headers(message.subject, h, message.payload)
+                    .publish_with_headers(subject, h, message.payload)
                     .await
             }
         };

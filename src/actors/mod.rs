@@ -10,6 +10,8 @@
 //! ```
 //!
 //! - [`ingress`]: the NATS service and its endpoint readers; the drain.
+//! - [`direct`]: jobs handed between workers (a group this worker does not serve), probed
+//!   first so that none goes to a worker that has left.
 //! - [`admin`]: the admin subjects (`llm.admin.config.push|rollback`), checked against the
 //!   master key.
 //! - [`gate`]: admission (the in-flight bound), the worker's phase, the cut-off signal.
@@ -30,6 +32,7 @@ pub mod announced;
 pub mod cancel;
 pub mod cost;
 pub mod deployment;
+pub mod direct;
 pub mod gate;
 pub mod ingress;
 pub mod job;

@@ -7,8 +7,11 @@
 //! group's deployments step by step, then lets the routing strategy
 //! ([`crate::policy::routing`]) choose:
 //! 0. not misconfigured (a group with nothing else answers a 500 naming the reasons);
-//! 1. not already failed for this job (unless all have: then all again);
-//! 2. healthy — a cooling-down deployment gets nothing, a half-open one gets exactly one probe;
+//! 1. healthy — a cooling-down deployment gets nothing, a half-open one gets exactly one probe;
+//!    when none is, the pick fails at once with LiteLLM's 429 "No deployments available for
+//!    selected model, Try again in N seconds…" (N: the first cooldown's end), so the job falls
+//!    back or answers without waiting for a cooldown;
+//! 2. not already failed for this job (unless every healthy one has: then those again);
 //! 3. with `enable_tag_filtering`: tagged with one of the request's `Llm-Tags`, or `default`
 //!    when the request has none;
 //! 4. with `enable_pre_call_checks`: a context window (`model_info.max_input_tokens`) that
@@ -101,8 +104,9 @@ impl Route {
 pub enum RouteError {
     /// No such model group or alias (404).
     UnknownModel(ApiError),
-    /// The group exists but no deployment can take the job now: all cooling down, a probe
-    /// already out, or none with a matching tag. `retry_in` is when one may be back.
+    /// The group exists but no deployment can take the job now: all misconfigured, all
+    /// cooling down (or their probe out), or none with a matching tag. `retry_in` is when one
+    /// may be back (the `Retry-After` of the answer), for cooldowns.
     Unavailable {
         /// The resolved group.
         group: Arc<str>,
@@ -231,7 +235,20 @@ impl RoutingTable {
             });
         }
 
-        // 1. Not already failed for this job, unless every one has.
+        // 1. Healthy, or half-open with no probe out yet. When none is, no deployment of the
+        //    group can take the job now: the job falls back (or fails) at once, never waits.
+        let members: Vec<usize> = if self.rules.health {
+            let (healthy, cooling): (Vec<usize>, Vec<usize>) =
+                members.into_iter().partition(|&i| dep(i).available(now));
+            if healthy.is_empty() {
+                return Err(self.all_cooling(group, req, &cooling, now));
+            }
+            healthy
+        } else {
+            members
+        };
+
+        // 2. Not already failed for this job, unless every healthy one has.
         let mut pool: Vec<usize> = members
             .iter()
             .copied()
@@ -240,34 +257,6 @@ impl RoutingTable {
         let fresh = !pool.is_empty();
         if !fresh {
             pool = members;
-        }
-
-        // 2. Healthy, or half-open with no probe out yet.
-        if self.rules.health {
-            let before = pool.len();
-            let mut retry_in: Option<Duration> = None;
-            pool.retain(|&i| {
-                let ok = dep(i).available(now);
-                if !ok {
-                    let left = dep(i).info.live.cooldown_left(now);
-                    if !left.is_zero() {
-                        retry_in = Some(retry_in.map_or(left, |r| r.min(left)));
-                    }
-                }
-                ok
-            });
-            if pool.is_empty() && before > 0 {
-                let error = ApiError::rate_limited(format!(
-                    "no healthy deployment in model group `{group}`: all are cooling down after failures{}",
-                    retry_in.map_or(String::new(), |d| format!("; retry in {} ms", d.as_millis()))
-                ))
-                .with_code("no_healthy_deployment");
-                return Err(RouteError::Unavailable {
-                    group: group.clone(),
-                    error,
-                    retry_in,
-                });
-            }
         }
 
         // 3. Tags.
@@ -355,16 +344,34 @@ impl RoutingTable {
             }
             pool.retain(|&i| i != chosen);
             if pool.is_empty() {
-                let error = ApiError::rate_limited(format!(
-                    "no healthy deployment in model group `{group}`: a probe is already testing the one coming back"
-                ))
-                .with_code("no_healthy_deployment");
-                return Err(RouteError::Unavailable {
-                    group: group.clone(),
-                    error,
-                    retry_in: None,
-                });
+                // Every one left was half-open and another job took its probe meanwhile.
+                return Err(self.all_cooling(group, req, &[chosen], now));
             }
+        }
+    }
+
+    /// The answer when no deployment of `group` can take a job now (`cooling` are the ones
+    /// that are cooling down or have their probe out): LiteLLM's 429, with the time until the
+    /// first of them comes back (at least a second; a probe out decides within its call).
+    fn all_cooling(
+        &self,
+        group: &Arc<str>,
+        req: &RouteRequest<'_>,
+        cooling: &[usize],
+        now: Instant,
+    ) -> RouteError {
+        let dep = |i: usize| &self.deployments[i];
+        let retry_in = cooling
+            .iter()
+            .map(|&i| dep(i).info.live.cooldown_left(now))
+            .filter(|left| !left.is_zero())
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        let ids: Vec<&str> = cooling.iter().map(|&i| dep(i).info.id.as_str()).collect();
+        RouteError::Unavailable {
+            group: group.clone(),
+            error: no_deployments_available(req.model, retry_in, self.rules.pre_call_checks, &ids),
+            retry_in: Some(retry_in),
         }
     }
 
@@ -414,5 +421,61 @@ fn candidate(info: &DeploymentInfo, stream: bool) -> Candidate {
             .price
             .as_ref()
             .map(|p| p.input_per_token + p.output_per_token),
+    }
+}
+
+/// Whole seconds to wait for `d`, rounded up (what a `Retry-After` header carries).
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// LiteLLM's `RouterRateLimitError`, word for word (clients match on its message): a 429 for
+/// a model whose deployments are all cooling down. `code` is llmbus's own.
+fn no_deployments_available(
+    model: &str,
+    retry_in: Duration,
+    pre_call_checks: bool,
+    cooldown_list: &[&str],
+) -> ApiError {
+    let list: Vec<String> = cooldown_list.iter().map(|id| format!("'{id}'")).collect();
+    ApiError::rate_limited(format!(
+        "No deployments available for selected model, Try again in {} seconds. Passed model={}. \
+         pre-call-checks={}, cooldown_list=[{}]",
+        retry_after_secs(retry_in),
+        crate::wire::error::echo(model),
+        if pre_call_checks { "True" } else { "False" },
+        list.join(", ")
+    ))
+    .with_code("no_healthy_deployment")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cooling_group_gets_litellm_s_message_word_for_word() {
+        let e = no_deployments_available(
+            "broken",
+            Duration::from_millis(59_001),
+            false,
+            &["broken-1", "broken-2"],
+        );
+        assert_eq!(e.status, 429);
+        assert_eq!(e.kind, "rate_limit_error");
+        assert_eq!(
+            e.message,
+            "No deployments available for selected model, Try again in 60 seconds. Passed \
+             model=broken. pre-call-checks=False, cooldown_list=['broken-1', 'broken-2']"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_never_zero() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(60)), 60);
     }
 }

@@ -165,6 +165,9 @@ pub fn from_reply(reply: &Reply, elapsed: Duration) -> Vec<(HeaderName, HeaderVa
     if let Some(id) = reply.header(headers::JOB_ID) {
         put(JOB_ID, id);
     }
+    if let Some(wait) = reply.header(headers::RETRY_AFTER) {
+        put("retry-after", wait);
+    }
     if let Some(upstream) = reply
         .header(headers::UPSTREAM_MS)
         .and_then(|v| v.trim().parse::<f64>().ok())

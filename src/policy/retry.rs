@@ -4,9 +4,11 @@
 //! As in LiteLLM's router: `num_retries` (default 2) applies to the retryable classes (rate
 //! limit, timeout, connection, 5xx, broken upstream body); `retry_policy` sets retries per class
 //! (and may give retries to classes that otherwise get none, such as authentication). A retry
-//! goes at once to another healthy deployment when there is one; otherwise it waits —
-//! `Retry-After` when the upstream sent it, else exponential back-off from 0.5 s to 8 s with
-//! jitter, never less than `retry_after` — and never past the job's deadline.
+//! goes at once to another healthy deployment when there is one; otherwise, when only healthy
+//! ones that already failed the job are left, it waits — `Retry-After` when the upstream sent
+//! it, else exponential back-off from 0.5 s to 8 s with jitter, never less than `retry_after` —
+//! and never past the job's deadline. A group none of whose deployments is healthy (all cooling
+//! down) is never waited for: the job falls back at once.
 //!
 //! After the retries, a context-window error goes to `context_window_fallbacks`, a
 //! content-policy error to `content_policy_fallbacks` (when the group has any), everything else

@@ -45,6 +45,9 @@ pub const CONFIGS: &str = "Llm-Configs";
 /// Reply: milliseconds the job spent in upstream calls (all attempts), so a front can report
 /// the gateway's own overhead (total minus upstream).
 pub const UPSTREAM_MS: &str = "Llm-Upstream-Ms";
+/// Reply (429 and 503 errors): whole seconds until the model may serve again (the first of
+/// its deployments' cooldowns ends), as HTTP's `Retry-After` says it.
+pub const RETRY_AFTER: &str = "Retry-After";
 
 /// The reply headers a job writes on every answer and chunk, as ready-made names: inserting
 /// one skips the name's validation and its copy, which a `&str` name costs on every insert.
@@ -67,6 +70,8 @@ pub mod name {
     pub const JOB_ID: HeaderName = HeaderName::from_static(super::JOB_ID);
     /// [`super::UPSTREAM_MS`].
     pub const UPSTREAM_MS: HeaderName = HeaderName::from_static(super::UPSTREAM_MS);
+    /// [`super::RETRY_AFTER`].
+    pub const RETRY_AFTER: HeaderName = HeaderName::from_static(super::RETRY_AFTER);
 }
 
 /// The headers a requester may set on `llm.completion` and `llm.embedding`, as a JSON object of
@@ -210,6 +215,17 @@ pub struct ReplyHeaders {
     )]
     #[schemars(with = "String")]
     pub configs: Option<String>,
+    /// On a 429 or 503 error: whole seconds after which the model may serve again (when every
+    /// deployment of the group is cooling down, the first one's end; else the upstream's own
+    /// `Retry-After`).
+    #[serde(
+        rename = "Retry-After",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    #[schemars(regex(pattern = r"^[0-9]+$"))]
+    pub retry_after: Option<String>,
     /// Any other header.
     #[serde(flatten)]
     pub other: BTreeMap<String, String>,

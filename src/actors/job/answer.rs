@@ -277,6 +277,14 @@ impl JobState<'_> {
             let ms = self.upstream_time.as_secs_f64() * 1000.0;
             h.insert(headers::name::UPSTREAM_MS, format!("{ms:.3}"));
         }
+        if let Some(wait) = self.retry_after
+            && matches!(status, 429 | 503)
+        {
+            h.insert(
+                headers::name::RETRY_AFTER,
+                crate::actors::table::retry_after_secs(wait).to_string(),
+            );
+        }
         h
     }
 

@@ -1,6 +1,9 @@
 //! One job's attempts: pick a deployment from the routing table, take its capacity, call the
 //! upstream, and on failure retry on another deployment of the group (after a back-off when
 //! none is left), then fall back to other groups, until something answers or nothing is left.
+//! A group none of whose deployments can take the job now (all cooling down or misconfigured)
+//! is left at once: a job waits for capacity that frees before its deadline, never for a
+//! cooldown.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -75,6 +78,7 @@ impl JobState<'_> {
                     .last_error
                     .take()
                     .unwrap_or_else(|| ApiError::unavailable("no deployment could serve the job"));
+                self.retry_after = self.error_retry_after.take();
                 return self.fail(e).await;
             };
             let now = Instant::now();
@@ -96,10 +100,10 @@ impl JobState<'_> {
                 Ok(route) => route,
                 Err(RouteError::UnknownModel(e)) => {
                     if self.group_index == 0 {
-                        if self.hand_over().await {
-                            return;
-                        }
-                        return self.fail(e).await;
+                        return match self.hand_over().await {
+                            Ok(()) => {}
+                            Err(unreachable) => self.fail(unreachable.unwrap_or(e)).await,
+                        };
                     }
                     // A fallback group that does not exist: skip it.
                     self.next_group();
@@ -110,25 +114,17 @@ impl JobState<'_> {
                     error,
                     retry_in,
                 }) => {
+                    // No deployment of the group can take the job now (all cooling down or
+                    // misconfigured): fall back at once, never wait out a cooldown. Without a
+                    // fallback the job answers this error, with `Retry-After` from `retry_in`.
                     self.first_group.get_or_insert(group);
-                    self.last_error = Some(error);
-                    // Every deployment is cooling down: wait for the first to come back when
-                    // the retries and the deadline allow it, else fall back.
-                    let retries = self.settings.retry.retries_for(ErrorClass::RateLimit);
-                    if let Some(wait) = retry_in
-                        && !self.waited
-                        && self.tries_in_group < retries + 1
-                        && self.back_off(wait).await
-                    {
-                        self.tries_in_group += 1;
-                        continue;
-                    }
+                    self.set_error(error, retry_in);
                     self.exhaust_group(FallbackKind::Generic);
                     continue;
                 }
                 Err(RouteError::ContextWindow { group, error }) => {
                     self.first_group.get_or_insert(group);
-                    self.last_error = Some(error);
+                    self.set_error(error, None);
                     self.exhaust_group(FallbackKind::ContextWindow);
                     continue;
                 }
@@ -194,55 +190,35 @@ impl JobState<'_> {
     }
 
     /// The requested model is no group of this worker's: hand the job, unchanged, to a worker
-    /// that serves it (cluster membership says which), on that worker's own subject. It answers
-    /// the requester directly. False when no other worker serves it (the job gets its 404), or
-    /// the job has been handed over too often already.
-    async fn hand_over(&mut self) -> bool {
-        let Some(members) = self.ctx.members.load_full() else {
-            return false;
-        };
+    /// that serves it and answers ([`crate::actors::direct`]); it answers the requester
+    /// directly. `Some(error)` when workers serve it but none answered; `None` when no other
+    /// worker serves it (the job gets its 404).
+    async fn hand_over(&mut self) -> Result<(), Option<ApiError>> {
+        use crate::actors::direct::{self, HandOver};
         let message = &self.job.request.message;
-        let hops = super::super::ingress::relays_of(message.headers.as_ref());
-        if hops >= super::super::ingress::MAX_RELAYS {
-            return false;
-        }
-        let view = members.snapshot();
-        let takers: Vec<&str> = view.takers(&self.groups[0], &self.ctx.worker_id).collect();
-        if takers.is_empty() {
-            return false;
-        }
-        let target = takers[(random() * takers.len() as f64) as usize % takers.len()];
-        let kind = match self.job.kind {
-            super::JobKind::Completion => "completion",
-            super::JobKind::Embedding => "embedding",
-        };
-        let Some(reply) = message.reply.clone() else {
-            return false;
-        };
-        let mut headers = message.headers.clone().unwrap_or_default();
-        headers.insert(
-            super::super::ingress::RELAYED,
-            (hops + 1).to_string().as_str(),
-        );
-        let subject = self.ctx.subjects.direct(target, kind);
-        match self
-            .ctx
-            .client
-            .publish_with_reply_and_headers(subject, reply, headers, message.payload.clone())
-            .await
+        match direct::hand_over(
+            self.ctx,
+            self.job.kind,
+            message,
+            &self.groups[0],
+            self.deadline,
+        )
+        .await
         {
-            Ok(()) => {
-                tracing::debug!(model = %self.groups[0], worker = %target, "handed the job to a worker that serves its model");
-                metrics::counter!(telemetry::HANDED_OVER).increment(1);
+            HandOver::Sent => {
                 self.answered
                     .store(true, std::sync::atomic::Ordering::Release);
-                true
+                Ok(())
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "handing a job to another worker failed");
-                false
-            }
+            HandOver::NoTaker => Err(None),
+            HandOver::Unreachable(e) => Err(Some(e)),
         }
+    }
+
+    /// Keeps `error` as the answer should nothing else work, with the `Retry-After` it carries.
+    fn set_error(&mut self, error: ApiError, retry_after: Option<Duration>) {
+        self.last_error = Some(error);
+        self.error_retry_after = retry_after;
     }
 
     /// Waits `wait` before the next attempt, unless that would pass the deadline.
@@ -385,7 +361,8 @@ impl JobState<'_> {
             self.fail(err).await;
             return Flow::Done;
         }
-        self.last_error = Some(upstream_error(id, &e));
+        // The upstream's own `Retry-After` goes on to the requester with its 429 or 503.
+        self.set_error(upstream_error(id, &e), e.retry_after);
         self.last_retry_after = e.retry_after;
         if self.tries_in_group <= self.settings.retry.retries_for(e.class) {
             self.excluded.push(id.to_string());

@@ -175,8 +175,14 @@ struct JobState<'a> {
     /// True while the job waits in a deployment's queue for capacity.
     waiting_for_capacity: bool,
     call: Option<Call>,
+    /// The answer should nothing else work, and the `Retry-After` it carries (a cooldown's
+    /// end, or the upstream's own).
     last_error: Option<ApiError>,
+    error_retry_after: Option<Duration>,
+    /// The upstream's `Retry-After` of the last failed attempt, for the back-off.
     last_retry_after: Option<Duration>,
+    /// The `Retry-After` header of the job's error answer (429 and 503 only).
+    retry_after: Option<Duration>,
     /// The group the requested model resolved to.
     first_group: Option<Arc<str>>,
     served_group: Option<Arc<str>>,
@@ -224,7 +230,9 @@ impl<'a> JobState<'a> {
             waiting_for_capacity: false,
             call: None,
             last_error: None,
+            error_retry_after: None,
             last_retry_after: None,
+            retry_after: None,
             first_group: None,
             served_group: None,
             last_route: None,
