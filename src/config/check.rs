@@ -166,6 +166,13 @@ impl Checker<'_> {
         if l.usage_buffer == 0 {
             return Err(self.fail(&path.key("usage_buffer"), "must be at least 1"));
         }
+        if l.usage_buffer_bytes < 4096 {
+            let message = format!(
+                "must be at least 4096 (a few usage events), not {}",
+                l.usage_buffer_bytes
+            );
+            return Err(self.fail(&path.key("usage_buffer_bytes"), message));
+        }
         if l.price_table
             .as_deref()
             .is_some_and(|p| p.trim().is_empty())
