@@ -294,6 +294,8 @@ impl Delivery {
 
     /// Some events were not stored (`e` says why): back to the front of the queue, retried
     /// after the back-off; loud; a missing stream is created again.
+    // The boxes come from the buffer's channel and go back into the queue as they are.
+    #[allow(clippy::vec_box)]
     async fn not_stored(&mut self, failed: Vec<Box<Pending>>, e: &PublishError) {
         let now = Instant::now();
         metrics::counter!(telemetry::USAGE_RETRIES).increment(failed.len() as u64);
