@@ -1,8 +1,9 @@
 //! The cost actor: owns a worker's usage pipeline ([`crate::usage`]). At start it makes sure
 //! the `LLM_USAGE` stream exists (warning, not failing, when JetStream is not there), starts
 //! the publisher task that empties the job side's [`UsageSink`] into the stream (with
-//! acknowledgements; on core NATS only while there is no stream), and starts the spend aggregator in the background. It answers
-//! this worker's own totals ([`CostMsg::Spend`]) and, at shutdown, flushes what is buffered.
+//! acknowledgements; on core NATS only while there is no stream), and starts the spend
+//! aggregator in the background. It answers this worker's own totals ([`CostMsg::Spend`])
+//! and, at shutdown, flushes what is buffered (waiting for the acknowledgements).
 //!
 //! Jobs do not message this actor: they call [`UsageSink::record`] (the sink is in the
 //! worker context), which never waits.

@@ -144,7 +144,8 @@ pub(super) async fn run(
         tick.tick().await;
         let open = d.take(&mut rx);
         d.maybe_become_durable().await;
-        if !d.queue.is_empty() && d.retry_at.is_none_or(|t| Instant::now() >= t) {
+        // Round after round until the queue is empty, unless one fails (then the back-off).
+        while !d.queue.is_empty() && d.retry_at.is_none_or(|t| Instant::now() >= t) {
             if d.durable {
                 d.store_round().await;
             } else {
