@@ -220,6 +220,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_usage_buffer_is_bounded_in_bytes() {
+        let load = |v: &str| {
+            crate::config::Config::from_yaml(
+                &format!("model_list: []\nllmbus:\n  usage_buffer_bytes: {v}\n"),
+                "t.yaml",
+            )
+        };
+        let loaded = load("8_000_000").expect("a byte bound loads").config;
+        assert_eq!(loaded.llmbus.usage_buffer_bytes, 8_000_000);
+        let e = load("100").expect_err("too small").to_string();
+        assert!(
+            e.contains("usage_buffer_bytes") && e.contains("4096"),
+            "{e}"
+        );
+        let default = crate::config::Config::from_yaml("model_list: []\n", "t.yaml")
+            .unwrap()
+            .config;
+        assert_eq!(default.llmbus.usage_buffer_bytes, 32 << 20);
+    }
+
+    #[test]
     fn subject_tokens() {
         assert!(is_subject_token("llm"));
         assert!(is_subject_token("acme-llm_2"));
