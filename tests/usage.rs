@@ -505,7 +505,7 @@ async fn usage_events_outlive_a_nats_server_restarted_without_jetstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_that_panics_or_runs_out_of_time_still_has_its_usage_event() {
+async fn a_job_that_panics_runs_out_of_time_or_is_cancelled_still_has_its_usage_event() {
     let server = Server::start(&binaries()[0], true);
     let fake = FakeProvider::start().await;
     let extra = r#"  - model_name: crash
@@ -537,8 +537,26 @@ async fn a_job_that_panics_or_runs_out_of_time_still_has_its_usage_event() {
     )
     .await;
     assert_eq!(late.status, 504, "{}", late.json());
-    eventually("two events stored", || async {
-        stream_messages(&js).await >= 2
+    // Cancelled by its requester while the upstream call runs: no answer, an event (499).
+    fake.push(support::fake_provider::Fault::Delay(Duration::from_secs(
+        30,
+    )));
+    let inbox = nats.new_inbox();
+    let _replies = nats.subscribe(inbox.clone()).await.unwrap();
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]});
+    nats.publish_with_reply(
+        Subjects::default().completion(),
+        inbox.clone(),
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap();
+    fake.wait_for_requests(2, PATIENCE).await;
+    nats.publish(Subjects::default().cancel(), Bytes::from(inbox))
+        .await
+        .unwrap();
+    eventually("three events stored", || async {
+        stream_messages(&js).await >= 3
     })
     .await;
     let stored = stored_events(&js).await;
@@ -550,7 +568,11 @@ async fn a_job_that_panics_or_runs_out_of_time_still_has_its_usage_event() {
     let e = &stored[late.header(headers::JOB_ID).unwrap()];
     assert_eq!((e.status, e.deployment.as_deref()), (504, Some("echo-1")));
     assert_eq!(e.error_class.as_deref(), Some("timeout_error"));
-    assert_eq!(stored.len(), 2);
+    let cancelled: Vec<_> = stored.values().filter(|e| e.status == 499).collect();
+    assert_eq!(cancelled.len(), 1, "{stored:?}");
+    assert_eq!(cancelled[0].deployment.as_deref(), Some("echo-1"));
+    assert_eq!(cancelled[0].error_class.as_deref(), Some("cancelled"));
+    assert_eq!(stored.len(), 3);
     w.stop().await;
 }
 
