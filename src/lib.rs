@@ -59,10 +59,10 @@
 //! 5. [`providers`] turn the OpenAI request into a provider's HTTP call and its answer or
 //!    stream back into OpenAI shapes: the OpenAI-compatible family (one table row each),
 //!    Anthropic, Gemini and Vertex AI, Bedrock Converse, Cohere and Ollama; [`pricing`]
-//!    prices the usage (built-in prices, or LiteLLM's price file); the job hands its usage
-//!    event to [`usage`] without waiting.
-//! 6. [`usage`] publishes one event per job on `llm.usage.<group>` (kept by the `LLM_USAGE`
-//!    JetStream stream), and a background aggregator (one worker's at a time, by a lease)
+//!    prices the usage (built-in prices, LiteLLM's price file, or the deployment's own
+//!    prices); the job hands its usage event to [`usage`] without waiting.
+//! 6. [`usage`] stores one event per job in the `LLM_USAGE` JetStream stream
+//!    (`llm.usage.<group>`, acknowledged, retried until stored), and a background aggregator (one worker's at a time, by a lease)
 //!    folds the stream into the `LLM_SPEND` key-value bucket that `llmbus spend` reads;
 //!    [`actors::cost`] owns that pipeline in a worker. `llmbus usage tail` follows the events live.
 //!

@@ -62,8 +62,14 @@ pub const UNANSWERABLE: &str = "llmbus_jobs_unanswerable_total";
 pub const UNPRICED_REQUESTS: &str = "llmbus_unpriced_requests_total";
 /// Usage events dropped because the publisher's buffer was full.
 pub const USAGE_DROPPED: &str = "llmbus_usage_events_dropped_total";
-/// Usage events published on `llm.usage.<model_group>`.
+/// Usage events published on `llm.usage.<model_group>` (stored in `LLM_USAGE` when it
+/// exists: acknowledged by JetStream).
 pub const USAGE_PUBLISHED: &str = "llmbus_usage_events_published_total";
+/// Counter: usage events that were not stored on a try (no stream, JetStream down, no ack in
+/// time) and are retried.
+pub const USAGE_RETRIES: &str = "llmbus_usage_publish_retries_total";
+/// Gauge: bytes of usage events recorded and not yet stored.
+pub const USAGE_BUFFERED_BYTES: &str = "llmbus_usage_buffered_bytes";
 /// Counter: cancels (`llm.cancel`) refused because they carried neither the job's key nor the
 /// master key.
 pub const CANCELS_REFUSED: &str = "llmbus_cancels_refused_total";
@@ -265,7 +271,19 @@ fn describe() {
         USAGE_DROPPED,
         "Usage events dropped because the publisher's buffer was full"
     );
-    describe_counter!(USAGE_PUBLISHED, "Usage events published");
+    describe_counter!(
+        USAGE_PUBLISHED,
+        "Usage events published (stored in the usage stream when it exists)"
+    );
+    describe_counter!(
+        USAGE_RETRIES,
+        "Usage events not stored on a try (no stream, JetStream down, no ack in time), retried"
+    );
+    describe_gauge!(
+        USAGE_BUFFERED_BYTES,
+        Unit::Bytes,
+        "Bytes of usage events recorded and not yet stored"
+    );
     describe_counter!(
         HANDOVER_UNREACHABLE,
         "Workers listed as serving a model that did not answer before a hand-over"

@@ -176,7 +176,12 @@ fn the_file_gives_the_context_window_and_extends_the_built_in_table() {
     // Unknown stays unknown, and costs 0 through the unpriced path.
     assert_eq!(t.lookup("acme/secret-model-9"), None);
     assert_eq!(
-        cost_or_unpriced(None, "acme/secret-model-9", &Usage::new(1_000, 1_000)),
+        cost_or_unpriced(
+            None,
+            "acme/secret-model-9",
+            &Usage::new(1_000, 1_000),
+            Duration::ZERO
+        ),
         0.0
     );
 }
@@ -327,5 +332,70 @@ async fn a_worker_with_a_missing_price_file_does_not_start() {
     assert!(
         e.contains("llmbus.price_table") && e.contains("/nonexistent/prices.json"),
         "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_prices_in_litellm_params_count_and_model_info_wins() {
+    // LiteLLM's custom pricing documentation puts the prices in `litellm_params`; llmbus used
+    // to take them there without a word and price the calls at 0.
+    let fake = FakeProvider::start().await;
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: params
+    litellm_params: {{model: openai/acme-custom-1, api_base: {url}, api_key: sk-test,
+                      input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}}
+  - model_name: both
+    litellm_params: {{model: openai/acme-custom-2, api_base: {url}, api_key: sk-test,
+                      input_cost_per_token: 9, output_cost_per_token: 9}}
+    model_info: {{input_cost_per_token: 0.000003, output_cost_per_token: 0.000004}}
+  - model_name: mixed
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: {url}, api_key: sk-test,
+                      output_cost_per_token: 0.00001}}
+    model_info: {{input_cost_per_token: 0.000002}}
+  - model_name: seconds
+    litellm_params: {{model: openai/acme-sagemaker-1, api_base: {url}, api_key: sk-test,
+                      input_cost_per_second: 0.5}}
+"#,
+        url = fake.url()
+    );
+    let loaded = llmbus::config::Config::from_yaml(&yaml, "test.yaml").unwrap();
+    assert!(
+        loaded.unsupported.is_empty(),
+        "the keys are taken: {:?}",
+        loaded.unsupported
+    );
+    let gw = Gateway::start(&yaml).await;
+    let cost_of = |model: &'static str| {
+        let gw = &gw;
+        let fake = &fake;
+        async move {
+            fake.push(answer(1_000, 500, 0));
+            let r = gw
+                .complete(json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+                .await;
+            assert_eq!(r.status, 200, "{model}: {}", r.json());
+            let cost: f64 = r.header(headers::COST_USD).unwrap().parse().unwrap();
+            let upstream_ms: f64 = r.header(headers::UPSTREAM_MS).unwrap().parse().unwrap();
+            (cost, upstream_ms)
+        }
+    };
+    // 1,000 in x $1/M + 500 out x $2/M = $0.002.
+    let (c, _) = cost_of("params").await;
+    assert!((c - 0.002).abs() < 1e-12, "params: {c}");
+    // model_info wins: 1,000 x $3/M + 500 x $4/M = $0.005.
+    let (c, _) = cost_of("both").await;
+    assert!((c - 0.005).abs() < 1e-12, "both: {c}");
+    // Field by field: input from model_info, output from litellm_params:
+    // 1,000 x $2/M + 500 x $10/M = $0.007.
+    let (c, _) = cost_of("mixed").await;
+    assert!((c - 0.007).abs() < 1e-12, "mixed: {c}");
+    // By time: $0.50 per second of the upstream call, which the reply headers report.
+    let (c, ms) = cost_of("seconds").await;
+    assert!(c > 0.0, "seconds: {c}");
+    assert!(
+        (c - 0.5 * ms / 1000.0).abs() < 1e-6,
+        "seconds: {c} for {ms} ms"
     );
 }

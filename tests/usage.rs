@@ -374,6 +374,208 @@ async fn without_jetstream_a_worker_serves_and_events_flow_on_core_nats() {
     }
 }
 
+/// The usage events `LLM_USAGE` holds, by job id (read with an ephemeral consumer); panics
+/// when a job's event is stored twice.
+async fn stored_events(js: &jetstream::Context) -> HashMap<String, UsageEvent> {
+    let mut stream = js
+        .get_stream(Subjects::default().usage_stream())
+        .await
+        .expect("the usage stream");
+    let total = stream.info().await.expect("stream info").state.messages as usize;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("a consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = HashMap::new();
+    for _ in 0..total {
+        let msg = tokio::time::timeout(PATIENCE, messages.next())
+            .await
+            .expect("the stored events in time")
+            .expect("the consumer open")
+            .expect("a message");
+        let e: UsageEvent = serde_json::from_slice(&msg.payload).expect("a usage event");
+        let info = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        if let Some(first) = out.insert(e.job_id.clone(), e.clone()) {
+            panic!("a job's event is stored twice (seq {info}):\n{first:?}\n{e:?}");
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_events_are_retried_until_the_stream_stores_them() {
+    for binary in binaries() {
+        let server = Server::start(&binary, true);
+        let fake = FakeProvider::start().await;
+        let w = worker(&server, &config(&fake, "")).await;
+        let nats = server.client().await;
+        let js = jetstream::new(nats.clone());
+        // The stream goes away (an operator's mistake, a JetStream hiccup): the jobs still
+        // answer, and their events wait.
+        js.delete_stream(Subjects::default().usage_stream())
+            .await
+            .unwrap();
+        let client = LlmClient::new(server.client().await, "llm");
+        let mut jobs = Vec::new();
+        for _ in 0..10 {
+            let r = complete(
+                &client,
+                HeaderMap::new(),
+                json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]}),
+            )
+            .await;
+            assert_eq!(r.status, 200);
+            jobs.push(r.header(headers::JOB_ID).unwrap().to_string());
+        }
+        // The stream is back (created here, or by the worker itself, whichever comes first).
+        stream::ensure(&js, &Subjects::default(), 30 * DAY)
+            .await
+            .unwrap();
+        eventually("the ten events stored after the hiccup", || async {
+            stream_messages(&js).await >= 10
+        })
+        .await;
+        let stored = stored_events(&js).await;
+        let mut ids: Vec<_> = stored.keys().cloned().collect();
+        ids.sort();
+        jobs.sort();
+        assert_eq!(ids, jobs, "each job's event, once");
+        w.stop().await;
+        eprintln!("ok on nats-server {}", server.version);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_events_outlive_a_nats_server_restarted_without_jetstream() {
+    let fake = FakeProvider::start().await;
+    let mut nats_server = support::nats_server::NatsServer::start();
+    let loaded = Config::from_yaml(&config(&fake, ""), "test.yaml").expect("test config loads");
+    let w = Worker::start(&loaded.config, nats_server.client().await)
+        .await
+        .expect("worker starts");
+    let demo = || json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]});
+    let client = LlmClient::new(nats_server.client().await, "llm");
+    let first = complete(&client, HeaderMap::new(), demo()).await;
+    assert_eq!(first.status, 200);
+
+    // The server comes back without JetStream: jobs are served, their events cannot be stored.
+    nats_server.set_jetstream(false);
+    tokio::task::block_in_place(|| {
+        nats_server.kill();
+        nats_server.restart();
+    });
+    let client = LlmClient::new(nats_server.client().await, "llm");
+    let mut jobs = vec![first.header(headers::JOB_ID).unwrap().to_string()];
+    while jobs.len() < 6 {
+        // Until the worker has reconnected, a request may find no responder: ask again.
+        let r = client
+            .complete(HeaderMap::new(), Bytes::from(demo().to_string()), PATIENCE)
+            .await;
+        match r {
+            Ok(r) if r.status == 200 => jobs.push(r.header(headers::JOB_ID).unwrap().to_string()),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+
+    // JetStream is back, with the stream on disk: every event gets stored.
+    nats_server.set_jetstream(true);
+    tokio::task::block_in_place(|| {
+        nats_server.kill();
+        nats_server.restart();
+    });
+    let nats = nats_server.client().await;
+    let js = jetstream::new(nats.clone());
+    eventually("the six events stored", || async {
+        match js.get_stream(Subjects::default().usage_stream()).await {
+            Ok(mut s) => s.info().await.is_ok_and(|i| i.state.messages >= 6),
+            Err(_) => false,
+        }
+    })
+    .await;
+    let stored = stored_events(&js).await;
+    let mut ids: Vec<_> = stored.keys().cloned().collect();
+    ids.sort();
+    jobs.sort();
+    assert_eq!(ids, jobs, "each job's event, once");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_panics_runs_out_of_time_or_is_cancelled_still_has_its_usage_event() {
+    let server = Server::start(&binaries()[0], true);
+    let fake = FakeProvider::start().await;
+    let extra = r#"  - model_name: crash
+    litellm_params: {model: openai/x, mock_response: "llmbus.panic"}
+    model_info: {id: crash-1}
+"#;
+    let yaml =
+        config(&fake, "").replacen("router_settings:", &format!("{extra}router_settings:"), 1);
+    let w = worker(&server, &yaml).await;
+    let nats = server.client().await;
+    let js = jetstream::new(nats.clone());
+    let client = LlmClient::new(server.client().await, "llm");
+    let crash = complete(
+        &client,
+        HeaderMap::new(),
+        json!({"model": "crash", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(crash.status, 500, "{}", crash.json());
+    fake.push(support::fake_provider::Fault::Delay(Duration::from_secs(
+        30,
+    )));
+    let mut h = HeaderMap::new();
+    h.insert(headers::TIMEOUT_MS, "300");
+    let late = complete(
+        &client,
+        h,
+        json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(late.status, 504, "{}", late.json());
+    // Cancelled by its requester while the upstream call runs: no answer, an event (499).
+    fake.push(support::fake_provider::Fault::Delay(Duration::from_secs(
+        30,
+    )));
+    let inbox = nats.new_inbox();
+    let _replies = nats.subscribe(inbox.clone()).await.unwrap();
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]});
+    nats.publish_with_reply(
+        Subjects::default().completion(),
+        inbox.clone(),
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap();
+    fake.wait_for_requests(2, PATIENCE).await;
+    nats.publish(Subjects::default().cancel(), Bytes::from(inbox))
+        .await
+        .unwrap();
+    eventually("three events stored", || async {
+        stream_messages(&js).await >= 3
+    })
+    .await;
+    let stored = stored_events(&js).await;
+    let e = &stored[crash.header(headers::JOB_ID).unwrap()];
+    assert_eq!(e.status, 500);
+    assert_eq!(e.model_group, "crash");
+    assert_eq!(e.deployment.as_deref(), Some("crash-1"));
+    assert_eq!(e.error_class.as_deref(), Some("panic"));
+    let e = &stored[late.header(headers::JOB_ID).unwrap()];
+    assert_eq!((e.status, e.deployment.as_deref()), (504, Some("echo-1")));
+    assert_eq!(e.error_class.as_deref(), Some("timeout_error"));
+    let cancelled: Vec<_> = stored.values().filter(|e| e.status == 499).collect();
+    assert_eq!(cancelled.len(), 1, "{stored:?}");
+    assert_eq!(cancelled[0].deployment.as_deref(), Some("echo-1"));
+    assert_eq!(cancelled[0].error_class.as_deref(), Some("cancelled"));
+    assert_eq!(stored.len(), 3);
+    w.stop().await;
+}
+
 fn synthetic(i: u64, day: u64) -> UsageEvent {
     UsageEvent {
         job_id: format!("job-{day}-{i}"),
@@ -642,4 +844,85 @@ async fn two_installations_on_one_server_keep_their_usage_and_spend_apart() {
         default.stop().await;
         eprintln!("ok on nats-server {}", server.version);
     }
+}
+
+/// What a `kill -9` of a worker under load loses: closed-loop load on a worker process, which
+/// is killed with SIGKILL once it has answered a few thousand jobs; then the events stored in
+/// `LLM_USAGE` are counted against the jobs answered. Figures are printed, never asserted
+/// (they depend on the machine); what is asserted is that no event is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_sigkill_loses_only_the_events_not_yet_stored() {
+    use std::sync::{Arc, Mutex};
+    const CLIENTS: usize = 32;
+    const BEFORE_KILL: usize = 3_000;
+    let nats_server = support::nats_server::NatsServer::start();
+    let yaml = "model_list:\n  - model_name: demo\n    litellm_params: {model: mock/demo, \
+                mock_response: \"hello from the mock\"}\n";
+    let w = support::worker_process::WorkerProcess::start(
+        "victim",
+        &nats_server.url(),
+        yaml,
+        Default::default(),
+    )
+    .await;
+    let answered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (enough_tx, mut enough) = tokio::sync::watch::channel(0usize);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::time::Instant::now();
+    let mut load = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = LlmClient::new(nats_server.client().await, "llm");
+        let (answered, stop, enough_tx) = (answered.clone(), stop.clone(), enough_tx.clone());
+        load.push(tokio::spawn(async move {
+            let body = Bytes::from(
+                json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]})
+                    .to_string(),
+            );
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // After the kill nobody answers: a short patience ends the loop quickly.
+                let Ok(r) = client
+                    .complete(HeaderMap::new(), body.clone(), Duration::from_secs(5))
+                    .await
+                else {
+                    continue;
+                };
+                if r.status == 200 {
+                    let mut a = answered.lock().unwrap();
+                    a.push(r.header(headers::JOB_ID).unwrap().to_string());
+                    enough_tx.send_replace(a.len());
+                }
+            }
+        }));
+    }
+    enough
+        .wait_for(|n| *n >= BEFORE_KILL)
+        .await
+        .expect("the load runs");
+    let status = std::process::Command::new("kill")
+        .args(["-9", &w.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let killed_at = started.elapsed();
+    w.wait_exit(PATIENCE).await.expect("the worker is gone");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    let js = jetstream::new(nats_server.client().await);
+    let stored = stored_events(&js).await;
+    let lost = answered.iter().filter(|j| !stored.contains_key(*j)).count();
+    let unanswered = stored.keys().filter(|j| !answered.contains(*j)).count();
+    let rate = answered.len() as f64 / killed_at.as_secs_f64();
+    eprintln!(
+        "kill -9 under load ({CLIENTS} clients, {rate:.0} jobs/s): {} jobs answered, {} events \
+         stored; {lost} answered jobs without a stored event ({:.2} %, {:.0} ms of load); {} \
+         events of jobs whose answer was lost in the kill",
+        answered.len(),
+        stored.len(),
+        lost as f64 * 100.0 / answered.len() as f64,
+        lost as f64 / rate * 1000.0,
+        unanswered
+    );
 }

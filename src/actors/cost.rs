@@ -1,8 +1,9 @@
 //! The cost actor: owns a worker's usage pipeline ([`crate::usage`]). At start it makes sure
 //! the `LLM_USAGE` stream exists (warning, not failing, when JetStream is not there), starts
-//! the publisher task that empties the job side's [`UsageSink`] onto
-//! `llm.usage.<model_group>`, and starts the spend aggregator in the background. It answers
-//! this worker's own totals ([`CostMsg::Spend`]) and, at shutdown, flushes what is buffered.
+//! the publisher task that empties the job side's [`UsageSink`] into the stream (with
+//! acknowledgements; on core NATS only while there is no stream), and starts the spend
+//! aggregator in the background. It answers this worker's own totals ([`CostMsg::Spend`])
+//! and, at shutdown, flushes what is buffered (waiting for the acknowledgements).
 //!
 //! Jobs do not message this actor: they call [`UsageSink::record`] (the sink is in the
 //! worker context), which never waits.
@@ -22,7 +23,7 @@ use crate::{
     usage::{
         UsageSink,
         aggregator::Aggregator,
-        publisher::{self, UsageReceiver},
+        publisher::{self, Durability, UsageReceiver},
         stream::{self, Ensured},
     },
     wire::Subjects,
@@ -112,14 +113,22 @@ impl Actor for CostActor {
             receiver,
             settings,
         } = args;
-        if settings.ensure_stream {
-            ensure_stream(&client, &subjects, settings.retention).await;
-        }
+        let durability = if !settings.ensure_stream {
+            Durability::Core { ensure: None }
+        } else if ensure_stream(&client, &subjects, settings.retention).await {
+            Durability::JetStream {
+                ensure: Some(settings.retention),
+            }
+        } else {
+            Durability::Core {
+                ensure: Some(settings.retention),
+            }
+        };
         let totals = Arc::new(Mutex::new(Spend::default()));
         let aggregator = settings
             .aggregate
             .then(|| Aggregator::spawn(client.clone(), &subjects));
-        let publisher = publisher::spawn(client, subjects, receiver, totals.clone());
+        let publisher = publisher::spawn(client, subjects, receiver, totals.clone(), durability);
         Ok(CostState {
             sink,
             totals,
@@ -178,40 +187,62 @@ impl Actor for CostActor {
             .await
             .is_err()
         {
-            tracing::warn!("usage events still buffered at shutdown were not all published");
+            let (events, bytes) = state.sink.buffered();
+            tracing::warn!(
+                events,
+                bytes,
+                "{events} usage event(s) still buffered at shutdown were not stored in the \
+                 usage stream within {FLUSH_WAIT:?}: they are lost"
+            );
         }
         state.publisher.abort();
         Ok(())
     }
 }
 
-async fn ensure_stream(client: &async_nats::Client, subjects: &Subjects, retention: Duration) {
+/// Ensures the usage stream and logs how it went; true when it captures the usage subjects
+/// (events are then stored with acknowledgements).
+async fn ensure_stream(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    retention: Duration,
+) -> bool {
     let js = async_nats::jetstream::new(client.clone());
     let days = retention.as_secs_f64() / 86_400.0;
     let name = subjects.usage_stream();
-    match tokio::time::timeout(ENSURE_WAIT, stream::ensure(&js, subjects, retention)).await {
-        Ok(Ok(Ensured::Created)) => tracing::info!(
+    let ensured =
+        match tokio::time::timeout(ENSURE_WAIT, stream::ensure(&js, subjects, retention)).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    error = %e,
+                    "usage events are not kept durably (they still go out on core NATS; the \
+                     stream is tried again every 30 s): {e}"
+                );
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "JetStream did not answer within {ENSURE_WAIT:?}: usage events are not kept \
+                 durably until the {name} stream exists (tried again every 30 s)"
+                );
+                return false;
+            }
+        };
+    match &ensured {
+        Ensured::Created => tracing::info!(
             retention_days = days,
             "created the {name} stream: usage events are kept {days} days"
         ),
-        Ok(Ok(Ensured::Existing)) => {
-            tracing::debug!("the {name} stream is in place")
-        }
-        Ok(Ok(Ensured::RetentionUpdated { from })) => tracing::info!(
+        Ensured::Existing => tracing::debug!("the {name} stream is in place"),
+        Ensured::RetentionUpdated { from } => tracing::info!(
             retention_days = days,
             "the {name} stream now keeps usage events {days} days (was {} days)",
             from.as_secs_f64() / 86_400.0
         ),
-        Ok(Ok(Ensured::LeftAlone(why))) => {
+        Ensured::LeftAlone(why) | Ensured::RetentionKept(why) => {
             tracing::warn!("the {name} stream: {why}")
         }
-        Ok(Err(e)) => tracing::warn!(
-            error = %e,
-            "usage events are not kept durably (they still go out on core NATS): {e}"
-        ),
-        Err(_) => tracing::warn!(
-            "JetStream did not answer within {ENSURE_WAIT:?}: usage events are not kept \
-             durably until the {name} stream exists"
-        ),
     }
+    ensured.captures()
 }

@@ -166,6 +166,13 @@ impl Checker<'_> {
         if l.usage_buffer == 0 {
             return Err(self.fail(&path.key("usage_buffer"), "must be at least 1"));
         }
+        if l.usage_buffer_bytes < 4096 {
+            let message = format!(
+                "must be at least 4096 (a few usage events), not {}",
+                l.usage_buffer_bytes
+            );
+            return Err(self.fail(&path.key("usage_buffer_bytes"), message));
+        }
         if l.price_table
             .as_deref()
             .is_some_and(|p| p.trim().is_empty())
@@ -211,6 +218,27 @@ pub(crate) fn is_subject_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_usage_buffer_is_bounded_in_bytes() {
+        let load = |v: &str| {
+            crate::config::Config::from_yaml(
+                &format!("model_list: []\nllmbus:\n  usage_buffer_bytes: {v}\n"),
+                "t.yaml",
+            )
+        };
+        let loaded = load("8_000_000").expect("a byte bound loads").config;
+        assert_eq!(loaded.llmbus.usage_buffer_bytes, 8_000_000);
+        let e = load("100").expect_err("too small").to_string();
+        assert!(
+            e.contains("usage_buffer_bytes") && e.contains("4096"),
+            "{e}"
+        );
+        let default = crate::config::Config::from_yaml("model_list: []\n", "t.yaml")
+            .unwrap()
+            .config;
+        assert_eq!(default.llmbus.usage_buffer_bytes, 32 << 20);
+    }
 
     #[test]
     fn subject_tokens() {

@@ -194,6 +194,20 @@ pub struct LitellmParams {
     /// Bedrock: an AWS session token (temporary credentials).
     #[serde(default)]
     pub aws_session_token: Option<Secret>,
+    /// USD per prompt token, overriding the price tables (LiteLLM's custom pricing);
+    /// `model_info.input_cost_per_token` wins when both are set.
+    #[serde(default)]
+    pub input_cost_per_token: Option<f64>,
+    /// USD per completion token, overriding the price tables; `model_info` wins.
+    #[serde(default)]
+    pub output_cost_per_token: Option<f64>,
+    /// USD per second of the upstream call, for the input side (endpoints billed by time,
+    /// such as SageMaker); `model_info` wins.
+    #[serde(default)]
+    pub input_cost_per_second: Option<f64>,
+    /// USD per second of the upstream call, for the output side; `model_info` wins.
+    #[serde(default)]
+    pub output_cost_per_second: Option<f64>,
 }
 
 /// `model_info` of a deployment.
@@ -209,6 +223,12 @@ pub struct ModelInfo {
     /// USD per completion token, overriding the built-in price table.
     #[serde(default)]
     pub output_cost_per_token: Option<f64>,
+    /// USD per second of the upstream call, for the input side.
+    #[serde(default)]
+    pub input_cost_per_second: Option<f64>,
+    /// USD per second of the upstream call, for the output side.
+    #[serde(default)]
+    pub output_cost_per_second: Option<f64>,
     /// The context window, for pre-call checks.
     #[serde(default, deserialize_with = "num::opt_int")]
     pub max_input_tokens: Option<u64>,
@@ -454,10 +474,15 @@ pub struct LlmbusSettings {
     pub price_table: Option<String>,
     /// Days the `LLM_USAGE` stream keeps usage events. Default 30.
     pub usage_retention_days: f64,
-    /// Usage events buffered between the jobs and the publisher before new ones are dropped.
-    /// Default 10000.
+    /// Usage events held between the jobs and the `LLM_USAGE` stream (recorded, not yet
+    /// stored) before new ones are dropped. Default 100000.
     #[serde(deserialize_with = "num::int")]
     pub usage_buffer: usize,
+    /// Bytes of usage events held between the jobs and the `LLM_USAGE` stream before new ones
+    /// are dropped (each event counted at about the size of its JSON). Default 33554432 (32
+    /// MiB).
+    #[serde(deserialize_with = "num::int")]
+    pub usage_buffer_bytes: usize,
     /// Run the spend aggregator (`llmbus spend`'s data) in this worker. Default true.
     pub spend_aggregator: bool,
 }
@@ -486,6 +511,7 @@ impl Default for LlmbusSettings {
             price_table: None,
             usage_retention_days: crate::usage::stream::DEFAULT_RETENTION_DAYS,
             usage_buffer: crate::usage::publisher::DEFAULT_CAPACITY,
+            usage_buffer_bytes: crate::usage::publisher::DEFAULT_BUFFER_BYTES,
             spend_aggregator: true,
         }
     }

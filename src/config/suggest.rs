@@ -61,9 +61,11 @@ pub(crate) fn closest<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str>
         6..=10 => 2,
         _ => 3,
     };
+    if candidates.contains(&word) {
+        return None;
+    }
     candidates
         .iter()
-        .filter(|c| **c != word)
         .map(|c| (distance(&word_lower, &c.to_lowercase()), *c))
         .filter(|(d, _)| *d <= allowed)
         .min_by_key(|(d, _)| *d)

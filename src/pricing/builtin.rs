@@ -16,6 +16,8 @@ pub(super) const fn per_m(input: f64, cached: Option<f64>, output: f64) -> Price
         output_per_token: output / 1e6,
         cache_write_per_token: None,
         reasoning_per_token: None,
+        input_per_second: None,
+        output_per_second: None,
     }
 }
 

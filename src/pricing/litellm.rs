@@ -86,13 +86,22 @@ fn facts(row: &Map<String, Value>) -> ModelFacts {
         price("input_cost_per_token"),
         price("output_cost_per_token"),
     );
+    let (input_s, output_s) = (
+        price("input_cost_per_second"),
+        price("output_cost_per_second"),
+    );
+    let priced = [input, output, input_s, output_s]
+        .iter()
+        .any(Option::is_some);
     ModelFacts {
-        price: (input.is_some() || output.is_some()).then(|| Price {
+        price: priced.then(|| Price {
             input_per_token: input.unwrap_or(0.0),
             cached_input_per_token: price("cache_read_input_token_cost"),
             output_per_token: output.unwrap_or(0.0),
             cache_write_per_token: price("cache_creation_input_token_cost"),
             reasoning_per_token: price("output_cost_per_reasoning_token"),
+            input_per_second: input_s,
+            output_per_second: output_s,
         }),
         max_input_tokens: tokens("max_input_tokens"),
         max_output_tokens: tokens("max_output_tokens"),

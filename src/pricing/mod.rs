@@ -51,6 +51,54 @@ pub struct Price {
     /// Per reasoning token (LiteLLM's `output_cost_per_reasoning_token`), for the few models
     /// that price reasoning apart; `None` charges reasoning tokens as output.
     pub reasoning_per_token: Option<f64>,
+    /// Per second of the upstream call, for the input side (LiteLLM's
+    /// `input_cost_per_second`: SageMaker and other endpoints billed by time).
+    #[serde(default)]
+    pub input_per_second: Option<f64>,
+    /// Per second of the upstream call, for the output side (`output_cost_per_second`).
+    #[serde(default)]
+    pub output_per_second: Option<f64>,
+}
+
+/// A deployment's own prices, each replacing the table's for its side: LiteLLM's custom
+/// pricing keys, from `model_info` or else `litellm_params` (see [`PriceTable::price_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PriceOverrides {
+    /// `input_cost_per_token`.
+    pub input_per_token: Option<f64>,
+    /// `output_cost_per_token`.
+    pub output_per_token: Option<f64>,
+    /// `input_cost_per_second`.
+    pub input_per_second: Option<f64>,
+    /// `output_cost_per_second`.
+    pub output_per_second: Option<f64>,
+}
+
+impl PriceOverrides {
+    /// Each field from `first` when it sets it, else from `second`.
+    pub fn or(self, second: PriceOverrides) -> PriceOverrides {
+        PriceOverrides {
+            input_per_token: self.input_per_token.or(second.input_per_token),
+            output_per_token: self.output_per_token.or(second.output_per_token),
+            input_per_second: self.input_per_second.or(second.input_per_second),
+            output_per_second: self.output_per_second.or(second.output_per_second),
+        }
+    }
+
+    /// Without the negative and non-finite values (ignored).
+    fn valid(self) -> PriceOverrides {
+        let v = |p: Option<f64>| p.filter(|v| v.is_finite() && *v >= 0.0);
+        PriceOverrides {
+            input_per_token: v(self.input_per_token),
+            output_per_token: v(self.output_per_token),
+            input_per_second: v(self.input_per_second),
+            output_per_second: v(self.output_per_second),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == PriceOverrides::default()
+    }
 }
 
 /// What a price table knows of one model.
@@ -184,39 +232,69 @@ impl PriceTable {
         })
     }
 
-    /// The price of a deployment's model with `model_info` overrides applied.
-    ///
-    /// An override replaces the table's price. When the input price is overridden, cached
-    /// tokens are charged at it too (the table's cached price belongs to another input price).
-    /// With an override and no table row, the side not overridden costs 0, as in LiteLLM. A
-    /// negative or non-finite override is ignored.
+    /// The price of a deployment's model with `model_info` overrides applied: the input and
+    /// output price per token ([`PriceTable::price_with`] for the per-second ones too).
     pub fn price_for(
         &self,
         model: &str,
         input_override: Option<f64>,
         output_override: Option<f64>,
     ) -> Option<Price> {
-        let valid = |p: Option<f64>| p.filter(|v| v.is_finite() && *v >= 0.0);
-        let (input, output) = (valid(input_override), valid(output_override));
+        self.price_with(
+            model,
+            PriceOverrides {
+                input_per_token: input_override,
+                output_per_token: output_override,
+                ..PriceOverrides::default()
+            },
+        )
+    }
+
+    /// The price of a deployment's model with its own prices applied, side by side.
+    ///
+    /// An override replaces the table's price for its side (input or output). A per-token
+    /// override wins over a per-second one of the same side; a per-second override makes its
+    /// side cost nothing per token. When the input price is overridden, cached tokens and
+    /// cache writes are charged at it too (the table's cache prices belong to another input
+    /// price); when the output price is, reasoning tokens are. With an override and no table
+    /// row, the side not overridden costs 0, as in LiteLLM. A negative or non-finite override
+    /// is ignored.
+    pub fn price_with(&self, model: &str, overrides: PriceOverrides) -> Option<Price> {
+        let o = overrides.valid();
         let table = self.lookup(model);
-        if input.is_none() && output.is_none() {
+        if o.is_empty() {
             return table;
         }
+        let input_set = o.input_per_token.is_some() || o.input_per_second.is_some();
+        let output_set = o.output_per_token.is_some() || o.output_per_second.is_some();
+        let side =
+            |token: Option<f64>, second: Option<f64>, table: Option<f64>| match (token, second) {
+                (Some(t), _) => (t, None),
+                (None, Some(s)) => (0.0, Some(s)),
+                (None, None) => (table.unwrap_or(0.0), None),
+            };
+        let (input_per_token, input_per_second) = side(
+            o.input_per_token,
+            o.input_per_second,
+            table.map(|p| p.input_per_token),
+        );
+        let (output_per_token, output_per_second) = side(
+            o.output_per_token,
+            o.output_per_second,
+            table.map(|p| p.output_per_token),
+        );
+        let keep = |set: bool, f: fn(&Price) -> Option<f64>| match set {
+            true => None,
+            false => table.as_ref().and_then(f),
+        };
         Some(Price {
-            input_per_token: input.or(table.map(|p| p.input_per_token)).unwrap_or(0.0),
-            cached_input_per_token: match input {
-                Some(_) => None,
-                None => table.and_then(|p| p.cached_input_per_token),
-            },
-            output_per_token: output.or(table.map(|p| p.output_per_token)).unwrap_or(0.0),
-            cache_write_per_token: match input {
-                Some(_) => None,
-                None => table.and_then(|p| p.cache_write_per_token),
-            },
-            reasoning_per_token: match output {
-                Some(_) => None,
-                None => table.and_then(|p| p.reasoning_per_token),
-            },
+            input_per_token,
+            cached_input_per_token: keep(input_set, |p| p.cached_input_per_token),
+            output_per_token,
+            cache_write_per_token: keep(input_set, |p| p.cache_write_per_token),
+            reasoning_per_token: keep(output_set, |p| p.reasoning_per_token),
+            input_per_second: input_per_second.or(keep(input_set, |p| p.input_per_second)),
+            output_per_second: output_per_second.or(keep(output_set, |p| p.output_per_second)),
         })
     }
 }
@@ -224,6 +302,11 @@ impl PriceTable {
 /// The built-in price of `model` ([`PriceTable::lookup`] on the built-in table).
 pub fn lookup(model: &str) -> Option<Price> {
     BUILTIN.lookup(model)
+}
+
+/// [`PriceTable::price_with`] on the built-in table.
+pub fn price_with(model: &str, overrides: PriceOverrides) -> Option<Price> {
+    BUILTIN.price_with(model, overrides)
 }
 
 /// [`PriceTable::price_for`] on the built-in table.
@@ -235,7 +318,17 @@ pub fn price_for(
     BUILTIN.price_for(model, input_override, output_override)
 }
 
-/// The cost in US dollars of one request's usage.
+/// The cost in US dollars of one upstream call: its usage at the per-token prices
+/// ([`cost`]) plus its duration, `upstream`, at the per-second prices (LiteLLM's
+/// `input_cost_per_second` / `output_cost_per_second`).
+pub fn call_cost(price: &Price, usage: &Usage, upstream: std::time::Duration) -> f64 {
+    let secs = upstream.as_secs_f64();
+    cost(price, usage)
+        + price.input_per_second.unwrap_or(0.0) * secs
+        + price.output_per_second.unwrap_or(0.0) * secs
+}
+
+/// The cost in US dollars of one request's usage at the per-token prices.
 ///
 /// The prompt splits into tokens read from a cache (`prompt_tokens_details.cached_tokens`),
 /// tokens written to one (`cache_creation_input_tokens`, Anthropic and Bedrock) and the rest,
@@ -454,6 +547,62 @@ mod tests {
         let p = price_for("my-vllm-model", Some(1e-7), None).unwrap();
         assert_eq!(p.output_per_token, 0.0);
         assert_eq!(price_for("my-vllm-model", None, None), None);
+    }
+
+    #[test]
+    fn per_second_prices_charge_the_call_time() {
+        use std::time::Duration;
+        let o = PriceOverrides {
+            input_per_second: Some(0.5),
+            ..PriceOverrides::default()
+        };
+        // A per-second input price replaces the table's input side, keeps its output side.
+        let p = price_with("gpt-4o-mini", o).unwrap();
+        let table = lookup("gpt-4o-mini").unwrap();
+        assert_eq!((p.input_per_token, p.cached_input_per_token), (0.0, None));
+        assert_eq!(p.output_per_token, table.output_per_token);
+        let u = Usage::new(1_000, 1_000);
+        let c = call_cost(&p, &u, Duration::from_millis(1_500));
+        assert!(close(c, 0.75 + 1_000.0 * table.output_per_token), "{c}");
+        // A per-token price of the same side wins over the per-second one.
+        let p = price_with(
+            "nope",
+            PriceOverrides {
+                input_per_token: Some(1e-6),
+                output_per_second: Some(0.25),
+                ..o
+            },
+        )
+        .unwrap();
+        assert_eq!((p.input_per_token, p.input_per_second), (1e-6, None));
+        assert_eq!((p.output_per_token, p.output_per_second), (0.0, Some(0.25)));
+        assert!(close(
+            call_cost(&p, &u, Duration::from_secs(2)),
+            0.001 + 0.5
+        ));
+        // Without per-second prices, the time changes nothing.
+        assert_eq!(
+            call_cost(&table, &u, Duration::from_secs(9)),
+            cost(&table, &u)
+        );
+    }
+
+    #[test]
+    fn overrides_merge_field_by_field_the_first_winning() {
+        let info = PriceOverrides {
+            input_per_token: Some(1.0),
+            ..PriceOverrides::default()
+        };
+        let params = PriceOverrides {
+            input_per_token: Some(9.0),
+            output_per_token: Some(2.0),
+            ..PriceOverrides::default()
+        };
+        let merged = info.or(params);
+        assert_eq!(
+            (merged.input_per_token, merged.output_per_token),
+            (Some(1.0), Some(2.0))
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{
     sync::{LazyLock, Mutex},
 };
 
-use super::{Price, cost};
+use super::{Price, call_cost};
 use crate::{telemetry, wire::openai::Usage};
 
 /// The most distinct models warned about per process.
@@ -19,11 +19,17 @@ pub const MAX_WARNED: usize = 1024;
 
 static WARNED: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
 
-/// The cost of `usage` at `price`; without a price, 0, and `model` (the deployment's
+/// The cost of an upstream call of `usage` that took `upstream` at `price`
+/// ([`super::call_cost`]); without a price, 0, and `model` (the deployment's
 /// `litellm_params.model`) is counted and, the first time, warned about.
-pub fn cost_or_unpriced(price: Option<&Price>, model: &str, usage: &Usage) -> f64 {
+pub fn cost_or_unpriced(
+    price: Option<&Price>,
+    model: &str,
+    usage: &Usage,
+    upstream: std::time::Duration,
+) -> f64 {
     match price {
-        Some(p) => cost(p, usage),
+        Some(p) => call_cost(p, usage, upstream),
         None => {
             unpriced(model);
             0.0
@@ -46,7 +52,8 @@ fn unpriced(model: &str) {
     tracing::warn!(
         model,
         "no price for model {model}: its requests cost 0; add it to the price table \
-         (llmbus.price_table) or set model_info.input_cost_per_token / output_cost_per_token{}",
+         (llmbus.price_table) or set input_cost_per_token / output_cost_per_token in the \
+         deployment's model_info or litellm_params{}",
         if last {
             " (the last such warning: too many unpriced models)"
         } else {
@@ -68,14 +75,16 @@ fn warned_about(model: &str) -> bool {
 mod tests {
     use super::*;
 
+    const ZERO: std::time::Duration = std::time::Duration::ZERO;
+
     #[test]
     fn unknown_models_cost_nothing_and_are_remembered() {
         let usage = Usage::new(1_000, 1_000);
-        assert_eq!(cost_or_unpriced(None, "acme/unknown-1", &usage), 0.0);
+        assert_eq!(cost_or_unpriced(None, "acme/unknown-1", &usage, ZERO), 0.0);
         assert!(warned_about("acme/unknown-1"));
-        assert_eq!(cost_or_unpriced(None, "mock/demo", &usage), 0.0);
+        assert_eq!(cost_or_unpriced(None, "mock/demo", &usage, ZERO), 0.0);
         assert!(!warned_about("mock/demo"));
         let p = super::super::lookup("gpt-4o-mini").unwrap();
-        assert!(cost_or_unpriced(Some(&p), "openai/gpt-4o-mini", &usage) > 0.0);
+        assert!(cost_or_unpriced(Some(&p), "openai/gpt-4o-mini", &usage, ZERO) > 0.0);
     }
 }

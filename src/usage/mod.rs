@@ -1,9 +1,10 @@
 //! Usage: one event per finished job, durable, aggregated into spend.
 //!
 //! ```text
-//!  job ──UsageSink::record (never waits)──► bounded buffer ──► publisher task
-//!        (drops counted: llmbus_usage_events_dropped_total)        │ llm.usage.<model_group>
-//!                                                                  ▼
+//!  job ──UsageSink::record (never waits)──► buffer, bounded in bytes ──► publisher task
+//!        (drops counted: llmbus_usage_events_dropped_total)                  │
+//!                   llm.usage.<model_group>, Nats-Msg-Id = job id, acked, retried until stored
+//!                                                                            ▼
 //!   any consumer ◄── core NATS / JetStream ◄── LLM_USAGE stream (file, retention 30 d)
 //!                                                                  │ one worker at a time
 //!                                                                  ▼ (lease), off the job path
@@ -11,8 +12,9 @@
 //! ```
 //!
 //! - [`event`]: [`UsageEvent`], the wire contract (`schemas/usage-event.json`).
-//! - [`publisher`]: [`UsageSink`], the job side's non-blocking handle, and the task that
-//!   publishes.
+//! - [`publisher`]: [`UsageSink`], the job side's non-blocking handle on a buffer bounded in
+//!   bytes; [`delivery`]: the task that stores each event in the stream with an
+//!   acknowledgement, retrying until it is stored, and what a `kill -9` can lose.
 //! - [`stream`]: the `LLM_USAGE` stream, created idempotently at worker start-up.
 //! - [`spend`]: the `LLM_SPEND` documents and why aggregation is exactly-once with many
 //!   workers; [`aggregator`]: the background task that keeps them up to date, in the worker
@@ -21,10 +23,13 @@
 //!   arguments.
 //!
 //! The cost actor ([`crate::actors::cost`]) owns the pipeline inside a worker: it starts the
-//! publisher and the aggregator and ensures the stream.
+//! publisher and the aggregator and ensures the stream. A job records its event once, when
+//! it answers; a job that ends without answering (a panic) records one as its state is
+//! dropped (`actors::job`).
 
 pub mod aggregator;
 pub mod cli;
+pub mod delivery;
 pub mod event;
 pub mod publisher;
 pub mod report;

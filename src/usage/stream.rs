@@ -11,7 +11,8 @@
 //!   operator changed by hand (replicas, `max_bytes`, placement) are kept. A stream of that
 //!   name that does not capture the usage subjects is reported, never changed or deleted.
 //! - no JetStream on the server (or no permission): an error the worker logs as a warning; it
-//!   runs on without the durable stream, and usage events still flow on core NATS.
+//!   runs on without the durable stream, usage events still flow on core NATS, and the
+//!   publisher tries to create the stream every 30 s ([`super::delivery`]).
 
 use std::time::Duration;
 
@@ -38,8 +39,19 @@ pub enum Ensured {
         /// The retention it had.
         from: Duration,
     },
-    /// It existed, but something about it differs and was left alone (the message says what).
+    /// It existed but does not capture the usage subjects: it was left alone (the message
+    /// says what), and usage events are not kept.
     LeftAlone(String),
+    /// It existed and captures the usage subjects, but its retention could not be changed to
+    /// the configured one (the message says why).
+    RetentionKept(String),
+}
+
+impl Ensured {
+    /// True when the stream captures the usage subjects now.
+    pub fn captures(&self) -> bool {
+        !matches!(self, Ensured::LeftAlone(_))
+    }
 }
 
 /// Why the stream could not be ensured.
@@ -131,7 +143,7 @@ async fn reconcile(
     };
     match js.update_stream(updated).await {
         Ok(_) => Ok(Ensured::RetentionUpdated { from }),
-        Err(e) => Ok(Ensured::LeftAlone(format!(
+        Err(e) => Ok(Ensured::RetentionKept(format!(
             "its retention is {} days, not the configured {} days, and updating it failed: {e}",
             days(from),
             days(wanted.max_age)

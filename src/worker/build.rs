@@ -139,11 +139,7 @@ pub(super) fn deployments(
             .or(tpm.map(|t| t as f64))
             .unwrap_or(1.0);
         let price_model = entry.model_info.base_model.as_deref().unwrap_or(&p.model);
-        let price = prices.price_for(
-            price_model,
-            entry.model_info.input_cost_per_token,
-            entry.model_info.output_cost_per_token,
-        );
+        let price = prices.price_with(price_model, price_overrides(entry));
         let identity = identity(&id, config, index, &format!("{price:?}"));
         out.push(Arc::new(DeploymentInfo {
             identity,
@@ -172,4 +168,30 @@ pub(super) fn deployments(
         }));
     }
     Ok(out)
+}
+
+/// A deployment's own prices: `model_info`'s, else `litellm_params`' (where LiteLLM's custom
+/// pricing documentation puts them).
+fn price_overrides(entry: &crate::config::ModelEntry) -> crate::pricing::PriceOverrides {
+    let (info, params) = (&entry.model_info, &entry.litellm_params);
+    let of = |i: Option<f64>, o: Option<f64>, is: Option<f64>, os: Option<f64>| {
+        crate::pricing::PriceOverrides {
+            input_per_token: i,
+            output_per_token: o,
+            input_per_second: is,
+            output_per_second: os,
+        }
+    };
+    of(
+        info.input_cost_per_token,
+        info.output_cost_per_token,
+        info.input_cost_per_second,
+        info.output_cost_per_second,
+    )
+    .or(of(
+        params.input_cost_per_token,
+        params.output_cost_per_token,
+        params.input_cost_per_second,
+        params.output_cost_per_second,
+    ))
 }

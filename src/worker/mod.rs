@@ -140,7 +140,8 @@ impl Worker {
         .await
         .map_err(|e| StartError::Actor("router", e.to_string()))?;
         handles.push(h);
-        let (usage, receiver) = UsageSink::channel(config.llmbus.usage_buffer);
+        let (usage, receiver) =
+            UsageSink::bounded(config.llmbus.usage_buffer, config.llmbus.usage_buffer_bytes);
         let (cost, h) = Actor::spawn(
             None,
             CostActor,

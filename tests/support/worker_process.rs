@@ -103,6 +103,12 @@ impl WorkerProcess {
         self.process.wait_for_line(needle, timeout).await;
     }
 
+    /// The process id (for a test that kills it with SIGKILL).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         self.process.terminate();

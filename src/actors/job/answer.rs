@@ -49,7 +49,7 @@ impl JobState<'_> {
         call.route
             .deployment
             .outcome(latency, None, None, Instant::now());
-        let cost = self.price(&call.route, &usage, None);
+        let cost = self.price(&call.route, &usage, latency, None);
         // Settle the capacity before answering, so the next job sees the real usage.
         let route = call.route.clone();
         drop(call);
@@ -71,7 +71,7 @@ impl JobState<'_> {
         call.route
             .deployment
             .outcome(latency, None, None, Instant::now());
-        let cost = self.price(&call.route, &usage, None);
+        let cost = self.price(&call.route, &usage, latency, None);
         let route = call.route.clone();
         drop(call);
         self.send_payload(&response, &route, cost).await;
@@ -160,7 +160,7 @@ impl JobState<'_> {
         let ttft = call
             .first_chunk
             .map(|f| call.started.saturating_duration_since(self.job.received) + f);
-        let cost = self.price(&call.route, &usage, ttft);
+        let cost = self.price(&call.route, &usage, latency, ttft);
         let route = call.route.clone();
         drop(call);
         let headers = self.final_headers(200, Some(&route), Some(cost));
@@ -329,14 +329,21 @@ impl JobState<'_> {
             .await;
     }
 
-    /// Prices `usage` (the cost reported to the requester) and keeps it for the job's usage
-    /// event; `ttft` is the time from receipt to the first chunk of a stream.
-    pub(super) fn price(&mut self, route: &Route, usage: &Usage, ttft: Option<Duration>) -> f64 {
+    /// Prices `usage` of a call that took `upstream` (the cost reported to the requester) and
+    /// keeps it for the job's usage event; `ttft` is the time from receipt to the first chunk
+    /// of a stream.
+    pub(super) fn price(
+        &mut self,
+        route: &Route,
+        usage: &Usage,
+        upstream: Duration,
+        ttft: Option<Duration>,
+    ) -> f64 {
         let model = route
             .wildcard_model
             .as_deref()
             .unwrap_or(&route.info().model);
-        let cost = pricing::cost_or_unpriced(route.price.as_ref(), model, usage);
+        let cost = pricing::cost_or_unpriced(route.price.as_ref(), model, usage, upstream);
         self.spent = Some(super::Spent {
             usage: usage.clone(),
             cost,
@@ -403,9 +410,16 @@ impl JobState<'_> {
         event
     }
 
+    /// Records the job's usage event, once: the first call wins.
+    pub(super) fn record_usage(&mut self, route: Option<&Route>, status: u16) {
+        if !std::mem::replace(&mut self.recorded, true) {
+            self.ctx.usage.record(self.usage_event(route, status));
+        }
+    }
+
     /// Request metrics and the usage event, once the job is over.
-    pub(super) fn observe(&self, status: u16, route: Option<&Route>) {
-        self.ctx.usage.record(self.usage_event(route, status));
+    pub(super) fn observe(&mut self, status: u16, route: Option<&Route>) {
+        self.record_usage(route, status);
         let total = self.job.received.elapsed();
         let group: String = match (route, &self.served_group) {
             (Some(r), _) => r.group.to_string(),

@@ -194,6 +194,9 @@ struct JobState<'a> {
     spent: Option<Spent>,
     /// For a failure, the error class of its answer.
     error_class: Option<String>,
+    /// Set once the job's usage event is recorded; a job dropped before that (a panic)
+    /// records one as it goes (`Drop`).
+    recorded: bool,
 }
 
 impl<'a> JobState<'a> {
@@ -240,6 +243,7 @@ impl<'a> JobState<'a> {
             out: StreamOut::default(),
             spent: None,
             error_class: None,
+            recorded: false,
         }
     }
 
@@ -367,10 +371,11 @@ impl<'a> JobState<'a> {
         tracing::debug!("cancelled by the requester");
         let mut route = self.last_route.take();
         if let Some(mut call) = self.call.take() {
-            self.upstream_time += call.started.elapsed();
+            let upstream = call.started.elapsed();
+            self.upstream_time += upstream;
             let usage = self.stream_usage();
             call.held.actual_tokens = Some(usage.total_tokens);
-            self.price(&call.route, &usage, None);
+            self.price(&call.route, &usage, upstream, None);
             route = Some(call.route.clone());
         }
         self.error_class = Some("cancelled".into());
@@ -384,5 +389,31 @@ impl<'a> JobState<'a> {
             .usage
             .clone()
             .unwrap_or_else(|| Usage::new(self.prompt_tokens, (self.out.text as u64).div_ceil(4)))
+    }
+}
+
+/// Every job records one usage event. One that answered did so as it answered; one dropped
+/// before that — a panic unwinding through it (its 500 goes from [`supervise`]), or its task
+/// dropped — records one here, with what it knew: the deployment it was calling or last
+/// tried, the usage priced so far, status 500 and the error class `panic` (else `abandoned`).
+impl Drop for JobState<'_> {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        let route = self
+            .call
+            .as_ref()
+            .map(|c| c.route.clone())
+            .or_else(|| self.last_route.clone());
+        self.error_class = Some(
+            if std::thread::panicking() {
+                "panic"
+            } else {
+                "abandoned"
+            }
+            .into(),
+        );
+        self.record_usage(route.as_ref(), 500);
     }
 }
