@@ -76,6 +76,9 @@ pub const ADMIN_REQUESTS: &str = "llmbus_admin_requests_total";
 pub const LIMITS_SHARED: &str = "llmbus_limits_shared";
 /// The worker's clock offset from the NATS server (server minus worker), seconds.
 pub const CLOCK_OFFSET: &str = "llmbus_clock_offset_seconds";
+/// Counter: calls a deployment counted in flight while the worker ran no job, found by the
+/// worker's idle self-check (a bug: capacity lost), by `deployment`.
+pub const CAPACITY_LOST: &str = "llmbus_capacity_lost_total";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -263,6 +266,10 @@ fn describe() {
         "Usage events dropped because the publisher's buffer was full"
     );
     describe_counter!(USAGE_PUBLISHED, "Usage events published");
+    describe_counter!(
+        CAPACITY_LOST,
+        "Calls counted in flight on a deployment while no job ran (lost capacity: a bug)"
+    );
     describe_counter!(
         CANCELS_REFUSED,
         "Cancels refused: neither the job's key nor the master key"

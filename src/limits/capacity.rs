@@ -6,7 +6,7 @@
 //! count, so the TPM bucket is corrected both ways. A refusal is a [`Wait`]: how long until the
 //! request could pass, or that it waits for a call in flight to finish.
 //!
-//! Each of the RPM and TPM limits is either a local [`TokenBucket`] (one process alone) or a
+//! Each of the RPM and TPM limits is either a local [`SlidingWindow`] (one process alone) or a
 //! [`SharedLimit`]: a window-exact allowance shared with other workers, such as
 //! [`crate::cluster::quota::ClusterLimit`] ([`Capacity::with_shared`]). The calls are the same
 //! either way, and neither awaits.
@@ -19,7 +19,7 @@ use std::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{bucket::TokenBucket, share::Taken};
+use super::{share::Taken, window::SlidingWindow};
 
 /// A per-window allowance shared with other workers. Implementations must not block: the
 /// deployment's hot path calls them.
@@ -37,14 +37,14 @@ pub trait SharedLimit: Send + Sync + std::fmt::Debug {
 /// One RPM or TPM limit: local, or shared with the cluster.
 #[derive(Debug, Clone)]
 enum Limit {
-    Local(TokenBucket),
+    Local(SlidingWindow),
     Shared(Arc<dyn SharedLimit>),
 }
 
 impl Limit {
     fn capacity(&self) -> u64 {
         match self {
-            Limit::Local(b) => b.capacity(),
+            Limit::Local(b) => b.limit(),
             Limit::Shared(s) => s.limit(),
         }
     }
@@ -112,13 +112,16 @@ impl Wait {
     }
 }
 
-/// The right to make one upstream call. Give it back with [`Capacity::release`] (or
-/// [`Capacity::cancel`] when the call was never made); it cannot be copied, and dropping it
-/// without giving it back keeps its parallel slot taken.
+/// The units one upstream call holds: a parallel slot, a request, its token reservation. Give
+/// it back with [`Capacity::release`] (or [`Capacity::cancel`] when the call was never made); it
+/// cannot be copied. This is the bare record: outside this module it only travels inside an
+/// owner that gives it back when dropped (`actors::deployment::Lease`).
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a permit holds a parallel slot until it is released"]
 pub struct Permit {
     reserved_tokens: u64,
+    /// When the units were taken: where a local window counts them.
+    taken_at: Instant,
     /// What shared limits handed out, to settle with them.
     rpm_taken: Taken,
     tpm_taken: Taken,
@@ -176,8 +179,8 @@ impl Capacity {
         now: Instant,
     ) -> Self {
         Self {
-            rpm: rpm.map(|n| Limit::Local(TokenBucket::new(n, now))),
-            tpm: tpm.map(|n| Limit::Local(TokenBucket::new(n, now))),
+            rpm: rpm.map(|n| Limit::Local(SlidingWindow::new(n, now))),
+            tpm: tpm.map(|n| Limit::Local(SlidingWindow::new(n, now))),
             max_parallel: default_max_parallel(max_parallel, rpm, tpm, router_default),
             in_flight: 0,
         }
@@ -211,7 +214,7 @@ impl Capacity {
     /// Either everything is taken or nothing is. A parallel-slot shortage is reported first,
     /// since no time bound is known for it; otherwise the wait is the longer of the RPM and TPM
     /// waits. A request needing more tokens than the whole TPM limit is admitted when the TPM
-    /// bucket is full (see [`TokenBucket::try_take`]).
+    /// window is empty (see [`SlidingWindow::check`]).
     pub fn try_acquire(&mut self, est_tokens: u64, now: Instant) -> Result<Permit, Wait> {
         if self.max_parallel.is_some_and(|max| self.in_flight >= max) {
             return Err(Wait::ParallelSlot);
@@ -230,13 +233,14 @@ impl Capacity {
         let tpm_taken = match take(self.tpm.as_mut(), est_tokens, now) {
             Ok(t) => t,
             Err(w) => {
-                give_back(self.rpm.as_mut(), 1, rpm_taken, now);
+                give_back(self.rpm.as_mut(), 1, rpm_taken, now, now);
                 return Err(to_wait(None, Some(w)));
             }
         };
         self.in_flight += 1;
         Ok(Permit {
             reserved_tokens: est_tokens,
+            taken_at: now,
             rpm_taken,
             tpm_taken,
         })
@@ -244,14 +248,16 @@ impl Capacity {
 
     /// Gives back a permit after the upstream call.
     ///
-    /// `actual_tokens` is the usage the upstream reported (`total_tokens`): the TPM bucket is
+    /// `actual_tokens` is the usage the upstream reported (`total_tokens`): the TPM window is
     /// settled against the reservation, both ways. `None` means the count is unknown, and the
     /// reservation stands as the best guess. The request stays counted against RPM.
     pub fn release(&mut self, permit: Permit, actual_tokens: Option<u64>, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let (Some(limit), Some(actual)) = (self.tpm.as_mut(), actual_tokens) {
             match limit {
-                Limit::Local(bucket) => bucket.settle(permit.reserved_tokens, actual, now),
+                Limit::Local(window) => {
+                    window.settle(permit.reserved_tokens, actual, permit.taken_at, now)
+                }
                 Limit::Shared(shared) => shared.settle(permit.tpm_taken, actual, now),
             }
         }
@@ -261,11 +267,13 @@ impl Capacity {
     /// request and its tokens are refunded.
     pub fn cancel(&mut self, permit: Permit, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        give_back(self.rpm.as_mut(), 1, permit.rpm_taken, now);
+        let at = permit.taken_at;
+        give_back(self.rpm.as_mut(), 1, permit.rpm_taken, at, now);
         give_back(
             self.tpm.as_mut(),
             permit.reserved_tokens,
             permit.tpm_taken,
+            at,
             now,
         );
     }
@@ -293,7 +301,7 @@ impl Capacity {
     }
 }
 
-/// The wait of one optional local bucket for `n`, `None` when it allows it now (or has no
+/// The wait of one optional local window for `n`, `None` when it allows it now (or has no
 /// limit, or is shared: shared limits are asked by [`take`]).
 fn check(limit: Option<&mut Limit>, n: u64, now: Instant) -> Option<Wait> {
     match limit {
@@ -308,7 +316,7 @@ fn check(limit: Option<&mut Limit>, n: u64, now: Instant) -> Option<Wait> {
     }
 }
 
-/// Takes `n` from one optional limit (a local bucket was checked already).
+/// Takes `n` from one optional limit (a local window was checked already).
 fn take(limit: Option<&mut Limit>, n: u64, now: Instant) -> Result<Taken, Wait> {
     match limit {
         Some(Limit::Local(b)) => {
@@ -320,10 +328,10 @@ fn take(limit: Option<&mut Limit>, n: u64, now: Instant) -> Result<Taken, Wait> 
     }
 }
 
-/// Gives `n` units (or what a shared limit handed out) back.
-fn give_back(limit: Option<&mut Limit>, n: u64, taken: Taken, now: Instant) {
+/// Gives `n` units taken at `at` (or what a shared limit handed out) back.
+fn give_back(limit: Option<&mut Limit>, n: u64, taken: Taken, at: Instant, now: Instant) {
     match limit {
-        Some(Limit::Local(b)) => b.refund(n, now),
+        Some(Limit::Local(b)) => b.refund(n, at, now),
         Some(Limit::Shared(s)) => s.settle(taken, 0, now),
         None => {}
     }
@@ -405,37 +413,40 @@ mod tests {
     }
 
     #[test]
-    fn rpm_limits_requests_and_says_when_the_next_one_fits() {
+    fn rpm_limits_requests_and_says_when_the_window_slides() {
         let t0 = Instant::now();
-        // 60 rpm: one request per second; parallel bound defaults to 60 as well.
+        // 60 rpm, all spent at once: the next request fits once they leave the window (60 s
+        // after the end of their one-second slot).
         let mut c = at(Some(60), None, Some(1000), t0);
         for _ in 0..60 {
             let p = c.try_acquire(0, t0).unwrap();
             c.release(p, None, t0);
         }
-        assert_eq!(c.try_acquire(0, t0), Err(Wait::For(secs(1))));
-        assert!(c.try_acquire(0, t0 + secs(1)).is_ok());
-        assert_eq!(c.snapshot(t0 + secs(1)).rpm_used, 60);
+        assert_eq!(c.try_acquire(0, t0), Err(Wait::For(secs(61))));
+        assert_eq!(c.try_acquire(0, t0 + secs(30)), Err(Wait::For(secs(31))));
+        assert!(c.try_acquire(0, t0 + secs(61)).is_ok());
+        assert_eq!(c.snapshot(t0 + secs(61)).rpm_used, 1);
     }
 
     #[test]
     fn tpm_reserves_the_estimate_and_the_wait_covers_the_missing_tokens() {
         let t0 = Instant::now();
-        let mut c = at(None, Some(600), None, t0); // ten tokens per second
+        let mut c = at(None, Some(600), None, t0);
         let _a = c.try_acquire(500, t0).unwrap();
-        // 100 left; 300 more needs 200 tokens = 20 s.
-        assert_eq!(c.try_acquire(300, t0), Err(Wait::For(secs(20))));
-        assert!(c.try_acquire(300, t0 + secs(20)).is_ok());
+        // 100 left; 300 more fits once the 500 leave the window.
+        assert_eq!(c.try_acquire(300, t0), Err(Wait::For(secs(61))));
+        assert!(c.try_acquire(100, t0).is_ok());
+        assert!(c.try_acquire(300, t0 + secs(61)).is_ok());
     }
 
     #[test]
     fn the_longer_of_the_two_waits_is_reported_and_nothing_is_taken() {
         let t0 = Instant::now();
-        let mut c = at(Some(6), Some(600), Some(100), t0); // 1 request / 10 s, 10 tokens / s
+        let mut c = at(Some(6), Some(600), Some(100), t0);
         let p = c.try_acquire(600, t0).unwrap();
         c.release(p, None, t0);
-        // RPM has 5 left; TPM is empty: 60 s until 600 tokens.
-        assert_eq!(c.try_acquire(600, t0), Err(Wait::For(secs(60))));
+        // RPM has 5 left; TPM is spent until its window slides.
+        assert_eq!(c.try_acquire(600, t0), Err(Wait::For(secs(61))));
         // The refused attempt took no request: five more small ones still fit in RPM...
         let s = c.snapshot(t0);
         assert_eq!((s.rpm_used, s.tpm_used), (1, 600));
@@ -444,7 +455,7 @@ mod tests {
     #[test]
     fn release_settles_tokens_both_ways() {
         let t0 = Instant::now();
-        let mut c = at(None, Some(6000), None, t0); // 100 tokens per second
+        let mut c = at(None, Some(6000), None, t0);
         let p = c.try_acquire(1000, t0).unwrap();
         assert_eq!(p.reserved_tokens(), 1000);
         c.release(p, Some(200), t0);
@@ -452,12 +463,11 @@ mod tests {
 
         let p = c.try_acquire(1000, t0).unwrap();
         c.release(p, Some(9000), t0);
-        // 200 + 9000 used; 3200 tokens of debt.
+        // 200 + 9000 used: 3200 over the limit, until the window slides.
         let s = c.snapshot(t0);
         assert_eq!(s.tpm_used, 9200);
-        // Back to a full bucket after 9200 / 100 = 92 s.
-        assert_eq!(c.try_acquire(6000, t0), Err(Wait::For(secs(92))));
-        assert!(c.try_acquire(6000, t0 + secs(92)).is_ok());
+        assert_eq!(c.try_acquire(1, t0), Err(Wait::For(secs(61))));
+        assert!(c.try_acquire(6000, t0 + secs(61)).is_ok());
     }
 
     #[test]
@@ -503,13 +513,63 @@ mod tests {
     }
 
     #[test]
-    fn a_request_bigger_than_the_tpm_limit_passes_on_a_full_bucket() {
+    fn a_request_bigger_than_the_tpm_limit_passes_on_an_empty_window() {
         let t0 = Instant::now();
         let mut c = at(None, Some(600), None, t0);
         let p = c.try_acquire(5000, t0).unwrap();
         c.release(p, Some(5000), t0);
-        // 4400 of debt + a full bucket = 5000 tokens = 500 s at ten per second.
-        assert_eq!(c.try_acquire(5000, t0), Err(Wait::For(secs(500))));
+        // It fills its window alone: the next one waits for it to slide.
+        assert_eq!(c.try_acquire(5000, t0), Err(Wait::For(secs(61))));
+        assert!(c.try_acquire(5000, t0 + secs(61)).is_ok());
+    }
+
+    #[test]
+    fn a_burst_of_long_answers_stays_within_tpm_in_every_window() {
+        // tpm 10,000; 100 calls at once of 50 prompt and 1,000 completion tokens, each taking
+        // 3 s upstream, served first come first served on a clock stepped by 100 ms for 15
+        // minutes. Reserving prompt + max_tokens keeps every 60 s window within 10 % of the
+        // limit; reserving the prompt alone (the old rule) lets many times the limit through.
+        let run = |reserve: u64| {
+            let t0 = Instant::now();
+            let mut c = at(None, Some(10_000), None, t0);
+            let mut waiting = 100;
+            let mut calls: Vec<(Instant, Permit)> = Vec::new();
+            let mut spent: Vec<(Instant, u64)> = Vec::new();
+            for step in 0..9000u64 {
+                let now = t0 + Duration::from_millis(100 * step);
+                let (done, running): (Vec<_>, Vec<_>) = calls
+                    .drain(..)
+                    .partition(|(started, _)| now >= *started + secs(3));
+                calls = running;
+                for (_, p) in done {
+                    c.release(p, Some(1050), now);
+                }
+                while waiting > 0 {
+                    let Ok(p) = c.try_acquire(reserve, now) else {
+                        break;
+                    };
+                    waiting -= 1;
+                    spent.push((now, 1050));
+                    calls.push((now, p));
+                }
+            }
+            assert_eq!(waiting, 0, "every call is served in the end");
+            spent
+                .iter()
+                .map(|(start, _)| {
+                    spent
+                        .iter()
+                        .filter(|(t, _)| *t >= *start && *t < *start + secs(60))
+                        .map(|(_, n)| n)
+                        .sum::<u64>()
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        let worst = run(1050);
+        assert!(worst <= 11_000, "{worst} tokens in one 60 s window");
+        let old = run(50);
+        assert!(old > 30_000, "the prompt-only reservation: {old}");
     }
 
     #[test]
