@@ -167,7 +167,7 @@ const KINDS: [Kind; 6] = [
 async fn one_job(gw: &Gateway, kind: Kind, r: u64) {
     let nats = gw.client.nats();
     match kind {
-        Kind::DeadlineCut if r % 3 == 0 => {
+        Kind::DeadlineCut if r.is_multiple_of(3) => {
             // Several jobs with one deadline, queued behind the slots: the slots freed at the
             // deadline go to waiters that are leaving at that very moment.
             let cut = burst(gw, 10, &chat("paced", "cut together"), 100).await;
@@ -175,11 +175,11 @@ async fn one_job(gw: &Gateway, kind: Kind, r: u64) {
         }
         Kind::DeadlineCut => {
             let mut body = chat("slow", "cut");
-            body["stream"] = json!(r % 2 == 0);
+            body["stream"] = json!(r.is_multiple_of(2));
             let t = (50 + r % 350).to_string();
             let h = headers(&[("Llm-Timeout-Ms", t.as_str())]);
             let payload = Bytes::from(body.to_string());
-            if r % 2 == 0 {
+            if r.is_multiple_of(2) {
                 let (_, end) = gw
                     .client
                     .stream(h, payload, PATIENCE)
@@ -195,7 +195,7 @@ async fn one_job(gw: &Gateway, kind: Kind, r: u64) {
             }
         }
         Kind::Cancelled | Kind::ClientGone => {
-            let model = if r % 3 == 0 { "slow" } else { "stream" };
+            let model = if r.is_multiple_of(3) { "slow" } else { "stream" };
             let mut body = chat(model, "leave");
             body["stream"] = json!(true);
             let inbox = nats.new_inbox();
@@ -235,7 +235,7 @@ async fn one_job(gw: &Gateway, kind: Kind, r: u64) {
         Kind::Streamed => {
             let mut body = chat("stream", "flow");
             body["stream"] = json!(true);
-            let t = if r % 3 == 0 { "150" } else { "20000" };
+            let t = if r.is_multiple_of(3) { "150" } else { "20000" };
             let (_, end) = gw
                 .client
                 .stream(
