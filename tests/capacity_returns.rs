@@ -72,13 +72,7 @@ async fn burst(gw: &Gateway, n: usize, body: &Value, timeout_ms: u64) -> Vec<u16
         let client = gw.client.clone();
         let body = Bytes::from(body.to_string());
         let h = headers(&[("Llm-Timeout-Ms", t.as_str())]);
-        async move {
-            let r = client.complete(h, body, PATIENCE).await.unwrap();
-            if std::env::var("DEBUG_BURST").is_ok() {
-                eprintln!("{} {}", r.status, String::from_utf8_lossy(&r.body));
-            }
-            r.status
-        }
+        async move { client.complete(h, body, PATIENCE).await.unwrap().status }
     });
     futures::future::join_all(calls).await
 }
@@ -195,7 +189,11 @@ async fn one_job(gw: &Gateway, kind: Kind, r: u64) {
             }
         }
         Kind::Cancelled | Kind::ClientGone => {
-            let model = if r.is_multiple_of(3) { "slow" } else { "stream" };
+            let model = if r.is_multiple_of(3) {
+                "slow"
+            } else {
+                "stream"
+            };
             let mut body = chat(model, "leave");
             body["stream"] = json!(true);
             let inbox = nats.new_inbox();

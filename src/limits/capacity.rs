@@ -3,7 +3,7 @@
 //! The deployment actor owns one [`Capacity`]. Before an upstream call it asks for a
 //! [`Permit`] with [`Capacity::try_acquire`], reserving one request and an estimate of the
 //! tokens; after the call it gives the permit back with [`Capacity::release`] and the real token
-//! count, so the TPM bucket is corrected both ways. A refusal is a [`Wait`]: how long until the
+//! count, so the TPM window is corrected both ways. A refusal is a [`Wait`]: how long until the
 //! request could pass, or that it waits for a call in flight to finish.
 //!
 //! Each of the RPM and TPM limits is either a local [`SlidingWindow`] (one process alone) or a
@@ -94,7 +94,7 @@ fn saturate(n: u64) -> u32 {
 /// Why a request cannot start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// The RPM or TPM bucket will allow it after this long (if nothing else takes from it).
+    /// The RPM or TPM window will allow it after this long (if nothing else takes from it).
     For(Duration),
     /// Every parallel slot is taken: it can start when a call in flight is released.
     ParallelSlot,
@@ -170,7 +170,7 @@ impl Capacity {
     }
 
     /// Like [`Capacity::new`], with the router's `default_max_parallel_requests` and the
-    /// instant at which the buckets start full.
+    /// instant at which the windows start empty.
     pub fn with_router_default(
         rpm: Option<u64>,
         tpm: Option<u64>,
@@ -219,7 +219,7 @@ impl Capacity {
         if self.max_parallel.is_some_and(|max| self.in_flight >= max) {
             return Err(Wait::ParallelSlot);
         }
-        // Local buckets are checked before anything is taken; shared limits take, and give
+        // Local windows are checked before anything is taken; shared limits take, and give
         // back when the other limit refuses. Either way nothing stays taken on a refusal.
         let rpm_wait = check(self.rpm.as_mut(), 1, now);
         let tpm_wait = check(self.tpm.as_mut(), est_tokens, now);

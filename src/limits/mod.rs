@@ -5,7 +5,7 @@
 //! - [`SlidingWindow`]: a per-minute allowance that holds in every 60 s window (local limits).
 //! - [`TokenBucket`]: a per-minute allowance with continuous refill (kept for the benches).
 //! - [`Capacity`]: one deployment's RPM + TPM + parallel limits; grants [`Permit`]s or a [`Wait`].
-//!   Its RPM and TPM limits are local buckets or [`SharedLimit`]s held with the cluster.
+//!   Its RPM and TPM limits are local sliding windows or [`SharedLimit`]s held with the cluster.
 //! - [`Demand`]: what a job reserves against TPM before the upstream answers: its prompt
 //!   estimate ([`estimate_prompt_tokens`]) plus the most it may generate.
 //! - [`Ledger`]: the slices of a cluster-wide limit leased in the last window, as stored in KV,

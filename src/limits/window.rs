@@ -83,7 +83,7 @@ impl SlidingWindow {
     pub fn refund(&mut self, n: u64, taken_at: Instant, now: Instant) {
         self.expire(now);
         let slot = self.slot_of(taken_at);
-        if let Some(entry) = self.slots.iter_mut().find(|(s, _)| *s == slot) {
+        if let Some(entry) = self.slots.iter_mut().rev().find(|(s, _)| *s == slot) {
             entry.1 = entry.1.saturating_sub(n);
         }
     }
@@ -98,7 +98,7 @@ impl SlidingWindow {
         self.expire(now);
         let extra = actual - reserved;
         let slot = self.slot_of(taken_at);
-        match self.slots.iter_mut().find(|(s, _)| *s == slot) {
+        match self.slots.iter_mut().rev().find(|(s, _)| *s == slot) {
             Some(entry) => entry.1 += extra,
             None => self.add(extra, now),
         }

@@ -1,5 +1,5 @@
-//! A deployment: one upstream model behind one provider, its capacity (RPM and TPM token
-//! buckets, calls in flight) and its health (failures of the last minute, cooldown, half-open
+//! A deployment: one upstream model behind one provider, its capacity (RPM and TPM sliding
+//! windows, calls in flight) and its health (failures of the last minute, cooldown, half-open
 //! probe; rules in [`crate::policy::health`]).
 //!
 //! [`Deployment`] is the deployment's state, shared by every job of the worker. Its fast path
@@ -100,7 +100,7 @@ impl std::fmt::Debug for Deployment {
 }
 
 impl Deployment {
-    /// A deployment with full buckets and good health; its actor is set by [`DeploymentActor`].
+    /// A deployment with empty windows and good health; its actor is set by [`DeploymentActor`].
     /// `policy` holds the cooldown thresholds; `None` disables cooldowns. With `quota`, its
     /// `rpm` and `tpm` are limits of the whole cluster ([`crate::cluster::quota`]): a new slice
     /// arriving wakes the jobs queued for capacity.

@@ -1,5 +1,5 @@
 //! A deployment's actor: the queue of jobs that found no capacity (first come, first served,
-//! each until its own deadline), the timer that wakes them when the buckets refill, and the
+//! each until its own deadline), the timer that wakes them when the windows slide, and the
 //! announcements of cooldowns to the other workers on `llm.health.<deployment>`
 //! ([`HealthEvent`], sent through [`Gossip`]).
 
@@ -189,6 +189,9 @@ impl DeploymentState {
     fn serve_waiting(&mut self, myself: &ActorRef<DeploymentMsg>, now: Instant) {
         let deployment = self.deployment.clone();
         let mut wake = None;
+        // Jobs that gave up (deadline, cancel) anywhere in the queue: forget them, so the count
+        // of waiting jobs is true (a job that leaves wakes the actor for this).
+        self.waiting.retain(|(_, reply)| !reply.is_closed());
         while let Some((demand, reply)) = self.waiting.front() {
             if reply.is_closed() {
                 // The job gave up (its deadline passed); forget it.
