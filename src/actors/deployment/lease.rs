@@ -115,3 +115,81 @@ impl Deployment {
         self.output_avg.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::panic::AssertUnwindSafe;
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::{actors::deployment::testing::deployment, limits::Demand};
+
+    const DEMAND: Demand = Demand {
+        prompt: 50,
+        max_output: Some(1000),
+        choices: 1,
+    };
+
+    #[test]
+    fn a_lease_dropped_before_its_call_refunds_and_after_it_settles() {
+        let d = deployment("d", 1);
+        let demand = Demand {
+            prompt: 50,
+            max_output: Some(1000),
+            choices: 1,
+        };
+        let now = Instant::now();
+        let lease = d.try_acquire(&demand, now).unwrap();
+        assert_eq!(lease.reserved_tokens(), 1050);
+        assert!(d.try_acquire(&demand, now).is_none(), "one slot");
+        drop(lease);
+        let s = d.status(now).capacity;
+        assert_eq!((s.in_flight, s.rpm_used, s.tpm_used), (0, 0, 0));
+        let mut lease = d.try_acquire(&demand, now).unwrap();
+        lease.start_call();
+        lease.settle(&crate::wire::openai::Usage::new(50, 300));
+        drop(lease);
+        let s = d.status(now).capacity;
+        assert_eq!((s.in_flight, s.rpm_used, s.tpm_used), (0, 1, 350));
+        // What calls without a bound reserve now follows what this deployment generates.
+        assert_eq!(d.observed_output(), 300);
+        let open = Demand {
+            max_output: None,
+            ..demand
+        };
+        assert_eq!(d.reservation(&open), 350);
+    }
+
+    #[test]
+    fn a_lease_lost_in_the_channel_of_a_waiter_that_left_comes_back() {
+        // The bug of issue 14: capacity sent to a job that is going away.
+        let d = deployment("d", 1);
+        let (tx, rx) = tokio::sync::oneshot::channel::<Lease>();
+        let lease = d.try_acquire(&DEMAND, Instant::now()).unwrap();
+        tx.send(lease).unwrap();
+        assert_eq!(d.status(Instant::now()).capacity.in_flight, 1);
+        drop(rx);
+        let s = d.status(Instant::now()).capacity;
+        assert_eq!((s.in_flight, s.rpm_used, s.tpm_used), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_gives_its_lease_back() {
+        let d = deployment("d", 1);
+        let job = async {
+            let mut lease = d.try_acquire(&DEMAND, Instant::now()).unwrap();
+            lease.start_call();
+            tokio::task::yield_now().await;
+            panic!("the job panics while it holds capacity");
+        };
+        assert!(AssertUnwindSafe(job).catch_unwind().await.is_err());
+        let s = d.status(Instant::now()).capacity;
+        assert_eq!(
+            (s.in_flight, s.rpm_used),
+            (0, 1),
+            "the call was made: it counts"
+        );
+        assert!(d.try_acquire(&DEMAND, Instant::now()).is_some());
+    }
+}

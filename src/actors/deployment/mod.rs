@@ -490,3 +490,36 @@ fn ewma(avg: &AtomicU64, sample: Duration) {
     };
     avg.store(new, Ordering::Relaxed);
 }
+
+/// A deployment for unit tests: a mock upstream with `rpm: 100`, `tpm: 100000` (local) and
+/// `max_parallel` slots.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::{Deployment, DeploymentInfo, Live};
+    use crate::providers::mock::MockProvider;
+
+    pub fn deployment(id: &str, max_parallel: u32) -> Arc<Deployment> {
+        let info = DeploymentInfo {
+            id: id.into(),
+            identity: id.into(),
+            model_group: "g".into(),
+            model: "mock/m".into(),
+            upstream_model: "m".into(),
+            provider: Arc::new(MockProvider::new("hi")),
+            timeout: None,
+            stream_timeout: None,
+            weight: 1.0,
+            price: None,
+            rpm: Some(100),
+            tpm: Some(100_000),
+            max_parallel: Some(max_parallel),
+            tags: Vec::new(),
+            max_input_tokens: None,
+            misconfigured: None,
+            live: Live::default(),
+        };
+        Deployment::new(Arc::new(info), None, None)
+    }
+}

@@ -93,34 +93,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        actors::deployment::{DeploymentInfo, Live},
-        limits::Demand,
-        providers::mock::MockProvider,
-    };
-
-    fn deployment(id: &str, max_parallel: u32) -> Arc<Deployment> {
-        let info = DeploymentInfo {
-            id: id.into(),
-            identity: id.into(),
-            model_group: "g".into(),
-            model: "mock/m".into(),
-            upstream_model: "m".into(),
-            provider: Arc::new(MockProvider::new("hi")),
-            timeout: None,
-            stream_timeout: None,
-            weight: 1.0,
-            price: None,
-            rpm: Some(100),
-            tpm: Some(100_000),
-            max_parallel: Some(max_parallel),
-            tags: Vec::new(),
-            max_input_tokens: None,
-            misconfigured: None,
-            live: Live::default(),
-        };
-        Deployment::new(Arc::new(info), None, None)
-    }
+    use crate::{actors::deployment::testing::deployment, limits::Demand};
 
     #[test]
     fn capacity_held_with_no_job_running_is_found_and_counted_once() {
@@ -143,35 +116,5 @@ mod tests {
         // Seen again: still one lost call, not two.
         assert_eq!(check_once(&gate, &all), 1);
         assert_eq!(d.capacity_lost(), 1);
-    }
-
-    #[test]
-    fn a_lease_dropped_before_its_call_refunds_and_after_it_settles() {
-        let d = deployment("d", 1);
-        let demand = Demand {
-            prompt: 50,
-            max_output: Some(1000),
-            choices: 1,
-        };
-        let now = Instant::now();
-        let lease = d.try_acquire(&demand, now).unwrap();
-        assert_eq!(lease.reserved_tokens(), 1050);
-        assert!(d.try_acquire(&demand, now).is_none(), "one slot");
-        drop(lease);
-        let s = d.status(now).capacity;
-        assert_eq!((s.in_flight, s.rpm_used, s.tpm_used), (0, 0, 0));
-        let mut lease = d.try_acquire(&demand, now).unwrap();
-        lease.start_call();
-        lease.settle(&crate::wire::openai::Usage::new(50, 300));
-        drop(lease);
-        let s = d.status(now).capacity;
-        assert_eq!((s.in_flight, s.rpm_used, s.tpm_used), (0, 1, 350));
-        // What calls without a bound reserve now follows what this deployment generates.
-        assert_eq!(d.observed_output(), 300);
-        let open = Demand {
-            max_output: None,
-            ..demand
-        };
-        assert_eq!(d.reservation(&open), 350);
     }
 }
