@@ -397,3 +397,32 @@ async fn a_burst_of_long_answers_stays_within_tpm_in_its_window_local() {
 async fn a_burst_of_long_answers_stays_within_tpm_in_its_window_shared() {
     long_answers_burst(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_bound_exceeds_tpm_is_served_alone_in_its_window() {
+    // max_tokens above the whole tpm: the call is admitted when the window is empty (local
+    // sliding window and cluster ledger alike), never left waiting forever.
+    for shared in [false, true] {
+        let fake = FakeProvider::start().await;
+        let nats = if shared {
+            NatsServer::start()
+        } else {
+            NatsServer::start_without_jetstream()
+        };
+        let yaml = format!(
+            "model_list:\n  - model_name: big\n    litellm_params: {{model: openai/b, api_base: \"{}\", api_key: sk-x, tpm: 10000}}\n",
+            fake.url()
+        );
+        let worker = start_worker(&nats, &yaml).await;
+        let client = LlmClient::new(nats.client().await, "llm");
+        let gw = Gateway {
+            nats,
+            worker: Some(worker),
+            client,
+        };
+        let mut body = chat("big", "hi");
+        body["max_tokens"] = json!(20_000);
+        let served = burst(&gw, 1, &body, 10_000).await;
+        assert_eq!(served, vec![200], "shared: {shared}");
+    }
+}
