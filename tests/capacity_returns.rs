@@ -426,3 +426,38 @@ async fn a_call_whose_bound_exceeds_tpm_is_served_alone_in_its_window() {
         assert_eq!(served, vec![200], "shared: {shared}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stream_counts_what_it_sent_and_an_upstream_error_costs_nothing() {
+    // Local limits, so the window's count is exact.
+    let fake = FakeProvider::start().await;
+    let nats = NatsServer::start_without_jetstream();
+    let yaml = format!(
+        "model_list:\n  - model_name: s\n    litellm_params: {{model: openai/s, api_base: \"{}\", api_key: sk-x, tpm: 100000}}\nrouter_settings: {{num_retries: 0, disable_cooldowns: true}}\n",
+        fake.url()
+    );
+    let worker = start_worker(&nats, &yaml).await;
+    let client = LlmClient::new(nats.client().await, "llm");
+    let gw = Gateway {
+        nats,
+        worker: Some(worker),
+        client,
+    };
+    let tpm_used = |d: &Vec<Value>| d[0]["capacity"]["tpm_used"].as_u64().unwrap();
+
+    // An upstream error: the reservation goes back whole.
+    fake.push(Fault::status(500));
+    assert_eq!(gw.complete(chat("s", "one two three")).await.status, 502);
+    assert_eq!(tpm_used(&deployments(&gw).await), 0);
+
+    // Role chunk, "echo:", " one", then the connection breaks: the prompt and the text sent.
+    fake.push(Fault::BrokenStream { after_chunks: 3 });
+    let mut body = chat("s", "one two three");
+    body["stream"] = json!(true);
+    let (chunks, end) = gw.stream(headers(&[]), body).await;
+    assert_eq!(end.status, 502);
+    let sent = support::gateway::streamed_text(&chunks);
+    assert_eq!(sent, "echo: one");
+    // 4 + ⌈13/4⌉ + 3 = 11 prompt tokens, ⌈9/4⌉ = 3 sent.
+    assert_eq!(tpm_used(&deployments(&gw).await), 11 + 3);
+}
