@@ -7,8 +7,9 @@
 //! finishes the jobs it already has. The services framework fixes `$SRV.INFO` metadata when
 //! the service starts, so the live state travels in the `data` of each endpoint's `$SRV.STATS`
 //! entry: `{"state": "serving" | "draining", "in_flight": <jobs>, "config": <fingerprint>,
-//! "limits": {"mode": "shared" | "local", "note": <why, for people>, "clock_offset_ms": <ms>}}`
-//! ([`limits_data`]).
+//! "limits": {"mode": "shared" | "local", "note": <why, for people>, "clock_offset_ms": <ms>},
+//! "capacity_lost": <calls>}` ([`limits_data`]; `capacity_lost` from the idle self-check,
+//! [`crate::actors::deployment::selfcheck`]).
 //!
 //! A worker whose limits are local (no JetStream, or a clock too far off the server's) still
 //! serves, so `llmbus health` still exits 0, but says so on its line and in a warning.
@@ -130,6 +131,9 @@ pub struct WorkerStatus {
     pub limits_note: Option<String>,
     /// Its clock's offset from the NATS server, milliseconds, once measured.
     pub clock_offset_ms: Option<i64>,
+    /// Calls its idle self-check found holding a deployment's capacity with no job running
+    /// (a bug: that capacity is lost until the worker restarts), when it said.
+    pub capacity_lost: Option<u64>,
 }
 
 impl WorkerStatus {
@@ -227,6 +231,7 @@ pub async fn check(
         let limits = text("/limits/mode");
         let limits_note = text("/limits/note");
         let clock_offset_ms = at("/limits/clock_offset_ms").and_then(Value::as_i64);
+        let capacity_lost = at("/capacity_lost").and_then(Value::as_u64);
         out.push(WorkerStatus {
             id,
             version,
@@ -237,6 +242,7 @@ pub async fn check(
             limits,
             limits_note,
             clock_offset_ms,
+            capacity_lost,
         });
     }
     Ok(out)

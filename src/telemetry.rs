@@ -85,6 +85,9 @@ pub const ADMIN_REQUESTS: &str = "llmbus_admin_requests_total";
 pub const LIMITS_SHARED: &str = "llmbus_limits_shared";
 /// The worker's clock offset from the NATS server (server minus worker), seconds.
 pub const CLOCK_OFFSET: &str = "llmbus_clock_offset_seconds";
+/// Counter: calls a deployment counted in flight while the worker ran no job, found by the
+/// worker's idle self-check (a bug: capacity lost), by `deployment`.
+pub const CAPACITY_LOST: &str = "llmbus_capacity_lost_total";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -287,6 +290,10 @@ fn describe() {
     describe_counter!(
         HANDOVER_UNREACHABLE,
         "Workers listed as serving a model that did not answer before a hand-over"
+    );
+    describe_counter!(
+        CAPACITY_LOST,
+        "Calls counted in flight on a deployment while no job ran (lost capacity: a bug)"
     );
     describe_counter!(
         CANCELS_REFUSED,

@@ -385,6 +385,13 @@ const VALUES_NOT_KEYS: &[&str] = &[
     "output_cost_per_reasoning_token",
     "deployment_misconfigured",
     "llmbus_deployment_state",
+    // Request and usage fields a call's token reservation is made of, and the idle
+    // self-check's field in `$SRV.STATS` (README, *Capacity*).
+    "max_completion_tokens",
+    "max_tokens",
+    "n",
+    "completion_tokens",
+    "capacity_lost",
     "false",
     // Guardrail and moderation hooks: values of LiteLLM's callback lists, refused by name.
     "presidio",

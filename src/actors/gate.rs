@@ -41,6 +41,8 @@ pub struct Gate {
     alone: AtomicBool,
     cutoff: CancellationToken,
     next_job: AtomicU64,
+    /// Jobs admitted since the start (the idle self-check sees whether one came meanwhile).
+    admitted: AtomicU64,
     /// Jobs admitted since the drain began.
     jobs_in_drain: AtomicUsize,
     relayed: AtomicUsize,
@@ -86,6 +88,7 @@ impl Gate {
             alone: AtomicBool::new(false),
             cutoff: CancellationToken::new(),
             next_job: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
             jobs_in_drain: AtomicUsize::new(0),
             relayed: AtomicUsize::new(0),
             cut_off: AtomicUsize::new(0),
@@ -100,6 +103,7 @@ impl Gate {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        self.admitted.fetch_add(1, Ordering::SeqCst);
         self.gauge.increment(1.0);
         if self.phase() != Phase::Serving {
             self.jobs_in_drain.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +119,11 @@ impl Gate {
     /// Jobs running now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Jobs admitted since the gate opened.
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::SeqCst)
     }
 
     /// The next job's number (1, 2, 3, ...).

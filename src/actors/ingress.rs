@@ -144,6 +144,13 @@ impl Actor for IngressActor {
                     "config": ctx.fingerprint.load().as_str(),
                     "worker_id": ctx.worker_id,
                     "limits": crate::health::limits_data(&ctx.sharing),
+                    "capacity_lost": ctx
+                        .table
+                        .load()
+                        .deployments()
+                        .iter()
+                        .map(|d| u64::from(d.capacity_lost()))
+                        .sum::<u64>(),
                 })
             }
         };

@@ -67,6 +67,13 @@ pub async fn health(url: Option<String>, prefix: &str, wait_ms: u64) -> Res {
             workers.len()
         );
     }
+    for w in workers.iter().filter(|w| w.capacity_lost.unwrap_or(0) > 0) {
+        println!(
+            "warning: worker {} lost capacity: {} calls counted in flight on its deployments while              it ran no job (a bug; see its error log); restart it to get them back",
+            w.id,
+            w.capacity_lost.unwrap_or(0)
+        );
+    }
     let ready = workers.iter().filter(|w| w.is_ready()).count();
     let completion = format!("{prefix}.completion");
     if ready > 0 {

@@ -3,10 +3,10 @@
 //! The deployment actor owns one [`Capacity`]. Before an upstream call it asks for a
 //! [`Permit`] with [`Capacity::try_acquire`], reserving one request and an estimate of the
 //! tokens; after the call it gives the permit back with [`Capacity::release`] and the real token
-//! count, so the TPM bucket is corrected both ways. A refusal is a [`Wait`]: how long until the
+//! count, so the TPM window is corrected both ways. A refusal is a [`Wait`]: how long until the
 //! request could pass, or that it waits for a call in flight to finish.
 //!
-//! Each of the RPM and TPM limits is either a local [`TokenBucket`] (one process alone) or a
+//! Each of the RPM and TPM limits is either a local [`SlidingWindow`] (one process alone) or a
 //! [`SharedLimit`]: a window-exact allowance shared with other workers, such as
 //! [`crate::cluster::quota::ClusterLimit`] ([`Capacity::with_shared`]). The calls are the same
 //! either way, and neither awaits.
@@ -19,7 +19,7 @@ use std::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{bucket::TokenBucket, share::Taken};
+use super::{share::Taken, window::SlidingWindow};
 
 /// A per-window allowance shared with other workers. Implementations must not block: the
 /// deployment's hot path calls them.
@@ -37,14 +37,14 @@ pub trait SharedLimit: Send + Sync + std::fmt::Debug {
 /// One RPM or TPM limit: local, or shared with the cluster.
 #[derive(Debug, Clone)]
 enum Limit {
-    Local(TokenBucket),
+    Local(SlidingWindow),
     Shared(Arc<dyn SharedLimit>),
 }
 
 impl Limit {
     fn capacity(&self) -> u64 {
         match self {
-            Limit::Local(b) => b.capacity(),
+            Limit::Local(b) => b.limit(),
             Limit::Shared(s) => s.limit(),
         }
     }
@@ -94,7 +94,7 @@ fn saturate(n: u64) -> u32 {
 /// Why a request cannot start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-    /// The RPM or TPM bucket will allow it after this long (if nothing else takes from it).
+    /// The RPM or TPM window will allow it after this long (if nothing else takes from it).
     For(Duration),
     /// Every parallel slot is taken: it can start when a call in flight is released.
     ParallelSlot,
@@ -112,13 +112,16 @@ impl Wait {
     }
 }
 
-/// The right to make one upstream call. Give it back with [`Capacity::release`] (or
-/// [`Capacity::cancel`] when the call was never made); it cannot be copied, and dropping it
-/// without giving it back keeps its parallel slot taken.
+/// The units one upstream call holds: a parallel slot, a request, its token reservation. Give
+/// it back with [`Capacity::release`] (or [`Capacity::cancel`] when the call was never made); it
+/// cannot be copied. This is the bare record: outside this module it only travels inside an
+/// owner that gives it back when dropped (`actors::deployment::Lease`).
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a permit holds a parallel slot until it is released"]
 pub struct Permit {
     reserved_tokens: u64,
+    /// When the units were taken: where a local window counts them.
+    taken_at: Instant,
     /// What shared limits handed out, to settle with them.
     rpm_taken: Taken,
     tpm_taken: Taken,
@@ -167,7 +170,7 @@ impl Capacity {
     }
 
     /// Like [`Capacity::new`], with the router's `default_max_parallel_requests` and the
-    /// instant at which the buckets start full.
+    /// instant at which the windows start empty.
     pub fn with_router_default(
         rpm: Option<u64>,
         tpm: Option<u64>,
@@ -176,8 +179,8 @@ impl Capacity {
         now: Instant,
     ) -> Self {
         Self {
-            rpm: rpm.map(|n| Limit::Local(TokenBucket::new(n, now))),
-            tpm: tpm.map(|n| Limit::Local(TokenBucket::new(n, now))),
+            rpm: rpm.map(|n| Limit::Local(SlidingWindow::new(n, now))),
+            tpm: tpm.map(|n| Limit::Local(SlidingWindow::new(n, now))),
             max_parallel: default_max_parallel(max_parallel, rpm, tpm, router_default),
             in_flight: 0,
         }
@@ -211,12 +214,12 @@ impl Capacity {
     /// Either everything is taken or nothing is. A parallel-slot shortage is reported first,
     /// since no time bound is known for it; otherwise the wait is the longer of the RPM and TPM
     /// waits. A request needing more tokens than the whole TPM limit is admitted when the TPM
-    /// bucket is full (see [`TokenBucket::try_take`]).
+    /// window is empty (see [`SlidingWindow::check`]).
     pub fn try_acquire(&mut self, est_tokens: u64, now: Instant) -> Result<Permit, Wait> {
         if self.max_parallel.is_some_and(|max| self.in_flight >= max) {
             return Err(Wait::ParallelSlot);
         }
-        // Local buckets are checked before anything is taken; shared limits take, and give
+        // Local windows are checked before anything is taken; shared limits take, and give
         // back when the other limit refuses. Either way nothing stays taken on a refusal.
         let rpm_wait = check(self.rpm.as_mut(), 1, now);
         let tpm_wait = check(self.tpm.as_mut(), est_tokens, now);
@@ -230,13 +233,14 @@ impl Capacity {
         let tpm_taken = match take(self.tpm.as_mut(), est_tokens, now) {
             Ok(t) => t,
             Err(w) => {
-                give_back(self.rpm.as_mut(), 1, rpm_taken, now);
+                give_back(self.rpm.as_mut(), 1, rpm_taken, now, now);
                 return Err(to_wait(None, Some(w)));
             }
         };
         self.in_flight += 1;
         Ok(Permit {
             reserved_tokens: est_tokens,
+            taken_at: now,
             rpm_taken,
             tpm_taken,
         })
@@ -244,14 +248,16 @@ impl Capacity {
 
     /// Gives back a permit after the upstream call.
     ///
-    /// `actual_tokens` is the usage the upstream reported (`total_tokens`): the TPM bucket is
+    /// `actual_tokens` is the usage the upstream reported (`total_tokens`): the TPM window is
     /// settled against the reservation, both ways. `None` means the count is unknown, and the
     /// reservation stands as the best guess. The request stays counted against RPM.
     pub fn release(&mut self, permit: Permit, actual_tokens: Option<u64>, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let (Some(limit), Some(actual)) = (self.tpm.as_mut(), actual_tokens) {
             match limit {
-                Limit::Local(bucket) => bucket.settle(permit.reserved_tokens, actual, now),
+                Limit::Local(window) => {
+                    window.settle(permit.reserved_tokens, actual, permit.taken_at, now)
+                }
                 Limit::Shared(shared) => shared.settle(permit.tpm_taken, actual, now),
             }
         }
@@ -261,11 +267,13 @@ impl Capacity {
     /// request and its tokens are refunded.
     pub fn cancel(&mut self, permit: Permit, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        give_back(self.rpm.as_mut(), 1, permit.rpm_taken, now);
+        let at = permit.taken_at;
+        give_back(self.rpm.as_mut(), 1, permit.rpm_taken, at, now);
         give_back(
             self.tpm.as_mut(),
             permit.reserved_tokens,
             permit.tpm_taken,
+            at,
             now,
         );
     }
@@ -293,7 +301,7 @@ impl Capacity {
     }
 }
 
-/// The wait of one optional local bucket for `n`, `None` when it allows it now (or has no
+/// The wait of one optional local window for `n`, `None` when it allows it now (or has no
 /// limit, or is shared: shared limits are asked by [`take`]).
 fn check(limit: Option<&mut Limit>, n: u64, now: Instant) -> Option<Wait> {
     match limit {
@@ -308,7 +316,7 @@ fn check(limit: Option<&mut Limit>, n: u64, now: Instant) -> Option<Wait> {
     }
 }
 
-/// Takes `n` from one optional limit (a local bucket was checked already).
+/// Takes `n` from one optional limit (a local window was checked already).
 fn take(limit: Option<&mut Limit>, n: u64, now: Instant) -> Result<Taken, Wait> {
     match limit {
         Some(Limit::Local(b)) => {
@@ -320,10 +328,10 @@ fn take(limit: Option<&mut Limit>, n: u64, now: Instant) -> Result<Taken, Wait> 
     }
 }
 
-/// Gives `n` units (or what a shared limit handed out) back.
-fn give_back(limit: Option<&mut Limit>, n: u64, taken: Taken, now: Instant) {
+/// Gives `n` units taken at `at` (or what a shared limit handed out) back.
+fn give_back(limit: Option<&mut Limit>, n: u64, taken: Taken, at: Instant, now: Instant) {
     match limit {
-        Some(Limit::Local(b)) => b.refund(n, now),
+        Some(Limit::Local(b)) => b.refund(n, at, now),
         Some(Limit::Shared(s)) => s.settle(taken, 0, now),
         None => {}
     }
@@ -345,322 +353,4 @@ fn to_wait(rpm: Option<Wait>, tpm: Option<Wait>) -> Wait {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn secs(s: u64) -> Duration {
-        Duration::from_secs(s)
-    }
-
-    fn at(rpm: Option<u64>, tpm: Option<u64>, par: Option<u32>, t0: Instant) -> Capacity {
-        Capacity::with_router_default(rpm, tpm, par, None, t0)
-    }
-
-    #[test]
-    fn max_parallel_defaults_like_litellm() {
-        // Explicit wins.
-        assert_eq!(
-            default_max_parallel(Some(10), Some(30), Some(300_000), Some(40)),
-            Some(10)
-        );
-        // Then rpm.
-        assert_eq!(
-            default_max_parallel(None, Some(30), Some(300_000), Some(40)),
-            Some(30)
-        );
-        // Then tpm / 1000 * 6, at least 1.
-        assert_eq!(
-            default_max_parallel(None, None, Some(300_000), Some(40)),
-            Some(1800)
-        );
-        assert_eq!(
-            default_max_parallel(None, None, Some(20), Some(40)),
-            Some(1)
-        );
-        // Then the router default; else no bound.
-        assert_eq!(default_max_parallel(None, None, None, Some(40)), Some(40));
-        assert_eq!(default_max_parallel(None, None, None, None), None);
-        // 0 builds no semaphore in LiteLLM: no bound.
-        assert_eq!(default_max_parallel(Some(0), Some(30), None, None), None);
-        // Huge values saturate instead of wrapping.
-        assert_eq!(
-            default_max_parallel(None, Some(u64::MAX), None, None),
-            Some(u32::MAX)
-        );
-    }
-
-    #[test]
-    fn no_limits_admit_everything() {
-        let t0 = Instant::now();
-        let mut c = at(None, None, None, t0);
-        for _ in 0..1000 {
-            let _permit = c.try_acquire(1_000_000, t0).unwrap();
-        }
-        assert_eq!(c.in_flight(), 1000);
-        let s = c.snapshot(t0);
-        assert_eq!(
-            (s.rpm_limit, s.tpm_limit, s.max_parallel),
-            (None, None, None)
-        );
-    }
-
-    #[test]
-    fn rpm_limits_requests_and_says_when_the_next_one_fits() {
-        let t0 = Instant::now();
-        // 60 rpm: one request per second; parallel bound defaults to 60 as well.
-        let mut c = at(Some(60), None, Some(1000), t0);
-        for _ in 0..60 {
-            let p = c.try_acquire(0, t0).unwrap();
-            c.release(p, None, t0);
-        }
-        assert_eq!(c.try_acquire(0, t0), Err(Wait::For(secs(1))));
-        assert!(c.try_acquire(0, t0 + secs(1)).is_ok());
-        assert_eq!(c.snapshot(t0 + secs(1)).rpm_used, 60);
-    }
-
-    #[test]
-    fn tpm_reserves_the_estimate_and_the_wait_covers_the_missing_tokens() {
-        let t0 = Instant::now();
-        let mut c = at(None, Some(600), None, t0); // ten tokens per second
-        let _a = c.try_acquire(500, t0).unwrap();
-        // 100 left; 300 more needs 200 tokens = 20 s.
-        assert_eq!(c.try_acquire(300, t0), Err(Wait::For(secs(20))));
-        assert!(c.try_acquire(300, t0 + secs(20)).is_ok());
-    }
-
-    #[test]
-    fn the_longer_of_the_two_waits_is_reported_and_nothing_is_taken() {
-        let t0 = Instant::now();
-        let mut c = at(Some(6), Some(600), Some(100), t0); // 1 request / 10 s, 10 tokens / s
-        let p = c.try_acquire(600, t0).unwrap();
-        c.release(p, None, t0);
-        // RPM has 5 left; TPM is empty: 60 s until 600 tokens.
-        assert_eq!(c.try_acquire(600, t0), Err(Wait::For(secs(60))));
-        // The refused attempt took no request: five more small ones still fit in RPM...
-        let s = c.snapshot(t0);
-        assert_eq!((s.rpm_used, s.tpm_used), (1, 600));
-    }
-
-    #[test]
-    fn release_settles_tokens_both_ways() {
-        let t0 = Instant::now();
-        let mut c = at(None, Some(6000), None, t0); // 100 tokens per second
-        let p = c.try_acquire(1000, t0).unwrap();
-        assert_eq!(p.reserved_tokens(), 1000);
-        c.release(p, Some(200), t0);
-        assert_eq!(c.snapshot(t0).tpm_used, 200);
-
-        let p = c.try_acquire(1000, t0).unwrap();
-        c.release(p, Some(9000), t0);
-        // 200 + 9000 used; 3200 tokens of debt.
-        let s = c.snapshot(t0);
-        assert_eq!(s.tpm_used, 9200);
-        // Back to a full bucket after 9200 / 100 = 92 s.
-        assert_eq!(c.try_acquire(6000, t0), Err(Wait::For(secs(92))));
-        assert!(c.try_acquire(6000, t0 + secs(92)).is_ok());
-    }
-
-    #[test]
-    fn release_without_usage_keeps_the_reservation() {
-        let t0 = Instant::now();
-        let mut c = at(None, Some(6000), None, t0);
-        let p = c.try_acquire(700, t0).unwrap();
-        c.release(p, None, t0);
-        assert_eq!(c.snapshot(t0).tpm_used, 700);
-    }
-
-    #[test]
-    fn cancel_refunds_request_and_tokens() {
-        let t0 = Instant::now();
-        let mut c = at(Some(10), Some(1000), None, t0);
-        let p = c.try_acquire(400, t0).unwrap();
-        c.cancel(p, t0);
-        let s = c.snapshot(t0);
-        assert_eq!((s.in_flight, s.rpm_used, s.tpm_used), (0, 0, 0));
-    }
-
-    #[test]
-    fn parallel_slots_bound_calls_in_flight() {
-        let t0 = Instant::now();
-        let mut c = at(None, None, Some(2), t0);
-        let a = c.try_acquire(1, t0).unwrap();
-        let _b = c.try_acquire(1, t0).unwrap();
-        assert_eq!(c.try_acquire(1, t0), Err(Wait::ParallelSlot));
-        assert_eq!(Wait::ParallelSlot.duration(), None);
-        c.release(a, Some(1), t0);
-        assert!(c.try_acquire(1, t0).is_ok());
-        assert_eq!(c.snapshot(t0).in_flight, 2);
-    }
-
-    #[test]
-    fn parallel_bound_comes_from_rpm_when_unset() {
-        let t0 = Instant::now();
-        let mut c = at(Some(2), None, None, t0);
-        assert_eq!(c.max_parallel(), Some(2));
-        let _a = c.try_acquire(0, t0).unwrap();
-        let _b = c.try_acquire(0, t0).unwrap();
-        assert_eq!(c.try_acquire(0, t0), Err(Wait::ParallelSlot));
-    }
-
-    #[test]
-    fn a_request_bigger_than_the_tpm_limit_passes_on_a_full_bucket() {
-        let t0 = Instant::now();
-        let mut c = at(None, Some(600), None, t0);
-        let p = c.try_acquire(5000, t0).unwrap();
-        c.release(p, Some(5000), t0);
-        // 4400 of debt + a full bucket = 5000 tokens = 500 s at ten per second.
-        assert_eq!(c.try_acquire(5000, t0), Err(Wait::For(secs(500))));
-    }
-
-    #[test]
-    fn a_zero_limit_never_serves() {
-        let t0 = Instant::now();
-        let mut c = at(Some(0), None, None, t0);
-        assert_eq!(c.try_acquire(0, t0 + secs(3600)), Err(Wait::Never));
-        assert_eq!(c.in_flight(), 0);
-    }
-
-    #[test]
-    fn snapshot_serializes_with_nulls_for_no_limit() {
-        let t0 = Instant::now();
-        let mut c = at(Some(100), None, None, t0);
-        let _p = c.try_acquire(50, t0).unwrap();
-        let v = serde_json::to_value(c.snapshot(t0)).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({
-                "in_flight": 1, "max_parallel": 100,
-                "rpm_used": 1, "rpm_limit": 100,
-                "tpm_used": 0, "tpm_limit": null
-            })
-        );
-    }
-
-    /// A shared limit held in memory: what the cluster limiter looks like to `Capacity`.
-    #[derive(Debug)]
-    struct Counter {
-        limit: u64,
-        used: std::sync::Mutex<u64>,
-    }
-
-    impl Counter {
-        fn new(limit: u64) -> Arc<Self> {
-            Arc::new(Self {
-                limit,
-                used: std::sync::Mutex::new(0),
-            })
-        }
-
-        fn used_now(&self) -> u64 {
-            *self.used.lock().unwrap()
-        }
-    }
-
-    impl SharedLimit for Counter {
-        fn try_take(&self, n: u64, _now: Instant) -> Result<Taken, Wait> {
-            let mut used = self.used.lock().unwrap();
-            if *used + n > self.limit {
-                return Err(Wait::For(secs(7)));
-            }
-            *used += n;
-            Ok(Taken::NONE)
-        }
-
-        fn settle(&self, _taken: Taken, _actual: u64, _now: Instant) {
-            // The permit's reservation is what this fake settles: see the tests.
-        }
-
-        fn limit(&self) -> u64 {
-            self.limit
-        }
-
-        fn used(&self, _now: Instant) -> u64 {
-            self.used_now()
-        }
-    }
-
-    /// A shared limit that records settlements by the reserved amount it is told about.
-    #[derive(Debug)]
-    struct Settling {
-        inner: Arc<Counter>,
-        settled: std::sync::Mutex<Vec<u64>>,
-    }
-
-    impl SharedLimit for Settling {
-        fn try_take(&self, n: u64, now: Instant) -> Result<Taken, Wait> {
-            self.inner.try_take(n, now)
-        }
-
-        fn settle(&self, _taken: Taken, actual: u64, _now: Instant) {
-            self.settled.lock().unwrap().push(actual);
-        }
-
-        fn limit(&self) -> u64 {
-            self.inner.limit
-        }
-
-        fn used(&self, _now: Instant) -> u64 {
-            self.inner.used_now()
-        }
-    }
-
-    #[test]
-    fn shared_limits_grant_and_report_like_local_ones() {
-        let t0 = Instant::now();
-        let rpm = Counter::new(2);
-        let mut c = Capacity::with_shared(Some(rpm.clone()), None, Some(10), None);
-        let a = c.try_acquire(0, t0).unwrap();
-        let _b = c.try_acquire(0, t0).unwrap();
-        assert_eq!(c.try_acquire(0, t0), Err(Wait::For(secs(7))));
-        let s = c.snapshot(t0);
-        assert_eq!((s.rpm_used, s.rpm_limit, s.in_flight), (2, Some(2), 2));
-        c.release(a, None, t0);
-        assert_eq!(c.in_flight(), 1);
-        // The parallel bound defaults from the shared rpm, as LiteLLM does.
-        let c = Capacity::with_shared(Some(Counter::new(30)), None, None, None);
-        assert_eq!(c.max_parallel(), Some(30));
-    }
-
-    #[test]
-    fn a_tpm_refusal_gives_the_rpm_unit_back() {
-        let t0 = Instant::now();
-        let rpm = Arc::new(Settling {
-            inner: Counter::new(10),
-            settled: Default::default(),
-        });
-        let tpm = Counter::new(100);
-        let mut c = Capacity::with_shared(Some(rpm.clone()), Some(tpm.clone()), None, None);
-        assert_eq!(c.try_acquire(500, t0), Err(Wait::For(secs(7))));
-        assert_eq!(
-            *rpm.settled.lock().unwrap(),
-            vec![0],
-            "the rpm unit went back"
-        );
-        assert_eq!(c.in_flight(), 0);
-    }
-
-    #[test]
-    fn release_settles_shared_tpm_with_the_real_usage_and_cancel_gives_all_back() {
-        let t0 = Instant::now();
-        let rpm = Arc::new(Settling {
-            inner: Counter::new(10),
-            settled: Default::default(),
-        });
-        let tpm = Arc::new(Settling {
-            inner: Counter::new(1_000),
-            settled: Default::default(),
-        });
-        let mut c = Capacity::with_shared(Some(rpm.clone()), Some(tpm.clone()), None, None);
-        let p = c.try_acquire(300, t0).unwrap();
-        c.release(p, Some(420), t0);
-        assert_eq!(*tpm.settled.lock().unwrap(), vec![420]);
-        assert!(
-            rpm.settled.lock().unwrap().is_empty(),
-            "the request stays counted"
-        );
-        let p = c.try_acquire(300, t0).unwrap();
-        c.cancel(p, t0);
-        assert_eq!(*tpm.settled.lock().unwrap(), vec![420, 0]);
-        assert_eq!(*rpm.settled.lock().unwrap(), vec![0]);
-    }
-}
+mod tests;

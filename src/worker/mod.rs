@@ -87,6 +87,8 @@ pub struct Worker {
     announce: Announce,
     /// Serves `llm.admin.config.push|rollback` ([`crate::actors::admin`]).
     admin: tokio::task::JoinHandle<()>,
+    /// The idle self-check ([`crate::actors::deployment::selfcheck`]).
+    selfcheck: tokio::task::JoinHandle<()>,
 }
 
 impl Worker {
@@ -206,6 +208,8 @@ impl Worker {
         .await
         .map_err(|e| StartError::Actor("ingress", e.to_string()))?;
         handles.push(h);
+        let selfcheck =
+            crate::actors::deployment::selfcheck::spawn(ctx.gate.clone(), ctx.table.clone());
         Ok(Self {
             ctx,
             http,
@@ -217,6 +221,7 @@ impl Worker {
             link,
             announce,
             admin,
+            selfcheck,
         })
     }
 
@@ -358,6 +363,7 @@ impl Worker {
         self.cost.stop(None);
         self.cancel_listener.abort();
         self.admin.abort();
+        self.selfcheck.abort();
         for h in self.handles {
             let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
         }

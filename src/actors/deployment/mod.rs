@@ -1,10 +1,10 @@
-//! A deployment: one upstream model behind one provider, its capacity (RPM and TPM token
-//! buckets, calls in flight) and its health (failures of the last minute, cooldown, half-open
+//! A deployment: one upstream model behind one provider, its capacity (RPM and TPM sliding
+//! windows, calls in flight) and its health (failures of the last minute, cooldown, half-open
 //! probe; rules in [`crate::policy::health`]).
 //!
 //! [`Deployment`] is the deployment's state, shared by every job of the worker. Its fast path
-//! needs no message: a job takes a [`Permit`] with [`Deployment::try_acquire`] under a short,
-//! uncontended lock, gives it back with [`Deployment::release`] and reports how the call went
+//! needs no message: a job takes a [`Lease`] with [`Deployment::try_acquire`] under a short,
+//! uncontended lock, gives it back by dropping it (`lease`) and reports how the call went
 //! with [`Deployment::outcome`]. The [`DeploymentActor`] (in `queue`) owns what needs a
 //! mailbox: the jobs waiting for capacity and the cooldown announcements. A job asks the actor
 //! only when it has to wait. What the deployment is and reports is in `info`.
@@ -13,12 +13,14 @@
 
 mod handover;
 mod info;
+mod lease;
 mod queue;
+pub mod selfcheck;
 
 use std::{
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -27,13 +29,14 @@ use arc_swap::ArcSwapOption;
 use ractor::{ActorRef, rpc::CallResult};
 
 pub use info::{DeploymentInfo, DeploymentStatus, Live, epoch_ms};
+pub use lease::Lease;
 pub use queue::{
     DeploymentActor, DeploymentArgs, DeploymentMsg, DeploymentState, Gossip, HealthEvent,
 };
 
 use crate::{
     cluster::quota::{ClusterLimit, ClusterQuota, LimitKind},
-    limits::{Capacity, Permit, SharedLimit},
+    limits::{Capacity, Demand, Permit, SharedLimit},
     policy::health::{Health, HealthPolicy, HealthState},
     providers::ErrorClass,
     telemetry,
@@ -82,6 +85,10 @@ pub struct Deployment {
     cooldowns: bool,
     /// The cluster-wide RPM and TPM limits, when the limits are shared with the cluster.
     shared: Vec<Arc<ClusterLimit>>,
+    /// Average output tokens per choice of its calls, reserved for calls that set no bound.
+    output_avg: AtomicU64,
+    /// Calls the idle self-check found in flight with no job running (`selfcheck`).
+    lost: AtomicU32,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -93,7 +100,7 @@ impl std::fmt::Debug for Deployment {
 }
 
 impl Deployment {
-    /// A deployment with full buckets and good health; its actor is set by [`DeploymentActor`].
+    /// A deployment with empty windows and good health; its actor is set by [`DeploymentActor`].
     /// `policy` holds the cooldown thresholds; `None` disables cooldowns. With `quota`, its
     /// `rpm` and `tpm` are limits of the whole cluster ([`crate::cluster::quota`]): a new slice
     /// arriving wakes the jobs queued for capacity.
@@ -159,6 +166,8 @@ impl Deployment {
             gauges,
             cooldowns,
             shared,
+            output_avg: AtomicU64::new(0),
+            lost: AtomicU32::new(0),
         }
     }
 
@@ -195,45 +204,66 @@ impl Deployment {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A permit now, when capacity is free and no job is queued for it.
-    pub fn try_acquire(&self, est_tokens: u64, now: Instant) -> Option<Permit> {
-        let mut core = self.lock();
-        if core.waiting > 0 {
-            return None;
-        }
-        let permit = core.capacity.try_acquire(est_tokens, now).ok()?;
-        self.publish_capacity(&mut core, now);
-        Some(permit)
+    /// The tokens a call of `demand` reserves here: its prompt and output bound, or this
+    /// deployment's average output when the request sets none.
+    pub fn reservation(&self, demand: &Demand) -> u64 {
+        demand.tokens(self.observed_output())
     }
 
-    /// A permit for a call expected to use `est_tokens`: at once when capacity is free, else
-    /// from the actor's queue within `patience`.
+    /// A lease now, when capacity is free and no job is queued for it.
+    pub fn try_acquire(self: &Arc<Self>, demand: &Demand, now: Instant) -> Option<Lease> {
+        let permit = {
+            let mut core = self.lock();
+            if core.waiting > 0 {
+                return None;
+            }
+            let permit = core
+                .capacity
+                .try_acquire(self.reservation(demand), now)
+                .ok()?;
+            self.publish_capacity(&mut core, now);
+            permit
+        };
+        Some(Lease::new(self.clone(), permit, demand.choices))
+    }
+
+    /// A lease for a call of `demand`: at once when capacity is free, else from the actor's
+    /// queue within `patience`. A lease granted to a job that has gone meanwhile goes back by
+    /// itself (see [`Lease`]).
     pub async fn acquire(
-        &self,
-        est_tokens: u64,
+        self: &Arc<Self>,
+        demand: Demand,
         patience: Duration,
-    ) -> Result<Permit, AcquireError> {
-        if let Some(permit) = self.try_acquire(est_tokens, Instant::now()) {
-            return Ok(permit);
+    ) -> Result<Lease, AcquireError> {
+        if let Some(lease) = self.try_acquire(&demand, Instant::now()) {
+            return Ok(lease);
         }
         let Some(actor) = self.actor.load_full() else {
             return Err(AcquireError::Unavailable);
         };
-        match actor
+        // A job that leaves the queue (deadline, cancel, timeout) tells the actor, so that its
+        // count of waiting jobs never stays stale (a stale count marks the deployment
+        // saturated and sends every job through the queue).
+        let left = LeftQueue(Some(actor.clone()));
+        let answer = actor
             .call(
-                |reply| DeploymentMsg::Acquire { est_tokens, reply },
+                |reply| DeploymentMsg::Acquire { demand, reply },
                 Some(patience),
             )
-            .await
-        {
-            Ok(CallResult::Success(permit)) => Ok(permit),
+            .await;
+        if matches!(answer, Ok(CallResult::Success(_))) {
+            left.disarm();
+        }
+        match answer {
+            Ok(CallResult::Success(lease)) => Ok(lease),
             Ok(CallResult::Timeout) => Err(AcquireError::TimedOut),
             _ => Err(AcquireError::Unavailable),
         }
     }
 
-    /// Gives a permit back after the call, with the tokens it really used when known.
-    pub fn release(&self, permit: Permit, actual_tokens: Option<u64>, now: Instant) {
+    /// Gives a permit back after the call, with the tokens it really used when known. Only a
+    /// [`Lease`]'s drop calls it.
+    fn release(&self, permit: Permit, actual_tokens: Option<u64>, now: Instant) {
         let mut core = self.lock();
         core.capacity.release(permit, actual_tokens, now);
         self.publish_capacity(&mut core, now);
@@ -245,7 +275,8 @@ impl Deployment {
     }
 
     /// Gives a permit back whose call was never made: its request and tokens are refunded.
-    pub fn cancel(&self, permit: Permit, now: Instant) {
+    /// Only a [`Lease`]'s drop calls it.
+    fn cancel(&self, permit: Permit, now: Instant) {
         let mut core = self.lock();
         core.capacity.cancel(permit, now);
         self.publish_capacity(&mut core, now);
@@ -431,6 +462,23 @@ impl Deployment {
     }
 }
 
+/// Wakes the deployment's actor when dropped armed: a job left its queue without a lease.
+struct LeftQueue(Option<Arc<ActorRef<DeploymentMsg>>>);
+
+impl LeftQueue {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for LeftQueue {
+    fn drop(&mut self) {
+        if let Some(actor) = self.0.take() {
+            let _ = actor.cast(DeploymentMsg::Wake);
+        }
+    }
+}
+
 /// Folds a sample into a moving average (weight 1/5 for the new sample).
 fn ewma(avg: &AtomicU64, sample: Duration) {
     let sample = (sample.as_micros() as u64).max(1);
@@ -441,4 +489,37 @@ fn ewma(avg: &AtomicU64, sample: Duration) {
         (old * 4 + sample) / 5
     };
     avg.store(new, Ordering::Relaxed);
+}
+
+/// A deployment for unit tests: a mock upstream with `rpm: 100`, `tpm: 100000` (local) and
+/// `max_parallel` slots.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::{Deployment, DeploymentInfo, Live};
+    use crate::providers::mock::MockProvider;
+
+    pub fn deployment(id: &str, max_parallel: u32) -> Arc<Deployment> {
+        let info = DeploymentInfo {
+            id: id.into(),
+            identity: id.into(),
+            model_group: "g".into(),
+            model: "mock/m".into(),
+            upstream_model: "m".into(),
+            provider: Arc::new(MockProvider::new("hi")),
+            timeout: None,
+            stream_timeout: None,
+            weight: 1.0,
+            price: None,
+            rpm: Some(100),
+            tpm: Some(100_000),
+            max_parallel: Some(max_parallel),
+            tags: Vec::new(),
+            max_input_tokens: None,
+            misconfigured: None,
+            live: Live::default(),
+        };
+        Deployment::new(Arc::new(info), None, None)
+    }
 }

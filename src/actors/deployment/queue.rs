@@ -1,5 +1,5 @@
 //! A deployment's actor: the queue of jobs that found no capacity (first come, first served,
-//! each until its own deadline), the timer that wakes them when the buckets refill, and the
+//! each until its own deadline), the timer that wakes them when the windows slide, and the
 //! announcements of cooldowns to the other workers on `llm.health.<deployment>`
 //! ([`HealthEvent`], sent through [`Gossip`]).
 
@@ -12,8 +12,8 @@ use std::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
-use super::Deployment;
-use crate::{cluster::health::HealthBoard, limits::Permit, providers::ErrorClass, wire::Subjects};
+use super::{Deployment, Lease};
+use crate::{cluster::health::HealthBoard, limits::Demand, providers::ErrorClass, wire::Subjects};
 
 /// Publishes cooldowns for the other workers.
 #[derive(Clone)]
@@ -63,13 +63,14 @@ pub struct DeploymentArgs {
 
 /// Messages a deployment actor takes.
 pub enum DeploymentMsg {
-    /// Grant capacity for a call that expects to use `est_tokens`, in arrival order, when
-    /// there is some; the answer may wait.
+    /// Grant capacity for a call of `demand`, in arrival order, when there is some; the answer
+    /// may wait.
     Acquire {
-        /// Tokens reserved against TPM until the call settles.
-        est_tokens: u64,
-        /// Where the permit goes.
-        reply: RpcReplyPort<Permit>,
+        /// What the call reserves until it settles.
+        demand: Demand,
+        /// Where the lease goes. A lease the job is no longer there to take goes back to the
+        /// deployment when the channel drops it.
+        reply: RpcReplyPort<Lease>,
     },
     /// Capacity may have come free: look at the queue again.
     Wake,
@@ -89,7 +90,7 @@ pub struct DeploymentActor;
 pub struct DeploymentState {
     deployment: Arc<Deployment>,
     gossip: Option<Gossip>,
-    waiting: VecDeque<(u64, RpcReplyPort<Permit>)>,
+    waiting: VecDeque<(Demand, RpcReplyPort<Lease>)>,
     wake_at: Option<Instant>,
 }
 
@@ -137,8 +138,8 @@ impl Actor for DeploymentActor {
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         match msg {
-            DeploymentMsg::Acquire { est_tokens, reply } => {
-                state.waiting.push_back((est_tokens, reply));
+            DeploymentMsg::Acquire { demand, reply } => {
+                state.waiting.push_back((demand, reply));
                 state.serve_waiting(&myself, now);
             }
             DeploymentMsg::Wake => {
@@ -181,23 +182,31 @@ impl DeploymentState {
     }
 
     /// Grants capacity to waiting jobs in arrival order, while there is capacity.
+    ///
+    /// The lock is held only to take each permit, never while a lease is sent: a lease the job
+    /// is no longer there to take is dropped (by the failed send, or later by the channel), and
+    /// its drop gives the units back under the same lock.
     fn serve_waiting(&mut self, myself: &ActorRef<DeploymentMsg>, now: Instant) {
         let deployment = self.deployment.clone();
-        let mut core = deployment.lock();
         let mut wake = None;
-        while let Some((est_tokens, reply)) = self.waiting.front() {
+        // Jobs that gave up (deadline, cancel) anywhere in the queue: forget them, so the count
+        // of waiting jobs is true (a job that leaves wakes the actor for this).
+        self.waiting.retain(|(_, reply)| !reply.is_closed());
+        while let Some((demand, reply)) = self.waiting.front() {
             if reply.is_closed() {
                 // The job gave up (its deadline passed); forget it.
                 self.waiting.pop_front();
                 continue;
             }
-            match core.capacity.try_acquire(*est_tokens, now) {
+            let reserve = deployment.reservation(demand);
+            let granted = deployment.lock().capacity.try_acquire(reserve, now);
+            match granted {
                 Ok(permit) => {
-                    let (_, reply) = self.waiting.pop_front().expect("front exists");
-                    if let Err(ractor::MessagingErr::SendErr(permit)) = reply.send(permit) {
-                        // The job went away between the check and the send.
-                        core.capacity.cancel(permit, now);
-                    }
+                    let (demand, reply) = self.waiting.pop_front().expect("front exists");
+                    let lease = Lease::new(deployment.clone(), permit, demand.choices);
+                    // When the job went away, the lease comes back in the error and is
+                    // dropped here: its units go back.
+                    let _ = reply.send(lease);
                 }
                 Err(wait) => {
                     wake = wait.duration();
@@ -205,6 +214,7 @@ impl DeploymentState {
                 }
             }
         }
+        let mut core = deployment.lock();
         core.waiting = self.waiting.len();
         deployment.publish_capacity(&mut core, now);
         drop(core);

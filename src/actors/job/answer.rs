@@ -45,7 +45,7 @@ impl JobState<'_> {
         if response.usage.is_none() {
             response.usage = Some(usage.clone());
         }
-        call.held.actual_tokens = Some(usage.total_tokens);
+        call.held.settle(&usage);
         call.route
             .deployment
             .outcome(latency, None, None, Instant::now());
@@ -67,7 +67,7 @@ impl JobState<'_> {
             response.usage = Usage::new(self.prompt_tokens, 0);
         }
         let usage = response.usage.clone();
-        call.held.actual_tokens = Some(usage.total_tokens);
+        call.held.settle(&usage);
         call.route
             .deployment
             .outcome(latency, None, None, Instant::now());
@@ -153,7 +153,7 @@ impl JobState<'_> {
         let latency = call.started.elapsed();
         self.upstream_time += latency;
         let usage = self.stream_usage();
-        call.held.actual_tokens = Some(usage.total_tokens);
+        call.held.settle(&usage);
         call.route
             .deployment
             .outcome(latency, call.first_chunk, None, Instant::now());
@@ -170,7 +170,11 @@ impl JobState<'_> {
 
     /// A committed stream broke: an error body, then the sentinel with the error status.
     pub(super) async fn fail_stream(&mut self, e: &crate::providers::ProviderError) {
-        let Some(call) = self.call.take() else { return };
+        let Some(mut call) = self.call.take() else {
+            return;
+        };
+        // Count what the stream sent before it broke.
+        call.held.settle(&self.stream_usage());
         let latency = call.started.elapsed();
         self.upstream_time += latency;
         call.route.deployment.outcome(
@@ -210,7 +214,11 @@ impl JobState<'_> {
                 unpublished("chunk", &reason);
                 // That number never went out: the error takes it, so the requester sees no gap.
                 self.out.seq -= 1;
-                let route = self.call.take().map(|c| c.route.clone());
+                let usage = self.stream_usage();
+                let route = self.call.take().map(|mut c| {
+                    c.held.settle(&usage);
+                    c.route.clone()
+                });
                 let e = ApiError::bad_gateway(format!(
                     "chunk {} of the stream could not be published: {reason}",
                     self.out.seq

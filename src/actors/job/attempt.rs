@@ -7,7 +7,6 @@
 
 use std::{
     panic::AssertUnwindSafe,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,32 +15,14 @@ use futures::{FutureExt, StreamExt};
 use super::{Body, Call, JobState, StreamOut};
 use crate::{
     actors::{
-        deployment::{AcquireError, Deployment},
+        deployment::AcquireError,
         table::{RouteError, RouteRequest},
     },
-    limits::Permit,
     policy::{retry::FallbackKind, routing::random},
     providers::{CallContext, ErrorClass, ProviderError},
     telemetry,
     wire::ApiError,
 };
-
-/// Capacity held on a deployment; given back when dropped, whatever ends the job.
-pub(super) struct Held {
-    deployment: Arc<Deployment>,
-    permit: Option<Permit>,
-    /// The tokens the call really used, when known (settles the TPM reservation).
-    pub(super) actual_tokens: Option<u64>,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.deployment
-                .release(permit, self.actual_tokens, Instant::now());
-        }
-    }
-}
 
 /// What the job does after an upstream call.
 pub(super) enum Flow {
@@ -146,13 +127,10 @@ impl JobState<'_> {
 
             self.served_group = Some(route.group.clone());
             self.waiting_for_capacity = true;
-            let acquired = route
-                .deployment
-                .acquire(self.prompt_tokens, remaining)
-                .await;
+            let acquired = route.deployment.acquire(self.demand, remaining).await;
             self.waiting_for_capacity = false;
-            let permit = match acquired {
-                Ok(permit) => permit,
+            let mut held = match acquired {
+                Ok(lease) => lease,
                 Err(AcquireError::TimedOut) => {
                     // The deadline itself ends the job with the capacity error.
                     self.waiting_for_capacity = true;
@@ -167,11 +145,7 @@ impl JobState<'_> {
             };
             self.attempts += 1;
             self.tries_in_group += 1;
-            let held = Held {
-                deployment: route.deployment.clone(),
-                permit: Some(permit),
-                actual_tokens: Some(0),
-            };
+            held.start_call();
             self.call = Some(Call {
                 route,
                 held,
@@ -336,11 +310,12 @@ impl JobState<'_> {
     /// The current attempt failed before anything reached the client: retry, fall back, or
     /// answer with the error.
     async fn upstream_failed(&mut self, e: ProviderError) -> Flow {
-        let Some(call) = self.call.take() else {
+        let Some(mut call) = self.call.take() else {
             return Flow::Next;
         };
         let latency = call.started.elapsed();
         self.upstream_time += latency;
+        call.held.settle_tokens(self.failed_usage(&e));
         let dep = call.route.deployment.clone();
         dep.outcome(
             latency,
@@ -372,6 +347,19 @@ impl JobState<'_> {
             self.exhaust_group(FallbackKind::of(e.class));
         }
         Flow::Next
+    }
+
+    /// What a failed attempt used: nothing when the upstream answered with an error status,
+    /// what a stream sent before it broke, else unknown (the reservation stands).
+    fn failed_usage(&self, e: &ProviderError) -> Option<u64> {
+        if self.out.text > 0 || self.out.usage.is_some() {
+            return Some(self.stream_usage().total_tokens);
+        }
+        match (e.status, e.class) {
+            (Some(_), _) => Some(0),
+            (None, ErrorClass::Timeout | ErrorClass::InvalidResponse) => None,
+            (None, _) => Some(0),
+        }
     }
 
     pub(super) fn deadline_error(&self) -> ApiError {

@@ -13,7 +13,7 @@
 //! - a **panic** anywhere in it: [`supervise`] answers a 500, and no other job notices.
 //!
 //! Dropping the job's future is what stops it: the upstream connection closes, the capacity
-//! permit goes back to its deployment (`attempt::Held`), the cancel registration is removed,
+//! lease goes back to its deployment (`deployment::Lease`), the cancel registration is removed,
 //! and the gate's ticket frees the place. No per-job state outlives the task.
 //!
 //! - `attempt`: routing, capacity, the upstream call, retries and fallbacks.
@@ -33,9 +33,10 @@ use async_nats::service::Request;
 use futures::FutureExt;
 use tracing::Instrument;
 
-use super::{WorkerContext, gate::Ticket, table::Route};
+use super::{WorkerContext, deployment::Lease, gate::Ticket, table::Route};
 use crate::{
     auth::Caller,
+    limits::Demand,
     providers::ErrorClass,
     wire::{
         ApiError,
@@ -119,7 +120,8 @@ pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
 /// The upstream call of the current attempt.
 struct Call {
     route: Route,
-    held: attempt::Held,
+    /// The deployment's capacity this call holds; dropping the call gives it back.
+    held: Lease,
     started: Instant,
     first_chunk: Option<Duration>,
 }
@@ -166,6 +168,8 @@ struct JobState<'a> {
     fallbacks_planned: bool,
     tags: Vec<String>,
     prompt_tokens: u64,
+    /// What each attempt reserves on its deployment (prompt and output bound).
+    demand: Demand,
     group_index: usize,
     tries_in_group: u32,
     excluded: Vec<String>,
@@ -225,6 +229,7 @@ impl<'a> JobState<'a> {
             fallbacks_planned: false,
             tags: Vec::new(),
             prompt_tokens: 0,
+            demand: Demand::input_only(0),
             group_index: 0,
             tries_in_group: 0,
             excluded: Vec::new(),
@@ -306,6 +311,7 @@ impl<'a> JobState<'a> {
                     .iter()
                     .map(|t| crate::limits::estimate_text_tokens(t))
                     .sum();
+                self.demand = Demand::input_only(self.prompt_tokens);
                 self.groups.push(body.model.clone());
                 self.body = Some(Body::Embedding(Arc::new(body)));
             }
@@ -325,7 +331,8 @@ impl<'a> JobState<'a> {
                 }
                 self.request_fallbacks
                     .extend(parse::take_fallbacks(&mut body.extra));
-                self.prompt_tokens = crate::limits::estimate_prompt_tokens(&body);
+                self.demand = Demand::of_chat(&body);
+                self.prompt_tokens = self.demand.prompt;
                 self.groups.push(body.model.clone());
                 self.body = Some(Body::Chat(Arc::new(body)));
             }
@@ -353,7 +360,8 @@ impl<'a> JobState<'a> {
             ApiError::deadline(format!("the job's deadline of {ms} ms passed"))
         };
         // A call cut by the deadline is a timeout of its deployment.
-        if let Some(call) = self.call.take() {
+        if let Some(mut call) = self.call.take() {
+            call.held.settle_tokens(self.cut_usage());
             self.upstream_time += call.started.elapsed();
             call.route.deployment.outcome(
                 call.started.elapsed(),
@@ -374,13 +382,20 @@ impl<'a> JobState<'a> {
             let upstream = call.started.elapsed();
             self.upstream_time += upstream;
             let usage = self.stream_usage();
-            call.held.actual_tokens = Some(usage.total_tokens);
+            call.held.settle_tokens(self.cut_usage());
             self.price(&call.route, &usage, upstream, None);
             route = Some(call.route.clone());
         }
         self.error_class = Some("cancelled".into());
         self.answered.store(true, Ordering::Release);
         self.observe(499, route.as_ref());
+    }
+
+    /// The tokens a call cut short used: a stream's, counted from what it sent; unknown for a
+    /// call that had not answered yet (its reservation stands, since the upstream may have
+    /// spent it).
+    fn cut_usage(&self) -> Option<u64> {
+        self.stream.then(|| self.stream_usage().total_tokens)
     }
 
     /// The usage of the stream so far: the upstream's when it sent one, else an estimate.
