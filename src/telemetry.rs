@@ -76,6 +76,9 @@ pub const ADMIN_REQUESTS: &str = "llmbus_admin_requests_total";
 pub const LIMITS_SHARED: &str = "llmbus_limits_shared";
 /// The worker's clock offset from the NATS server (server minus worker), seconds.
 pub const CLOCK_OFFSET: &str = "llmbus_clock_offset_seconds";
+/// Counter: HTTP front jobs whose worker died before answering, by `outcome` (`resent`: sent
+/// again; `gave_up`: no resend or time left, a 503; `mid_stream`: the stream had begun, a 502).
+pub const HTTP_JOBS_RESENT: &str = "llmbus_http_jobs_resent_total";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -278,5 +281,9 @@ fn describe() {
     describe_counter!(
         ADMIN_REQUESTS,
         "Requests on the admin subjects, by action and status"
+    );
+    describe_counter!(
+        HTTP_JOBS_RESENT,
+        "HTTP front jobs whose worker died before answering, by outcome (resent, gave_up, mid_stream)"
     );
 }

@@ -3,6 +3,7 @@
 //! (server + worker + client) in one call.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod command;
 pub mod fake_anthropic;
 pub mod fake_gemini;
