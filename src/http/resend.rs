@@ -238,14 +238,21 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(headers::TIMEOUT_MS, "30000");
         let deadline = Instant::now() + Duration::from_secs(10);
-        let left: u64 = retimed(&h, Some(deadline)).unwrap()[headers::TIMEOUT_MS]
+        let left: u64 = retimed(&h, Some(deadline))
+            .unwrap()
+            .get(headers::TIMEOUT_MS)
+            .unwrap()
             .as_str()
             .parse()
             .unwrap();
         assert!(left <= 10_000 && left > 5_000, "{left}");
         assert!(retimed(&h, Some(Instant::now() + Duration::from_millis(10))).is_none());
         assert_eq!(
-            retimed(&h, None).unwrap()[headers::TIMEOUT_MS].as_str(),
+            retimed(&h, None)
+                .unwrap()
+                .get(headers::TIMEOUT_MS)
+                .unwrap()
+                .as_str(),
             "30000"
         );
     }
