@@ -198,6 +198,22 @@ impl Cluster {
         drop(slot.take());
     }
 
+    /// `kill -9` the live worker with the most jobs in flight (`llmbus_jobs_in_flight`); returns
+    /// how many it had.
+    pub async fn kill_busiest_worker(&mut self) -> f64 {
+        let mut busiest = (0, -1.0);
+        for (i, w) in self.workers.iter().enumerate() {
+            if let Some(w) = w {
+                let n = gauge(w, "llmbus_jobs_in_flight").await;
+                if n > busiest.1 {
+                    busiest = (i, n);
+                }
+            }
+        }
+        drop(self.workers[busiest.0].take());
+        busiest.1
+    }
+
     /// Kills the nats-server and starts it again on the same port and store.
     pub fn restart_nats(&mut self) {
         self.nats.kill();
@@ -642,6 +658,11 @@ impl Cluster {
 
 /// A worker's `llmbus_deployment_in_flight`, summed over its deployments.
 async fn in_flight(w: &WorkerProcess) -> f64 {
+    gauge(w, "llmbus_deployment_in_flight").await
+}
+
+/// A worker's gauge `name`, summed over its labels.
+async fn gauge(w: &WorkerProcess, name: &str) -> f64 {
     let addr = w.metrics_addr().expect("workers serve metrics");
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
@@ -650,7 +671,7 @@ async fn in_flight(w: &WorkerProcess) -> f64 {
         .await
         .expect("the metrics");
     text.lines()
-        .filter(|l| l.starts_with("llmbus_deployment_in_flight"))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
