@@ -720,6 +720,10 @@ pub fn report(names: &[&str], outcomes: &[Outcome]) -> String {
             .iter()
             .filter(|o| o.verdict == Verdict::Timeout)
             .count();
+        let http_timeouts = mine
+            .iter()
+            .filter(|o| o.verdict == Verdict::Timeout && o.kind.http())
+            .count();
         let mut errors: std::collections::BTreeMap<&str, usize> = Default::default();
         for o in &mine {
             if let Verdict::Error(e) = &o.verdict {
@@ -734,10 +738,11 @@ pub fn report(names: &[&str], outcomes: &[Outcome]) -> String {
                 .unwrap_or(0.0)
         };
         out.push_str(&format!(
-            "{name:<14} requests {:>5}  ok {:>5}  timeouts {:>3}  p50 {:>7.1} ms  p99 {:>8.1} ms  errors {:?}\n",
+            "{name:<14} requests {:>5}  ok {:>5}  timeouts {:>3} (http {:>2})  p50 {:>7.1} ms  p99 {:>8.1} ms  errors {:?}\n",
             mine.len(),
             ok,
             timeouts,
+            http_timeouts,
             q(0.5),
             q(0.99),
             errors
