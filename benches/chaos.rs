@@ -15,6 +15,8 @@
 
 #[path = "../tests/support/chaos.rs"]
 mod chaos;
+#[path = "../tests/support/chaos_nats.rs"]
+mod chaos_nats;
 #[path = "../tests/support/fake_provider.rs"]
 mod fake_provider;
 #[allow(dead_code)]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod chaos_nats;
 pub mod command;
 pub mod fake_anthropic;
 pub mod fake_gemini;
