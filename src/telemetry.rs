@@ -88,6 +88,9 @@ pub const CLOCK_OFFSET: &str = "llmbus_clock_offset_seconds";
 /// Counter: calls a deployment counted in flight while the worker ran no job, found by the
 /// worker's idle self-check (a bug: capacity lost), by `deployment`.
 pub const CAPACITY_LOST: &str = "llmbus_capacity_lost_total";
+/// Counter: HTTP front jobs whose worker died before answering, by `outcome` (`resent`: sent
+/// again; `gave_up`: no resend or time left, a 503; `mid_stream`: the stream had begun, a 502).
+pub const HTTP_JOBS_RESENT: &str = "llmbus_http_jobs_resent_total";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -310,5 +313,9 @@ fn describe() {
     describe_counter!(
         ADMIN_REQUESTS,
         "Requests on the admin subjects, by action and status"
+    );
+    describe_counter!(
+        HTTP_JOBS_RESENT,
+        "HTTP front jobs whose worker died before answering, by outcome (resent, gave_up, mid_stream)"
     );
 }

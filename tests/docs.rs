@@ -183,6 +183,7 @@ fn known_headers() -> Vec<String> {
         headers::CACHE,
         headers::JOB_ID,
         headers::UPSTREAM_MS,
+        headers::ACK,
     ]
     .iter()
     .map(|s| s.to_string())

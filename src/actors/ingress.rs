@@ -3,7 +3,9 @@
 //! subjects in the queue group. One reader task per endpoint admits each job through the
 //! [`super::gate::Gate`] and starts its task ([`super::job::supervise`]) — no mailbox sits between NATS and
 //! the jobs. A job with no reply subject (nowhere to answer) is refused before any upstream
-//! call; past `max_in_flight` a job gets a 503 at once. `llm.models` and `llm.deployments`
+//! call; past `max_in_flight` a job gets a 503 at once. A job that asks for it (`Llm-Ack`, as
+//! the HTTP front does) is acknowledged on admission with this worker's `$SRV` id, so its
+//! requester can tell when the worker holding it dies. `llm.models` and `llm.deployments`
 //! are answered from the routing table.
 //!
 //! The ingress actor owns the worker's way out, without losing a job:
@@ -107,6 +109,8 @@ pub struct IngressState {
 struct Reader {
     ctx: Arc<WorkerContext>,
     worker_id: String,
+    /// The `$SRV` id of this worker's service, which its acks name (`Llm-Ack`).
+    service_id: String,
 }
 
 /// Which endpoint a reader serves.
@@ -196,6 +200,7 @@ impl Actor for IngressActor {
         let reader = Arc::new(Reader {
             ctx: ctx.clone(),
             worker_id: worker_id.clone(),
+            service_id: service.info().await.id,
         });
         let readers = vec![
             read(
@@ -514,6 +519,7 @@ impl Reader {
             respond_error(&request, &e).await;
             return;
         };
+        self.ack(&request).await;
         let id = format!("{}-{}", self.worker_id, self.ctx.gate.next_job());
         let job = Job {
             kind,
@@ -522,6 +528,29 @@ impl Reader {
             id,
         };
         tokio::spawn(job::supervise(job, self.ctx.clone(), ticket));
+    }
+
+    /// When the job asks for it (`Llm-Ack`, the HTTP front does): tells its requester that this
+    /// worker holds it, by its `$SRV` id, before anything else goes to the reply subject.
+    async fn ack(&self, request: &Request) {
+        let message = &request.message;
+        if let Some(reply) = message.reply.clone()
+            && message
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(headers::ACK).is_some())
+        {
+            let mut h = HeaderMap::new();
+            h.insert(headers::ACK, self.service_id.as_str());
+            if let Err(e) = self
+                .ctx
+                .client
+                .publish_with_headers(reply, h, Bytes::new())
+                .await
+            {
+                tracing::debug!(error = %e, "acknowledging a job");
+            }
+        }
     }
 
     /// Publishes `request` again on its subject (or on `to`), with its reply subject and

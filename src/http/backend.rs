@@ -10,13 +10,15 @@
 //! honours a cancel only with the job's key), where the worker running it stops the upstream
 //! call.
 //!
+//! Every job asks its worker for an ack (`Llm-Ack`); when the worker that acknowledged a job
+//! dies before anything of the job reached the caller, the job is sent again ([`super::resend`]).
+//!
 //! The in-worker front runs a `Backend` on the worker's own NATS connection; `llmbus front`
 //! runs one on a connection of its own. The path is the same, so is the answer.
 
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -25,8 +27,9 @@ use std::{
 use async_nats::{HeaderMap, StatusCode, client::PublishErrorKind};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
+use super::resend::{self, Event, Route, Routes, lock};
 use crate::{
     client::{ClientError, LlmClient, Reply},
     wire::{ApiError, Subjects, headers},
@@ -44,18 +47,37 @@ pub enum JobKind {
 /// The NATS side of one HTTP front. Cheap to share (`Arc`).
 pub struct Backend {
     client: LlmClient,
+    out: Arc<Outbox>,
+    dispatcher: tokio::task::JoinHandle<()>,
+    /// Pings the workers holding jobs ([`resend::watch`]).
+    watch: tokio::task::JoinHandle<()>,
+}
+
+/// What a job needs to be sent (again) and cancelled.
+struct Outbox {
+    nats: async_nats::Client,
     /// `<inbox prefix>.` — a job's reply subject is this plus its number.
     inbox: String,
-    jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>,
+    jobs: Routes,
     next: AtomicU64,
-    dispatcher: tokio::task::JoinHandle<()>,
+    cancel: String,
+}
+
+impl Outbox {
+    /// A new number and reply subject, routed to a new channel.
+    fn route(&self) -> (u64, String, mpsc::UnboundedReceiver<Event>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.jobs).insert(id, Route { tx, holder: None });
+        (id, format!("{}{id}", self.inbox), rx)
+    }
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backend")
             .field("prefix", &self.client.subjects().prefix())
-            .field("inbox", &self.inbox)
+            .field("inbox", &self.out.inbox)
             .finish_non_exhaustive()
     }
 }
@@ -63,7 +85,8 @@ impl std::fmt::Debug for Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.dispatcher.abort();
-        lock(&self.jobs).clear();
+        self.watch.abort();
+        lock(&self.out.jobs).clear();
     }
 }
 
@@ -79,8 +102,7 @@ impl Backend {
         nats.flush()
             .await
             .map_err(|e| ClientError::Nats(e.to_string()))?;
-        let jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>> =
-            Arc::default();
+        let jobs: Routes = Arc::default();
         let routes = jobs.clone();
         let dispatcher = tokio::spawn(async move {
             while let Some(m) = sub.next().await {
@@ -92,20 +114,35 @@ impl Backend {
                 else {
                     continue;
                 };
-                let tx = lock(&routes).get(&id).cloned();
-                if let Some(tx) = tx {
-                    let _ = tx.send(m);
+                let ack = resend::ack_of(&m);
+                let mut routes = lock(&routes);
+                let Some(route) = routes.get_mut(&id) else {
+                    continue;
+                };
+                match ack {
+                    Some(worker) => route.holder = Some(worker),
+                    None => {
+                        let _ = route.tx.send(Event::Message(m));
+                    }
                 }
             }
             // The connection closed: every job waiting for a reply learns it now.
             lock(&routes).clear();
         });
+        let watch = tokio::spawn(resend::watch(nats.clone(), Arc::downgrade(&jobs)));
+        let client = LlmClient::new(nats.clone(), prefix);
+        let cancel = client.subjects().cancel();
         Ok(Self {
-            client: LlmClient::new(nats, prefix),
-            inbox: format!("{inbox}."),
-            jobs,
-            next: AtomicU64::new(1),
+            client,
+            out: Arc::new(Outbox {
+                nats,
+                inbox: format!("{inbox}."),
+                jobs,
+                next: AtomicU64::new(1),
+                cancel,
+            }),
             dispatcher,
+            watch,
         })
     }
 
@@ -124,42 +161,43 @@ impl Backend {
         self.client.nats().server_info().max_payload
     }
 
-    /// Publishes a job: `body` unchanged as the payload, `headers` as the NATS headers. Read
-    /// its replies with [`Job::next`].
+    /// Publishes a job: `body` unchanged as the payload, `headers` as the NATS headers (plus
+    /// `Llm-Ack`). Read its replies with [`Job::next`].
     pub async fn submit(
         &self,
         kind: JobKind,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<Job, ApiError> {
         let subject = match kind {
             JobKind::Completion => self.subjects().completion(),
             JobKind::Embedding => self.subjects().embedding(),
         };
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let reply = format!("{}{id}", self.inbox);
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.jobs).insert(id, tx);
+        headers.insert(headers::ACK, "1");
+        // The worker's deadline, which a resend must keep.
+        let deadline = headers
+            .get(headers::TIMEOUT_MS)
+            .and_then(|v| v.as_str().trim().parse::<u64>().ok())
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let (id, reply, rx) = self.out.route();
         let authorization = headers.get(headers::AUTHORIZATION).cloned();
         let mut job = Job {
             id,
-            reply: reply.clone(),
-            subject: subject.clone(),
+            reply,
+            subject,
+            headers,
+            body,
+            deadline,
+            resends: 0,
             rx,
-            jobs: self.jobs.clone(),
-            nats: self.client.nats().clone(),
-            cancel: self.subjects().cancel(),
+            out: self.out.clone(),
             authorization,
             finished: false,
             broken: false,
+            started: false,
             next_seq: 1,
         };
-        let sent = self
-            .client
-            .nats()
-            .publish_with_reply_and_headers(subject, reply, headers, body)
-            .await;
-        if let Err(e) = sent {
+        if let Err(e) = job.publish().await {
             // Nothing went out: nothing to cancel.
             job.finished = true;
             return Err(match e.kind() {
@@ -216,18 +254,25 @@ fn no_worker(subject: &str) -> ApiError {
 /// One job in flight: its replies, in order. Dropped before its last message, it cancels the
 /// job (publishes its reply subject to `<prefix>.cancel`).
 pub struct Job {
+    /// Its number and reply subject now (a resend takes new ones).
     id: u64,
     reply: String,
+    rx: mpsc::UnboundedReceiver<Event>,
+    /// What a resend publishes again.
     subject: String,
-    rx: mpsc::UnboundedReceiver<async_nats::Message>,
-    jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>,
-    nats: async_nats::Client,
-    cancel: String,
+    headers: HeaderMap,
+    body: Bytes,
+    /// From `Llm-Timeout-Ms`: when the worker gives up on it.
+    deadline: Option<Instant>,
+    resends: u32,
+    out: Arc<Outbox>,
     /// The job's `Authorization` header, which its cancel carries.
     authorization: Option<async_nats::HeaderValue>,
     finished: bool,
     /// A chunk was lost: the job can no longer be answered well, so it is cancelled.
     broken: bool,
+    /// A message of the job went to the caller: it is never sent again.
+    started: bool,
     next_seq: u64,
 }
 
@@ -235,6 +280,7 @@ impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
             .field("reply", &self.reply)
+            .field("resends", &self.resends)
             .field("finished", &self.finished)
             .finish_non_exhaustive()
     }
@@ -247,12 +293,28 @@ impl Job {
     }
 
     /// The next message of the job. A NATS "no responders" status becomes a 503 error reply;
-    /// a chunk whose `Llm-Seq` skips a number becomes a 502 error reply (a chunk was lost).
+    /// a chunk whose `Llm-Seq` skips a number becomes a 502 error reply (a chunk was lost); the
+    /// worker holding the job gone becomes a resend, or a 503 / 502 `worker_lost` error reply.
     /// `None` once the backend stopped.
     pub async fn next(&mut self) -> Option<Reply> {
-        let m = self.rx.recv().await?;
+        loop {
+            match self.rx.recv().await? {
+                Event::Message(m) => {
+                    self.started = true;
+                    return Some(self.reply_of(m));
+                }
+                Event::WorkerLost => {
+                    if let Some(e) = self.resend().await {
+                        return Some(error_reply(&e));
+                    }
+                }
+            }
+        }
+    }
+
+    fn reply_of(&mut self, m: async_nats::Message) -> Reply {
         if m.status == Some(StatusCode::NO_RESPONDERS) {
-            return Some(error_reply(&no_worker(&self.subject)));
+            return error_reply(&no_worker(&self.subject));
         }
         let headers = m.headers.unwrap_or_default();
         let status = headers
@@ -270,15 +332,76 @@ impl Job {
                     self.next_seq
                 ))
                 .with_code("chunk_lost");
-                return Some(error_reply(&e));
+                return error_reply(&e);
             }
             self.next_seq += 1;
         }
-        Some(Reply {
+        Reply {
             status,
             headers,
             body: m.payload,
-        })
+        }
+    }
+
+    /// The worker holding the job is gone. Sends the job again when nothing of it reached the
+    /// caller, resends are left and so is time (`None`: wait for the new one's messages); else
+    /// the error to answer.
+    async fn resend(&mut self) -> Option<ApiError> {
+        if self.started {
+            resend::count("mid_stream");
+            self.finished = true;
+            return Some(
+                ApiError::bad_gateway(
+                    "the llmbus worker running this job stopped before the job ended",
+                )
+                .with_code("worker_lost"),
+            );
+        }
+        let retimed = resend::retimed(&self.headers, self.deadline);
+        let (true, Some(headers)) = (self.resends < resend::MAX_RESENDS, retimed) else {
+            resend::count("gave_up");
+            self.finished = true;
+            return Some(
+                ApiError::unavailable(format!(
+                    "the llmbus worker running this job stopped before answering (the job was \
+                     sent {} times)",
+                    self.resends + 1
+                ))
+                .with_code("worker_lost"),
+            );
+        };
+        // The old reply subject is cancelled, should its worker be alive after all.
+        self.cancel_now();
+        let (id, reply, rx) = self.out.route();
+        (self.id, self.reply, self.rx) = (id, reply, rx);
+        self.headers = headers;
+        self.resends += 1;
+        if let Err(e) = self.publish().await {
+            self.finished = true;
+            return Some(
+                ApiError::unavailable(format!("the HTTP front cannot reach NATS: {e}"))
+                    .with_code("nats_unavailable"),
+            );
+        }
+        resend::count("resent");
+        tracing::info!(
+            resends = self.resends,
+            "sent a job again: its worker is gone"
+        );
+        None
+    }
+
+    /// Publishes the job under its current reply subject.
+    async fn publish(&self) -> Result<(), async_nats::PublishError> {
+        self.out
+            .nats
+            .publish_with_reply_and_headers(
+                self.subject.clone(),
+                self.reply.clone(),
+                self.headers.clone(),
+                self.body.clone(),
+            )
+            .await
     }
 
     /// Marks the job answered: dropping it no longer cancels anything (unless a chunk was
@@ -286,19 +409,15 @@ impl Job {
     pub fn finish(&mut self) {
         self.finished = !self.broken;
     }
-}
 
-impl Drop for Job {
-    fn drop(&mut self) {
-        lock(&self.jobs).remove(&self.id);
-        if self.finished {
-            return;
-        }
-        let nats = self.nats.clone();
-        let cancel = std::mem::take(&mut self.cancel);
+    /// Stops routing the current reply subject and cancels the job under it.
+    fn cancel_now(&mut self) {
+        lock(&self.out.jobs).remove(&self.id);
+        let nats = self.out.nats.clone();
+        let cancel = self.out.cancel.clone();
         let reply = Bytes::from(std::mem::take(&mut self.reply));
         let mut h = HeaderMap::new();
-        if let Some(key) = self.authorization.take() {
+        if let Some(key) = self.authorization.clone() {
             h.insert(headers::AUTHORIZATION, key);
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -311,6 +430,16 @@ impl Drop for Job {
     }
 }
 
+impl Drop for Job {
+    fn drop(&mut self) {
+        if self.finished {
+            lock(&self.out.jobs).remove(&self.id);
+            return;
+        }
+        self.cancel_now();
+    }
+}
+
 /// An error as a contract message: status and OpenAI error body.
 pub fn error_reply(e: &ApiError) -> Reply {
     let mut h = HeaderMap::new();
@@ -320,8 +449,4 @@ pub fn error_reply(e: &ApiError) -> Reply {
         headers: h,
         body: e.to_json(),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

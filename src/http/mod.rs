@@ -8,6 +8,8 @@
 //! model config. Both are [`HttpServer::start`] over a [`Backend`]; the answer is the same.
 //!
 //! - [`backend`]: the NATS side: jobs, reply subjects, cancellation.
+//! - `resend`: a job whose worker died before anything reached the caller is sent again
+//!   (`Llm-Ack`, `$SRV` pings).
 //! - [`routes`]: the router, health routes, 404/405.
 //! - [`chat`]: chat completions, single replies; [`sse`]: streams and keep-alives.
 //! - [`models`]: embeddings and the model list.
@@ -27,6 +29,7 @@ pub mod front;
 pub mod headers;
 pub mod listen;
 pub mod models;
+mod resend;
 pub mod routes;
 pub mod sse;
 

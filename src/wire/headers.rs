@@ -23,6 +23,13 @@ pub const FALLBACKS: &str = "Llm-Fallbacks";
 /// Request: W3C trace context, propagated to logs and upstream calls.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// Request: asks the worker that takes the job to say so at once. Before anything else it
+/// publishes an empty message with `Llm-Ack: <its $SRV service id>` to the reply subject, and
+/// again each worker the job is handed to. The HTTP front asks for it, to learn which worker
+/// holds a job and send the job again when that worker dies before answering. Other
+/// requesters leave it out: to them the ack's empty body would read as a stream's sentinel.
+pub const ACK: &str = "Llm-Ack";
+
 /// Reply: the HTTP-style status of the job (`200`, `400`, `429`, ...).
 pub const STATUS: &str = "Llm-Status";
 /// Reply (stream chunks): 1, 2, 3, ... so a client can tell that it lost one.

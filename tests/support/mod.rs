@@ -3,6 +3,8 @@
 //! (server + worker + client) in one call.
 #![allow(dead_code)]
 
+pub mod chaos;
+pub mod chaos_nats;
 pub mod command;
 pub mod fake_anthropic;
 pub mod fake_gemini;
