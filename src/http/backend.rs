@@ -10,6 +10,11 @@
 //! honours a cancel only with the job's key), where the worker running it stops the upstream
 //! call.
 //!
+//! A job's messages wait for its HTTP client in a bounded buffer (`llmbus.http_stream_buffer`
+//! messages). A client that stops reading fills it; the next message cancels the job at once
+//! (its capacity comes back) and the client, should it read again, gets the messages held and
+//! then a `stream_buffer_full` error.
+//!
 //! The in-worker front runs a `Backend` on the worker's own NATS connection; `llmbus front`
 //! runs one on a connection of its own. The path is the same, so is the answer.
 
@@ -46,9 +51,21 @@ pub struct Backend {
     client: LlmClient,
     /// `<inbox prefix>.` — a job's reply subject is this plus its number.
     inbox: String,
-    jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>,
+    jobs: Routes,
     next: AtomicU64,
     dispatcher: tokio::task::JoinHandle<()>,
+    /// Messages held per job for a slow reader.
+    buffer: usize,
+}
+
+/// The jobs in flight, by number: where their messages go.
+type Routes = Arc<Mutex<HashMap<u64, Route>>>;
+
+/// Where one job's messages go, and what cancelling it takes.
+struct Route {
+    tx: mpsc::Sender<async_nats::Message>,
+    /// The job's `Authorization` header, which its cancel carries.
+    authorization: Option<async_nats::HeaderValue>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -79,9 +96,9 @@ impl Backend {
         nats.flush()
             .await
             .map_err(|e| ClientError::Nats(e.to_string()))?;
-        let jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>> =
-            Arc::default();
+        let jobs: Routes = Arc::default();
         let routes = jobs.clone();
+        let (client, cancel) = (nats.clone(), Subjects::new(prefix).cancel());
         let dispatcher = tokio::spawn(async move {
             while let Some(m) = sub.next().await {
                 let Some(id) = m
@@ -92,9 +109,16 @@ impl Backend {
                 else {
                     continue;
                 };
-                let tx = lock(&routes).get(&id).cloned();
-                if let Some(tx) = tx {
-                    let _ = tx.send(m);
+                let mut routes = lock(&routes);
+                let Some(route) = routes.get(&id) else {
+                    continue;
+                };
+                // The last place is kept for the overflow notice.
+                if route.tx.capacity() > 1 {
+                    let _ = route.tx.try_send(m);
+                } else if let Some(route) = routes.remove(&id) {
+                    drop(routes);
+                    overflow(route, m, &client, &cancel);
                 }
             }
             // The connection closed: every job waiting for a reply learns it now.
@@ -106,7 +130,13 @@ impl Backend {
             jobs,
             next: AtomicU64::new(1),
             dispatcher,
+            buffer: super::DEFAULT_STREAM_BUFFER,
         })
+    }
+
+    /// Holds up to `messages` per job for a slow reader (`llmbus.http_stream_buffer`).
+    pub fn set_stream_buffer(&mut self, messages: usize) {
+        self.buffer = messages.max(1);
     }
 
     /// The subjects.
@@ -138,9 +168,13 @@ impl Backend {
         };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let reply = format!("{}{id}", self.inbox);
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.jobs).insert(id, tx);
+        let (tx, rx) = mpsc::channel(self.buffer + 1);
         let authorization = headers.get(headers::AUTHORIZATION).cloned();
+        let route = Route {
+            tx,
+            authorization: authorization.clone(),
+        };
+        lock(&self.jobs).insert(id, route);
         let mut job = Job {
             id,
             reply: reply.clone(),
@@ -219,8 +253,8 @@ pub struct Job {
     id: u64,
     reply: String,
     subject: String,
-    rx: mpsc::UnboundedReceiver<async_nats::Message>,
-    jobs: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>,
+    rx: mpsc::Receiver<async_nats::Message>,
+    jobs: Routes,
     nats: async_nats::Client,
     cancel: String,
     /// The job's `Authorization` header, which its cancel carries.
@@ -290,8 +324,10 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        lock(&self.jobs).remove(&self.id);
-        if self.finished {
+        // No route left: the backend cancelled the job already (its buffer overflowed), or
+        // stopped.
+        let routed = lock(&self.jobs).remove(&self.id).is_some();
+        if self.finished || !routed {
             return;
         }
         let nats = self.nats.clone();
@@ -309,6 +345,47 @@ impl Drop for Job {
             });
         }
     }
+}
+
+/// A job whose client stopped reading: its buffer is full and `m` is one message more. The job
+/// is cancelled now, and the client, should it read again, finds a `stream_buffer_full` error
+/// after the messages held.
+fn overflow(route: Route, m: async_nats::Message, nats: &async_nats::Client, cancel: &str) {
+    metrics::counter!(crate::telemetry::HTTP_STREAMS_CUT).increment(1);
+    tracing::warn!(
+        held = route.tx.max_capacity() - 1,
+        "an HTTP client stopped reading its answer: the job is cancelled (llmbus.http_stream_buffer)"
+    );
+    let e = ApiError::new(
+        408,
+        "api_error",
+        format!(
+            "the client read the answer too slowly: {} messages waited for it \
+             (llmbus.http_stream_buffer) and the job was cancelled",
+            route.tx.max_capacity() - 1
+        ),
+    )
+    .with_code("stream_buffer_full");
+    let notice = error_reply(&e);
+    let _ = route.tx.try_send(async_nats::Message {
+        subject: m.subject.clone(),
+        reply: None,
+        payload: notice.body,
+        headers: Some(notice.headers),
+        status: None,
+        description: None,
+        length: 0,
+    });
+    let mut h = HeaderMap::new();
+    if let Some(key) = route.authorization {
+        h.insert(headers::AUTHORIZATION, key);
+    }
+    let (nats, cancel, reply) = (nats.clone(), cancel.to_owned(), m.subject.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = nats.publish_with_headers(cancel, h, reply.into()).await {
+            tracing::debug!(error = %e, "publishing a job's cancellation");
+        }
+    });
 }
 
 /// An error as a contract message: status and OpenAI error body.
