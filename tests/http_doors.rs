@@ -413,9 +413,13 @@ llmbus:
     assert_eq!(d.conn, ConnLimits::default());
 
     let bad = "model_list: []\nllmbus:\n  http_max_connections: 0\n";
-    let e = Config::from_yaml(bad, "t.yaml").err().expect("refused");
+    let Err(e) = Config::from_yaml(bad, "t.yaml") else {
+        panic!("refused")
+    };
     assert!(e.to_string().contains("http_max_connections"), "{e}");
     let bad = "model_list: []\nllmbus:\n  http_idle_timeout_secs: -1\n";
-    let e = Config::from_yaml(bad, "t.yaml").err().expect("refused");
+    let Err(e) = Config::from_yaml(bad, "t.yaml") else {
+        panic!("refused")
+    };
     assert!(e.to_string().contains("http_idle_timeout_secs"), "{e}");
 }

@@ -130,6 +130,8 @@ pub async fn serve(
             Err(_) => refuse(tcp, &refusals, limits.max_connections),
         }
     }
+    // No new connections from now on (they are refused by the OS, not left waiting).
+    drop(listener);
     while conns.join_next().await.is_some() {}
 }
 
