@@ -101,9 +101,12 @@
 //!
 //! [`http`] is the OpenAI-compatible HTTP front (inside a worker or as `llmbus front`): it turns
 //! each HTTP request into the same NATS job any client could send, and the replies and chunks
-//! back into HTTP and server-sent events. A job whose worker dies before anything of it reached
-//! the caller is sent again: workers acknowledge the front's jobs (`Llm-Ack`), and the front
-//! pings the workers holding its jobs.
+//! back into HTTP and server-sent events. It serves its connections itself
+//! ([`http::conn`]: header, body and idle timeouts, a connection cap) and holds each job's
+//! messages in a bounded buffer. Replies carry OpenAI's `x-ratelimit-*` headers from the
+//! serving deployment's limits ([`wire::ratelimit`]).
+//! A job whose worker dies before anything of it reached the caller is sent again: workers
+//! acknowledge the front's jobs (`Llm-Ack`), and the front pings the workers holding its jobs.
 //!
 //! [`cluster`] keeps the state that makes several workers one gateway in JetStream KV:
 //! membership, deployment limits that hold cluster-wide, cooldowns for late joiners, and the

@@ -92,6 +92,17 @@ pub const CAPACITY_LOST: &str = "llmbus_capacity_lost_total";
 /// again; `gave_up`: no resend or time left, a 503; `mid_stream`: the stream had begun, a 502).
 pub const HTTP_JOBS_RESENT: &str = "llmbus_http_jobs_resent_total";
 
+/// Gauge: connections open on the HTTP front.
+pub const HTTP_CONNECTIONS: &str = "llmbus_http_connections";
+/// Counter: HTTP connections refused (503) because `llmbus.http_max_connections` were open.
+pub const HTTP_REFUSED: &str = "llmbus_http_connections_refused_total";
+/// Counter: HTTP connections or requests cut by a timeout, by `reason` (`idle_timeout`,
+/// `header_timeout`, `body_timeout`, `write_stall`).
+pub const HTTP_CONNECTIONS_CUT: &str = "llmbus_http_connections_cut_total";
+/// Counter: jobs cancelled because their HTTP client read too slowly and the stream buffer
+/// (`llmbus.http_stream_buffer`) filled.
+pub const HTTP_STREAMS_CUT: &str = "llmbus_http_streams_cut_total";
+
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -317,5 +328,18 @@ fn describe() {
     describe_counter!(
         HTTP_JOBS_RESENT,
         "HTTP front jobs whose worker died before answering, by outcome (resent, gave_up, mid_stream)"
+    );
+    describe_gauge!(HTTP_CONNECTIONS, "Connections open on the HTTP front");
+    describe_counter!(
+        HTTP_REFUSED,
+        "HTTP connections refused with a 503 at llmbus.http_max_connections"
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_CUT,
+        "HTTP connections or requests cut by a timeout, by reason"
+    );
+    describe_counter!(
+        HTTP_STREAMS_CUT,
+        "Jobs cancelled because their HTTP client stopped reading (stream buffer full)"
     );
 }

@@ -173,6 +173,22 @@ impl Checker<'_> {
             );
             return Err(self.fail(&path.key("usage_buffer_bytes"), message));
         }
+        for (key, secs) in [
+            ("http_keepalive_secs", l.http_keepalive_secs),
+            ("http_header_timeout_secs", l.http_header_timeout_secs),
+            ("http_body_timeout_secs", l.http_body_timeout_secs),
+            ("http_idle_timeout_secs", l.http_idle_timeout_secs),
+        ] {
+            self.seconds(Some(secs), &path.key(key))?;
+        }
+        for (key, n) in [
+            ("http_max_connections", l.http_max_connections),
+            ("http_stream_buffer", l.http_stream_buffer),
+        ] {
+            if n == 0 {
+                return Err(self.fail(&path.key(key), "must be at least 1"));
+            }
+        }
         if l.price_table
             .as_deref()
             .is_some_and(|p| p.trim().is_empty())

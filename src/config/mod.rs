@@ -469,6 +469,23 @@ pub struct LlmbusSettings {
     pub http_listen: Option<SocketAddr>,
     /// Seconds between SSE keep-alive comments until a stream's first token. Default 15.
     pub http_keepalive_secs: f64,
+    /// Seconds from the first byte of an HTTP request to the end of its headers; past it the
+    /// connection is closed. Default 10.
+    pub http_header_timeout_secs: f64,
+    /// Seconds from the end of an HTTP request's headers to the end of its body; past it a
+    /// 408 and the connection is closed. Default 60.
+    pub http_body_timeout_secs: f64,
+    /// Seconds an HTTP connection may sit with no request in flight (or a reply its client
+    /// does not read) before it is closed. Default 60.
+    pub http_idle_timeout_secs: f64,
+    /// HTTP connections open at once; past it a new one is answered 503 and closed. Default
+    /// 4096 (keep it under the open-file limit, `ulimit -n`).
+    #[serde(deserialize_with = "num::int")]
+    pub http_max_connections: usize,
+    /// Messages of one job the HTTP front holds for a client reading too slowly; past it the
+    /// job is cancelled. Default 1024.
+    #[serde(deserialize_with = "num::int")]
+    pub http_stream_buffer: usize,
     /// A price file in LiteLLM's `model_prices_and_context_window.json` format whose rows
     /// override and extend the built-in prices. Default: none (built-in prices only).
     pub price_table: Option<String>,
@@ -508,6 +525,11 @@ impl Default for LlmbusSettings {
             shutdown_grace_secs: 30.0,
             http_listen: None,
             http_keepalive_secs: 15.0,
+            http_header_timeout_secs: 10.0,
+            http_body_timeout_secs: 60.0,
+            http_idle_timeout_secs: 60.0,
+            http_max_connections: 4096,
+            http_stream_buffer: 1024,
             price_table: None,
             usage_retention_days: crate::usage::stream::DEFAULT_RETENTION_DAYS,
             usage_buffer: crate::usage::publisher::DEFAULT_CAPACITY,

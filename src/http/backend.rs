@@ -13,13 +13,18 @@
 //! Every job asks its worker for an ack (`Llm-Ack`); when the worker that acknowledged a job
 //! dies before anything of the job reached the caller, the job is sent again ([`super::resend`]).
 //!
+//! A job's messages wait for its HTTP client in a bounded buffer (`llmbus.http_stream_buffer`
+//! messages). A client that stops reading fills it; the next message cancels the job at once
+//! (its capacity comes back) and the client, should it read again, gets the messages held and
+//! then a `stream_buffer_full` error.
+//!
 //! The in-worker front runs a `Backend` on the worker's own NATS connection; `llmbus front`
 //! runs one on a connection of its own. The path is the same, so is the answer.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -61,14 +66,25 @@ struct Outbox {
     jobs: Routes,
     next: AtomicU64,
     cancel: String,
+    /// Messages held per job for a slow reader (`llmbus.http_stream_buffer`).
+    buffer: AtomicUsize,
 }
 
 impl Outbox {
-    /// A new number and reply subject, routed to a new channel.
-    fn route(&self) -> (u64, String, mpsc::UnboundedReceiver<Event>) {
+    /// A new number and reply subject, routed to a new bounded channel (one place more than
+    /// the buffer, kept for the overflow notice).
+    fn route(
+        &self,
+        authorization: Option<async_nats::HeaderValue>,
+    ) -> (u64, String, mpsc::Receiver<Event>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.jobs).insert(id, Route { tx, holder: None });
+        let (tx, rx) = mpsc::channel(self.buffer.load(Ordering::Relaxed) + 1);
+        let route = Route {
+            tx,
+            holder: None,
+            authorization,
+        };
+        lock(&self.jobs).insert(id, route);
         (id, format!("{}{id}", self.inbox), rx)
     }
 }
@@ -104,6 +120,7 @@ impl Backend {
             .map_err(|e| ClientError::Nats(e.to_string()))?;
         let jobs: Routes = Arc::default();
         let routes = jobs.clone();
+        let (client, cancel) = (nats.clone(), Subjects::new(prefix).cancel());
         let dispatcher = tokio::spawn(async move {
             while let Some(m) = sub.next().await {
                 let Some(id) = m
@@ -119,11 +136,14 @@ impl Backend {
                 let Some(route) = routes.get_mut(&id) else {
                     continue;
                 };
-                match ack {
-                    Some(worker) => route.holder = Some(worker),
-                    None => {
-                        let _ = route.tx.send(Event::Message(m));
-                    }
+                if let Some(worker) = ack {
+                    route.holder = Some(worker);
+                } else if route.tx.capacity() > 1 {
+                    // The last place is kept for the overflow notice.
+                    let _ = route.tx.try_send(Event::Message(m));
+                } else if let Some(route) = routes.remove(&id) {
+                    drop(routes);
+                    overflow(route, m, &client, &cancel);
                 }
             }
             // The connection closed: every job waiting for a reply learns it now.
@@ -140,10 +160,16 @@ impl Backend {
                 jobs,
                 next: AtomicU64::new(1),
                 cancel,
+                buffer: AtomicUsize::new(super::DEFAULT_STREAM_BUFFER),
             }),
             dispatcher,
             watch,
         })
+    }
+
+    /// Holds up to `messages` per job for a slow reader (`llmbus.http_stream_buffer`).
+    pub fn set_stream_buffer(&mut self, messages: usize) {
+        self.out.buffer.store(messages.max(1), Ordering::Relaxed);
     }
 
     /// The subjects.
@@ -179,8 +205,8 @@ impl Backend {
             .get(headers::TIMEOUT_MS)
             .and_then(|v| v.as_str().trim().parse::<u64>().ok())
             .map(|ms| Instant::now() + Duration::from_millis(ms));
-        let (id, reply, rx) = self.out.route();
         let authorization = headers.get(headers::AUTHORIZATION).cloned();
+        let (id, reply, rx) = self.out.route(authorization.clone());
         let mut job = Job {
             id,
             reply,
@@ -257,7 +283,7 @@ pub struct Job {
     /// Its number and reply subject now (a resend takes new ones).
     id: u64,
     reply: String,
-    rx: mpsc::UnboundedReceiver<Event>,
+    rx: mpsc::Receiver<Event>,
     /// What a resend publishes again.
     subject: String,
     headers: HeaderMap,
@@ -372,7 +398,7 @@ impl Job {
         };
         // The old reply subject is cancelled, should its worker be alive after all.
         self.cancel_now();
-        let (id, reply, rx) = self.out.route();
+        let (id, reply, rx) = self.out.route(self.authorization.clone());
         (self.id, self.reply, self.rx) = (id, reply, rx);
         self.headers = headers;
         self.resends += 1;
@@ -413,6 +439,11 @@ impl Job {
     /// Stops routing the current reply subject and cancels the job under it.
     fn cancel_now(&mut self) {
         lock(&self.out.jobs).remove(&self.id);
+        self.publish_cancel();
+    }
+
+    /// Publishes the current reply subject to `<prefix>.cancel`, with the job's key.
+    fn publish_cancel(&mut self) {
         let nats = self.out.nats.clone();
         let cancel = self.out.cancel.clone();
         let reply = Bytes::from(std::mem::take(&mut self.reply));
@@ -432,12 +463,55 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if self.finished {
-            lock(&self.out.jobs).remove(&self.id);
+        // No route left: the backend cancelled the job already (its buffer overflowed), or
+        // stopped.
+        let routed = lock(&self.out.jobs).remove(&self.id).is_some();
+        if self.finished || !routed {
             return;
         }
-        self.cancel_now();
+        self.publish_cancel();
     }
+}
+
+/// A job whose client stopped reading: its buffer is full and `m` is one message more. The job
+/// is cancelled now, and the client, should it read again, finds a `stream_buffer_full` error
+/// after the messages held.
+fn overflow(route: Route, m: async_nats::Message, nats: &async_nats::Client, cancel: &str) {
+    metrics::counter!(crate::telemetry::HTTP_STREAMS_CUT).increment(1);
+    let held = route.tx.max_capacity() - 1;
+    tracing::warn!(
+        held,
+        "an HTTP client stopped reading its answer: the job is cancelled (llmbus.http_stream_buffer)"
+    );
+    let e = ApiError::new(
+        408,
+        "api_error",
+        format!(
+            "the client read the answer too slowly: {held} messages waited for it \
+             (llmbus.http_stream_buffer) and the job was cancelled"
+        ),
+    )
+    .with_code("stream_buffer_full");
+    let notice = error_reply(&e);
+    let _ = route.tx.try_send(Event::Message(async_nats::Message {
+        subject: m.subject.clone(),
+        reply: None,
+        payload: notice.body,
+        headers: Some(notice.headers),
+        status: None,
+        description: None,
+        length: 0,
+    }));
+    let mut h = HeaderMap::new();
+    if let Some(key) = route.authorization {
+        h.insert(headers::AUTHORIZATION, key);
+    }
+    let (nats, cancel, reply) = (nats.clone(), cancel.to_owned(), m.subject.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = nats.publish_with_headers(cancel, h, reply.into()).await {
+            tracing::debug!(error = %e, "publishing a job's cancellation");
+        }
+    });
 }
 
 /// An error as a contract message: status and OpenAI error body.

@@ -44,17 +44,39 @@ pub fn status(code: u16) -> StatusCode {
         .unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
-/// A request body axum could not read: 413 over the limit, else 400.
-pub fn body_rejected(rejection: BytesRejection, limit: usize) -> HttpError {
+/// A request body axum could not read: 413 over the limit, 408 (and the connection closed)
+/// past `llmbus.http_body_timeout_secs`, else 400.
+pub fn body_rejected(rejection: BytesRejection, limit: usize) -> Response {
     let code = rejection.status();
     if code == StatusCode::PAYLOAD_TOO_LARGE {
         return HttpError(ApiError::too_large(format!(
             "the request body is larger than {limit} bytes (the NATS server's max_payload)"
-        )));
+        )))
+        .into_response();
+    }
+    if super::conn::is_body_timeout(&rejection) {
+        let e = ApiError::new(408, "invalid_request_error", source_text(&rejection))
+            .with_code("body_timeout");
+        let mut response = HttpError(e).into_response();
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return response;
     }
     HttpError(ApiError::bad_request(format!(
         "the request body could not be read: {rejection}"
     )))
+    .into_response()
+}
+
+/// The innermost error's text.
+fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 /// 404 for a route the front does not serve, in OpenAI's words.

@@ -1,8 +1,8 @@
 //! `llmbus front`: the HTTP front as a process of its own. It connects to NATS, serves HTTP and
 //! forwards every request to the workers as a NATS job; it holds no model config, so fronts and
 //! workers scale separately. With `--config` it reads only the file's `llmbus:` section (NATS
-//! URL and credentials, subject prefix, `http_listen`, `http_keepalive_secs`) and the default
-//! deadline (`router_settings.timeout`).
+//! URL and credentials, subject prefix, `http_listen`, `http_keepalive_secs` and the other
+//! `http_*` settings) and the default deadline (`router_settings.timeout`).
 //!
 //! It stops on SIGTERM or SIGINT: it stops taking connections and lets the requests in flight
 //! finish for up to the grace period.

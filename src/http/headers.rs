@@ -11,7 +11,7 @@ use axum::http::{HeaderMap as HttpHeaders, HeaderName, HeaderValue};
 
 use crate::{
     client::Reply,
-    wire::{ApiError, headers},
+    wire::{ApiError, headers, ratelimit},
 };
 
 /// LiteLLM's header for the proxy key; wins over `Authorization` when both are sent.
@@ -138,10 +138,21 @@ fn strip_bearer(value: &str) -> Option<&str> {
         .then(|| key.trim_start())
 }
 
+/// The `x-ratelimit-*` headers of a reply (a stream's first chunk carries them).
+pub fn rate_limits(reply: &Reply) -> Vec<(HeaderName, HeaderValue)> {
+    ratelimit::ALL
+        .iter()
+        .filter_map(|name| {
+            let v = HeaderValue::from_str(reply.header(name)?).ok()?;
+            Some((HeaderName::from_static(name), v))
+        })
+        .collect()
+}
+
 /// The HTTP response headers for a reply's NATS headers. `elapsed` is the front's own time for
 /// the request; with the worker's `Llm-Upstream-Ms` it gives `x-llmbus-overhead-ms`.
 pub fn from_reply(reply: &Reply, elapsed: Duration) -> Vec<(HeaderName, HeaderValue)> {
-    let mut out = Vec::with_capacity(9);
+    let mut out = Vec::with_capacity(15);
     let mut put = |name: &'static str, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             out.push((HeaderName::from_static(name), v));
@@ -167,6 +178,11 @@ pub fn from_reply(reply: &Reply, elapsed: Duration) -> Vec<(HeaderName, HeaderVa
     }
     if let Some(wait) = reply.header(headers::RETRY_AFTER) {
         put("retry-after", wait);
+    }
+    for name in ratelimit::ALL {
+        if let Some(v) = reply.header(name) {
+            put(name, v);
+        }
     }
     if let Some(upstream) = reply
         .header(headers::UPSTREAM_MS)

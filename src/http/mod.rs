@@ -16,6 +16,7 @@
 //! - [`headers`]: HTTP ↔ NATS headers (keys, deadline, tags, cost, deployment, ...).
 //! - [`error`]: errors as OpenAI error bodies with their HTTP status.
 //! - [`listen`]: binding the address (a chosen one or the default's next free port).
+//! - [`conn`]: accepting connections: the cap, the header, body and idle timeouts.
 //! - [`front`]: the `llmbus front` process.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -24,6 +25,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub mod backend;
 pub mod chat;
+pub mod conn;
 pub mod error;
 pub mod front;
 pub mod headers;
@@ -34,6 +36,7 @@ pub mod routes;
 pub mod sse;
 
 pub use backend::Backend;
+pub use conn::ConnLimits;
 pub use listen::{DEFAULT_ADDR, Listen, bind};
 
 use crate::{config::Config, health::Readiness};
@@ -50,6 +53,12 @@ pub struct HttpSettings {
     /// Waited beyond the deadline for the worker's own deadline answer before the front answers
     /// a 504 itself.
     pub margin: Duration,
+    /// Connection timeouts and cap (`llmbus.http_header_timeout_secs`, `http_body_timeout_secs`,
+    /// `http_idle_timeout_secs`, `http_max_connections`).
+    pub conn: ConnLimits,
+    /// Messages of one job held for a client that reads them too slowly; one more and the job
+    /// is cancelled (`llmbus.http_stream_buffer`, default 1024).
+    pub stream_buffer: usize,
 }
 
 impl Default for HttpSettings {
@@ -58,20 +67,48 @@ impl Default for HttpSettings {
             keepalive: Duration::from_secs(15),
             default_timeout: Duration::from_secs(600),
             margin: Duration::from_secs(5),
+            conn: ConnLimits::default(),
+            stream_buffer: DEFAULT_STREAM_BUFFER,
         }
     }
 }
 
 impl HttpSettings {
-    /// The settings of `config`: `llmbus.http_keepalive_secs` and the default deadline. An
-    /// unusable keep-alive is an error naming the key.
+    /// The settings of `config`: `llmbus.http_*` and the default deadline. An unusable value is
+    /// an error naming the key.
     pub fn from_config(config: &Config) -> Result<Self, String> {
+        let l = &config.llmbus;
+        let positive = |key: &str, n: usize| {
+            if n == 0 {
+                Err(format!("llmbus.{key} must be at least 1"))
+            } else {
+                Ok(n)
+            }
+        };
         Ok(Self {
-            keepalive: keepalive(config.llmbus.http_keepalive_secs)?,
+            keepalive: keepalive(l.http_keepalive_secs)?,
             default_timeout: config.default_timeout(),
+            conn: ConnLimits {
+                header_timeout: seconds("http_header_timeout_secs", l.http_header_timeout_secs)?,
+                body_timeout: seconds("http_body_timeout_secs", l.http_body_timeout_secs)?,
+                idle_timeout: seconds("http_idle_timeout_secs", l.http_idle_timeout_secs)?,
+                max_connections: positive("http_max_connections", l.http_max_connections)?,
+            },
+            stream_buffer: positive("http_stream_buffer", l.http_stream_buffer)?,
             ..Self::default()
         })
     }
+}
+
+/// The default of `llmbus.http_stream_buffer`: messages held per job for a slow reader.
+pub const DEFAULT_STREAM_BUFFER: usize = 1024;
+
+/// `secs` of `llmbus.<key>` as a positive duration.
+fn seconds(key: &str, secs: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("llmbus.{key} must be a positive number of seconds, not {secs}"))
 }
 
 /// `secs` as a keep-alive interval: a positive number of seconds.
@@ -110,11 +147,12 @@ impl HttpServer {
     /// front runs inside one.
     pub fn start(
         listener: TcpListener,
-        backend: Backend,
+        mut backend: Backend,
         settings: HttpSettings,
         readiness: Option<Readiness>,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        backend.set_stream_buffer(settings.stream_buffer);
         let max_body = backend.max_payload().max(1);
         let app = Arc::new(AppState {
             backend,
@@ -123,22 +161,8 @@ impl HttpServer {
             readiness,
         });
         let router = routes::router(app);
-        let (stop, mut stopped) = watch::channel(false);
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "the HTTP front stopped");
-            }
-        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(conn::serve(listener, router, settings.conn, stopped));
         tracing::info!(%addr, "OpenAI-compatible HTTP front at http://{addr}/v1");
         Ok(Self { addr, stop, task })
     }

@@ -55,9 +55,12 @@ pub(crate) enum Event {
 /// One job in flight, as the dispatcher and the watch see it.
 #[derive(Debug)]
 pub(crate) struct Route {
-    pub(crate) tx: mpsc::UnboundedSender<Event>,
+    /// Bounded: `llmbus.http_stream_buffer` messages, and a place for the overflow notice.
+    pub(crate) tx: mpsc::Sender<Event>,
     /// The `$SRV` id of the worker that last acknowledged it.
     pub(crate) holder: Option<Arc<str>>,
+    /// The job's `Authorization` header, which its cancel carries.
+    pub(crate) authorization: Option<async_nats::HeaderValue>,
 }
 
 /// The jobs in flight, by number (one entry per job, removed when the job is dropped).
@@ -182,7 +185,8 @@ fn lost(routes: &Mutex<HashMap<u64, Route>>, worker: &Arc<str>) {
     for route in lock(routes).values_mut() {
         if route.holder.as_ref() == Some(worker) {
             route.holder = None;
-            let _ = route.tx.send(Event::WorkerLost);
+            // A full channel holds messages already: the job started, no resend is due.
+            let _ = route.tx.try_send(Event::WorkerLost);
             jobs += 1;
         }
     }

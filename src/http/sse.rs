@@ -8,6 +8,9 @@
 //! comes before the first interval has passed is answered as a plain HTTP error with its status,
 //! as OpenAI does; after that the 200 is sent and the error becomes an event.
 //!
+//! The stream's first chunk carries the deployment's `x-ratelimit-*` headers: when it comes
+//! before the first keep-alive they go out with the status line.
+//!
 //! Dropping the body (the client went away) drops the [`Job`], which cancels it.
 
 use std::{convert::Infallible, time::Duration};
@@ -46,12 +49,16 @@ pub async fn respond(
         streaming: false,
         done: false,
     };
+    let mut limits = Vec::new();
     match timeout_at(first_wake, stream.job.next()).await {
         Ok(Some(reply)) if reply.status != 200 => {
             stream.job.finish();
             return reply_response(&reply, started.elapsed());
         }
-        Ok(Some(reply)) => stream.first = Some(reply),
+        Ok(Some(reply)) => {
+            limits = super::headers::rate_limits(&reply);
+            stream.first = Some(reply);
+        }
         Ok(None) => return HttpError(closed()).into_response(),
         Err(_) if Instant::now() >= deadline => {
             return HttpError(timed_out(deadline, started)).into_response();
@@ -71,6 +78,7 @@ pub async fn respond(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.extend(limits);
     response
 }
 

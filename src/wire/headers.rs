@@ -233,6 +233,62 @@ pub struct ReplyHeaders {
     #[schemars(with = "String")]
     #[schemars(regex(pattern = r"^[0-9]+$"))]
     pub retry_after: Option<String>,
+    /// Requests the deployment that served the job allows per minute (its `rpm`);
+    /// only when it has one.
+    #[serde(
+        rename = "x-ratelimit-limit-requests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    #[schemars(regex(pattern = r"^[0-9]+$"))]
+    pub ratelimit_limit_requests: Option<String>,
+    /// Requests left of that limit in the trailing minute.
+    #[serde(
+        rename = "x-ratelimit-remaining-requests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    #[schemars(regex(pattern = r"^[0-9]+$"))]
+    pub ratelimit_remaining_requests: Option<String>,
+    /// Time until that request limit is whole again (`17ms`, `1.5s`, `6m0s`).
+    #[serde(
+        rename = "x-ratelimit-reset-requests",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    #[schemars(regex(pattern = r"^([0-9]+m)?[0-9]+(\.[0-9]+)?(ms|s)$"))]
+    pub ratelimit_reset_requests: Option<String>,
+    /// Tokens the deployment that served the job allows per minute (its `tpm`);
+    /// only when it has one.
+    #[serde(
+        rename = "x-ratelimit-limit-tokens",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    #[schemars(regex(pattern = r"^[0-9]+$"))]
+    pub ratelimit_limit_tokens: Option<String>,
+    /// Tokens left of that limit in the trailing minute.
+    #[serde(
+        rename = "x-ratelimit-remaining-tokens",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    #[schemars(regex(pattern = r"^[0-9]+$"))]
+    pub ratelimit_remaining_tokens: Option<String>,
+    /// Time until that token limit is whole again (`17ms`, `1.5s`, `6m0s`).
+    #[serde(
+        rename = "x-ratelimit-reset-tokens",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "String")]
+    #[schemars(regex(pattern = r"^([0-9]+m)?[0-9]+(\.[0-9]+)?(ms|s)$"))]
+    pub ratelimit_reset_tokens: Option<String>,
     /// Any other header.
     #[serde(flatten)]
     pub other: BTreeMap<String, String>,

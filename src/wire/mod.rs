@@ -5,6 +5,7 @@
 pub mod error;
 pub mod headers;
 pub mod openai;
+pub mod ratelimit;
 pub mod schema;
 pub mod subjects;
 

@@ -123,6 +123,15 @@ pub enum Fault {
         /// How many SSE events go out before the silence.
         after_chunks: usize,
     },
+    /// Stream: the role chunk, then a content chunk of `piece` every `gap`, for ever: the
+    /// stream ends only when the client hangs up (counted by [`FakeProvider::cut_bodies`]) or
+    /// the fake is dropped. Non-stream: never answer at all.
+    Endless {
+        /// The content of every chunk.
+        piece: String,
+        /// The wait before each chunk.
+        gap: Duration,
+    },
     /// Stream: send the first `after_chunks` chunks, then an OpenAI error event
     /// (`data: {"error":{"message":...,"type":"server_error",...}}`) and end without `[DONE]`.
     /// Non-stream: 500 with the same error body.
@@ -676,6 +685,11 @@ async fn answer(shared: Arc<Shared>, req: Recorded, model: String) -> Response {
             shared.closed().await;
             raw_response(503, "text/plain", "fake provider closed".to_owned())
         }
+        Fault::Endless { piece, gap } if stream => endless(shared, &reply, &piece, gap),
+        Fault::Endless { .. } => {
+            shared.closed().await;
+            raw_response(503, "text/plain", "fake provider closed".to_owned())
+        }
         Fault::MidStreamError { after_chunks } if stream => {
             reply.stream(shared, Ending::Error(after_chunks), false)
         }
@@ -1043,6 +1057,35 @@ fn play(shared: Arc<Shared>, content_type: &'static str, steps: Vec<Step>) -> Re
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The body of [`Fault::Endless`].
+fn endless(shared: Arc<Shared>, reply: &Reply, piece: &str, gap: Duration) -> Response {
+    let first = event(&reply.role_chunk());
+    let chunk = event(&reply.chunk(json!({"content": piece}), Value::Null));
+    let guard = CutGuard {
+        shared,
+        ended: false,
+    };
+    let rest = futures::stream::unfold(guard, move |guard| {
+        let chunk = chunk.clone();
+        async move {
+            // The fake is closing: not the client's doing (the guard does not count it).
+            if *guard.shared.closed.borrow() {
+                return None;
+            }
+            guard.shared.sleep(gap).await;
+            Some((Ok::<_, std::io::Error>(chunk), guard))
+        }
+    });
+    let body = futures::stream::once(async move { Ok(first) }).chain(rest);
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
     response
 }
 

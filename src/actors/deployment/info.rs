@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::{
     limits::CapacitySnapshot, policy::health::HealthState, pricing::Price, providers::Provider,
+    wire::ratelimit::Window,
 };
 
 /// What the rest of the worker knows about a deployment; fixed for the deployment's life.
@@ -118,6 +119,23 @@ pub struct Live {
     pub state: AtomicU8,
     /// When the current cooldown ends, in [`epoch_ms`]; 0 when none.
     pub cooling_until_ms: AtomicU64,
+}
+
+impl DeploymentInfo {
+    /// Its `rpm` and `tpm` limits with what the trailing minute used, as last published: the
+    /// reply's `x-ratelimit-*` headers.
+    pub fn rate_windows(&self) -> (Option<Window>, Option<Window>) {
+        let window = |limit: Option<u64>, used: &AtomicU64| {
+            limit.map(|limit| Window {
+                limit,
+                used: used.load(Ordering::Relaxed),
+            })
+        };
+        (
+            window(self.rpm, &self.live.rpm_used),
+            window(self.tpm, &self.live.tpm_used),
+        )
+    }
 }
 
 impl Live {

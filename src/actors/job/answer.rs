@@ -23,6 +23,7 @@ use crate::{
     wire::{
         ApiError, headers,
         openai::{ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse, Usage},
+        ratelimit,
     },
 };
 
@@ -199,6 +200,14 @@ impl JobState<'_> {
         self.out.seq += 1;
         let mut h = HeaderMap::new();
         h.insert(headers::name::SEQ, self.out.seq.to_string());
+        // The first chunk carries the rate limits, so that an HTTP stream can send them with
+        // its status line (the sentinel's come after it).
+        if self.out.seq == 1
+            && let Some(call) = &self.call
+        {
+            let (requests, tokens) = call.route.info().rate_windows();
+            ratelimit::put(&mut h, requests, tokens);
+        }
         let sent = match serde_json::to_vec(chunk) {
             Ok(payload) => self
                 .ctx
@@ -277,6 +286,8 @@ impl JobState<'_> {
         if let Some(route) = route {
             h.insert(headers::name::MODEL_GROUP, &*route.group);
             h.insert(headers::name::DEPLOYMENT, route.deployment.id());
+            let (requests, tokens) = route.info().rate_windows();
+            ratelimit::put(&mut h, requests, tokens);
         }
         if let Some(cost) = cost {
             h.insert(headers::name::COST_USD, cost.to_string());
