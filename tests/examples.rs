@@ -55,6 +55,7 @@ const NOT_EXAMPLES: &[&str] = &[
     "cargo bench --bench suite",
     "cargo bench --bench soak",
     "cargo bench --bench cluster_cpu",
+    "cargo bench --bench http_flood",
     "LLMBUS_BLESS=1 cargo test --test schemas",
     "git diff schemas/",
 ];
