@@ -14,7 +14,7 @@ use std::{
 use criterion::{Criterion, criterion_group, criterion_main};
 use llmbus::{
     cluster::quota::{ClusterLimit, ClusterQuota, LimitKind},
-    limits::{Capacity, ShareParams, SharedLimit, TokenBucket},
+    limits::{Capacity, ShareParams, SharedLimit, SlidingWindow},
     local_nats::{LocalNats, free_port},
 };
 
@@ -80,12 +80,12 @@ fn cluster() -> Cluster {
 fn fast_path(c: &mut Criterion) {
     let cl = cluster();
     let mut g = c.benchmark_group("limit fast path");
-    let mut bucket = TokenBucket::new(1_000_000_000_000, Instant::now());
-    g.bench_function("local token bucket: try_take+settle", |b| {
+    let mut window = SlidingWindow::new(1_000_000_000_000, Instant::now());
+    g.bench_function("local sliding window: try_take+settle", |b| {
         b.iter(|| {
             let now = Instant::now();
-            let _ = bucket.try_take(black_box(60), now);
-            bucket.settle(60, black_box(72), now);
+            let _ = window.try_take(black_box(60), now);
+            window.settle(60, black_box(72), now, now);
         })
     });
     let mut refused = 0u64;

@@ -767,7 +767,9 @@ async fn errors_keep_their_class_and_never_carry_the_key() {
         kind: "authentication_error".into(),
         message: format!("invalid x-api-key: {KEY}"),
     });
-    let gw = gateway(&fake, "").await;
+    // A 401 cools a deployment down at once (misconfigured, as LiteLLM): without cooldowns the
+    // second call reaches the upstream.
+    let gw = gateway(&fake, "router_settings: {disable_cooldowns: true}\n").await;
     let r = gw.complete(chat("claude", "x")).await;
     assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
     let text = String::from_utf8_lossy(&r.body).to_string();

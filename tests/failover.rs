@@ -100,21 +100,41 @@ async fn a_rate_limited_call_is_retried_on_another_deployment() {
 }
 
 #[tokio::test]
-async fn a_lone_rate_limited_deployment_answers_429_with_retry_after_at_once() {
-    // Its `Retry-After` cools it down: the job does not wait out the cooldown.
+async fn a_lone_rate_limited_deployment_is_retried_after_its_retry_after_not_cooled_down() {
+    // As LiteLLM: a group's only deployment is not cooled down by a 429 alone (that would fail
+    // every job of the group until it ends); the retry waits out the upstream's `Retry-After`.
     let fake = FakeProvider::start().await;
     fake.push(Fault::RateLimited {
         retry_after_secs: 1,
     });
     let gw = Gateway::start(&format!("model_list:\n{}", deployment("g", &fake, "d"))).await;
     let r = gw.complete(chat("g", "again")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("Llm-Attempts"), Some("2"));
+    // Not cooling: the next job is served by its first attempt.
+    let r = gw.complete(chat("g", "next")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("Llm-Attempts"), Some("1"));
+    assert_eq!(fake.request_count(), 3);
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_deadline_answers_429_with_retry_after_at_once() {
+    let fake = FakeProvider::start().await;
+    fake.push(Fault::RateLimited {
+        retry_after_secs: 30,
+    });
+    let gw = Gateway::start(&format!("model_list:\n{}", deployment("g", &fake, "d"))).await;
+    let r = gw
+        .complete_with(headers(&[("Llm-Timeout-Ms", "20000")]), chat("g", "again"))
+        .await;
     assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
     let wait: u64 = r
         .header("Retry-After")
         .expect("Retry-After")
         .parse()
         .unwrap();
-    assert!((1..=5).contains(&wait), "{wait}");
+    assert!((1..=30).contains(&wait), "{wait}");
     assert_eq!(fake.request_count(), 1);
 }
 

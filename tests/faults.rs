@@ -280,28 +280,61 @@ async fn a_429_with_retry_after_cools_the_deployment_down_at_least_that_long() {
     fake.set_default(Fault::RateLimited {
         retry_after_secs: 30,
     });
-    // cooldown_time stays at its default (5 s): the 30 s can only come from Retry-After.
-    let mut rig = Rig::start(&config(&[entry("d", &fake.url(), "")], "num_retries: 0")).await;
-    let r = rig.gw.complete(chat("g", "x")).await;
-    let e = assert_error(&r, 429, "rate_limit_error");
-    assert!(
-        e["message"].as_str().unwrap().contains("deployment `d`"),
-        "{e}"
-    );
-    assert_eq!(attempts(&r), 1);
-    let d = rig.status("d").await;
-    assert_eq!(d["state"], "cooling_down", "{d}");
-    let left = num(&d, "cooldown_remaining_ms");
-    assert!(
-        left > 25_000 && left <= 30_000,
-        "cooling down for the Retry-After (30 s), not cooldown_time (5 s): {d}"
-    );
-    // One failure, below allowed_fails (3): the cooldown is Retry-After's alone.
-    assert_eq!(num(&d, "failures_last_minute"), 1, "{d}");
-    assert_eq!(num(&d, "cooldowns"), 1, "{d}");
-    let e = rig.next_cooldown().await;
-    assert_cooldown_event(&e, "d", "RateLimit", 30_000);
+    // Two deployments: a group's only one is not cooled down by a Retry-After alone (the
+    // test below). cooldown_time stays at its default (5 s): the 30 s can only come from
+    // Retry-After.
+    let mut rig = Rig::start(&config(
+        &[entry("d", &fake.url(), ""), entry("e", &fake.url(), "")],
+        "num_retries: 0",
+    ))
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let r = rig.gw.complete(chat("g", "x")).await;
+        let e = assert_error(&r, 429, "rate_limit_error");
+        assert_eq!(attempts(&r), 1);
+        let message = e["message"].as_str().unwrap().to_string();
+        let id = ["d", "e"]
+            .into_iter()
+            .find(|id| message.contains(&format!("deployment `{id}`")))
+            .unwrap_or_else(|| panic!("names its deployment: {e}"));
+        seen.push(id);
+        let ev = rig.next_cooldown().await;
+        assert_cooldown_event(&ev, id, "RateLimit", 30_000);
+    }
+    seen.sort();
+    assert_eq!(seen, ["d", "e"], "the cooling one is not tried again");
+    for id in seen {
+        let d = rig.status(id).await;
+        assert_eq!(d["state"], "cooling_down", "{d}");
+        let left = num(&d, "cooldown_remaining_ms");
+        assert!(
+            left > 25_000 && left <= 30_000,
+            "cooling down for the Retry-After (30 s), not cooldown_time (5 s): {d}"
+        );
+        // One failure, below allowed_fails (3): the cooldown is Retry-After's alone.
+        assert_eq!(num(&d, "failures_last_minute"), 1, "{d}");
+        assert_eq!(num(&d, "cooldowns"), 1, "{d}");
+    }
     assert_refused_while_cooling(&rig, || fake.request_count()).await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_never_cools_a_group_s_only_deployment_down() {
+    // As LiteLLM: cooling a lone deployment for a rate limit would fail every job of the
+    // group until the cooldown ends; the next job is simply tried.
+    let fake = FakeProvider::start().await;
+    fake.push(Fault::RateLimited {
+        retry_after_secs: 30,
+    });
+    let rig = Rig::start(&config(&[entry("d", &fake.url(), "")], "num_retries: 0")).await;
+    let r = rig.gw.complete(chat("g", "x")).await;
+    assert_error(&r, 429, "rate_limit_error");
+    assert_eq!(r.header("Retry-After"), Some("30"));
+    let d = rig.status("d").await;
+    assert_eq!(d["state"], "healthy", "{d}");
+    let r = rig.gw.complete(chat("g", "y")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 
 #[tokio::test]

@@ -135,6 +135,11 @@ async fn settled(gw: &Gateway) -> isize {
     })
     .await
     .expect("every job ends");
+    // The usage events of the jobs are stored with acknowledgements, a little behind the jobs:
+    // what is measured is what stays once they are, not the backlog.
+    tokio::time::timeout(PATIENCE, worker.flush_usage())
+        .await
+        .expect("the usage events are stored");
     tokio::time::sleep(Duration::from_millis(200)).await;
     LIVE.load(Ordering::Relaxed)
 }

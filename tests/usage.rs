@@ -926,3 +926,34 @@ async fn a_worker_killed_with_sigkill_loses_only_the_events_not_yet_stored() {
         unanswered
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_a_model_does_not_hold_up_the_events_after_it() {
+    // A body that is not JSON names no model group: its event went to `llm.usage.`, which no
+    // stream captures, and being retried at the head of the queue it held every later event.
+    let server = Server::start(&binaries()[0], true);
+    let fake = FakeProvider::start().await;
+    let w = worker(&server, &config(&fake, "")).await;
+    let js = jetstream::new(server.client().await);
+    let client = LlmClient::new(server.client().await, "llm");
+    let bad = client
+        .complete(HeaderMap::new(), Bytes::from_static(b"{not json"), PATIENCE)
+        .await
+        .expect("a reply");
+    assert_eq!(bad.status, 400);
+    let r = complete(
+        &client,
+        HeaderMap::new(),
+        json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let job = r.header(headers::JOB_ID).unwrap().to_string();
+    eventually("the good job's event stored", || async {
+        stream_messages(&js).await >= 2
+    })
+    .await;
+    let stored = stored_events(&js).await;
+    assert!(stored.contains_key(&job), "{stored:?}");
+    w.stop().await;
+}

@@ -126,8 +126,10 @@ impl Actor for RouterActor {
             announced::remote_cap(plan.health.as_ref()),
         );
         let mut deployments = Vec::with_capacity(plan.deployments.len());
+        let sizes = group_sizes(plan.deployments.iter().map(|d| d.model_group.as_str()));
         for info in plan.deployments {
-            let deployment = Deployment::new(info, plan.health.clone(), args.quota.as_ref());
+            let health = health_of(&plan.health, &sizes, &info.model_group);
+            let deployment = Deployment::new(info, health, args.quota.as_ref());
             spawn(&myself, deployment.clone(), args.gossip.clone()).await?;
             deployments.push(deployment);
         }
@@ -244,13 +246,15 @@ impl RouterState {
         self.announced
             .set_cap(announced::remote_cap(plan.health.as_ref()));
         let mut deployments = Vec::with_capacity(plan.deployments.len());
+        let sizes = group_sizes(plan.deployments.iter().map(|d| d.model_group.as_str()));
         for info in plan.deployments {
             if let Some(kept) = running.remove(info.identity.as_str()) {
                 report.kept += 1;
                 deployments.push(kept.clone());
                 continue;
             }
-            let deployment = Deployment::new(info, plan.health.clone(), self.quota.as_ref());
+            let health = health_of(&plan.health, &sizes, &info.model_group);
+            let deployment = Deployment::new(info, health, self.quota.as_ref());
             spawn(myself, deployment.clone(), self.gossip.clone()).await?;
             report.added += 1;
             deployments.push(deployment);
@@ -300,9 +304,15 @@ impl RouterState {
         let old = self.table.load_full();
         let now = Instant::now();
         let mut deployments = Vec::with_capacity(old.deployments().len());
+        let sizes = group_sizes(
+            old.deployments()
+                .iter()
+                .map(|d| d.info.model_group.as_str()),
+        );
         for d in old.deployments() {
             let info = Arc::new(d.info.renewed());
-            let fresh = Deployment::new(info, self.policy.clone(), self.quota.as_ref());
+            let health = health_of(&self.policy, &sizes, &info.model_group);
+            let fresh = Deployment::new(info, health, self.quota.as_ref());
             fresh.take_over(d, now);
             spawn(myself, fresh.clone(), self.gossip.clone()).await?;
             deployments.push(fresh);
@@ -351,6 +361,29 @@ async fn listener(
         }) => Some(watch_board(board.clone(), router.clone()).await?),
         Some(g) => Some(listen(g.clone(), router.clone()).await?),
         None => None,
+    })
+}
+
+/// How many deployments each group has.
+fn group_sizes<'a>(groups: impl Iterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut sizes = HashMap::new();
+    for g in groups {
+        *sizes.entry(g.to_owned()).or_insert(0) += 1;
+    }
+    sizes
+}
+
+/// The health policy of a deployment of `group`: a group's only deployment is `lone` (an
+/// upstream's `Retry-After` alone does not cool it down). A reload keeps a running deployment's
+/// policy; new deployments take the group's size then.
+fn health_of(
+    policy: &Option<HealthPolicy>,
+    sizes: &HashMap<String, usize>,
+    group: &str,
+) -> Option<HealthPolicy> {
+    policy.clone().map(|p| HealthPolicy {
+        lone: sizes.get(group).copied().unwrap_or(0) <= 1,
+        ..p
     })
 }
 

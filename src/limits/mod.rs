@@ -3,7 +3,6 @@
 //! an argument (`std::time::Instant`), never read behind the caller's back.
 //!
 //! - [`SlidingWindow`]: a per-minute allowance that holds in every 60 s window (local limits).
-//! - [`TokenBucket`]: a per-minute allowance with continuous refill (kept for the benches).
 //! - [`Capacity`]: one deployment's RPM + TPM + parallel limits; grants [`Permit`]s or a [`Wait`].
 //!   Its RPM and TPM limits are local sliding windows or [`SharedLimit`]s held with the cluster.
 //! - [`Demand`]: what a job reserves against TPM before the upstream answers: its prompt
@@ -13,14 +12,12 @@
 //! - [`LocalShare`]: one worker's share of a cluster-wide limit: the slices it spends on the hot
 //!   path and the decisions of the task that leases them ([`crate::cluster::quota`] runs it).
 
-mod bucket;
 mod capacity;
 mod estimate;
 pub mod ledger;
 pub mod share;
 mod window;
 
-pub use bucket::TokenBucket;
 pub use capacity::{Capacity, CapacitySnapshot, Permit, SharedLimit, Wait, default_max_parallel};
 pub use estimate::{DEFAULT_OUTPUT_TOKENS, Demand, estimate_prompt_tokens, estimate_text_tokens};
 pub use ledger::Ledger;

@@ -9,7 +9,10 @@
 //!   half failed.
 //! - An authentication or not-found failure means the deployment is misconfigured: it cools
 //!   down at once (unless `allowed_fails_policy` names that class).
-//! - `Retry-After` on a 429/503: the deployment cools down at once for at least that long.
+//! - `Retry-After` on a 429/503: the deployment cools down at once for at least that long —
+//!   unless it is its group's only deployment, which LiteLLM never cools down for a rate limit
+//!   alone: the job's retry waits out the `Retry-After` instead (within its deadline), since a
+//!   cooling lone deployment would fail every job of the group until the cooldown ends.
 //! - A cooldown lasts `cooldown_time` (default 5 s; longer when `Retry-After` says so). When it
 //!   ends the deployment is half-open: one probe request decides — success makes it healthy
 //!   and forgets the old failures, failure starts a new cooldown.
@@ -41,6 +44,9 @@ pub struct HealthPolicy {
     pub per_class: HashMap<ErrorClass, u32>,
     /// How long a cooldown lasts.
     pub cooldown: Duration,
+    /// The deployment is its group's only one: an upstream's `Retry-After` alone does not cool
+    /// it down (the retry waits for it).
+    pub lone: bool,
 }
 
 impl Default for HealthPolicy {
@@ -49,6 +55,7 @@ impl Default for HealthPolicy {
             allowed_fails: DEFAULT_ALLOWED_FAILS,
             per_class: HashMap::new(),
             cooldown: DEFAULT_COOLDOWN,
+            lone: false,
         }
     }
 }
@@ -190,7 +197,7 @@ impl Health {
         let length = match (tripped, retry_after) {
             (true, Some(r)) => self.policy.cooldown.max(r),
             (true, None) => self.policy.cooldown,
-            (false, Some(r)) if !r.is_zero() => r,
+            (false, Some(r)) if !r.is_zero() && !self.policy.lone => r,
             _ => return None,
         };
         self.cool_down(length, now);
@@ -290,6 +297,22 @@ mod tests {
         assert!(h.failure(ErrorClass::Authentication, None, t).is_some());
         let mut h = Health::new(HealthPolicy::default());
         assert!(h.failure(ErrorClass::NotFound, None, t).is_some());
+    }
+
+    #[test]
+    fn a_lone_deployment_is_not_cooled_down_by_retry_after_alone() {
+        let t = Instant::now();
+        let mut h = Health::new(HealthPolicy {
+            lone: true,
+            ..HealthPolicy::default()
+        });
+        assert_eq!(h.failure(ErrorClass::RateLimit, Some(secs(2)), t), None);
+        assert_eq!(h.state(t), HealthState::Healthy);
+        // Its failures still count: past allowed_fails it cools down like any other.
+        for _ in 0..DEFAULT_ALLOWED_FAILS {
+            h.failure(ErrorClass::RateLimit, Some(secs(2)), t);
+        }
+        assert_eq!(h.state(t), HealthState::CoolingDown);
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl Policies {
                 allowed_fails: r.allowed_fails.unwrap_or(health::DEFAULT_ALLOWED_FAILS),
                 per_class: known(&fail_classes),
                 cooldown: secs(r.cooldown_time).unwrap_or(health::DEFAULT_COOLDOWN),
+                lone: false,
             }),
             strategy: r
                 .routing_strategy

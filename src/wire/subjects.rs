@@ -102,8 +102,13 @@ impl Default for Subjects {
     }
 }
 
-/// Makes `name` safe as one subject token: `.`, `*`, `>` and white space become `_`.
+/// Makes `name` safe as one subject token: `.`, `*`, `>` and white space become `_`, and an
+/// empty name is `_` (a job whose body named no model still has a usage subject; `llm.usage.`
+/// is no subject at all, and JetStream would refuse its event for ever).
 pub fn token(name: &str) -> String {
+    if name.is_empty() {
+        return "_".into();
+    }
     name.chars()
         .map(|c| match c {
             '.' | '*' | '>' => '_',
@@ -123,6 +128,7 @@ mod tests {
         assert_eq!(s.completion(), "acme.llm.completion");
         assert_eq!(s.usage("gpt-4o.mini"), "acme.llm.usage.gpt-4o_mini");
         assert_eq!(s.health("a b*>"), "acme.llm.health.a_b__");
+        assert_eq!(s.usage(""), "acme.llm.usage._");
         assert_eq!(s.usage_stream(), "ACME_LLM_USAGE");
         assert_eq!(s.spend_bucket(), "ACME_LLM_SPEND");
         let default = Subjects::default();

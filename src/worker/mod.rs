@@ -265,6 +265,11 @@ impl Worker {
         self.ctx.gate.in_flight()
     }
 
+    /// Waits until every usage event recorded so far is stored (or the publisher stopped).
+    pub async fn flush_usage(&self) {
+        self.ctx.usage.flush().await;
+    }
+
     /// The totals the cost actor has counted so far.
     pub async fn spend(&self) -> Option<Spend> {
         ractor::call!(self.cost, crate::actors::cost::CostMsg::Spend).ok()
