@@ -50,7 +50,10 @@
 //! 4. [`actors::deployment`] holds one deployment's limits ([`limits`]) and health
 //!    (cooldowns, half-open probes). A job takes capacity on the fast path, under a short
 //!    uncontended lock; only a job that has to wait asks the deployment's actor, which queues
-//!    it first come, first served and wakes it when capacity returns. With JetStream, `rpm`
+//!    it first come, first served and wakes it when capacity returns. What a job holds is a
+//!    lease (`deployment::lease`) whose `Drop` gives every unit back on every path, a lease
+//!    still travelling in a reply channel included; a worker at idle checks that nothing is
+//!    left in flight (`deployment::selfcheck`, `llmbus_capacity_lost_total`). With JetStream, `rpm`
 //!    and `tpm` hold for the whole cluster: the local balance is fed by slices leased from a
 //!    KV ledger in the background ([`cluster::quota`]), so a job far from its limit never waits
 //!    on a round trip; cooldowns go to every worker, and to those that start later, through
@@ -106,7 +109,8 @@
 //! messages in a bounded buffer. Replies carry OpenAI's `x-ratelimit-*` headers from the
 //! serving deployment's limits ([`wire::ratelimit`]).
 //! A job whose worker dies before anything of it reached the caller is sent again: workers
-//! acknowledge the front's jobs (`Llm-Ack`), and the front pings the workers holding its jobs.
+//! acknowledge the front's jobs (`Llm-Ack`), and the front pings the workers holding its jobs
+//! (`http::resend`).
 //!
 //! [`cluster`] keeps the state that makes several workers one gateway in JetStream KV:
 //! membership, deployment limits that hold cluster-wide, cooldowns for late joiners, and the

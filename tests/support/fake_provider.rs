@@ -461,7 +461,13 @@ impl Shared {
             }
             state.requests.len() + state.forgotten
         };
-        self.count.send_replace(count);
+        // Counted under the lock but published after it: the highest count wins, so a request
+        // that publishes late never sets the count back.
+        self.count.send_if_modified(|c| {
+            let newer = count > *c;
+            *c = (*c).max(count);
+            newer
+        });
         recorded
     }
 

@@ -61,7 +61,12 @@ impl LlmbusProcess {
                         all.push(line);
                         all.len()
                     };
-                    seen_tx.send_replace(n);
+                    // Two readers (stdout, stderr) publish after the lock: the highest wins.
+                    seen_tx.send_if_modified(|seen| {
+                        let newer = n > *seen;
+                        *seen = (*seen).max(n);
+                        newer
+                    });
                 }
                 closed_tx.send_modify(|n| *n += 1);
             });
