@@ -89,3 +89,98 @@ fn responses_corpus() {
 fn config_corpus() {
     replay("config", fuzzing::config);
 }
+
+// --- The crashes found, one test each (the inputs are also in tests/fuzz_regressions/). -----
+
+/// The bytes of a `responses` input for an error answer: parser family `pick` (9: the generic
+/// and Cohere's, 10: Anthropic's and Gemini's, 11: Bedrock's), status, headers, body.
+fn error_answer(pick: u8, status: u16, headers: &str, body: &str) -> Vec<u8> {
+    let mut data = vec![pick];
+    data.extend(status.to_be_bytes());
+    data.extend(headers.as_bytes());
+    data.push(0);
+    data.extend(body.as_bytes());
+    data
+}
+
+/// `Retry-After: 1e20` panicked in `Duration::from_secs_f64` (a job answered 500 instead of
+/// the upstream's 429); `1e19` and `retry-after-ms: 1e30` gave waits no `Instant` can hold, so
+/// the deployment's cooldown panicked. Now every wait is capped at a day.
+#[test]
+fn retry_after_too_long_for_the_clocks_is_capped() {
+    for header in [
+        "retry-after: 1e20",
+        "retry-after: 1e19",
+        "Retry-After: 18446744073709551616",
+        "retry-after-ms: 1e30",
+    ] {
+        fuzzing::responses(&error_answer(9, 429, header, "{}"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        let (name, value) = header.split_once(": ").unwrap();
+        headers.insert(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        assert_eq!(
+            llmbus::providers::http::retry_after(&headers),
+            Some(llmbus::providers::http::MAX_RETRY_AFTER),
+            "{header}"
+        );
+    }
+    assert_eq!(
+        llmbus::providers::http::retry_after(&reqwest::header::HeaderMap::new()),
+        None
+    );
+}
+
+/// Gemini's `RetryInfo.retryDelay` of `1e20s` panicked the same way.
+#[test]
+fn gemini_retry_delay_too_long_is_capped() {
+    let body = r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1e20s"}]}}"#;
+    fuzzing::responses(&error_answer(10, 429, "", body));
+    let e = llmbus::providers::gemini::error::from_response(
+        429,
+        &reqwest::header::HeaderMap::new(),
+        body.as_bytes(),
+    );
+    assert_eq!(
+        e.retry_after,
+        Some(llmbus::providers::http::MAX_RETRY_AFTER)
+    );
+}
+
+/// Token counts near `u64::MAX` from an upstream overflowed the usage sums (a panic with
+/// overflow checks, a wrapped total in a release build). They saturate now.
+#[test]
+fn huge_token_counts_saturate() {
+    let body = r#"{"id":"m","type":"message","role":"assistant","model":"c","content":[{"type":"text","text":"x"}],"stop_reason":"end_turn","usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":1,"output_tokens":1}}"#;
+    let mut data = vec![2];
+    data.extend(body.as_bytes());
+    fuzzing::responses(&data);
+    let answer = llmbus::providers::anthropic::response::convert(body.as_bytes(), false).unwrap();
+    let usage = answer.usage.unwrap();
+    assert_eq!(usage.prompt_tokens, u64::MAX);
+    assert_eq!(usage.total_tokens, u64::MAX);
+}
+
+/// `timeout: 1e20` passed the config check and then panicked building the worker's
+/// deployments; `cooldown_time: 1e20` and `retry_after: .inf` panicked building its policies.
+/// A config now refuses seconds past a year, naming the key.
+#[test]
+fn config_seconds_past_a_year_are_refused() {
+    for (yaml, key) in [
+        (
+            "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/gpt-4o\n      api_key: k\n      timeout: 1e20\n",
+            "timeout",
+        ),
+        ("router_settings:\n  cooldown_time: 1e20\n", "cooldown_time"),
+        ("router_settings:\n  retry_after: .inf\n", "retry_after"),
+        ("router_settings:\n  stream_timeout: 4e7\n", "stream_timeout"),
+    ] {
+        fuzzing::config(yaml.as_bytes());
+        let e = llmbus::config::Config::from_yaml(yaml, "c.yaml").unwrap_err();
+        assert!(e.to_string().contains(key), "{e}");
+    }
+    let ok = "router_settings:\n  cooldown_time: 0\n  retry_after: 2.5\n  timeout: 31536000\n";
+    llmbus::config::Config::from_yaml(ok, "c.yaml").unwrap();
+}
