@@ -32,7 +32,10 @@ fn replay(target: &str, check: fn(&[u8])) {
         }
     }
     assert!(seen > 0, "no input for target `{target}`");
-    assert!(failed.is_empty(), "inputs that break `{target}`: {failed:#?}");
+    assert!(
+        failed.is_empty(),
+        "inputs that break `{target}`: {failed:#?}"
+    );
 }
 
 #[test]
@@ -175,7 +178,10 @@ fn config_seconds_past_a_year_are_refused() {
         ),
         ("router_settings:\n  cooldown_time: 1e20\n", "cooldown_time"),
         ("router_settings:\n  retry_after: .inf\n", "retry_after"),
-        ("router_settings:\n  stream_timeout: 4e7\n", "stream_timeout"),
+        (
+            "router_settings:\n  stream_timeout: 4e7\n",
+            "stream_timeout",
+        ),
     ] {
         fuzzing::config(yaml.as_bytes());
         let e = llmbus::config::Config::from_yaml(yaml, "c.yaml").unwrap_err();

@@ -88,7 +88,10 @@ impl Checker<'_> {
                 ),
             ));
         }
-        for (key, value) in [("cooldown_time", r.cooldown_time), ("retry_after", r.retry_after)] {
+        for (key, value) in [
+            ("cooldown_time", r.cooldown_time),
+            ("retry_after", r.retry_after),
+        ] {
             if let Some(secs) = value
                 && !(secs.is_finite() && (0.0..=MAX_SECONDS).contains(&secs))
             {
@@ -189,15 +192,14 @@ impl Checker<'_> {
     /// A duration in seconds, when set, must be a positive number.
     fn seconds(&self, value: Option<f64>, path: &KeyPath) -> Result<(), ConfigError> {
         match value {
-            Some(secs) if !(secs.is_finite() && secs > 0.0 && secs <= MAX_SECONDS) => {
-                Err(self.fail(
+            Some(secs) if !(secs.is_finite() && secs > 0.0 && secs <= MAX_SECONDS) => Err(self
+                .fail(
                     path,
                     format!(
                         "must be a positive number of seconds, at most {MAX_SECONDS} (a year), \
                          not {secs}"
                     ),
-                ))
-            }
+                )),
             _ => Ok(()),
         }
     }

@@ -70,7 +70,11 @@ pub fn config(data: &[u8]) {
     }
     for entry in &loaded.config.model_list {
         let prepared = providers::prepare_with_env(entry, &entry.litellm_params, http(), &env);
-        for reason in prepared.misconfigured.iter().chain(&prepared.missing_credentials) {
+        for reason in prepared
+            .misconfigured
+            .iter()
+            .chain(&prepared.missing_credentials)
+        {
             check(reason, "a deployment's problem");
         }
     }

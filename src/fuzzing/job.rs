@@ -37,7 +37,7 @@ pub fn job_body(data: &[u8]) {
                 let text = serde_json::to_vec(&json).expect("JSON serialises");
                 parse::embedding(&text).expect("a re-serialised body is valid");
                 for text in request.input.texts() {
-                    limits::estimate_text_tokens(&text);
+                    limits::estimate_text_tokens(text);
                 }
                 let _ = gemini::embed::texts(&request, drop_params);
             }
@@ -130,7 +130,10 @@ pub fn job_headers(data: &[u8]) {
                 assert!(headers::is_valid_traceparent(tp));
             }
             if let Some(key) = parsed.api_key.as_ref().filter(|k| k.len() >= 8) {
-                assert!(!format!("{parsed:?}").contains(key.as_str()), "Debug shows the key");
+                assert!(
+                    !format!("{parsed:?}").contains(key.as_str()),
+                    "Debug shows the key"
+                );
             }
         }
         Err(e) => {

@@ -64,8 +64,8 @@ fn chunkings(body: &[u8], seed: u8) -> Vec<Vec<&[u8]>> {
 /// Asserts that `value` serialises to JSON that parses back into a value that serialises to
 /// the same JSON; returns that JSON.
 fn reserialises<T: Serialize + DeserializeOwned>(value: &T, what: &str) -> serde_json::Value {
-    let text = serde_json::to_string(value)
-        .unwrap_or_else(|e| panic!("{what} does not serialise: {e}"));
+    let text =
+        serde_json::to_string(value).unwrap_or_else(|e| panic!("{what} does not serialise: {e}"));
     let again: T = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{what} does not parse back: {e}\n{text}"));
     let text2 = serde_json::to_string(&again).expect("serialises twice");

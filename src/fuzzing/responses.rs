@@ -111,8 +111,10 @@ fn errors(which: u8, data: &[u8]) {
     let mut headers = HeaderMap::new();
     for line in String::from_utf8_lossy(head).lines() {
         if let Some((name, value)) = line.split_once(':')
-            && let (Ok(name), Ok(value)) =
-                (HeaderName::from_str(name.trim()), HeaderValue::from_str(value.trim()))
+            && let (Ok(name), Ok(value)) = (
+                HeaderName::from_str(name.trim()),
+                HeaderValue::from_str(value.trim()),
+            )
         {
             headers.append(name, value);
         }

@@ -108,9 +108,15 @@ pub fn sse(data: &[u8]) {
         out.extend(decoder.finish());
         let events: Vec<SseEvent> = out.into();
         for event in &events {
-            assert!(!event.data.contains('\r'), "a `\\r` in event data: {event:?}");
+            assert!(
+                !event.data.contains('\r'),
+                "a `\\r` in event data: {event:?}"
+            );
             let name = event.event.as_deref().unwrap_or_default();
-            assert!(!name.contains(['\r', '\n']), "a line break in an event name");
+            assert!(
+                !name.contains(['\r', '\n']),
+                "a line break in an event name"
+            );
         }
         match &first {
             None => first = Some(events),
@@ -157,7 +163,12 @@ pub fn cohere_stream(data: &[u8]) {
         return;
     };
     same_for_every_chunking(body, seed, |chunks| {
-        cohere::stream::chunks(bytes(chunks), "command-fuzz", seed & 1 == 1, Some(SECRET.into()))
+        cohere::stream::chunks(
+            bytes(chunks),
+            "command-fuzz",
+            seed & 1 == 1,
+            Some(SECRET.into()),
+        )
     });
 }
 
@@ -167,7 +178,12 @@ pub fn ollama_stream(data: &[u8]) {
         return;
     };
     same_for_every_chunking(body, seed, |chunks| {
-        ollama::stream::chunks(bytes(chunks), "llama-fuzz", seed & 1 == 1, Some(SECRET.into()))
+        ollama::stream::chunks(
+            bytes(chunks),
+            "llama-fuzz",
+            seed & 1 == 1,
+            Some(SECRET.into()),
+        )
     });
 }
 
@@ -214,7 +230,10 @@ fn frames(mut spec: &[u8]) -> Vec<u8> {
         spec = tail;
         let message = match pick % 8 {
             0..=5 => Message::new(Bytes::copy_from_slice(payload))
-                .add_header(Header::new(":message-type", HeaderValue::String("event".into())))
+                .add_header(Header::new(
+                    ":message-type",
+                    HeaderValue::String("event".into()),
+                ))
                 .add_header(Header::new(
                     ":event-type",
                     HeaderValue::String(EVENTS[usize::from(pick / 8) % EVENTS.len()].into()),
@@ -229,7 +248,10 @@ fn frames(mut spec: &[u8]) -> Vec<u8> {
                     HeaderValue::String("throttlingException".into()),
                 )),
             _ => Message::new(Bytes::new())
-                .add_header(Header::new(":message-type", HeaderValue::String("error".into())))
+                .add_header(Header::new(
+                    ":message-type",
+                    HeaderValue::String("error".into()),
+                ))
                 .add_header(Header::new(
                     ":error-message",
                     HeaderValue::String(String::from_utf8_lossy(payload).into_owned().into()),
