@@ -190,3 +190,45 @@ fn config_seconds_past_a_year_are_refused() {
     let ok = "router_settings:\n  cooldown_time: 0\n  retry_after: 2.5\n  timeout: 31536000\n";
     llmbus::config::Config::from_yaml(ok, "c.yaml").unwrap();
 }
+
+/// Found by the `bedrock_stream` target (its crash input is kept): when one read of the body
+/// held whole frames and then a broken one, the frame decoder reported the error first and the
+/// converter stopped there, so the frames before it (the role chunk, text deltas) were lost;
+/// the same bytes read in smaller pieces gave those chunks, then the error. Now the frames come
+/// first, whatever the reads.
+#[test]
+fn bedrock_frames_before_a_broken_frame_are_kept() {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    use futures::StreamExt;
+
+    let start = Message::new(bytes::Bytes::from_static(br#"{"role":"assistant"}"#))
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("event".into()),
+        ))
+        .add_header(Header::new(
+            ":event-type",
+            HeaderValue::String("messageStart".into()),
+        ));
+    let mut body = Vec::new();
+    aws_smithy_eventstream::frame::write_message_to(&start, &mut body).unwrap();
+    // A prelude whose CRC does not match: a broken frame.
+    body.extend([0, 0, 0, 32, 0, 0, 0, 0, 1, 2, 3, 4]);
+    body.extend([0; 20]);
+    let info = llmbus::providers::bedrock::stream::StreamInfo {
+        model: "m".into(),
+        include_usage: false,
+    };
+    let once = futures::stream::iter([Ok(bytes::Bytes::from(body))]);
+    let items: Vec<_> = futures::executor::block_on(
+        llmbus::providers::bedrock::stream::chunks(once, info, Vec::new()).collect(),
+    );
+    assert_eq!(items.len(), 2, "{items:?}");
+    let first = items[0].as_ref().expect("the role chunk comes first");
+    assert_eq!(
+        first.choices[0].delta.role,
+        Some(llmbus::wire::openai::Role::Assistant)
+    );
+    let err = items[1].as_ref().unwrap_err();
+    assert!(err.message.contains("frame is broken"), "{err}");
+}
