@@ -13,7 +13,7 @@ use super::{
 /// The most seconds a config may give for a timeout, a cooldown or a wait: a year. Nobody means
 /// more, and far more is no time at all: `timeout: 1e20` made building the worker's deployments
 /// panic (`Duration::from_secs_f64`), and so did `cooldown_time: 1e20` or `retry_after: .inf`
-/// building its policies (found by the `config` fuzz target).
+/// building its policies (found writing the `config` fuzz target).
 const MAX_SECONDS: f64 = 365.0 * 24.0 * 60.0 * 60.0;
 
 /// Checks `config`; `text` and `origin` are for the error's line and file.

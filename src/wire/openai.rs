@@ -384,7 +384,7 @@ pub struct Usage {
 
 impl Usage {
     /// Usage with the two main counts and their total (which saturates: the counts come from
-    /// upstreams, and `u64::MAX` plus one overflowed; found by the `responses` fuzz target).
+    /// upstreams, and `u64::MAX` plus one overflowed; found writing the `responses` fuzz target).
     pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
         Self {
             prompt_tokens,
