@@ -232,3 +232,17 @@ fn bedrock_frames_before_a_broken_frame_are_kept() {
     let err = items[1].as_ref().unwrap_err();
     assert!(err.message.contains("frame is broken"), "{err}");
 }
+
+/// Found by the `job_body` target (its crash input is kept): without serde_json's
+/// `float_roundtrip`, `7.777777777777777e+52` in a body parsed to the next float down, so the
+/// worker forwarded another number than the client sent. Test builds always had the feature
+/// (jsonschema, a dev-dependency, turns it on), so this passes here either way; it failed in
+/// the fuzz build, which has no dev-dependencies, as the shipped binary has none.
+#[test]
+fn numbers_in_a_body_are_forwarded_as_sent() {
+    let body =
+        br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x":7.777777777777777e+52}"#;
+    let request = llmbus::actors::job::parse::chat(body).unwrap();
+    let forwarded = serde_json::to_string(&request).unwrap();
+    assert!(forwarded.contains("7.777777777777777e+52"), "{forwarded}");
+}
