@@ -91,6 +91,13 @@ fn convert_for_providers(request: &ChatCompletionRequest, drop_params: bool) {
     }
 }
 
+/// Every message reading the headers may fail with: none repeats what the caller sent.
+const FIXED_MESSAGES: [&str; 3] = [
+    "Send one `Authorization: Bearer <key>` header, not several.",
+    "The Authorization header is malformed; it must be `Bearer <key>`.",
+    "The `Llm-Timeout-Ms` header must be a positive integer number of milliseconds.",
+];
+
 /// A job's NATS headers. Input: lines of `name:value` (lines that are no valid NATS header
 /// are skipped, as the NATS client would never deliver them).
 ///
@@ -138,17 +145,10 @@ pub fn job_headers(data: &[u8]) {
         }
         Err(e) => {
             assert!(matches!(e.status, 400 | 401), "{e:?}");
-            // No header value (a key among them) comes back: the messages are fixed texts,
-            // whose words are all shorter than 16 characters.
-            for (_, values) in map.iter() {
-                for word in values.iter().flat_map(|v| v.as_str().split_whitespace()) {
-                    assert!(
-                        word.len() < 16 || !e.message.contains(word),
-                        "a header error repeats the header: {}",
-                        e.message
-                    );
-                }
-            }
+            // No header value (a key among them) comes back: the message is one of the fixed
+            // texts. (A first version checked for long words of the values in the message, and
+            // the fuzzer promptly wrote the message's own words into a header.)
+            assert!(FIXED_MESSAGES.contains(&e.message.as_str()), "{e:?}");
         }
     }
 }
