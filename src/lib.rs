@@ -100,7 +100,9 @@
 //! the same NATS contract; [`telemetry`] sets up logs and Prometheus metrics; [`health`] serves
 //! `/healthz` and `/readyz` and answers `llmbus health`; [`local_nats`] starts a private
 //! `nats-server` for `llmbus up` and the tests (and finds or installs the binary); [`cli`]
-//! holds the `llmbus` subcommands that `src/main.rs` dispatches to.
+//! holds the `llmbus` subcommands that `src/main.rs` dispatches to. `fuzzing` (hidden from
+//! the docs) holds the entry points of the fuzz targets in `fuzz/` and of their regression
+//! tests: one per parser that reads bytes from outside, each checking that parser's invariants.
 //!
 //! [`http`] is the OpenAI-compatible HTTP front (inside a worker or as `llmbus front`): it turns
 //! each HTTP request into the same NATS job any client could send, and the replies and chunks
@@ -128,6 +130,8 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod limits;

@@ -10,6 +10,12 @@ use super::{
     locate::{KeyPath, locate},
 };
 
+/// The most seconds a config may give for a timeout, a cooldown or a wait: a year. Nobody means
+/// more, and far more is no time at all: `timeout: 1e20` made building the worker's deployments
+/// panic (`Duration::from_secs_f64`), and so did `cooldown_time: 1e20` or `retry_after: .inf`
+/// building its policies (found writing the `config` fuzz target).
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 60.0 * 60.0;
+
 /// Checks `config`; `text` and `origin` are for the error's line and file.
 pub(crate) fn check(config: &Config, text: &str, origin: &str) -> Result<(), ConfigError> {
     Checker { text, origin }.run(config)
@@ -82,10 +88,18 @@ impl Checker<'_> {
                 ),
             ));
         }
-        if let Some(secs) = r.cooldown_time
-            && !(secs.is_finite() && secs >= 0.0)
-        {
-            return Err(self.fail(&path.key("cooldown_time"), "must be 0 or more seconds"));
+        for (key, value) in [
+            ("cooldown_time", r.cooldown_time),
+            ("retry_after", r.retry_after),
+        ] {
+            if let Some(secs) = value
+                && !(secs.is_finite() && (0.0..=MAX_SECONDS).contains(&secs))
+            {
+                return Err(self.fail(
+                    &path.key(key),
+                    format!("must be 0 or more seconds, at most {MAX_SECONDS} (a year)"),
+                ));
+            }
         }
 
         let groups: BTreeSet<&str> = config
@@ -201,10 +215,14 @@ impl Checker<'_> {
     /// A duration in seconds, when set, must be a positive number.
     fn seconds(&self, value: Option<f64>, path: &KeyPath) -> Result<(), ConfigError> {
         match value {
-            Some(secs) if !(secs.is_finite() && secs > 0.0) => Err(self.fail(
-                path,
-                format!("must be a positive number of seconds, not {secs}"),
-            )),
+            Some(secs) if !(secs.is_finite() && secs > 0.0 && secs <= MAX_SECONDS) => Err(self
+                .fail(
+                    path,
+                    format!(
+                        "must be a positive number of seconds, at most {MAX_SECONDS} (a year), \
+                         not {secs}"
+                    ),
+                )),
             _ => Ok(()),
         }
     }

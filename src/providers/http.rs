@@ -92,8 +92,21 @@ pub fn error_from_reqwest(err: reqwest::Error) -> ProviderError {
     }
 }
 
+/// The longest wait an upstream's `Retry-After` (or Gemini's `retryDelay`) is taken at: a longer
+/// one is cut to this. Unbounded, `Retry-After: 1e20` made `Duration::from_secs_f64` panic and
+/// `1e19` overflowed the `Instant` a cooldown ends at (found writing the `responses` fuzz
+/// target's invariants; with its dictionary the fuzzer finds both within two minutes).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `secs` seconds as an upstream's requested wait: `None` unless a number of 0 or more, and at
+/// most [`MAX_RETRY_AFTER`].
+pub fn wait_of_secs(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())))
+}
+
 /// How long the upstream asked us to wait: `retry-after-ms` (milliseconds, OpenAI and Azure)
-/// first, then `Retry-After` as seconds or as an HTTP date.
+/// first, then `Retry-After` as seconds or as an HTTP date; at most [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| {
         headers
@@ -101,20 +114,21 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
+    if let Some(wait) = text("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| wait_of_secs(ms / 1000.0))
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(wait);
     }
     let value = text("retry-after")?;
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return wait_of_secs(secs);
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
         when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
     )
 }
 

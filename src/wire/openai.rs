@@ -383,12 +383,13 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Usage with the two main counts and their total.
+    /// Usage with the two main counts and their total (which saturates: the counts come from
+    /// upstreams, and `u64::MAX` plus one overflowed; found writing the `responses` fuzz target).
     pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
         Self {
             prompt_tokens,
             completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
             ..Self::default()
         }
     }

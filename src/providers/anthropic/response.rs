@@ -39,7 +39,8 @@ pub fn usage(anthropic: &Value) -> Usage {
     let input = count("input_tokens");
     let cache_read = count("cache_read_input_tokens");
     let cache_write = count("cache_creation_input_tokens");
-    let mut usage = Usage::new(input + cache_read + cache_write, count("output_tokens"));
+    let prompt = input.saturating_add(cache_read).saturating_add(cache_write);
+    let mut usage = Usage::new(prompt, count("output_tokens"));
     usage.prompt_tokens_details = Some(PromptTokensDetails {
         cached_tokens: Some(cache_read),
         ..PromptTokensDetails::default()

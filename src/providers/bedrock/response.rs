@@ -31,7 +31,8 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 pub fn usage(usage: &Value) -> Usage {
     let n = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
     let (read, write) = (n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
-    let mut out = Usage::new(n("inputTokens") + read + write, n("outputTokens"));
+    let prompt = n("inputTokens").saturating_add(read).saturating_add(write);
+    let mut out = Usage::new(prompt, n("outputTokens"));
     if read > 0 || usage.get("cacheReadInputTokens").is_some() {
         out.prompt_tokens_details = Some(PromptTokensDetails {
             cached_tokens: Some(read),

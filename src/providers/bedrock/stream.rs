@@ -255,7 +255,10 @@ impl Converter {
 }
 
 /// Decodes frames from a byte stream: a transport error, a broken frame or a body that ends
-/// inside a frame is an error item (and the last item).
+/// inside a frame is an error item (and the last item), after every frame before it, however
+/// the body's bytes were split into reads. (A broken frame used to be reported before the whole
+/// frames of the same read, so the converter stopped and lost them; found by the
+/// `bedrock_stream` fuzz target.)
 pub fn frames<S>(bytes: S) -> impl Stream<Item = Result<Message, ProviderError>> + Send
 where
     S: Stream<Item = Result<bytes::Bytes, ProviderError>> + Send + 'static,
@@ -265,6 +268,8 @@ where
         buffer: BytesMut,
         decoder: MessageFrameDecoder,
         ready: VecDeque<Message>,
+        /// A broken frame's error, for after the frames in `ready`.
+        broken: Option<ProviderError>,
         done: bool,
     }
     let state = State {
@@ -272,12 +277,16 @@ where
         buffer: BytesMut::new(),
         decoder: MessageFrameDecoder::new(),
         ready: VecDeque::new(),
+        broken: None,
         done: false,
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(message) = st.ready.pop_front() {
                 return Some((Ok(message), st));
+            }
+            if let Some(err) = st.broken.take() {
+                return Some((Err(err), st));
             }
             if st.done {
                 return None;
@@ -291,13 +300,11 @@ where
                             Ok(DecodedFrame::Incomplete) => break,
                             Err(e) => {
                                 st.done = true;
-                                return Some((
-                                    Err(ProviderError::new(
-                                        ErrorClass::InvalidResponse,
-                                        format!("a ConverseStream frame is broken: {e}"),
-                                    )),
-                                    st,
+                                st.broken = Some(ProviderError::new(
+                                    ErrorClass::InvalidResponse,
+                                    format!("a ConverseStream frame is broken: {e}"),
                                 ));
+                                break;
                             }
                         }
                     }

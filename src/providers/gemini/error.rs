@@ -130,8 +130,7 @@ fn retry_delay(error: &Value) -> Option<Duration> {
         .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
         .and_then(|s| s.trim().strip_suffix('s'))
         .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(http::wait_of_secs)
 }
 
 #[cfg(test)]

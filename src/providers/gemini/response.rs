@@ -193,7 +193,7 @@ pub fn usage(meta: &UsageMetadata) -> Usage {
     let thoughts = meta.thoughts_token_count.unwrap_or(0);
     let mut usage = Usage::new(
         meta.prompt_token_count,
-        meta.candidates_token_count + thoughts,
+        meta.candidates_token_count.saturating_add(thoughts),
     );
     if let Some(cached) = meta.cached_content_token_count {
         usage.prompt_tokens_details = Some(PromptTokensDetails {

@@ -381,7 +381,7 @@ impl Provider for OpenAiCompatible {
 /// Turns an SSE response into OpenAI chunks. The stream ends after `data: [DONE]`; a stream
 /// that ends without it, an unparsable payload or an error event yields one error item and
 /// ends there.
-fn chunks(response: reqwest::Response, key: Option<Secret>) -> ChunkStream {
+pub(crate) fn chunks(response: reqwest::Response, key: Option<Secret>) -> ChunkStream {
     let bytes = response
         .bytes_stream()
         .map(|r| r.map_err(http::error_from_reqwest));
