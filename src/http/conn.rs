@@ -23,7 +23,7 @@ use std::{
     io,
     pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -263,6 +263,9 @@ struct Phase {
     idle_since: Instant,
     /// When the first byte of the next request arrived, while none is in flight.
     head_from: Option<Instant>,
+    /// The socket's reader, parked while a request was in flight (no read deadline then):
+    /// woken when the last request ends, so that it arms the idle timer.
+    reader: Option<Waker>,
 }
 
 impl Phase {
@@ -271,6 +274,7 @@ impl Phase {
             in_flight: 0,
             idle_since: Instant::now(),
             head_from: None,
+            reader: None,
         }
     }
 }
@@ -321,10 +325,12 @@ impl Watched {
         }
     }
 
-    /// The read deadline now, and what it is for: none while a request is in flight.
-    fn read_deadline(&self) -> Option<(Instant, Cut)> {
-        let p = lock(&self.phase);
+    /// The read deadline now, and what it is for: none while a request is in flight (the
+    /// reader is then woken when it ends, by `cx`'s waker).
+    fn read_deadline(&self, cx: &Context<'_>) -> Option<(Instant, Cut)> {
+        let mut p = lock(&self.phase);
         if p.in_flight > 0 {
+            p.reader = Some(cx.waker().clone());
             return None;
         }
         Some(match p.head_from {
@@ -370,7 +376,7 @@ impl AsyncRead for Watched {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match this.read_deadline() {
+            Poll::Pending => match this.read_deadline(cx) {
                 Some((deadline, cut)) if expired(&mut this.read_timer, deadline, cx) => {
                     Poll::Ready(Err(timed_out(cut)))
                 }
@@ -495,6 +501,10 @@ impl Drop for Busy {
         if p.in_flight == 0 {
             p.idle_since = Instant::now();
             p.head_from = None;
+            // A reader parked while the request ran must now arm the idle timer.
+            if let Some(reader) = p.reader.take() {
+                reader.wake();
+            }
         }
     }
 }
@@ -577,4 +587,38 @@ pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    struct Woken(AtomicBool);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_last_request_ending_wakes_the_parked_reader_to_arm_the_idle_timer() {
+        // A reader polled while a request ran has no deadline; had nothing woken it when the
+        // request ended, a keep-alive connection would stay open for ever (seen under load).
+        let phase = Arc::new(Mutex::new(Phase::idle()));
+        let first = Busy::new(phase.clone());
+        let second = Busy::new(phase.clone());
+        let woken = Arc::new(Woken(AtomicBool::new(false)));
+        let waker = Waker::from(woken.clone());
+        // What `Watched::read_deadline` does for a reader polled while a request runs.
+        lock(&phase).reader = Some(waker);
+        assert_eq!(lock(&phase).in_flight, 2);
+        drop(first);
+        assert!(!woken.0.load(Ordering::SeqCst), "a request still runs");
+        drop(second);
+        assert!(woken.0.load(Ordering::SeqCst), "the reader is woken");
+        assert!(lock(&phase).reader.is_none());
+    }
 }
