@@ -15,13 +15,13 @@ use llmbus::client::LlmClient;
 use serde_json::{Value, json};
 use support::{
     fake_provider::{FakeProvider, Fault},
-    gateway::{Gateway, PATIENCE, chat, headers, start_worker},
+    gateway::{Gateway, PATIENCE, chat, deployments, headers, start_worker},
     nats_server::NatsServer,
 };
 
 /// Each deployment's `(id, in_flight, waiting)`, from `llm.deployments`.
 async fn in_flight(gw: &Gateway) -> Vec<(String, u64, u64)> {
-    deployments(gw)
+    deployments(&gw.client)
         .await
         .iter()
         .map(|d| {
@@ -32,20 +32,6 @@ async fn in_flight(gw: &Gateway) -> Vec<(String, u64, u64)> {
             )
         })
         .collect()
-}
-
-async fn deployments(gw: &Gateway) -> Vec<Value> {
-    let r = gw
-        .client
-        .request(
-            "llm.deployments".to_string(),
-            headers(&[]),
-            Bytes::new(),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("llm.deployments");
-    r.json().as_array().expect("a list").clone()
 }
 
 /// Waits (up to a generous bound) until no deployment has a call in flight or a job waiting;
@@ -359,7 +345,7 @@ router_settings: {{num_retries: 0}}
         client,
     };
     let mode = if shared { "shared" } else { "local" };
-    assert_eq!(deployments(&gw).await[0]["limits"], mode);
+    assert_eq!(deployments(&gw.client).await[0]["limits"], mode);
     // 4 + ⌈172/4⌉ + 3 = 50 prompt tokens, as llmbus and the fake count them.
     let mut body = chat("long", &"p".repeat(172));
     body["max_tokens"] = json!(1000);
@@ -382,7 +368,7 @@ router_settings: {{num_retries: 0}}
     assert!(served >= 9, "the window's own capacity is used: {served}");
     if !shared {
         // The window counts what the calls used (shared limits also count unspent slices).
-        let d = &deployments(&gw).await[0];
+        let d = &deployments(&gw.client).await[0];
         assert_eq!(d["capacity"]["tpm_used"].as_u64(), Some(tokens), "{d}");
     }
     assert_all_returned(&gw, "after the tpm burst").await;
@@ -448,7 +434,7 @@ async fn a_broken_stream_counts_what_it_sent_and_an_upstream_error_costs_nothing
     // An upstream error: the reservation goes back whole.
     fake.push(Fault::status(500));
     assert_eq!(gw.complete(chat("s", "one two three")).await.status, 502);
-    assert_eq!(tpm_used(&deployments(&gw).await), 0);
+    assert_eq!(tpm_used(&deployments(&gw.client).await), 0);
 
     // Role chunk, "echo:", " one", then the connection breaks: the prompt and the text sent.
     fake.push(Fault::BrokenStream { after_chunks: 3 });
@@ -459,5 +445,5 @@ async fn a_broken_stream_counts_what_it_sent_and_an_upstream_error_costs_nothing
     let sent = support::gateway::streamed_text(&chunks);
     assert_eq!(sent, "echo: one");
     // 4 + ⌈13/4⌉ + 3 = 11 prompt tokens, ⌈9/4⌉ = 3 sent.
-    assert_eq!(tpm_used(&deployments(&gw).await), 11 + 3);
+    assert_eq!(tpm_used(&deployments(&gw.client).await), 11 + 3);
 }

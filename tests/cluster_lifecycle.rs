@@ -32,7 +32,7 @@ use llmbus::{
 use serde_json::Value;
 use support::{
     fake_provider::{FakeProvider, Fault},
-    gateway::{PATIENCE, chat, headers},
+    gateway::{PATIENCE, chat, deployments, headers},
     nats_server::{Flavour, NatsServer, flavours},
     worker_process::{WorkerOptions, WorkerProcess},
 };
@@ -131,18 +131,8 @@ async fn job(client: &LlmClient) -> (String, Option<String>) {
 
 /// `"limits"` of each deployment in a `llm.deployments` reply.
 async fn deployment_limits(client: &LlmClient) -> Vec<String> {
-    let r = client
-        .request(
-            "llm.deployments".to_string(),
-            headers(&[]),
-            Bytes::new(),
-            Duration::from_secs(10),
-        )
+    deployments(client)
         .await
-        .expect("llm.deployments");
-    r.json()
-        .as_array()
-        .expect("a list")
         .iter()
         .map(|d| d["limits"].as_str().unwrap_or("none").to_string())
         .collect()

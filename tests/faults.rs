@@ -21,7 +21,10 @@ use llmbus::client::{LlmClient, Reply};
 use serde_json::{Value, json};
 use support::{
     fake_provider::{FakeProvider, Fault},
-    gateway::{Gateway, PATIENCE, chat, content, headers, start_worker, streamed_text},
+    gateway::{
+        Gateway, PATIENCE, chat, content, deployments, headers, start_worker, status_of,
+        streamed_text,
+    },
     nats_server::NatsServer,
 };
 
@@ -108,30 +111,6 @@ async fn next_event(sub: &mut Subscriber) -> Value {
         .expect("a health event within the patience")
         .expect("the health subscription is open");
     serde_json::from_slice(&m.payload).expect("a health event is JSON")
-}
-
-async fn deployments(client: &LlmClient) -> Vec<Value> {
-    let r = client
-        .request(
-            client.subjects().deployments(),
-            HeaderMap::new(),
-            Default::default(),
-            PATIENCE,
-        )
-        .await
-        .expect("llm.deployments answers");
-    assert_eq!(r.status, 200);
-    match r.json() {
-        Value::Array(all) => all,
-        other => panic!("llm.deployments is not an array: {other}"),
-    }
-}
-
-fn status_of(all: &[Value], id: &str) -> Value {
-    all.iter()
-        .find(|d| d["id"] == id)
-        .unwrap_or_else(|| panic!("no deployment `{id}` in {all:?}"))
-        .clone()
 }
 
 fn num(v: &Value, field: &str) -> u64 {

@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 use serde_json::{Value, json};
 use support::{
     fake_provider::{FakeProvider, Fault},
-    gateway::{Gateway, PATIENCE, chat, headers},
+    gateway::{Gateway, PATIENCE, chat, deployments, headers},
 };
 
 /// A `model_list` entry for `group` served by `fake`, with id `id` and extra params.
@@ -29,20 +29,6 @@ async fn served_by(gw: &Gateway, body: Value, n: usize) -> HashMap<String, usize
             .or_default() += 1;
     }
     counts
-}
-
-async fn deployments(gw: &Gateway) -> Vec<Value> {
-    let r = gw
-        .client
-        .request(
-            "llm.deployments".into(),
-            Default::default(),
-            Default::default(),
-            PATIENCE,
-        )
-        .await
-        .unwrap();
-    serde_json::from_slice(&r.body).unwrap()
 }
 
 #[tokio::test]
@@ -111,7 +97,7 @@ async fn latency_based_routing_prefers_the_fastest() {
     served_by(&gw, chat("g", "warm"), 2).await;
     // Wait until both averages are in.
     for _ in 0..200 {
-        if deployments(&gw)
+        if deployments(&gw.client)
             .await
             .iter()
             .all(|d| d["latency_ms"].as_f64().unwrap() > 0.0)

@@ -112,3 +112,29 @@ pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     }
     h
 }
+
+/// Every deployment's status, from `llm.deployments`.
+pub async fn deployments(client: &LlmClient) -> Vec<Value> {
+    let r = client
+        .request(
+            client.subjects().deployments(),
+            HeaderMap::new(),
+            Bytes::new(),
+            PATIENCE,
+        )
+        .await
+        .expect("llm.deployments answers");
+    assert_eq!(r.status, 200);
+    match r.json() {
+        Value::Array(all) => all,
+        other => panic!("llm.deployments is not an array: {other}"),
+    }
+}
+
+/// The status of deployment `id` in a `llm.deployments` reply.
+pub fn status_of(all: &[Value], id: &str) -> Value {
+    all.iter()
+        .find(|d| d["id"] == id)
+        .unwrap_or_else(|| panic!("no deployment `{id}` in {all:?}"))
+        .clone()
+}
