@@ -9,7 +9,7 @@
 //! entry: `{"state": "serving" | "draining", "in_flight": <jobs>, "config": <fingerprint>,
 //! "limits": {"mode": "shared" | "local", "note": <why, for people>, "clock_offset_ms": <ms>},
 //! "capacity_lost": <calls>}` ([`limits_data`]; `capacity_lost` from the idle self-check,
-//! [`crate::actors::deployment::selfcheck`]).
+//! [`crate::runtime::deployment::selfcheck`]).
 //!
 //! A worker whose limits are local (no JetStream, or a clock too far off the server's) still
 //! serves, so `llmbus health` still exits 0, but says so on its line and in a warning.
@@ -27,7 +27,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::{actors::ingress::SERVICE_NAME, cluster::sharing::Sharing, wire::Subjects};
+use crate::{runtime::ingress::SERVICE_NAME, cluster::sharing::Sharing, wire::Subjects};
 
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,27 +27,27 @@
 //!                                          └── reply / chunks (Llm-Seq) / sentinel ──► inbox
 //! ```
 //!
-//! 1. [`actors::ingress`] registers the `llmbus` service with the NATS services framework
+//! 1. [`runtime::ingress`] registers the `llmbus` service with the NATS services framework
 //!    (`$SRV.PING|INFO|STATS`) and subscribes to `llm.completion`, `llm.embedding`,
 //!    `llm.models` and `llm.deployments` in the queue group. Each endpoint's reader admits a
-//!    job through the [`actors::gate::Gate`] (fewer than `max_in_flight` running, else a 503
+//!    job through the [`runtime::gate::Gate`] (fewer than `max_in_flight` running, else a 503
 //!    at once; a job with no reply subject is refused) and starts its task. On shutdown it
 //!    drains: jobs that still reach it are handed to the other workers (or run here when this
 //!    is the last worker), jobs in flight finish within the grace period.
-//! 2. [`actors::job`] is the request-actor role, one tokio task per job: it parses the body
+//! 2. [`runtime::job`] is the request-actor role, one tokio task per job: it parses the body
 //!    ([`wire::openai`]), reads the headers ([`wire::headers`]), races the work against the
-//!    deadline, the worker's cut-off and the requester's cancel ([`actors::cancel`]), picks a
+//!    deadline, the worker's cut-off and the requester's cancel ([`runtime::cancel`]), picks a
 //!    deployment from the routing table, takes its capacity, calls the upstream in place,
 //!    retries on another deployment or falls back to another group, and answers. Every
 //!    failure becomes the OpenAI error body with `Llm-Status` ([`wire::error`]); a panic is a
 //!    500 for that job only.
-//! 3. [`actors::table`] is the routing table: groups, aliases and deployments as an immutable
+//! 3. [`runtime::table`] is the routing table: groups, aliases and deployments as an immutable
 //!    snapshot that jobs read through an `ArcSwap`, and the pick rules (health, tags,
-//!    context window, capacity, then the routing strategy). [`actors::router`] owns it,
+//!    context window, capacity, then the routing strategy). [`runtime::router`] owns it,
 //!    spawns and supervises the deployment actors, and passes on cooldowns other workers
 //!    announce on `llm.health.*`, those of current members only and bounded in length
-//!    ([`actors::announced`]).
-//! 4. [`actors::deployment`] holds one deployment's limits ([`limits`]) and health
+//!    ([`runtime::announced`]).
+//! 4. [`runtime::deployment`] holds one deployment's limits ([`limits`]) and health
 //!    (cooldowns, half-open probes). A job takes capacity on the fast path, under a short
 //!    uncontended lock; only a job that has to wait asks the deployment's actor, which queues
 //!    it first come, first served and wakes it when capacity returns. What a job holds is a
@@ -58,7 +58,7 @@
 //!    KV ledger in the background ([`cluster::quota`]), so a job far from its limit never waits
 //!    on a round trip; cooldowns go to every worker, and to those that start later, through
 //!    the health board ([`cluster::health`]). A job for a group this worker does not serve is
-//!    handed to one that does ([`cluster::members`]) and still answers ([`actors::direct`]).
+//!    handed to one that does ([`cluster::members`]) and still answers ([`runtime::direct`]).
 //! 5. [`providers`] turn the OpenAI request into a provider's HTTP call and its answer or
 //!    stream back into OpenAI shapes: the OpenAI-compatible family (one table row each),
 //!    Anthropic, Gemini and Vertex AI, Bedrock Converse, Cohere and Ollama; [`pricing`]
@@ -67,7 +67,7 @@
 //! 6. [`usage`] stores one event per job in the `LLM_USAGE` JetStream stream
 //!    (`llm.usage.<group>`, acknowledged, retried until stored), and a background aggregator (one worker's at a time, by a lease)
 //!    folds the stream into the `LLM_SPEND` key-value bucket that `llmbus spend` reads;
-//!    [`actors::cost`] owns that pipeline in a worker. `llmbus usage tail` follows the events live.
+//!    [`runtime::cost`] owns that pipeline in a worker. `llmbus usage tail` follows the events live.
 //!
 //! ## Why the hot path looks like this
 //!
@@ -89,8 +89,8 @@
 //! pure code. `llm.embedding` jobs take the same path as completions, without streaming.
 //!
 //! [`auth`] is the key check of every job (`general_settings.master_key`), of every cancel (the
-//! job's own key or the master key, [`actors::cancel`]) and of the admin subjects
-//! (`llm.admin.config.push|rollback`, [`actors::admin`], which change the cluster's config
+//! job's own key or the master key, [`runtime::cancel`]) and of the admin subjects
+//! (`llm.admin.config.push|rollback`, [`runtime::admin`], which change the cluster's config
 //! with the master key). [`config`] loads a
 //! LiteLLM `config.yaml` as it is, refusing security settings llmbus does not enforce and
 //! keeping a deployment that cannot work as *misconfigured* (it takes no traffic);
@@ -124,7 +124,7 @@
 //! limits (no JetStream yet, a clock too far off) keeps them local, says so
 //! ([`cluster::sharing`]) and joins when it can.
 
-pub mod actors;
+pub mod runtime;
 pub mod auth;
 pub mod cli;
 pub mod client;

@@ -242,7 +242,7 @@ fn bedrock_frames_before_a_broken_frame_are_kept() {
 fn numbers_in_a_body_are_forwarded_as_sent() {
     let body =
         br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x":7.777777777777777e+52}"#;
-    let request = llmbus::actors::job::parse::chat(body).unwrap();
+    let request = llmbus::runtime::job::parse::chat(body).unwrap();
     let forwarded = serde_json::to_string(&request).unwrap();
     assert!(forwarded.contains("7.777777777777777e+52"), "{forwarded}");
 }

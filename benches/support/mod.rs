@@ -33,7 +33,7 @@ impl WorkerProcess {
             .args(["serve", "--config"])
             .arg(&path)
             .args(["--nats-url", nats_url])
-            .env("RUST_LOG", format!("{log},llmbus::actors::ingress=info"))
+            .env("RUST_LOG", format!("{log},llmbus::runtime::ingress=info"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -8,7 +8,7 @@
 //! and what it is on stderr; `--json` prints one JSON document instead.
 //!
 //! Who may push or roll back: with `--master-key` (or `LLMBUS_MASTER_KEY`), the request goes
-//! to the workers on `llm.admin.config.push|rollback` ([`crate::actors::admin`]), which check
+//! to the workers on `llm.admin.config.push|rollback` ([`crate::runtime::admin`]), which check
 //! the key and write the bucket themselves; any NATS user allowed to publish there can do it.
 //! Without it the command writes the bucket directly, which takes the workers' NATS
 //! permissions (`$JS.API.>`, `$KV.>`): the only way for the first push, when no worker runs.

@@ -17,7 +17,7 @@
 //!
 //! Who may write: whoever may write the bucket (`$KV.<PREFIX>_CONFIG.>` and the JetStream
 //! API; in the shipped NATS config, the workers' user only), or anyone holding the master key,
-//! through a worker ([`crate::actors::admin`] serves `llm.admin.config.push|rollback`: it
+//! through a worker ([`crate::runtime::admin`] serves `llm.admin.config.push|rollback`: it
 //! checks the key and writes here itself). [`AdminPush`], [`AdminRollback`] and
 //! [`AdminReply`] are those subjects' bodies.
 //!

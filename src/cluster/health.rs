@@ -15,7 +15,7 @@
 //! a worker whose own clock is off still writes and reads the same ends as the others.
 //!
 //! The board is only as trustworthy as who may write it: the shipped NATS config lets only the
-//! workers' user write `$KV.>`. A reader still checks each entry ([`crate::actors::announced`]:
+//! workers' user write `$KV.>`. A reader still checks each entry ([`crate::runtime::announced`]:
 //! from a current member, no longer than it lets another worker impose); an entry that is not
 //! a cooldown is skipped and counted (`llmbus_cooldown_announcements_ignored_total`,
 //! `reason="malformed"`).

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use super::{SECRET, no_secret};
 use crate::{
-    actors::JobSettings,
+    runtime::JobSettings,
     config::{Config, deployment_ids},
     policy::Policies,
     providers,

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::reserialises;
 use crate::{
-    actors::job::parse,
+    runtime::job::parse,
     limits,
     providers::{anthropic, bedrock, cohere, gemini, ollama},
     wire::{

@@ -115,7 +115,7 @@ impl Wait {
 /// The units one upstream call holds: a parallel slot, a request, its token reservation. Give
 /// it back with [`Capacity::release`] (or [`Capacity::cancel`] when the call was never made); it
 /// cannot be copied. This is the bare record: outside this module it only travels inside an
-/// owner that gives it back when dropped (`actors::deployment::Lease`).
+/// owner that gives it back when dropped (`runtime::deployment::Lease`).
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a permit holds a parallel slot until it is released"]
 pub struct Permit {

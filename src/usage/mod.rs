@@ -22,10 +22,10 @@
 //! - [`tail`] and [`report`]: `llmbus usage tail` and `llmbus spend`; [`cli`]: their
 //!   arguments.
 //!
-//! The cost actor ([`crate::actors::cost`]) owns the pipeline inside a worker: it starts the
+//! The cost actor ([`crate::runtime::cost`]) owns the pipeline inside a worker: it starts the
 //! publisher and the aggregator and ensures the stream. A job records its event once, when
 //! it answers; a job that ends without answering (a panic) records one as its state is
-//! dropped (`actors::job`).
+//! dropped (`runtime::job`).
 
 pub mod aggregator;
 pub mod cli;

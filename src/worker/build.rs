@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use super::StartError;
 use crate::{
-    actors::{
+    runtime::{
         deployment::{DeploymentInfo, Live},
         table::RoutingRules,
     },

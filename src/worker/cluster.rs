@@ -22,7 +22,7 @@ use ractor::ActorRef;
 use tokio::task::JoinHandle;
 
 use crate::{
-    actors::{
+    runtime::{
         WorkerContext,
         router::{RouterMsg, Shared},
     },

@@ -32,7 +32,7 @@ use arc_swap::ArcSwap;
 use ractor::{Actor, ActorRef};
 
 use crate::{
-    actors::{
+    runtime::{
         JobSettings, WorkerContext,
         cancel::{self, Cancels},
         cost::{CostActor, CostArgs, CostMsg, Spend, UsageSettings},
@@ -85,9 +85,9 @@ pub struct Worker {
     link: Link,
     /// What the membership is told (a reload changes it).
     announce: Announce,
-    /// Serves `llm.admin.config.push|rollback` ([`crate::actors::admin`]).
+    /// Serves `llm.admin.config.push|rollback` ([`crate::runtime::admin`]).
     admin: tokio::task::JoinHandle<()>,
-    /// The idle self-check ([`crate::actors::deployment::selfcheck`]).
+    /// The idle self-check ([`crate::runtime::deployment::selfcheck`]).
     selfcheck: tokio::task::JoinHandle<()>,
 }
 
@@ -183,7 +183,7 @@ impl Worker {
             usage,
             settings: ArcSwap::from_pointee(JobSettings::from_config(config)),
         });
-        let admin = crate::actors::admin::serve(ctx.clone(), config.llmbus.queue_group.clone())
+        let admin = crate::runtime::admin::serve(ctx.clone(), config.llmbus.queue_group.clone())
             .await
             .map_err(|e| StartError::Actor("admin", e))?;
         let link = Link::start(
@@ -209,7 +209,7 @@ impl Worker {
         .map_err(|e| StartError::Actor("ingress", e.to_string()))?;
         handles.push(h);
         let selfcheck =
-            crate::actors::deployment::selfcheck::spawn(ctx.gate.clone(), ctx.table.clone());
+            crate::runtime::deployment::selfcheck::spawn(ctx.gate.clone(), ctx.table.clone());
         Ok(Self {
             ctx,
             http,
@@ -272,7 +272,7 @@ impl Worker {
 
     /// The totals the cost actor has counted so far.
     pub async fn spend(&self) -> Option<Spend> {
-        ractor::call!(self.cost, crate::actors::cost::CostMsg::Spend).ok()
+        ractor::call!(self.cost, crate::runtime::cost::CostMsg::Spend).ok()
     }
 
     /// Stops at once: [`Worker::drain`] without a grace period. The jobs still running are
@@ -307,7 +307,7 @@ impl Worker {
         grace: Duration,
         relay: Option<async_nats::Client>,
     ) -> crate::health::DrainReport {
-        use crate::actors::gate::DrainCounts;
+        use crate::runtime::gate::DrainCounts;
         let began = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + grace;
         self.leave_membership().await;

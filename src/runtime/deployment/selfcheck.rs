@@ -13,7 +13,7 @@ use std::{
 };
 
 use super::Deployment;
-use crate::{actors::gate::Gate, telemetry};
+use crate::{runtime::gate::Gate, telemetry};
 
 /// How often the worker checks itself.
 pub const IDLE_CHECK: Duration = Duration::from_secs(10);
@@ -77,7 +77,7 @@ pub fn check_once(gate: &Gate, deployments: &[Arc<Deployment>]) -> usize {
 /// Checks the deployments of `table` every [`IDLE_CHECK`] until the task is aborted.
 pub fn spawn(
     gate: Arc<Gate>,
-    table: crate::actors::router::SharedTable,
+    table: crate::runtime::router::SharedTable,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(IDLE_CHECK);
@@ -93,7 +93,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{actors::deployment::testing::deployment, limits::Demand};
+    use crate::{runtime::deployment::testing::deployment, limits::Demand};
 
     #[test]
     fn capacity_held_with_no_job_running_is_found_and_counted_once() {

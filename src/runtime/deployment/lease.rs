@@ -123,7 +123,7 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::{actors::deployment::testing::deployment, limits::Demand};
+    use crate::{runtime::deployment::testing::deployment, limits::Demand};
 
     const DEMAND: Demand = Demand {
         prompt: 50,

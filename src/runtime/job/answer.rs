@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use super::JobState;
 use crate::{
-    actors::table::Route,
+    runtime::table::Route,
     auth::Caller,
     pricing, telemetry,
     usage::UsageEvent,
@@ -301,7 +301,7 @@ impl JobState<'_> {
         {
             h.insert(
                 headers::name::RETRY_AFTER,
-                crate::actors::table::retry_after_secs(wait).to_string(),
+                crate::runtime::table::retry_after_secs(wait).to_string(),
             );
         }
         h

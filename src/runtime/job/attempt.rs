@@ -14,7 +14,7 @@ use futures::{FutureExt, StreamExt};
 
 use super::{Body, Call, JobState, StreamOut};
 use crate::{
-    actors::{
+    runtime::{
         deployment::AcquireError,
         table::{RouteError, RouteRequest},
     },
@@ -164,11 +164,11 @@ impl JobState<'_> {
     }
 
     /// The requested model is no group of this worker's: hand the job, unchanged, to a worker
-    /// that serves it and answers ([`crate::actors::direct`]); it answers the requester
+    /// that serves it and answers ([`crate::runtime::direct`]); it answers the requester
     /// directly. `Some(error)` when workers serve it but none answered; `None` when no other
     /// worker serves it (the job gets its 404).
     async fn hand_over(&mut self) -> Result<(), Option<ApiError>> {
-        use crate::actors::direct::{self, HandOver};
+        use crate::runtime::direct::{self, HandOver};
         let message = &self.job.request.message;
         match direct::hand_over(
             self.ctx,
