@@ -7,7 +7,7 @@
 //! full parallelism, usage events per answered request.
 //!
 //! Prints per phase: requests, ok, timeouts, p50/p99 and errors by kind; then the audit.
-//! The harness is `tests/support/chaos.rs` (the test `tests/chaos.rs` runs a short case).
+//! The harness is `tests/support/chaos.rs` (the test `tests/it/chaos.rs` runs a short case).
 //!
 //! Run: `cargo bench --bench chaos`. Environment: `LLMBUS_CHAOS_SECS` (seconds per phase,
 //! default 8), `LLMBUS_CHAOS_CLIENTS` (concurrent requesters, default 8). Without `--bench`

@@ -1,5 +1,5 @@
 //! Entry points for the fuzz targets in `fuzz/` and for their regression tests
-//! (`tests/fuzz_regressions.rs`). Not an API: hidden from the docs, kept small.
+//! (`tests/it/fuzz_regressions.rs`). Not an API: hidden from the docs, kept small.
 //!
 //! Each `pub fn` takes the fuzzer's bytes, runs one parser that sees bytes from outside the
 //! gateway (a job's body and headers, an upstream's answer or stream, a config file) and panics

@@ -23,7 +23,7 @@
 //!
 //! What a `kill -9` of a worker loses: the events still in the buffer, that is those of the
 //! jobs that finished within the last drain interval (20 ms) plus one acknowledgement round
-//! trip, or, during an outage, everything buffered. A test in `tests/usage.rs` measures it
+//! trip, or, during an outage, everything buffered. A test in `tests/it/usage.rs` measures it
 //! (`a_worker_killed_with_sigkill_loses_only_the_events_not_yet_stored`).
 
 use std::{

@@ -1,6 +1,6 @@
 //! The JSON Schemas of the wire protocol, generated from the Rust types (draft 2020-12).
 //!
-//! `schemas/*.json` are these values pretty-printed; `tests/schemas.rs` proves the checked-in
+//! `schemas/*.json` are these values pretty-printed; `tests/it/schemas.rs` proves the checked-in
 //! files equal what the types generate and validates real payloads against them.
 
 use schemars::{JsonSchema, schema_for};

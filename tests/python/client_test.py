@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """llmbus's NATS contract, spoken by nats-py (the Python client any user would pick).
 
-Run by `tests/python.rs` against a private nats-server and a worker whose config has the
+Run by `tests/it/python.rs` against a private nats-server and a worker whose config has the
 mock deployments below:
 
     python3 tests/python/client_test.py nats://127.0.0.1:<port>
@@ -17,10 +17,10 @@ import sys
 try:
     import nats
     from nats.errors import NoRespondersError
-except ImportError as e:  # tests/python.rs checks this first; a clear message all the same
+except ImportError as e:  # tests/it/python.rs checks this first; a clear message all the same
     sys.exit(f"nats-py is not installed ({e}): pip install nats-py")
 
-# Keep in sync with the config in tests/python.rs.
+# Keep in sync with the config in tests/it/python.rs.
 MOCK_TEXT = "Hello from the mock: several words, ünïcode and  double  spaces."
 GROUPS = {"demo", "small", "gpt-4o-mini"}
 

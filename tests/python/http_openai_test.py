@@ -2,7 +2,7 @@
 
 Usage: python http_openai_test.py BASE_URL CASE [CASE ...]
 Prints `ok CASE` per case that passes, `FAIL CASE: ...` per case that fails; exits 1 when any
-failed. The model groups are the ones tests/http.rs configures.
+failed. The model groups are the ones tests/it/http.rs configures.
 """
 
 import json
@@ -180,7 +180,7 @@ def case_upstream_auth(base):
 
 
 def case_master_key(base):
-    # The gateway's master key is sk-master-test (tests/http.rs).
+    # The gateway's master key is sk-master-test (tests/it/http.rs).
     expect(openai.AuthenticationError, 401,
            lambda: client(base, "sk-wrong").chat.completions.create(**hello()))
     r = client(base, "sk-master-test").chat.completions.create(**hello())

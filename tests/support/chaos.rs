@@ -1,4 +1,4 @@
-//! The chaos harness that `tests/chaos.rs` and `benches/chaos.rs` share: a private nats-server,
+//! The chaos harness that `tests/it/chaos.rs` and `benches/chaos.rs` share: a private nats-server,
 //! the fake provider, three `llmbus serve` processes and an `llmbus front` process, and a
 //! steady mixed load on them: chat requests over HTTP through the front (plain, streamed, and
 //! to a deployment with `max_parallel_requests`) and straight on NATS (plain and streamed),
