@@ -274,7 +274,7 @@ async fn session_inner(
         let mut end = base;
         let mut last_msg = None;
         while let Some(m) = messages.next().await {
-            let m = m.map_err(|e| fetching(e.into()))?;
+            let m = m.map_err(fetching)?;
             let seq = m
                 .info()
                 .map_err(|e| UsageError::NoMetadata {

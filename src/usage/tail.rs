@@ -92,7 +92,7 @@ pub async fn tail(
             let deliver_policy = match options.since_ms {
                 Some(ms) => DeliverPolicy::ByStartTime {
                     start_time: async_nats::datetime::from_nanos(i128::from(ms) * 1_000_000)
-                        .map_err(|e| UsageError::SinceTime { source: e.into() })?,
+                        .map_err(|source| UsageError::SinceTime { source })?,
                 },
                 None => DeliverPolicy::New,
             };
