@@ -194,7 +194,7 @@ async fn main() -> ExitCode {
             })
             .await
         }
-        Command::Check { config } => llmbus::preflight::check_command(&config),
+        Command::Check { config } => llmbus::preflight::check_command(&config).map_err(Into::into),
         Command::Config(command) => cli::config::run(url, command).await,
         Command::Health { prefix, wait_ms } => cli::query::health(url, &prefix, wait_ms).await,
         Command::Complete(args) => cli::complete::complete(url, args).await,

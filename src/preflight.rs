@@ -19,6 +19,34 @@ use crate::{
     providers,
 };
 
+/// Why a config is refused: it has problems ([`Report::problems`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreflightError {
+    /// `llmbus check FILE` found problems (the report is printed above the error).
+    #[error("{file}: {count} problem{}", plural(*count))]
+    Problems {
+        /// The file.
+        file: String,
+        /// How many problems.
+        count: usize,
+    },
+    /// `--strict`: the worker does not start; every problem is listed.
+    #[error(
+        "--strict: refusing to start over {} problem{}:\n  - {}",
+        problems.len(),
+        plural(problems.len()),
+        problems.join("\n  - ")
+    )]
+    Strict {
+        /// The problems.
+        problems: Vec<String>,
+    },
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 /// What [`examine`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
@@ -154,35 +182,29 @@ pub fn examine_file(path: &Path) -> Report {
 }
 
 /// `llmbus check FILE`: prints the report; `Err` (a non-zero exit) when there is a problem.
-pub fn check_command(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub fn check_command(path: &Path) -> Result<(), PreflightError> {
     let report = examine_file(path);
     print!("{}", report.render(&path.display().to_string()));
     if report.ok() {
         Ok(())
     } else {
-        Err(format!(
-            "{}: {} problem{}",
-            path.display(),
-            report.problems.len(),
-            if report.problems.len() == 1 { "" } else { "s" }
-        )
-        .into())
+        Err(PreflightError::Problems {
+            file: path.display().to_string(),
+            count: report.problems.len(),
+        })
     }
 }
 
 /// The config a worker starts with: logs the loader's warnings (the deployments' own warnings
 /// come from the worker as it builds them); with `strict`, any problem [`examine`] finds is an
 /// error listing them all instead.
-pub fn startup(loaded: Loaded, strict: bool) -> Result<Config, String> {
+pub fn startup(loaded: Loaded, strict: bool) -> Result<Config, PreflightError> {
     if strict {
         let report = examine(&loaded);
         if !report.ok() {
-            return Err(format!(
-                "--strict: refusing to start over {} problem{}:\n  - {}",
-                report.problems.len(),
-                if report.problems.len() == 1 { "" } else { "s" },
-                report.problems.join("\n  - ")
-            ));
+            return Err(PreflightError::Strict {
+                problems: report.problems,
+            });
         }
     }
     if !loaded.unsupported.is_empty() {

@@ -172,14 +172,14 @@ impl Clock {
             .kv
             .put(&probe.key, bytes::Bytes::new())
             .await
-            .map_err(|e| probe.error(e.to_string()))?;
+            .map_err(|e| probe.error(e))?;
         let acked = Instant::now();
         let entry = probe
             .kv
             .entry_for_revision(&probe.key, revision)
             .await
-            .map_err(|e| probe.error(e.to_string()))?
-            .ok_or_else(|| probe.error("the clock probe's write is gone".into()))?;
+            .map_err(|e| probe.error(e))?
+            .ok_or_else(|| probe.error("the clock probe's write is gone"))?;
         let server_ms = (entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
         let half = acked.duration_since(sent) / 2;
         let local_ms = wall + half.as_millis() as u64;
@@ -232,11 +232,8 @@ impl ClockProbe {
         })
     }
 
-    fn error(&self, reason: String) -> ClusterError {
-        ClusterError::Kv {
-            bucket: self.kv.name.clone(),
-            reason,
-        }
+    fn error(&self, source: impl Into<async_nats::Error>) -> ClusterError {
+        ClusterError::kv(&self.kv.name, source)
     }
 }
 

@@ -368,20 +368,16 @@ impl ConfigStore {
             fingerprint: valid.fingerprint,
             rollback_of: origin.rollback_of,
         };
-        let body = serde_json::to_vec(&envelope).map_err(|e| self.error(e.to_string()))?;
+        let body = serde_json::to_vec(&envelope).map_err(|e| self.error(e))?;
         self.kv
             .put(KEY, body.into())
             .await
-            .map_err(|e| self.error(e.to_string()).into())
+            .map_err(|e| self.error(e).into())
     }
 
     /// The cluster's config now; `None` when nothing was ever pushed.
     pub async fn current(&self) -> Result<Option<Stored>, ClusterError> {
-        let entry = self
-            .kv
-            .entry(KEY)
-            .await
-            .map_err(|e| self.error(e.to_string()))?;
+        let entry = self.kv.entry(KEY).await.map_err(|e| self.error(e))?;
         entry
             .map(|e| self.stored(e))
             .transpose()
@@ -395,7 +391,7 @@ impl ConfigStore {
             .kv
             .entry_for_revision(KEY, revision)
             .await
-            .map_err(|e| self.error(e.to_string()))?;
+            .map_err(|e| self.error(e))?;
         entry
             .map(|e| self.stored(e))
             .transpose()
@@ -404,14 +400,10 @@ impl ConfigStore {
 
     /// Every revision kept, newest first.
     pub async fn history(&self) -> Result<Vec<Stored>, ClusterError> {
-        let mut entries = self
-            .kv
-            .history(KEY)
-            .await
-            .map_err(|e| self.error(e.to_string()))?;
+        let mut entries = self.kv.history(KEY).await.map_err(|e| self.error(e))?;
         let mut out = Vec::new();
         while let Some(entry) = entries.next().await {
-            let entry = entry.map_err(|e| self.error(e.to_string()))?;
+            let entry = entry.map_err(|e| self.error(e))?;
             if let Some(stored) = self.stored(entry)? {
                 out.push(stored);
             }
@@ -429,7 +421,7 @@ impl ConfigStore {
             .kv
             .watch_with_history(KEY)
             .await
-            .map_err(|e| self.error(e.to_string()))?;
+            .map_err(|e| self.error(e))?;
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(follow(self.clone(), first, after, tx));
         Ok(
@@ -460,11 +452,8 @@ impl ConfigStore {
         }))
     }
 
-    fn error(&self, reason: String) -> ClusterError {
-        ClusterError::Kv {
-            bucket: self.kv.name.clone(),
-            reason,
-        }
+    fn error(&self, source: impl Into<async_nats::Error>) -> ClusterError {
+        ClusterError::kv(&self.kv.name, source)
     }
 }
 
@@ -553,20 +542,12 @@ async fn explain(client: &async_nats::Client, err: ClusterError) -> ClusterError
     )
     .await;
     match probe {
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-            let bucket = match &err {
-                ClusterError::Bucket { bucket, .. } | ClusterError::Kv { bucket, .. } => {
-                    bucket.clone()
-                }
-            };
-            ClusterError::Bucket {
-                bucket,
-                reason: "JetStream is not enabled on this NATS server, and the cluster's config \
-                         lives in a JetStream KV bucket: start nats-server with -js (or \
-                         `jetstream: enabled` in its config)"
-                    .into(),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => match err {
+            ClusterError::Bucket { bucket, .. } | ClusterError::Kv { bucket, .. } => {
+                ClusterError::NoJetStream { bucket }
             }
-        }
+            other => other,
+        },
         _ => err,
     }
 }

@@ -128,14 +128,10 @@ impl HealthBoard {
             worker: self.worker.clone(),
         };
         let body: bytes::Bytes = serde_json::to_vec(&value)
-            .map_err(|e| self.error(e.to_string()))?
+            .map_err(|e| self.error(e))?
             .into();
         for _ in 0..10 {
-            let current = self
-                .kv
-                .entry(&key)
-                .await
-                .map_err(|e| self.error(e.to_string()))?;
+            let current = self.kv.entry(&key).await.map_err(|e| self.error(e))?;
             let revision = match current {
                 Some(entry) => {
                     if entry.operation == kv::Operation::Put
@@ -151,29 +147,20 @@ impl HealthBoard {
             match self.kv.update(&key, body.clone(), revision).await {
                 Ok(_) => return Ok(true),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(self.error(e.to_string())),
+                Err(e) => return Err(self.error(e)),
             }
         }
-        Err(self.error("too many concurrent writes".into()))
+        Err(self.error("too many concurrent writes"))
     }
 
     /// The cooldowns in force now, one per deployment.
     pub async fn initial(&self) -> Result<Vec<Cooldown>, ClusterError> {
         let now = self.now_ms();
-        let mut keys = self
-            .kv
-            .keys()
-            .await
-            .map_err(|e| self.error(e.to_string()))?;
+        let mut keys = self.kv.keys().await.map_err(|e| self.error(e))?;
         let mut out = vec![];
         while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| self.error(e.to_string()))?;
-            let Some(value) = self
-                .kv
-                .get(&key)
-                .await
-                .map_err(|e| self.error(e.to_string()))?
-            else {
+            let key = key.map_err(|e| self.error(e))?;
+            let Some(value) = self.kv.get(&key).await.map_err(|e| self.error(e))? else {
                 continue;
             };
             match serde_json::from_slice::<Cooldown>(&value) {
@@ -193,11 +180,7 @@ impl HealthBoard {
     pub async fn watch(
         &self,
     ) -> Result<impl Stream<Item = Cooldown> + Send + 'static, ClusterError> {
-        let first = self
-            .kv
-            .watch(">")
-            .await
-            .map_err(|e| self.error(e.to_string()))?;
+        let first = self.kv.watch(">").await.map_err(|e| self.error(e))?;
         let (tx, rx) = mpsc::channel(256);
         let kv = self.kv.clone();
         let clock = self.clock.clone();
@@ -246,11 +229,8 @@ impl HealthBoard {
         Ok(stream_of(rx))
     }
 
-    fn error(&self, reason: String) -> ClusterError {
-        ClusterError::Kv {
-            bucket: self.kv.name.clone(),
-            reason,
-        }
+    fn error(&self, source: impl Into<async_nats::Error>) -> ClusterError {
+        ClusterError::kv(&self.kv.name, source)
     }
 }
 

@@ -26,6 +26,8 @@ use std::{
 use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 
+use super::ClusterError;
+
 /// What the lease key holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -71,7 +73,7 @@ impl Lease {
     }
 
     /// The lease key as it is now, with its revision (0 when it does not exist).
-    pub async fn read(&self) -> Result<(LeaseDoc, u64), String> {
+    pub async fn read(&self) -> Result<(LeaseDoc, u64), ClusterError> {
         match self.kv.entry(&self.key).await {
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                 let doc = serde_json::from_slice(&entry.value).unwrap_or_default();
@@ -79,7 +81,10 @@ impl Lease {
             }
             Ok(Some(entry)) => Ok((LeaseDoc::default(), entry.revision)),
             Ok(None) => Ok((LeaseDoc::default(), 0)),
-            Err(e) => Err(format!("reading the lease {}: {e}", self.key)),
+            Err(e) => Err(ClusterError::LeaseRead {
+                key: self.key.clone(),
+                source: e.into(),
+            }),
         }
     }
 
@@ -98,7 +103,7 @@ impl Lease {
 
     /// One look at the lease: takes it when it is free. `seen` is the revision last seen and
     /// since when, kept between looks.
-    async fn try_take(&self, seen: &mut Option<(u64, Instant)>) -> Result<bool, String> {
+    async fn try_take(&self, seen: &mut Option<(u64, Instant)>) -> Result<bool, ClusterError> {
         let (doc, revision) = self.read().await?;
         let now = Instant::now();
         let stale = match *seen {
@@ -153,23 +158,29 @@ impl Lease {
 
     /// Writes `holder` if the key is still at `revision` (0: if it does not exist); the new
     /// revision, or `None` when another writer came first.
-    async fn write(&self, holder: &str, revision: u64) -> Result<Option<u64>, String> {
+    async fn write(&self, holder: &str, revision: u64) -> Result<Option<u64>, ClusterError> {
         let doc = LeaseDoc {
             holder: holder.to_owned(),
             renewed_ms: super::epoch_ms(),
         };
-        let body = serde_json::to_vec(&doc).map_err(|e| e.to_string())?.into();
+        let failed = |source: async_nats::Error| ClusterError::LeaseWrite {
+            key: self.key.clone(),
+            source,
+        };
+        let body = serde_json::to_vec(&doc)
+            .map_err(|e| failed(e.into()))?
+            .into();
         let written = if revision == 0 {
             match self.kv.create(&self.key, body).await {
                 Ok(r) => Some(r),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
-                Err(e) => return Err(format!("writing the lease {}: {e}", self.key)),
+                Err(e) => return Err(failed(e.into())),
             }
         } else {
             match self.kv.update(&self.key, body, revision).await {
                 Ok(r) => Some(r),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
-                Err(e) => return Err(format!("writing the lease {}: {e}", self.key)),
+                Err(e) => return Err(failed(e.into())),
             }
         };
         if let Some(r) = written

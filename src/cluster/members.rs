@@ -275,20 +275,12 @@ impl Members {
             opts,
             clock,
         });
-        heartbeat(&kv, &key, &shared)
-            .await
-            .map_err(|reason| ClusterError::Kv {
-                bucket: bucket.clone(),
-                reason,
-            })?;
+        heartbeat(&kv, &key, &shared).await?;
         // The current members, before the watcher takes over.
         let mut watch = kv
             .watch_with_history(">")
             .await
-            .map_err(|e| ClusterError::Kv {
-                bucket: bucket.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ClusterError::kv(&bucket, e))?;
         // Our own heartbeat is in the bucket, so the history is never empty: read up to the
         // newest entry (`delta` 0), with a bound in case the server stalls.
         let now = Instant::now();
@@ -342,12 +334,7 @@ impl Members {
             me.groups = groups;
             me.config = config;
         }
-        heartbeat(&self.kv, &self.key, &self.shared)
-            .await
-            .map_err(|reason| ClusterError::Kv {
-                bucket: bucket_of(&self.kv),
-                reason,
-            })
+        heartbeat(&self.kv, &self.key, &self.shared).await
     }
 
     /// Leaves the cluster cleanly: stops the heartbeat and deletes this worker's key, so the
@@ -359,10 +346,7 @@ impl Members {
         self.kv
             .delete(&self.key)
             .await
-            .map_err(|e| ClusterError::Kv {
-                bucket: bucket_of(&self.kv),
-                reason: e.to_string(),
-            })
+            .map_err(|e| ClusterError::kv(&self.kv.name, e))
     }
 
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
@@ -382,10 +366,6 @@ impl Drop for Members {
     }
 }
 
-fn bucket_of(kv: &kv::Store) -> String {
-    kv.name.clone()
-}
-
 /// Applies one watched entry to the records.
 fn apply(shared: &Shared, entry: kv::Entry, now: Instant) {
     match entry.operation {
@@ -403,14 +383,16 @@ fn apply(shared: &Shared, entry: kv::Entry, now: Instant) {
 }
 
 /// Writes this worker's entry with a fresh heartbeat.
-async fn heartbeat(kv: &kv::Store, key: &str, shared: &Shared) -> Result<(), String> {
+async fn heartbeat(kv: &kv::Store, key: &str, shared: &Shared) -> Result<(), ClusterError> {
     let body = {
         let mut me = shared.me.lock().unwrap_or_else(|e| e.into_inner());
         me.heartbeat_ms = shared.clock.now_ms();
         me.every_ms = shared.opts.heartbeat.as_millis() as u64;
-        serde_json::to_vec(&*me).map_err(|e| e.to_string())?
+        serde_json::to_vec(&*me).map_err(|e| ClusterError::kv(&kv.name, e))?
     };
-    kv.put(key, body.into()).await.map_err(|e| e.to_string())?;
+    kv.put(key, body.into())
+        .await
+        .map_err(|e| ClusterError::kv(&kv.name, e))?;
     Ok(())
 }
 

@@ -34,25 +34,63 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv};
 
-/// Why cluster state could not be reached.
+/// Why cluster state could not be reached: the one error of the cluster modules (the config
+/// store adds its own, [`config_store::PushError`]). Each variant names the bucket or key and
+/// carries what NATS said as its source.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// A KV bucket could neither be found nor created.
-    #[error("JetStream KV bucket {bucket}: {reason}")]
+    #[error("JetStream KV bucket {bucket}: {source}")]
     Bucket {
         /// The bucket.
         bucket: String,
         /// What the server said.
-        reason: String,
+        source: async_nats::Error,
+    },
+    /// The server has no JetStream, so no bucket can exist.
+    #[error(
+        "JetStream KV bucket {bucket}: JetStream is not enabled on this NATS server, and the \
+         cluster's config lives in a JetStream KV bucket: start nats-server with -js (or \
+         `jetstream: enabled` in its config)"
+    )]
+    NoJetStream {
+        /// The bucket.
+        bucket: String,
     },
     /// A read or write failed.
-    #[error("JetStream KV {bucket}: {reason}")]
+    #[error("JetStream KV {bucket}: {source}")]
     Kv {
         /// The bucket.
         bucket: String,
         /// What failed.
-        reason: String,
+        source: async_nats::Error,
     },
+    /// A lease key could not be read.
+    #[error("reading the lease {key}: {source}")]
+    LeaseRead {
+        /// The lease key.
+        key: String,
+        /// What failed.
+        source: async_nats::Error,
+    },
+    /// A lease key could not be written.
+    #[error("writing the lease {key}: {source}")]
+    LeaseWrite {
+        /// The lease key.
+        key: String,
+        /// What failed.
+        source: async_nats::Error,
+    },
+}
+
+impl ClusterError {
+    /// A read or write of `bucket` that failed because of `source`.
+    pub(crate) fn kv(bucket: &str, source: impl Into<async_nats::Error>) -> Self {
+        ClusterError::Kv {
+            bucket: bucket.to_owned(),
+            source: source.into(),
+        }
+    }
 }
 
 /// The name of one of llmbus's buckets under a subject prefix: `bucket_name("llm", "QUOTA")`
@@ -125,9 +163,9 @@ pub async fn ensure_bucket(
         Ok(store) => Ok(store),
         Err(get) => Err(ClusterError::Bucket {
             bucket: name,
-            reason: match created {
-                Err(create) => create.to_string(),
-                Ok(_) => get.to_string(),
+            source: match created {
+                Err(create) => create.into(),
+                Ok(_) => get.into(),
             },
         }),
     }

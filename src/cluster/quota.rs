@@ -519,7 +519,7 @@ async fn sync(
                 inner.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 *cached = None;
             }
-            Err(e) => return failed(inner, e.to_string()),
+            Err(e) => return failed(inner, ClusterError::kv(&kv.name, e)),
         }
     }
 }
@@ -547,15 +547,19 @@ fn refuse(
     inner.share().refused(now, room_at, fill);
 }
 
-fn failed(inner: &Inner, error: String) {
+fn failed(inner: &Inner, error: ClusterError) {
     inner.stats.errors.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%error, "cluster quota: NATS did not answer; backing off");
     inner.share().failed(Instant::now());
 }
 
 /// The entry and the revision to compare against (0: the key does not exist).
-async fn read(kv: &kv::Store, key: &str) -> Result<(Ledger, u64), String> {
-    match kv.entry(key).await.map_err(|e| e.to_string())? {
+async fn read(kv: &kv::Store, key: &str) -> Result<(Ledger, u64), ClusterError> {
+    match kv
+        .entry(key)
+        .await
+        .map_err(|e| ClusterError::kv(&kv.name, e))?
+    {
         None => Ok((Ledger::new(), 0)),
         Some(entry) => {
             let ledger = match entry.operation {

@@ -75,7 +75,7 @@ impl<'a> Resolver<'a> {
         if let Some(name) = reference(&p.model) {
             match (self.env)(name) {
                 Some(value) => p.model = value,
-                None => unset.push(self.unset(name, &path.key("model"))),
+                None => unset.push(self.unset(name, &path.key("model")).to_string()),
             }
         }
         for (value, key) in [
@@ -84,8 +84,8 @@ impl<'a> Resolver<'a> {
             (&mut p.vertex_location, "vertex_location"),
             (&mut p.aws_region_name, "aws_region_name"),
         ] {
-            if let Err(line) = self.resolve(value, &path.key(key)) {
-                unset.push(line);
+            if let Err(unset_var) = self.resolve(value, &path.key(key)) {
+                unset.push(unset_var.to_string());
             }
         }
         for (value, key) in [
@@ -95,8 +95,8 @@ impl<'a> Resolver<'a> {
             (&mut p.aws_secret_access_key, "aws_secret_access_key"),
             (&mut p.aws_session_token, "aws_session_token"),
         ] {
-            if let Err(line) = self.resolve_secret(value, &path.key(key)) {
-                unset.push(line);
+            if let Err(unset_var) = self.resolve_secret(value, &path.key(key)) {
+                unset.push(unset_var.to_string());
             }
         }
         let mut optional = Vec::new();
@@ -104,8 +104,8 @@ impl<'a> Resolver<'a> {
             (&mut p.api_version, "api_version"),
             (&mut p.organization, "organization"),
         ] {
-            if let Err(line) = self.resolve(value, &path.key(key)) {
-                optional.push(line);
+            if let Err(unset_var) = self.resolve(value, &path.key(key)) {
+                optional.push(unset_var);
             }
         }
         let headers = path.key("extra_headers");
@@ -115,14 +115,14 @@ impl<'a> Resolver<'a> {
                 Ok(value) => {
                     p.extra_headers.insert(key, value);
                 }
-                Err(line) => optional.push(line),
+                Err(unset_var) => optional.push(unset_var),
             }
         }
         let origin = self.origin;
         self.warnings.extend(
             optional
                 .into_iter()
-                .map(|line| format!("{origin}: {line}; the key is left unset")),
+                .map(|unset_var| format!("{origin}: {unset_var}; the key is left unset")),
         );
         unset
     }
@@ -165,10 +165,10 @@ impl<'a> Resolver<'a> {
             (&mut l.nats_tls_cert, "nats_tls_cert"),
             (&mut l.nats_tls_key, "nats_tls_key"),
         ] {
-            if let Err(line) = self.resolve(value, &path.key(key)) {
+            if let Err(unset_var) = self.resolve(value, &path.key(key)) {
                 let origin = self.origin;
                 self.warnings
-                    .push(format!("{origin}: {line}; the key is left unset"));
+                    .push(format!("{origin}: {unset_var}; the key is left unset"));
             }
         }
         for (value, key) in [
@@ -176,17 +176,17 @@ impl<'a> Resolver<'a> {
             (&mut l.nats_token, "nats_token"),
             (&mut l.nats_nkey, "nats_nkey"),
         ] {
-            if let Err(line) = self.resolve_secret(value, &path.key(key)) {
+            if let Err(unset_var) = self.resolve_secret(value, &path.key(key)) {
                 let origin = self.origin;
                 self.warnings
-                    .push(format!("{origin}: {line}; the key is left unset"));
+                    .push(format!("{origin}: {unset_var}; the key is left unset"));
             }
         }
     }
 
     /// The value to use: `value` itself when it is not a reference, else the variable's value;
-    /// `Err` with a line naming the file, line, key and variable when the variable is not set.
-    fn lookup(&self, value: &str, path: &KeyPath) -> Result<String, String> {
+    /// [`ConfigError::Unset`] naming the line, key and variable when the variable is not set.
+    fn lookup(&self, value: &str, path: &KeyPath) -> Result<String, ConfigError> {
         match reference(value) {
             None => Ok(value.to_owned()),
             Some(name) => (self.env)(name).ok_or_else(|| self.unset(name, path)),
@@ -194,16 +194,16 @@ impl<'a> Resolver<'a> {
     }
 
     /// `environment variable `NAME` is not set (key, line N)`.
-    fn unset(&self, name: &str, path: &KeyPath) -> String {
-        let line = match locate(self.text, path) {
-            Some((line, _)) => format!(", line {line}"),
-            None => String::new(),
-        };
-        format!("environment variable `{name}` is not set ({path}{line})")
+    fn unset(&self, name: &str, path: &KeyPath) -> ConfigError {
+        ConfigError::Unset {
+            name: name.to_owned(),
+            key: path.to_string(),
+            line: locate(self.text, path).map(|(line, _)| line),
+        }
     }
 
     /// Resolves an optional string; an unset variable leaves it unset.
-    fn resolve(&self, value: &mut Option<String>, path: &KeyPath) -> Result<(), String> {
+    fn resolve(&self, value: &mut Option<String>, path: &KeyPath) -> Result<(), ConfigError> {
         if let Some(v) = value.take() {
             *value = Some(self.lookup(&v, path)?);
         }
@@ -212,7 +212,11 @@ impl<'a> Resolver<'a> {
 
     /// Resolves an optional secret; an unset variable leaves it unset. A value read from a
     /// variable keeps the variable's name ([`Secret::variable`]).
-    fn resolve_secret(&self, value: &mut Option<Secret>, path: &KeyPath) -> Result<(), String> {
+    fn resolve_secret(
+        &self,
+        value: &mut Option<Secret>,
+        path: &KeyPath,
+    ) -> Result<(), ConfigError> {
         if let Some(v) = value.take() {
             let resolved = self.lookup(v.expose(), path)?;
             *value = Some(match reference(v.expose()) {

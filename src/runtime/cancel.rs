@@ -28,6 +28,7 @@ use async_nats::{HeaderMap, Subject};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::RuntimeError;
 use crate::{
     auth::{Auth, KeyDigest},
     telemetry,
@@ -175,11 +176,11 @@ pub async fn listen(
     client: &async_nats::Client,
     subject: String,
     cancels: Arc<Cancels>,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<tokio::task::JoinHandle<()>, RuntimeError> {
     let mut sub = client
         .subscribe(subject.clone())
         .await
-        .map_err(|e| format!("subscribing to {subject}: {e}"))?;
+        .map_err(|source| RuntimeError::Subscribe { subject, source })?;
     Ok(tokio::spawn(async move {
         while let Some(m) = sub.next().await {
             let Ok(reply) = std::str::from_utf8(&m.payload) else {

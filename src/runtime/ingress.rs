@@ -43,7 +43,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    WorkerContext, direct,
+    RuntimeError, WorkerContext, direct,
     gate::{DrainCounts, Phase},
     job::{self, Job, JobKind},
 };
@@ -239,7 +239,7 @@ impl Actor for IngressActor {
         // only writes them to the socket).
         tokio::time::timeout(LEAVE_PATIENCE, round_trip(&ctx.client))
             .await
-            .map_err(|_| "the NATS server did not confirm the subscriptions".to_string())??;
+            .map_err(|_| RuntimeError::Unconfirmed)??;
         readiness.set(State::Serving);
         tracing::info!(worker_id = %worker_id, subject = %subjects.completion(), queue_group = %args.queue_group, "worker is serving");
         let _ = myself;
@@ -584,20 +584,20 @@ impl Reader {
 
 /// A message to a fresh inbox of our own and back: once it arrives, the server has processed
 /// everything this connection sent before it (`Client::flush` only writes to the socket).
-async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
+async fn round_trip(client: &async_nats::Client) -> Result<(), RuntimeError> {
     let inbox = client.new_inbox();
     let mut sub = client
         .subscribe(inbox.clone())
         .await
-        .map_err(|e| format!("round trip to the NATS server: {e}"))?;
+        .map_err(|e| RuntimeError::RoundTrip(e.into()))?;
     client
         .publish(inbox, Bytes::new())
         .await
-        .map_err(|e| format!("round trip to the NATS server: {e}"))?;
+        .map_err(|e| RuntimeError::RoundTrip(e.into()))?;
     sub.next()
         .await
         .map(|_| ())
-        .ok_or_else(|| "round trip to the NATS server: the subscription ended".to_string())
+        .ok_or(RuntimeError::RoundTripEnded)
 }
 
 /// How many times draining workers relayed `request` already.

@@ -22,6 +22,7 @@
 //! - [`announced`]: which cooldowns other workers announce are believed, and for how long.
 //! - [`deployment`]: one deployment's capacity and health, and its actor.
 //! - [`cost`]: the cost actor.
+//! - [`RuntimeError`]: why a listener could not start.
 
 use std::{sync::Arc, time::Duration};
 
@@ -33,11 +34,14 @@ pub mod cancel;
 pub mod cost;
 pub mod deployment;
 pub mod direct;
+mod error;
 pub mod gate;
 pub mod ingress;
 pub mod job;
 pub mod router;
 pub mod table;
+
+pub use error::RuntimeError;
 
 use crate::wire::Subjects;
 

@@ -26,7 +26,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    UsageEvent,
+    UsageError, UsageEvent,
     event::now_ms,
     spend::{self, Cursor, DayDoc},
 };
@@ -164,7 +164,7 @@ impl Backoff {
     }
 
     /// Logs `e` and returns how long to wait before the next try.
-    fn failed(&mut self, e: &str) -> Duration {
+    fn failed(&mut self, e: &UsageError) -> Duration {
         if self.warned {
             tracing::debug!(error = %e, "the spend aggregator stopped; retrying");
         } else {
@@ -193,7 +193,11 @@ pub async fn follow(client: async_nats::Client, subjects: Subjects) -> Never {
 }
 
 /// Reads and applies batches until something fails; returns why.
-async fn session(js: &jetstream::Context, subjects: &Subjects, backoff: &mut Backoff) -> String {
+async fn session(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    backoff: &mut Backoff,
+) -> UsageError {
     match session_inner(js, subjects, backoff).await {
         Ok(never) => match never {},
         Err(e) => e,
@@ -207,27 +211,29 @@ async fn session_inner(
     js: &jetstream::Context,
     subjects: &Subjects,
     backoff: &mut Backoff,
-) -> Result<Never, String> {
+) -> Result<Never, UsageError> {
     let kv = spend::bucket(js, &subjects.spend_bucket()).await?;
     let stream_name = subjects.usage_stream();
     let stream_name = stream_name.as_str();
-    let mut stream = js
-        .get_stream(stream_name)
-        .await
-        .map_err(|e| format!("the {stream_name} stream: {e}"))?;
+    let on = |source: async_nats::Error| UsageError::Stream {
+        stream: stream_name.to_owned(),
+        source,
+    };
+    let mut stream = js.get_stream(stream_name).await.map_err(|e| on(e.into()))?;
     let (cursor, _) = spend::read::<Cursor>(&kv, spend::CURSOR_KEY).await?;
     let last = stream
         .info()
         .await
-        .map_err(|e| format!("the {stream_name} stream: {e}"))?
+        .map_err(|e| on(e.into()))?
         .state
         .last_sequence;
     if cursor.applied_through > last {
-        return Err(format!(
-            "{}'s cursor ({}) is beyond the end of {stream_name} ({last}): was the stream deleted \
-             and created again? Delete the {} bucket to start the aggregates over",
-            kv.name, cursor.applied_through, kv.name
-        ));
+        return Err(UsageError::CursorBeyond {
+            bucket: kv.name.clone(),
+            cursor: cursor.applied_through,
+            stream: stream_name.to_owned(),
+            last,
+        });
     }
     let consumer: PullConsumer = stream
         .create_consumer(pull::Config {
@@ -242,11 +248,18 @@ async fn session_inner(
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("a consumer on {stream_name}: {e}"))?;
+        .map_err(|e| UsageError::Consumer {
+            stream: stream_name.to_owned(),
+            source: e.into(),
+        })?;
     tracing::debug!(
         from = cursor.applied_through + 1,
         "the spend aggregator reads {stream_name}"
     );
+    let fetching = |source: async_nats::Error| UsageError::Fetch {
+        stream: stream_name.to_owned(),
+        source,
+    };
     // Every event up to `base` is counted.
     let mut base = cursor.applied_through;
     loop {
@@ -256,15 +269,18 @@ async fn session_inner(
             .expires(FETCH_WAIT)
             .messages()
             .await
-            .map_err(|e| format!("fetching from {stream_name}: {e}"))?;
+            .map_err(|e| fetching(e.into()))?;
         let mut batch: Vec<(u64, UsageEvent)> = Vec::new();
         let mut end = base;
         let mut last_msg = None;
         while let Some(m) = messages.next().await {
-            let m = m.map_err(|e| format!("fetching from {stream_name}: {e}"))?;
+            let m = m.map_err(fetching)?;
             let seq = m
                 .info()
-                .map_err(|e| format!("a message of {stream_name} without metadata: {e}"))?
+                .map_err(|e| UsageError::NoMetadata {
+                    stream: stream_name.to_owned(),
+                    source: e,
+                })?
                 .stream_sequence;
             end = end.max(seq);
             match serde_json::from_slice::<UsageEvent>(&m.payload) {
@@ -276,10 +292,10 @@ async fn session_inner(
         let Some(last_msg) = last_msg else { continue };
         apply(&kv, base, end, batch).await?;
         base = end;
-        last_msg
-            .ack()
-            .await
-            .map_err(|e| format!("acknowledging {stream_name} messages: {e}"))?;
+        last_msg.ack().await.map_err(|source| UsageError::Ack {
+            stream: stream_name.to_owned(),
+            source,
+        })?;
         backoff.reset();
     }
 }
@@ -292,17 +308,18 @@ pub async fn apply(
     base: u64,
     end: u64,
     mut batch: Vec<(u64, UsageEvent)>,
-) -> Result<(), String> {
+) -> Result<(), UsageError> {
     let (cursor, _) = spend::read::<Cursor>(kv, spend::CURSOR_KEY).await?;
     if cursor.applied_through >= end {
         // Another worker has counted all of it.
         return Ok(());
     }
     if cursor.applied_through < base {
-        return Err(format!(
-            "the {} cursor went back from {base} to {}: was it reset? Starting over from it",
-            kv.name, cursor.applied_through
-        ));
+        return Err(UsageError::CursorBack {
+            bucket: kv.name.clone(),
+            base,
+            cursor: cursor.applied_through,
+        });
     }
     batch.retain(|(seq, _)| *seq > cursor.applied_through);
     let mut by_day: std::collections::BTreeMap<String, Vec<(u64, UsageEvent)>> = Default::default();
@@ -324,9 +341,10 @@ pub async fn apply(
             }
             tries += 1;
             if tries >= CAS_TRIES {
-                return Err(format!(
-                    "{key}: gave up after {CAS_TRIES} conflicting writes"
-                ));
+                return Err(UsageError::Conflicts {
+                    what: key,
+                    tries: CAS_TRIES,
+                });
             }
         }
     }
@@ -334,7 +352,7 @@ pub async fn apply(
 }
 
 /// Moves the cursor to `end` unless it is there or beyond already.
-async fn advance(kv: &kv::Store, end: u64) -> Result<(), String> {
+async fn advance(kv: &kv::Store, end: u64) -> Result<(), UsageError> {
     for _ in 0..CAS_TRIES {
         let (cursor, revision) = spend::read::<Cursor>(kv, spend::CURSOR_KEY).await?;
         if cursor.applied_through >= end {
@@ -348,8 +366,8 @@ async fn advance(kv: &kv::Store, end: u64) -> Result<(), String> {
             return Ok(());
         }
     }
-    Err(format!(
-        "the {} cursor: gave up after {CAS_TRIES} conflicting writes",
-        kv.name
-    ))
+    Err(UsageError::Conflicts {
+        what: format!("the {} cursor", kv.name),
+        tries: CAS_TRIES,
+    })
 }

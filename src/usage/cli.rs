@@ -61,7 +61,7 @@ pub async fn usage(nats_url: Option<String>, command: UsageCommand) -> Result<()
     match command {
         UsageCommand::Tail(args) => {
             let since_ms = match &args.since {
-                Some(s) => Some(parse_since(s, now_ms())?.ms),
+                Some(s) => Some(parse_since(s, now_ms()).map_err(|e| e.to_string())?.ms),
                 None => None,
             };
             let client = connect(nats_url, "llmbus-usage-tail").await?;
@@ -73,7 +73,9 @@ pub async fn usage(nats_url: Option<String>, command: UsageCommand) -> Result<()
                 count: args.count,
             };
             let mut out = std::io::stdout();
-            tail::tail(client, &Subjects::new(args.prefix), &options, &mut out).await
+            tail::tail(client, &Subjects::new(args.prefix), &options, &mut out)
+                .await
+                .map_err(|e| e.to_string())
         }
     }
 }
@@ -81,11 +83,13 @@ pub async fn usage(nats_url: Option<String>, command: UsageCommand) -> Result<()
 /// Runs `llmbus spend`.
 pub async fn spend(nats_url: Option<String>, args: SpendArgs) -> Result<(), String> {
     let since = match &args.since {
-        Some(s) => Some(parse_since(s, now_ms())?),
+        Some(s) => Some(parse_since(s, now_ms()).map_err(|e| e.to_string())?),
         None => None,
     };
     let client = connect(nats_url, "llmbus-spend").await?;
-    let report = report::spend(client, &Subjects::new(args.prefix), since).await?;
+    let report = report::spend(client, &Subjects::new(args.prefix), since)
+        .await
+        .map_err(|e| e.to_string())?;
     if args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         println!("{text}");

@@ -21,6 +21,7 @@
 //!   that holds its lease.
 //! - [`tail`] and [`report`]: `llmbus usage tail` and `llmbus spend`; [`cli`]: their
 //!   arguments.
+//! - [`UsageError`]: why a usage operation failed.
 //!
 //! The cost actor ([`crate::runtime::cost`]) owns the pipeline inside a worker: it starts the
 //! publisher and the aggregator and ensures the stream. A job records its event once, when
@@ -30,6 +31,7 @@
 pub mod aggregator;
 pub mod cli;
 pub mod delivery;
+mod error;
 pub mod event;
 pub mod publisher;
 pub mod report;
@@ -37,5 +39,6 @@ pub mod spend;
 pub mod stream;
 pub mod tail;
 
+pub use error::UsageError;
 pub use event::UsageEvent;
 pub use publisher::UsageSink;

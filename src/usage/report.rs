@@ -8,6 +8,7 @@ use async_nats::jetstream;
 use serde::Serialize;
 
 use super::{
+    UsageError,
     event::{civil_from_days, day_of, days_from_civil, usd},
     spend::{self, Breakdown, Cursor, DayDoc, Tally},
 };
@@ -25,13 +26,10 @@ pub struct Since {
 /// Parses `--since`: a date (`2025-01-31`), `today`, or a duration back from now (`90m`,
 /// `24h`, `7d`, `2w`). Spend is kept per UTC day, so a duration starts at the day it reaches
 /// back into.
-pub fn parse_since(text: &str, now_ms: u64) -> Result<Since, String> {
+pub fn parse_since(text: &str, now_ms: u64) -> Result<Since, UsageError> {
     let t = text.trim();
-    let bad = || {
-        format!(
-            "--since {text:?}: expected a date (2025-01-31), `today`, or a duration such as 90m, \
-             24h, 7d or 2w"
-        )
+    let bad = || UsageError::Since {
+        text: text.to_owned(),
     };
     if t == "today" {
         let ms = now_ms - now_ms % 86_400_000;
@@ -217,14 +215,11 @@ pub async fn spend(
     client: async_nats::Client,
     subjects: &Subjects,
     since: Option<Since>,
-) -> Result<SpendReport, String> {
+) -> Result<SpendReport, UsageError> {
     let js = jetstream::new(client);
     let bucket = subjects.spend_bucket();
     let Some(kv) = spend::open(&js, &bucket).await? else {
-        return Err(format!(
-            "no spend yet: the {bucket} bucket does not exist (workers create it when they \
-             start with JetStream on)"
-        ));
+        return Err(UsageError::NoSpend { bucket });
     };
     let first = since.as_ref().map(|s| s.day.clone());
     let days = spend::days_since(&kv, first.as_deref()).await?;
@@ -267,7 +262,7 @@ mod tests {
             "yesterday",
             "-3d",
         ] {
-            let e = s(bad).unwrap_err();
+            let e = s(bad).unwrap_err().to_string();
             assert!(e.contains("--since"), "{bad}: {e}");
         }
     }

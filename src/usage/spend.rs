@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 
-use super::UsageEvent;
+use super::{UsageError, UsageEvent};
 
 /// The cursor's key.
 pub const CURSOR_KEY: &str = "cursor";
@@ -211,7 +211,7 @@ pub struct Cursor {
 /// Opens the spend bucket `bucket` ([`crate::wire::Subjects::spend_bucket`]), creating it
 /// when it is missing (file storage, one revision per key) as every llmbus bucket is made
 /// ([`crate::cluster::ensure_bucket`]).
-pub async fn bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, String> {
+pub async fn bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, UsageError> {
     let config = kv::Config {
         bucket: bucket.to_owned(),
         description: "llmbus spend aggregates by day (llmbus spend)".to_owned(),
@@ -219,27 +219,27 @@ pub async fn bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, 
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
     };
-    crate::cluster::ensure_bucket(js, config)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(crate::cluster::ensure_bucket(js, config).await?)
 }
 
 /// Opens the spend bucket `bucket` without creating it (for readers); `None` when it does not
 /// exist.
-pub async fn open(js: &jetstream::Context, bucket: &str) -> Result<Option<kv::Store>, String> {
+pub async fn open(js: &jetstream::Context, bucket: &str) -> Result<Option<kv::Store>, UsageError> {
     use jetstream::context::GetStreamErrorKind;
+    let open = |source: async_nats::Error| UsageError::Open {
+        bucket: bucket.to_owned(),
+        source,
+    };
     match js.get_stream(format!("KV_{bucket}")).await {
         Ok(_) => js
             .get_key_value(bucket)
             .await
             .map(Some)
-            .map_err(|e| format!("the {bucket} key-value bucket: {e}")),
+            .map_err(|e| open(e.into())),
         Err(e) if super::stream::is_not_found(&e) => Ok(None),
         Err(e) => match e.kind() {
-            GetStreamErrorKind::Request => Err(format!(
-                "JetStream is not available ({e}); is the NATS server started with -js?"
-            )),
-            _ => Err(format!("the {bucket} key-value bucket: {e}")),
+            GetStreamErrorKind::Request => Err(UsageError::NoJetStream { source: e.into() }),
+            _ => Err(open(e.into())),
         },
     }
 }
@@ -248,15 +248,20 @@ pub async fn open(js: &jetstream::Context, bucket: &str) -> Result<Option<kv::St
 pub async fn read<T: for<'de> Deserialize<'de> + Default>(
     kv: &kv::Store,
     key: &str,
-) -> Result<(T, u64), String> {
-    match kv
-        .entry(key)
-        .await
-        .map_err(|e| format!("reading {key}: {e}"))?
-    {
+) -> Result<(T, u64), UsageError> {
+    let entry = kv.entry(key).await.map_err(|e| UsageError::Read {
+        key: key.to_owned(),
+        source: e.into(),
+    })?;
+    match entry {
         Some(entry) if entry.operation == kv::Operation::Put => {
-            let doc = serde_json::from_slice(&entry.value)
-                .map_err(|e| format!("{} {key} is not an llmbus document: {e}", kv.name))?;
+            let doc = serde_json::from_slice(&entry.value).map_err(|source| {
+                UsageError::NotADocument {
+                    bucket: kv.name.clone(),
+                    key: key.to_owned(),
+                    source,
+                }
+            })?;
             Ok((doc, entry.revision))
         }
         // Deleted or purged: start over, with the revision for compare-and-set.
@@ -272,35 +277,46 @@ pub async fn write<T: Serialize>(
     key: &str,
     doc: &T,
     revision: u64,
-) -> Result<bool, String> {
+) -> Result<bool, UsageError> {
     let body = serde_json::to_vec(doc)
-        .map_err(|e| format!("{key}: {e}"))?
+        .map_err(|source| UsageError::Encode {
+            key: key.to_owned(),
+            source,
+        })?
         .into();
+    let failed = |source: async_nats::Error| UsageError::Write {
+        key: key.to_owned(),
+        source,
+    };
     if revision == 0 {
         return match kv.create(key, body).await {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(format!("writing {key}: {e}")),
+            Err(e) => Err(failed(e.into())),
         };
     }
     match kv.update(key, body, revision).await {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-        Err(e) => Err(format!("writing {key}: {e}")),
+        Err(e) => Err(failed(e.into())),
     }
 }
 
 /// The days' documents from `first` (inclusive, `YYYY-MM-DD`; `None`: every day kept), in
 /// day order.
-pub async fn days_since(kv: &kv::Store, first: Option<&str>) -> Result<Vec<DayDoc>, String> {
+pub async fn days_since(kv: &kv::Store, first: Option<&str>) -> Result<Vec<DayDoc>, UsageError> {
     use futures::TryStreamExt;
+    let listing = |source: async_nats::Error| UsageError::List {
+        bucket: kv.name.clone(),
+        source,
+    };
     let mut keys: Vec<String> = kv
         .keys()
         .await
-        .map_err(|e| format!("listing {}: {e}", kv.name))?
+        .map_err(|e| listing(e.into()))?
         .try_collect()
         .await
-        .map_err(|e| format!("listing {}: {e}", kv.name))?;
+        .map_err(|e| listing(e.into()))?;
     keys.retain(|k| {
         k.strip_prefix("day.")
             .is_some_and(|d| first.is_none_or(|f| d >= f))

@@ -14,7 +14,7 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 
-use super::UsageEvent;
+use super::{UsageError, UsageEvent};
 use crate::wire::Subjects;
 
 /// Which statuses to show.
@@ -29,9 +29,9 @@ pub enum StatusFilter {
 }
 
 impl std::str::FromStr for StatusFilter {
-    type Err = String;
+    type Err = UsageError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, UsageError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "ok" | "success" => Ok(Self::Ok),
             "error" | "failure" | "failed" => Ok(Self::Error),
@@ -40,9 +40,7 @@ impl std::str::FromStr for StatusFilter {
                 .ok()
                 .filter(|c| (100..=599).contains(c))
                 .map(Self::Code)
-                .ok_or_else(|| {
-                    format!("--status {s:?}: expected ok, error or an HTTP status such as 429")
-                }),
+                .ok_or_else(|| UsageError::Status { text: s.to_owned() }),
         }
     }
 }
@@ -80,7 +78,7 @@ pub async fn tail(
     subjects: &Subjects,
     options: &TailOptions,
     out: &mut (dyn Write + Send),
-) -> Result<(), String> {
+) -> Result<(), UsageError> {
     let subject = match &options.model_group {
         Some(g) => subjects.usage(g),
         None => subjects.usage_all(),
@@ -94,9 +92,13 @@ pub async fn tail(
             let deliver_policy = match options.since_ms {
                 Some(ms) => DeliverPolicy::ByStartTime {
                     start_time: async_nats::datetime::from_nanos(i128::from(ms) * 1_000_000)
-                        .map_err(|e| format!("--since: {e}"))?,
+                        .map_err(|source| UsageError::SinceTime { source })?,
                 },
                 None => DeliverPolicy::New,
+            };
+            let following = |source: async_nats::Error| UsageError::Follow {
+                stream: stream_name.to_owned(),
+                source,
             };
             let consumer = stream
                 .create_consumer(push::OrderedConfig {
@@ -106,14 +108,11 @@ pub async fn tail(
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| format!("following {stream_name}: {e}"))?;
-            let mut messages = consumer
-                .messages()
-                .await
-                .map_err(|e| format!("following {stream_name}: {e}"))?;
+                .map_err(|e| following(e.into()))?;
+            let mut messages = consumer.messages().await.map_err(|e| following(e.into()))?;
             eprintln!("following {subject} in the {stream_name} stream (Ctrl-C to stop)");
             while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| format!("following {stream_name}: {e}"))?;
+                let m = m.map_err(|e| following(e.into()))?;
                 if show(&m.payload, options, out)? {
                     printed += 1;
                     if options.count.is_some_and(|n| printed >= n) {
@@ -123,15 +122,16 @@ pub async fn tail(
             }
         }
         Err(e) => {
+            let subscribing = |source: async_nats::Error| UsageError::Subscribe {
+                subject: subject.clone(),
+                source,
+            };
             let mut sub = client
                 .subscribe(subject.clone())
                 .await
-                .map_err(|e| format!("subscribing to {subject}: {e}"))?;
+                .map_err(|e| subscribing(e.into()))?;
             // Make sure the server has the subscription before saying we follow.
-            client
-                .flush()
-                .await
-                .map_err(|e| format!("subscribing to {subject}: {e}"))?;
+            client.flush().await.map_err(|e| subscribing(e.into()))?;
             eprintln!(
                 "following {subject} on core NATS (the {stream_name} stream is not there: {e}; \
                  no history)"
@@ -146,7 +146,7 @@ pub async fn tail(
             }
         }
     }
-    Err("the connection to NATS ended".into())
+    Err(UsageError::Ended)
 }
 
 /// Prints one event if it passes the filters; true when printed.
@@ -154,7 +154,7 @@ fn show(
     payload: &[u8],
     options: &TailOptions,
     out: &mut (dyn Write + Send),
-) -> Result<bool, String> {
+) -> Result<bool, UsageError> {
     let Ok(event) = serde_json::from_slice::<UsageEvent>(payload) else {
         return Ok(false);
     };
@@ -168,7 +168,7 @@ fn show(
     };
     written
         .and_then(|()| out.flush())
-        .map_err(|e| format!("writing: {e}"))?;
+        .map_err(UsageError::Print)?;
     Ok(true)
 }
 
@@ -189,6 +189,7 @@ mod tests {
             "bad"
                 .parse::<StatusFilter>()
                 .unwrap_err()
+                .to_string()
                 .contains("--status")
         );
     }

@@ -165,7 +165,7 @@ impl Worker {
         let cancels = Arc::new(Cancels::new(crate::auth::Auth::from_config(config)));
         let cancel_listener = cancel::listen(&client, subjects.cancel(), cancels.clone())
             .await
-            .map_err(|e| StartError::Actor("cancel listener", e))?;
+            .map_err(|e| StartError::Actor("cancel listener", e.to_string()))?;
         let ctx = Arc::new(WorkerContext {
             worker_id,
             fingerprint: ArcSwap::from_pointee(config.fingerprint()),
@@ -185,7 +185,7 @@ impl Worker {
         });
         let admin = crate::runtime::admin::serve(ctx.clone(), config.llmbus.queue_group.clone())
             .await
-            .map_err(|e| StartError::Actor("admin", e))?;
+            .map_err(|e| StartError::Actor("admin", e.to_string()))?;
         let link = Link::start(
             LinkArgs {
                 client: ctx.client.clone(),

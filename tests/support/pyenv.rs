@@ -111,7 +111,7 @@ pub fn node() -> Node {
         with_lock(|env| {
             let stamp = env.join("venv/.llmbus-node");
             if !stamp_matches(&stamp, NODE_WHEEL) {
-                venv_install(&env.join("venv"), &[NODE_WHEEL])?;
+                venv_install(&env.join("venv"), &[NODE_WHEEL]).map_err(|e| e.to_string())?;
                 write_stamp(&stamp, NODE_WHEEL)?;
             }
             let out = run(Command::new(&python).args([

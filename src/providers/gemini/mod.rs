@@ -128,8 +128,8 @@ pub fn vertex_provider(
              a path to it) or GOOGLE_APPLICATION_CREDENTIALS",
         )
     })?;
-    let key =
-        vertex_auth::ServiceAccountKey::load(source.expose()).map_err(|e| invalid(model, &e))?;
+    let key = vertex_auth::ServiceAccountKey::load(source.expose())
+        .map_err(|e| invalid(model, &e.to_string()))?;
     Url::parse(&key.token_uri)
         .map_err(|_| invalid(model, "the service-account key's `token_uri` is not a URL"))?;
     let project = params

@@ -47,6 +47,71 @@ pub const ASSERTION_LIFETIME_SECS: u64 = 3600;
 /// is sooner), so no call goes out with a token about to lapse.
 const REFRESH_MARGIN: Duration = Duration::from_secs(240);
 
+/// Why a service-account key could not be used. No message quotes the key: a source that is
+/// not JSON is named only when it can be a path ([`KeySource`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VertexAuthError {
+    /// The source is not JSON and no file could be read at it.
+    #[error("cannot read the service-account key {path}: {source}")]
+    Read {
+        /// The path, or a note that the value is not shown.
+        path: KeySource,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The text is not a key file's JSON.
+    #[error("the service-account key is not a key file's JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// Credentials of another kind (a user's, an external account's).
+    #[error("the credentials are of type `{0}`; llmbus needs a `service_account` key")]
+    WrongType(String),
+    /// No `client_email`.
+    #[error("the service-account key has no `client_email`")]
+    NoClientEmail,
+    /// No `private_key`.
+    #[error("the service-account key has no `private_key`")]
+    NoPrivateKey,
+    /// `private_key` does not start as a PEM private key.
+    #[error("the service-account `private_key` is not a PEM private key")]
+    NotPem,
+    /// `private_key`'s body is not base64.
+    #[error("the service-account `private_key` is not valid base64 PEM")]
+    NotBase64,
+    /// ring refused the key.
+    #[error("the service-account `private_key` is not a usable RSA key ({0})")]
+    Unusable(ring::error::KeyRejected),
+}
+
+/// How [`VertexAuthError::Read`] names the source it could not read: the path when the value
+/// can be one, else nothing of it (a PEM key or a base64-encoded key file given inline, taken
+/// for a path, must not be printed).
+#[derive(Debug)]
+pub struct KeySource(Option<String>);
+
+impl KeySource {
+    /// Paths are short single lines (a file name is at most 255 bytes); a key is thousands of
+    /// characters, and a PEM block has lines and a `-----BEGIN` marker.
+    const LONGEST_SHOWN: usize = 256;
+
+    fn of(source: &str) -> Self {
+        let shown = source.len() <= Self::LONGEST_SHOWN
+            && !source.contains("-----")
+            && !source.chars().any(char::is_control);
+        Self(shown.then(|| source.to_owned()))
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(path) => write!(f, "file `{path}`"),
+            None => f.write_str(
+                "(the value is neither a key file's JSON nor the path of a file; not shown)",
+            ),
+        }
+    }
+}
+
 /// A Google service-account key: the fields of the key file llmbus uses.
 pub struct ServiceAccountKey {
     /// The service account's e-mail address: the JWT's `iss`.
@@ -97,34 +162,31 @@ struct Claims<'a> {
 impl ServiceAccountKey {
     /// Reads a key from `source`: the JSON document itself when it starts with `{`, else the
     /// path of a file holding it. Errors never quote the key.
-    pub fn load(source: &str) -> Result<Self, String> {
+    pub fn load(source: &str) -> Result<Self, VertexAuthError> {
         let source = source.trim();
         if source.starts_with('{') {
             return Self::from_json(source);
         }
-        let text = std::fs::read_to_string(source)
-            .map_err(|e| format!("cannot read the service-account key file `{source}`: {e}"))?;
+        let text = std::fs::read_to_string(source).map_err(|e| VertexAuthError::Read {
+            path: KeySource::of(source),
+            source: e,
+        })?;
         Self::from_json(&text)
     }
 
     /// Parses a key file's JSON document.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        let file: KeyFile = serde_json::from_str(text)
-            .map_err(|e| format!("the service-account key is not a key file's JSON: {e}"))?;
-        if let Some(kind) = file.kind.as_deref()
+    pub fn from_json(text: &str) -> Result<Self, VertexAuthError> {
+        let file: KeyFile = serde_json::from_str(text).map_err(VertexAuthError::NotJson)?;
+        if let Some(kind) = file.kind
             && kind != "service_account"
         {
-            return Err(format!(
-                "the credentials are of type `{kind}`; llmbus needs a `service_account` key"
-            ));
+            return Err(VertexAuthError::WrongType(kind));
         }
         let client_email = file
             .client_email
             .filter(|e| !e.trim().is_empty())
-            .ok_or("the service-account key has no `client_email`")?;
-        let pem = file
-            .private_key
-            .ok_or("the service-account key has no `private_key`")?;
+            .ok_or(VertexAuthError::NoClientEmail)?;
+        let pem = file.private_key.ok_or(VertexAuthError::NoPrivateKey)?;
         let key_pair = parse_private_key(pem.expose())?;
         Ok(Self {
             client_email,
@@ -138,7 +200,11 @@ impl ServiceAccountKey {
     }
 
     /// A key made from a PEM private key and an e-mail address (tests and tools).
-    pub fn from_pem(client_email: &str, pem: &str, token_uri: &str) -> Result<Self, String> {
+    pub fn from_pem(
+        client_email: &str,
+        pem: &str,
+        token_uri: &str,
+    ) -> Result<Self, VertexAuthError> {
         Ok(Self {
             client_email: client_email.to_owned(),
             token_uri: token_uri.to_owned(),
@@ -195,11 +261,11 @@ impl ServiceAccountKey {
 
 /// Parses a PEM private key: `BEGIN PRIVATE KEY` (PKCS#8, what Google's key files hold) or
 /// `BEGIN RSA PRIVATE KEY` (PKCS#1).
-fn parse_private_key(pem: &str) -> Result<RsaKeyPair, String> {
+fn parse_private_key(pem: &str) -> Result<RsaKeyPair, VertexAuthError> {
     let pem = pem.trim();
     let pkcs1 = pem.starts_with("-----BEGIN RSA PRIVATE KEY-----");
     if !pkcs1 && !pem.starts_with("-----BEGIN PRIVATE KEY-----") {
-        return Err("the service-account `private_key` is not a PEM private key".into());
+        return Err(VertexAuthError::NotPem);
     }
     let body: String = pem
         .lines()
@@ -208,13 +274,13 @@ fn parse_private_key(pem: &str) -> Result<RsaKeyPair, String> {
         .collect();
     let der = STANDARD
         .decode(body)
-        .map_err(|_| "the service-account `private_key` is not valid base64 PEM".to_owned())?;
+        .map_err(|_| VertexAuthError::NotBase64)?;
     let parsed = if pkcs1 {
         RsaKeyPair::from_der(&der)
     } else {
         RsaKeyPair::from_pkcs8(&der)
     };
-    parsed.map_err(|e| format!("the service-account `private_key` is not a usable RSA key ({e})"))
+    parsed.map_err(VertexAuthError::Unusable)
 }
 
 /// A token and when it stops being used.
@@ -403,12 +469,41 @@ mod tests {
         let err = ServiceAccountKey::from_json(
             r#"{"type":"service_account","client_email":"a@b","private_key":"SECRETSTUFF"}"#,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(!err.contains("SECRETSTUFF"), "{err}");
-        let err = ServiceAccountKey::from_json(r#"{"type":"authorized_user"}"#).unwrap_err();
+        let err = ServiceAccountKey::from_json(r#"{"type":"authorized_user"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("authorized_user"), "{err}");
         assert!(ServiceAccountKey::from_json("not json").is_err());
         assert!(ServiceAccountKey::load("/nonexistent/key.json").is_err());
+    }
+
+    /// A key given inline but not as JSON (the PEM alone, or the key file base64-encoded into
+    /// a variable) is taken for a path; the error said "cannot read the service-account key
+    /// file `<the whole key>`".
+    #[test]
+    fn a_key_that_is_no_path_is_not_echoed_as_one() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANSECRETSTUFF\n-----END PRIVATE KEY-----";
+        let encoded = STANDARD.encode(format!(
+            r#"{{"type":"service_account","private_key":"{}"}}"#,
+            "SECRETSTUFF".repeat(200)
+        ));
+        for source in [pem, encoded.as_str()] {
+            let err = ServiceAccountKey::load(source).unwrap_err().to_string();
+            assert!(!err.contains("SECRETSTUFF"), "{err}");
+            assert!(!err.contains(&encoded[..40]), "{err}");
+            assert!(err.contains("cannot read the service-account key"), "{err}");
+        }
+        // A path is still named.
+        let err = ServiceAccountKey::load("/nonexistent/key.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read the service-account key file `/nonexistent/key.json`"),
+            "{err}"
+        );
     }
 
     #[test]
