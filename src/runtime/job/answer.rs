@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::{
     JobState,
     call::{Ending, upstream_error},
+    kind::{Chunk, Kind},
     reply::unpublished,
 };
 use crate::{
@@ -18,18 +19,13 @@ use crate::{
     runtime::table::Route,
     telemetry,
     usage::UsageEvent,
-    wire::{
-        ApiError, headers,
-        openai::{ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse, Usage},
-        ratelimit,
-    },
+    wire::{ApiError, headers, openai::Usage, ratelimit},
 };
 
 /// What a job produced and used so far, and how it ended.
-#[derive(Default)]
-pub(super) struct Outcome {
+pub(super) struct Outcome<C> {
     /// What its stream sent, or holds back, so far.
-    pub out: StreamOut,
+    pub out: StreamOut<C>,
     /// Tokens and cost, once priced.
     spent: Option<Spent>,
     /// For a failure, the error class of its answer.
@@ -49,22 +45,45 @@ struct Spent {
     ttft: Option<Duration>,
 }
 
+impl<C> Default for Outcome<C> {
+    fn default() -> Self {
+        Self {
+            out: StreamOut::default(),
+            spent: None,
+            error_class: None,
+            retry_after: None,
+            recorded: false,
+        }
+    }
+}
+
 /// What a stream has sent so far.
-#[derive(Default)]
-pub(super) struct StreamOut {
+pub(super) struct StreamOut<C> {
     /// The `Llm-Seq` of the last message sent.
     seq: u64,
     /// True once the stream's first content went out: it stays with this deployment.
     pub committed: bool,
     /// Chunks held back until the first content.
-    pending: Vec<ChatCompletionChunk>,
+    pending: Vec<C>,
     /// The upstream's usage, when it sent one.
     pub usage: Option<Usage>,
     /// Bytes of text the stream carried.
     pub text: usize,
 }
 
-impl StreamOut {
+impl<C> Default for StreamOut<C> {
+    fn default() -> Self {
+        Self {
+            seq: 0,
+            committed: false,
+            pending: Vec::new(),
+            usage: None,
+            text: 0,
+        }
+    }
+}
+
+impl<C> StreamOut<C> {
     /// The usage of the stream so far: the upstream's when it sent one, else an estimate.
     pub fn usage(&self, prompt_tokens: u64) -> Usage {
         self.usage
@@ -73,7 +92,7 @@ impl StreamOut {
     }
 }
 
-impl Outcome {
+impl<C> Outcome<C> {
     /// Prices `usage` of a call that took `upstream` (the cost reported to the requester) and
     /// keeps it for the job's usage event; `ttft` is the time from receipt to the first chunk
     /// of a stream.
@@ -98,30 +117,11 @@ impl Outcome {
     }
 }
 
-impl JobState<'_> {
-    /// A non-streaming completion came back.
-    pub(super) async fn reply(&mut self, mut response: ChatCompletionResponse) {
-        let usage = response.usage.clone().unwrap_or_else(|| {
-            let text: usize = response
-                .choices
-                .iter()
-                .map(|c| c.message.text_content().len())
-                .sum();
-            Usage::new(self.ask.prompt_tokens(), (text as u64).div_ceil(4))
-        });
-        if response.usage.is_none() {
-            response.usage = Some(usage.clone());
-        }
-        self.answer(&response, &usage).await;
-    }
-
-    /// Embeddings came back.
-    pub(super) async fn embedded(&mut self, mut response: EmbeddingResponse) {
-        if response.usage.prompt_tokens == 0 {
-            response.usage = Usage::new(self.ask.prompt_tokens(), 0);
-        }
-        let usage = response.usage.clone();
-        self.answer(&response, &usage).await;
+impl<K: Kind> JobState<'_, K> {
+    /// A whole answer came back.
+    pub(super) async fn answer_whole(&mut self, mut answer: K::Answer) {
+        let usage = K::usage(&mut answer, self.ask.prompt_tokens());
+        self.answer(&answer, &usage).await;
     }
 
     /// Closes the call that answered with `usage` and sends its answer. The capacity
@@ -159,26 +159,24 @@ impl JobState<'_> {
 
     /// One chunk of a stream came: buffer it until the stream commits, else publish it.
     /// False when the job is over (the chunk could not be published).
-    pub(super) async fn chunk(&mut self, mut chunk: ChatCompletionChunk) -> bool {
+    pub(super) async fn chunk(&mut self, chunk: K::Chunk) -> bool {
         if let Some(call) = &mut self.attempts.call {
             call.first_chunk
                 .get_or_insert_with(|| call.started.elapsed());
         }
         let out = &mut self.outcome.out;
-        if let Some(u) = &chunk.usage {
+        if let Some(u) = chunk.usage() {
             out.usage = Some(u.clone());
         }
-        out.text += chunk
-            .choices
-            .iter()
-            .map(|c| c.delta.content.as_deref().map_or(0, str::len))
-            .sum::<usize>();
-        if !self.ask.client_wants_usage {
-            if chunk.choices.is_empty() && chunk.usage.is_some() {
-                return true;
+        out.text += chunk.text_len();
+        let chunk = if self.ask.client_wants_usage {
+            chunk
+        } else {
+            match chunk.without_usage() {
+                Some(chunk) => chunk,
+                None => return true,
             }
-            chunk.usage = None;
-        }
+        };
         if out.committed {
             return self.publish_chunk(&chunk).await;
         }
@@ -243,7 +241,7 @@ impl JobState<'_> {
     }
 
     /// Publishes one chunk. False when it could not be: the job then ended with an error.
-    async fn publish_chunk(&mut self, chunk: &ChatCompletionChunk) -> bool {
+    async fn publish_chunk(&mut self, chunk: &K::Chunk) -> bool {
         if !self.reply.answerable() {
             return false;
         }
@@ -302,7 +300,7 @@ impl JobState<'_> {
             self.outcome.out.seq += 1;
             let mut h = headers.clone();
             h.insert(headers::name::SEQ, self.outcome.out.seq.to_string());
-            match self.reply.send(h, e.to_json()).await {
+            match self.reply.send(h, K::error_body(e)).await {
                 Ok(()) | Err(super::reply::SendError::NoReply) => {}
                 Err(err) => unpublished("error", &err.to_string()),
             }
@@ -311,7 +309,7 @@ impl JobState<'_> {
                 .await;
         } else {
             self.reply
-                .last(e.to_json(), headers, e.status, &self.ask.id)
+                .last(K::error_body(e), headers, e.status, &self.ask.id)
                 .await;
         }
         self.observe(e.status, route);

@@ -8,7 +8,7 @@ use std::{
 
 use async_nats::Message;
 
-use super::{Body, JobKind, parse};
+use super::{JobKind, kind::Kind};
 use crate::{
     auth::Caller,
     limits::Demand,
@@ -17,11 +17,11 @@ use crate::{
 };
 
 /// What a job asks.
-pub(super) struct Ask {
+pub(super) struct Ask<K: Kind> {
     /// The job id that logs and the `Llm-Job-Id` header carry.
     pub id: String,
     /// What it asks for.
-    pub kind: JobKind,
+    pub kind: &'static JobKind,
     /// When the worker received it.
     pub received: Instant,
     /// The config's rules, as they were when the job arrived.
@@ -37,7 +37,7 @@ pub(super) struct Ask {
     /// Fallbacks the request itself named (`Llm-Fallbacks`, then the body's `fallbacks`).
     pub fallbacks: Vec<String>,
     /// The body sent upstream (streams always ask for usage, to count cost).
-    pub body: Option<Body>,
+    pub body: Option<Arc<K::Body>>,
     /// True for a streamed answer.
     pub stream: bool,
     /// True when the client asked for a stream's usage chunk itself.
@@ -46,9 +46,14 @@ pub(super) struct Ask {
     pub demand: Demand,
 }
 
-impl Ask {
+impl<K: Kind> Ask<K> {
     /// A job received at `received`, before its headers and body are read.
-    pub fn new(id: String, kind: JobKind, received: Instant, settings: Arc<JobSettings>) -> Self {
+    pub fn new(
+        id: String,
+        kind: &'static JobKind,
+        received: Instant,
+        settings: Arc<JobSettings>,
+    ) -> Self {
         let deadline = received + settings.default_timeout;
         Self {
             id,
@@ -81,40 +86,12 @@ impl Ask {
         if let Some(tp) = &self.traceparent {
             span.record("traceparent", tp.as_str());
         }
-        match self.kind {
-            JobKind::Embedding => {
-                let mut body = parse::embedding(&message.payload)?;
-                self.fallbacks
-                    .extend(parse::take_fallbacks(&mut body.extra));
-                let prompt_tokens = body
-                    .input
-                    .texts()
-                    .iter()
-                    .map(|t| crate::limits::estimate_text_tokens(t))
-                    .sum();
-                self.demand = Demand::input_only(prompt_tokens);
-                self.body = Some(Body::Embedding(Arc::new(body)));
-            }
-            JobKind::Completion => {
-                let mut body = parse::chat(&message.payload)?;
-                self.stream = body.is_stream();
-                self.client_wants_usage = body.include_usage();
-                if self.stream && !self.client_wants_usage {
-                    // Ask for usage anyway so the cost is right; the client does not see it.
-                    let opts = body.stream_options.get_or_insert_with(|| {
-                        crate::wire::openai::StreamOptions {
-                            include_usage: None,
-                            extra: Default::default(),
-                        }
-                    });
-                    opts.include_usage = Some(true);
-                }
-                self.fallbacks
-                    .extend(parse::take_fallbacks(&mut body.extra));
-                self.demand = Demand::of_chat(&body);
-                self.body = Some(Body::Chat(Arc::new(body)));
-            }
-        }
+        let parsed = K::parse(&message.payload)?;
+        self.fallbacks.extend(parsed.fallbacks);
+        self.stream = parsed.stream;
+        self.client_wants_usage = parsed.client_wants_usage;
+        self.demand = parsed.demand;
+        self.body = Some(Arc::new(parsed.body));
         Ok(())
     }
 
@@ -125,20 +102,12 @@ impl Ask {
 
     /// The model the body names (empty before the body is read).
     pub fn model(&self) -> &str {
-        match &self.body {
-            Some(Body::Chat(b)) => &b.model,
-            Some(Body::Embedding(b)) => &b.model,
-            None => "",
-        }
+        self.body.as_deref().map_or("", K::model)
     }
 
     /// The body's `user`.
     pub fn user(&self) -> Option<String> {
-        match &self.body {
-            Some(Body::Chat(b)) => b.user.clone(),
-            Some(Body::Embedding(b)) => b.user.clone(),
-            None => None,
-        }
+        self.body.as_deref().and_then(K::user)
     }
 
     /// The job's whole time, from receipt to its deadline, in milliseconds.

@@ -16,10 +16,11 @@ use std::{
 use futures::{FutureExt, StreamExt};
 
 use super::{
-    Body, JobState,
+    JobState,
     answer::StreamOut,
     ask::Ask,
     call::{Call, CallError, Closed, Ending, guarded, upstream_error},
+    kind::Kind,
 };
 use crate::{
     policy::{retry::FallbackKind, routing::random},
@@ -135,7 +136,7 @@ impl Attempts {
 
     /// The current group is done for: move on to the next, planning the fallbacks when the
     /// first group is left (by the kind of its last failure).
-    fn exhaust_group(&mut self, ask: &Ask, kind: FallbackKind) {
+    fn exhaust_group<K: Kind>(&mut self, ask: &Ask<K>, kind: FallbackKind) {
         if !self.fallbacks_planned {
             self.fallbacks_planned = true;
             let first = self
@@ -173,7 +174,7 @@ pub(super) enum Flow {
     Next,
 }
 
-impl JobState<'_> {
+impl<K: Kind> JobState<'_, K> {
     /// Attempts until the job is answered.
     pub(super) async fn attempt_all(&mut self) {
         loop {
@@ -331,7 +332,7 @@ impl JobState<'_> {
     /// Makes the current attempt's upstream call and answers, or says to try again. The
     /// failure paths are boxed (`Box::pin(..).await`): their state then lives in an allocation
     /// of its own when they run, instead of enlarging the state machine every open stream holds.
-    async fn call_upstream(&mut self, body: Body, remaining: Duration) -> Flow {
+    async fn call_upstream(&mut self, body: Arc<K::Body>, remaining: Duration) -> Flow {
         let route = &self
             .attempts
             .call
@@ -344,59 +345,47 @@ impl JobState<'_> {
             timeout: info.timeout.map_or(remaining, |t| t.min(remaining)),
             traceparent: self.ask.traceparent.clone(),
         };
-        let provider = &info.provider;
-        match body {
-            Body::Embedding(body) => match guarded(provider.embed(&body, &cctx)).await {
-                Ok(response) => {
-                    self.embedded(response).await;
+        let provider = &*info.provider;
+        if !self.ask.stream {
+            return match guarded(K::call(provider, &body, &cctx)).await {
+                Ok(answer) => {
+                    self.answer_whole(answer).await;
                     Flow::Done
                 }
                 Err(e) => Box::pin(self.upstream_failed(e)).await,
-            },
-            Body::Chat(body) if !self.ask.stream => {
-                match guarded(provider.complete(&body, &cctx)).await {
-                    Ok(response) => {
-                        self.reply(response).await;
-                        Flow::Done
-                    }
-                    Err(e) => Box::pin(self.upstream_failed(e)).await,
+            };
+        }
+        let mut chunks = match guarded(K::stream(provider, &body, &cctx)).await {
+            Ok(s) => s,
+            Err(e) => return Box::pin(self.upstream_failed(e)).await,
+        };
+        let idle = info.stream_timeout.map_or(remaining, |t| t.min(remaining));
+        loop {
+            let next =
+                tokio::time::timeout(idle, AssertUnwindSafe(chunks.next()).catch_unwind()).await;
+            let item = match next {
+                Ok(Ok(Some(item))) => item.map_err(CallError::Upstream),
+                Ok(Ok(None)) => {
+                    self.end_stream().await;
+                    return Flow::Done;
                 }
-            }
-            Body::Chat(body) => {
-                let mut chunks = match guarded(provider.stream(&body, &cctx)).await {
-                    Ok(s) => s,
-                    Err(e) => return Box::pin(self.upstream_failed(e)).await,
-                };
-                let idle = info.stream_timeout.map_or(remaining, |t| t.min(remaining));
-                loop {
-                    let next =
-                        tokio::time::timeout(idle, AssertUnwindSafe(chunks.next()).catch_unwind())
-                            .await;
-                    let item = match next {
-                        Ok(Ok(Some(item))) => item.map_err(CallError::Upstream),
-                        Ok(Ok(None)) => {
-                            self.end_stream().await;
-                            return Flow::Done;
-                        }
-                        Ok(Err(_)) => Err(CallError::Panicked),
-                        Err(_) => Err(CallError::Upstream(ProviderError::new(
-                            ErrorClass::Timeout,
-                            format!("the stream sent nothing for {} ms", idle.as_millis()),
-                        ))),
-                    };
-                    match item {
-                        Ok(chunk) => {
-                            if !self.chunk(chunk).await {
-                                return Flow::Done;
-                            }
-                        }
-                        Err(e) if self.outcome.out.committed => {
-                            Box::pin(self.fail_stream(&e.provider())).await;
-                            return Flow::Done;
-                        }
-                        Err(e) => return Box::pin(self.upstream_failed(e)).await,
+                Ok(Err(_)) => Err(CallError::Panicked),
+                Err(_) => Err(CallError::Upstream(ProviderError::new(
+                    ErrorClass::Timeout,
+                    format!("the stream sent nothing for {} ms", idle.as_millis()),
+                ))),
+            };
+            match item {
+                Ok(chunk) => {
+                    if !self.chunk(chunk).await {
+                        return Flow::Done;
                     }
                 }
+                Err(e) if self.outcome.out.committed => {
+                    Box::pin(self.fail_stream(&e.provider())).await;
+                    return Flow::Done;
+                }
+                Err(e) => return Box::pin(self.upstream_failed(e)).await,
             }
         }
     }

@@ -28,12 +28,18 @@
 //! Its answer goes out through its [`reply::Reply`], the one place that knows where the answer
 //! goes (the requester's NATS reply subject).
 //!
+//! The state is generic over the job's [`kind::Kind`]: what differs between a chat completion
+//! and embeddings (and the kinds to come) — the body, the provider call, the framing of the
+//! answer and the stream, reading usage — is one module per kind in [`kind`], and [`KINDS`]
+//! is the one table of them. Everything in this module is written once for every kind.
+//!
+//! - `kind`: the kinds of job and their table.
 //! - `ask`: the request part, and reading the headers and the body.
 //! - `attempt`: routing, capacity, the upstream call, retries and fallbacks.
 //! - `call`: one upstream call, how it ends, and its errors (a panic of the adapter included).
 //! - `answer`: replies, stream chunks, errors, reply headers, metrics and usage.
 //! - `reply`: where the answer goes.
-//! - `parse`: the body.
+//! - `parse`: checking the bodies the kinds read.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -49,55 +55,36 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use super::{WorkerContext, gate::Ticket};
-use crate::{
-    providers::ErrorClass,
-    wire::{
-        ApiError,
-        openai::{ChatCompletionRequest, EmbeddingRequest},
-    },
-};
+use crate::{providers::ErrorClass, wire::ApiError};
 
 mod answer;
 mod ask;
 mod attempt;
 mod call;
+pub mod kind;
 pub mod parse;
 mod reply;
 
+pub use kind::{COMPLETION, EMBEDDING, JobKind, KINDS};
 pub use reply::answer_failed_job;
 
 use answer::Outcome;
 use ask::Ask;
 use attempt::Attempts;
 use call::Ending;
+use kind::Kind;
 use reply::Reply;
-
-/// What a job asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
-    /// A chat completion (`llm.completion`).
-    Completion,
-    /// Embeddings (`llm.embedding`).
-    Embedding,
-}
 
 /// One job as ingress hands it over.
 pub struct Job {
-    /// What it asks for.
-    pub kind: JobKind,
+    /// What it asks for: its row in [`KINDS`].
+    pub kind: &'static JobKind,
     /// The NATS request (payload, headers, reply subject).
     pub request: Request,
     /// When the worker received it.
     pub received: Instant,
     /// The job id that logs and the `Llm-Job-Id` header carry.
     pub id: String,
-}
-
-/// A parsed request body, as sent upstream.
-#[derive(Clone)]
-enum Body {
-    Chat(Arc<ChatCompletionRequest>),
-    Embedding(Arc<EmbeddingRequest>),
 }
 
 /// How a job ended before its own answer.
@@ -119,9 +106,10 @@ pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
     let id = job.id.clone();
     let answered = AtomicBool::new(false);
     let span = tracing::info_span!("job", job_id = %job.id, traceparent = tracing::field::Empty);
-    // Boxed: the job's state machine is several kilobytes, and a task's future is moved by
-    // value on spawn; this way only a pointer moves.
-    let run = Box::pin(JobState::new(job, &ctx, &answered, span.clone()).run());
+    // Boxed by its kind's row: the job's state machine is several kilobytes, and a task's
+    // future is moved by value on spawn; this way only a pointer moves.
+    let kind = job.kind;
+    let run = kind.run(job, &ctx, &answered, span.clone());
     if AssertUnwindSafe(run.instrument(span))
         .catch_unwind()
         .await
@@ -140,20 +128,20 @@ pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
 
 /// Everything about one job while it runs: the request, the attempts, the outcome, and where
 /// the answer goes.
-struct JobState<'a> {
+struct JobState<'a, K: Kind> {
     ctx: &'a WorkerContext,
     span: tracing::Span,
     /// What the job asks.
-    ask: Ask,
+    ask: Ask<K>,
     /// Where it is on its way through groups and deployments.
     attempts: Attempts,
     /// What it produced and used so far.
-    outcome: Outcome,
+    outcome: Outcome<K::Chunk>,
     /// Where its answer goes.
     reply: Reply<'a>,
 }
 
-impl<'a> JobState<'a> {
+impl<'a, K: Kind> JobState<'a, K> {
     fn new(
         job: Job,
         ctx: &'a WorkerContext,
@@ -271,7 +259,7 @@ impl<'a> JobState<'a> {
 /// before that — a panic unwinding through it (its 500 goes from [`supervise`]), or its task
 /// dropped — records one here, with what it knew: the deployment it was calling or last
 /// tried, the usage priced so far, status 500 and the error class `panic` (else `abandoned`).
-impl Drop for JobState<'_> {
+impl<K: Kind> Drop for JobState<'_, K> {
     fn drop(&mut self) {
         if self.outcome.recorded {
             return;
