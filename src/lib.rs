@@ -40,7 +40,12 @@
 //!    deployment from the routing table, takes its capacity, calls the upstream in place,
 //!    retries on another deployment or falls back to another group, and answers. Every
 //!    failure becomes the OpenAI error body with `Llm-Status` ([`wire::error`]); a panic is a
-//!    500 for that job only.
+//!    500 for that job only. What differs between kinds of job (chat on `llm.completion`,
+//!    embeddings on `llm.embedding`; next Anthropic Messages, OpenAI Responses, batches) is one
+//!    module each in [`runtime::job::kind`] (how the body is parsed, which provider call is
+//!    made, how the answer and the stream are framed) and one row of its table
+//!    ([`runtime::job::KINDS`]), which ingress subscribes by; routing, limits, retries,
+//!    fallbacks, cooldowns, cancel, usage and cost are written once for every kind.
 //! 3. [`runtime::table`] is the routing table: groups, aliases and deployments as an immutable
 //!    snapshot that jobs read through an `ArcSwap`, and the pick rules (health, tags,
 //!    context window, capacity, then the routing strategy). [`runtime::router`] owns it,

@@ -57,7 +57,7 @@ enum Reach {
 /// answers a probe, preferring those not draining. `deadline` bounds the probes.
 pub(crate) async fn hand_over(
     ctx: &WorkerContext,
-    kind: JobKind,
+    kind: &'static JobKind,
     message: &Message,
     model: &str,
     deadline: Instant,
@@ -112,11 +112,16 @@ pub(crate) async fn hand_over(
 }
 
 /// Asks `target` whether it takes jobs now.
-async fn probe(ctx: &WorkerContext, kind: JobKind, target: &str, deadline: Instant) -> Reach {
+async fn probe(
+    ctx: &WorkerContext,
+    kind: &'static JobKind,
+    target: &str,
+    deadline: Instant,
+) -> Reach {
     let patience = PROBE_PATIENCE.min(deadline.saturating_duration_since(Instant::now()));
     let mut h = HeaderMap::new();
     h.insert(PROBE, "1");
-    let subject = ctx.subjects.direct(target, kind_name(kind));
+    let subject = ctx.subjects.direct(target, kind.name());
     let asked = ctx.client.request_with_headers(subject, h, Bytes::new());
     match tokio::time::timeout(patience, asked).await {
         Ok(Ok(answer)) => {
@@ -139,7 +144,7 @@ async fn probe(ctx: &WorkerContext, kind: JobKind, target: &str, deadline: Insta
 /// Publishes the job to `target`'s own subject, with the requester's reply subject.
 async fn send(
     ctx: &WorkerContext,
-    kind: JobKind,
+    kind: &'static JobKind,
     message: &Message,
     reply: async_nats::Subject,
     hops: u32,
@@ -148,7 +153,7 @@ async fn send(
 ) -> HandOver {
     let mut h = message.headers.clone().unwrap_or_default();
     h.insert(ingress::RELAYED, (hops + 1).to_string().as_str());
-    let subject = ctx.subjects.direct(target, kind_name(kind));
+    let subject = ctx.subjects.direct(target, kind.name());
     match ctx
         .client
         .publish_with_reply_and_headers(subject, reply, h, message.payload.clone())
@@ -188,12 +193,4 @@ pub(crate) async fn answer_probe(request: &Request, phase: Phase) {
     let mut h = HeaderMap::new();
     h.insert(headers::STATUS, status);
     let _ = request.respond_with_headers(Ok(Bytes::new()), h).await;
-}
-
-/// The last token of a worker's own subject for `kind`.
-pub(crate) fn kind_name(kind: JobKind) -> &'static str {
-    match kind {
-        JobKind::Completion => "completion",
-        JobKind::Embedding => "embedding",
-    }
 }

@@ -45,7 +45,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use super::{
     RuntimeError, WorkerContext, direct,
     gate::{DrainCounts, Phase},
-    job::{self, Job, JobKind},
+    job::{self, Job, JobKind, KINDS},
 };
 use crate::{
     health::{Readiness, State},
@@ -116,9 +116,9 @@ struct Reader {
 /// Which endpoint a reader serves.
 #[derive(Clone, Copy)]
 enum Endpoint {
-    Job(JobKind),
+    Job(&'static JobKind),
     /// This worker's own subject: jobs other workers hand it, and their probes.
-    Direct(JobKind),
+    Direct(&'static JobKind),
     Models,
     Deployments,
 }
@@ -173,68 +173,62 @@ impl Actor for IngressActor {
             .await
             .map_err(|e| format!("registering the NATS service: {e}"))?;
         let worker_id = ctx.worker_id.clone();
-        let endpoint = |name: &'static str, subject: String| {
+        let endpoint = |name: String, subject: String| {
             let service = &service;
             async move {
                 service
                     .endpoint_builder()
-                    .name(name)
+                    .name(&name)
                     .add(subject)
                     .await
                     .map_err(|e| format!("subscribing to {name}: {e}"))
             }
         };
-        let completion = endpoint("completion", subjects.completion()).await?;
-        let embedding = endpoint("embedding", subjects.embedding()).await?;
-        let models = endpoint("models", subjects.models()).await?;
-        let deployments = endpoint("deployments", subjects.deployments()).await?;
-        // This worker's own subjects, for jobs other workers hand it (groups they do not serve).
-        let direct_completion = endpoint(
-            "direct-completion",
-            subjects.direct(&worker_id, "completion"),
-        )
-        .await?;
-        let direct_embedding =
-            endpoint("direct-embedding", subjects.direct(&worker_id, "embedding")).await?;
         let (leave, _) = watch::channel(false);
         let reader = Arc::new(Reader {
             ctx: ctx.clone(),
             worker_id: worker_id.clone(),
             service_id: service.info().await.id,
         });
-        let readers = vec![
-            read(
-                completion,
+        let mut readers = Vec::new();
+        // One endpoint per kind of job (the table of kinds), then the lists, then this
+        // worker's own subjects, for jobs other workers hand it (groups they do not serve).
+        for kind in &KINDS {
+            let jobs = endpoint(kind.name().to_string(), kind.subject(subjects)).await?;
+            readers.push(read(
+                jobs,
                 reader.clone(),
                 leave.subscribe(),
-                Endpoint::Job(JobKind::Completion),
-            ),
-            read(
-                embedding,
+                Endpoint::Job(kind),
+            ));
+        }
+        let models = endpoint("models".into(), subjects.models()).await?;
+        readers.push(read(
+            models,
+            reader.clone(),
+            leave.subscribe(),
+            Endpoint::Models,
+        ));
+        let deployments = endpoint("deployments".into(), subjects.deployments()).await?;
+        readers.push(read(
+            deployments,
+            reader.clone(),
+            leave.subscribe(),
+            Endpoint::Deployments,
+        ));
+        for kind in &KINDS {
+            let direct = endpoint(
+                format!("direct-{}", kind.name()),
+                subjects.direct(&worker_id, kind.name()),
+            )
+            .await?;
+            readers.push(read(
+                direct,
                 reader.clone(),
                 leave.subscribe(),
-                Endpoint::Job(JobKind::Embedding),
-            ),
-            read(models, reader.clone(), leave.subscribe(), Endpoint::Models),
-            read(
-                deployments,
-                reader.clone(),
-                leave.subscribe(),
-                Endpoint::Deployments,
-            ),
-            read(
-                direct_completion,
-                reader.clone(),
-                leave.subscribe(),
-                Endpoint::Direct(JobKind::Completion),
-            ),
-            read(
-                direct_embedding,
-                reader,
-                leave.subscribe(),
-                Endpoint::Direct(JobKind::Embedding),
-            ),
-        ];
+                Endpoint::Direct(kind),
+            ));
+        }
         // Make sure the server has our subscriptions before anyone is told we serve (a flush
         // only writes them to the socket).
         tokio::time::timeout(LEAVE_PATIENCE, round_trip(&ctx.client))
@@ -453,10 +447,7 @@ impl Reader {
                 Phase::Serving | Phase::Draining => self.admit(kind, request).await,
                 Phase::Leaving => {
                     let hops = relays(&request);
-                    let shared = match kind {
-                        JobKind::Completion => self.ctx.subjects.completion(),
-                        JobKind::Embedding => self.ctx.subjects.embedding(),
-                    };
+                    let shared = kind.subject(&self.ctx.subjects);
                     self.relay(request, hops, Some(shared)).await;
                 }
             },
@@ -502,7 +493,7 @@ impl Reader {
     }
 
     /// Starts the job's task, or refuses it.
-    async fn admit(&self, kind: JobKind, request: Request) {
+    async fn admit(&self, kind: &'static JobKind, request: Request) {
         let received = std::time::Instant::now();
         if request.message.reply.is_none() {
             metrics::counter!(telemetry::UNANSWERABLE).increment(1);

@@ -4,219 +4,149 @@
 //! A group none of whose deployments can take the job now (all cooling down or misconfigured)
 //! is left at once: a job waits for capacity that frees before its deadline, never for a
 //! cooldown.
+//!
+//! [`Attempts`] is the part of a job's state these change; [`Attempts::finish`] closes a call.
 
 use std::{
     panic::AssertUnwindSafe,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures::{FutureExt, StreamExt};
 
-use super::{Body, Call, JobState, StreamOut};
+use super::{
+    JobState,
+    answer::StreamOut,
+    ask::Ask,
+    call::{Call, CallError, Closed, Ending, guarded, upstream_error},
+    kind::Kind,
+};
 use crate::{
-    runtime::{
-        deployment::AcquireError,
-        table::{RouteError, RouteRequest},
-    },
     policy::{retry::FallbackKind, routing::random},
     providers::{CallContext, ErrorClass, ProviderError},
+    runtime::{
+        deployment::AcquireError,
+        table::{Route, RouteError, RouteRequest},
+    },
     telemetry,
     wire::ApiError,
 };
 
-/// What the job does after an upstream call.
-pub(super) enum Flow {
-    /// It answered.
-    Done,
-    /// Try again (another deployment, a back-off, or a fallback group).
-    Next,
+/// Where a job is on its way through groups and deployments, and the call in progress.
+#[derive(Default)]
+pub(super) struct Attempts {
+    /// Model groups to try: the requested one, then fallbacks.
+    pub groups: Vec<String>,
+    /// True once the fallbacks are added to `groups`.
+    fallbacks_planned: bool,
+    /// The group tried now.
+    pub group_index: usize,
+    /// Calls made in the current group.
+    tries_in_group: u32,
+    /// Deployments of the current group that failed this job.
+    excluded: Vec<String>,
+    /// Calls made in all.
+    pub count: u32,
+    /// True while a back-off runs, and for the attempt right after it.
+    waited: bool,
+    /// True while the job waits in a deployment's queue for capacity.
+    pub waiting_for_capacity: bool,
+    /// The upstream call in progress.
+    pub call: Option<Call>,
+    /// The time the upstream calls took, all attempts together.
+    pub upstream_time: Duration,
+    /// The group the requested model resolved to.
+    pub first_group: Option<Arc<str>>,
+    /// The group of the last deployment picked.
+    pub served_group: Option<Arc<str>>,
+    /// The deployment of the last call closed, for the reply headers.
+    pub last_route: Option<Route>,
+    /// The answer should nothing else work, and the `Retry-After` it carries (a cooldown's
+    /// end, or the upstream's own).
+    last_error: Option<(ApiError, Option<Duration>)>,
+    /// The upstream's `Retry-After` of the last failed attempt, for the back-off.
+    last_retry_after: Option<Duration>,
 }
 
-/// A provider future that turns a panic inside the adapter into an error of this job.
-async fn guarded<T>(
-    work: impl std::future::Future<Output = Result<T, ProviderError>>,
-) -> Result<T, ProviderError> {
-    AssertUnwindSafe(work)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| Err(panicked()))
-}
-
-fn panicked() -> ProviderError {
-    ProviderError::new(
-        ErrorClass::InvalidResponse,
-        "internal error in the provider adapter (panic)",
-    )
-    .with_status(500)
-}
-
-impl JobState<'_> {
-    /// Attempts until the job is answered.
-    pub(super) async fn attempts(&mut self) {
-        loop {
-            let Some(model) = self.groups.get(self.group_index) else {
-                let e = self
-                    .last_error
-                    .take()
-                    .unwrap_or_else(|| ApiError::unavailable("no deployment could serve the job"));
-                self.retry_after = self.error_retry_after.take();
-                return self.fail(e).await;
-            };
-            let now = Instant::now();
-            let remaining = self.deadline.saturating_duration_since(now);
-            if remaining.is_zero() {
-                return self.fail(self.deadline_error()).await;
+impl Attempts {
+    /// Closes the call in progress, if any, as `ending` says: its capacity settles to what it
+    /// used, its time counts, its deployment hears how it went, and it becomes the job's last
+    /// route. Dropping the call then gives its capacity back. The one place a call ends.
+    pub fn finish(&mut self, ending: Ending<'_>) -> Option<Closed> {
+        let mut call = self.call.take()?;
+        let latency = call.started.elapsed();
+        let failure = match ending {
+            Ending::Answered(usage) => {
+                call.held.settle(usage);
+                Some(None)
             }
-            let routed = self.ctx.table.load().route(
-                &RouteRequest {
-                    model,
-                    exclude: &self.excluded,
-                    tags: &self.tags,
-                    prompt_tokens: self.prompt_tokens,
-                    stream: self.stream,
-                },
-                now,
-            );
-            let route = match routed {
-                Ok(route) => route,
-                Err(RouteError::UnknownModel(e)) => {
-                    if self.group_index == 0 {
-                        return match self.hand_over().await {
-                            Ok(()) => {}
-                            Err(unreachable) => self.fail(unreachable.unwrap_or(e)).await,
-                        };
-                    }
-                    // A fallback group that does not exist: skip it.
-                    self.next_group();
-                    continue;
-                }
-                Err(RouteError::Unavailable {
-                    group,
-                    error,
-                    retry_in,
-                }) => {
-                    // No deployment of the group can take the job now (all cooling down or
-                    // misconfigured): fall back at once, never wait out a cooldown. Without a
-                    // fallback the job answers this error, with `Retry-After` from `retry_in`.
-                    self.first_group.get_or_insert(group);
-                    self.set_error(error, retry_in);
-                    self.exhaust_group(FallbackKind::Generic);
-                    continue;
-                }
-                Err(RouteError::ContextWindow { group, error }) => {
-                    self.first_group.get_or_insert(group);
-                    self.set_error(error, None);
-                    self.exhaust_group(FallbackKind::ContextWindow);
-                    continue;
-                }
-            };
-            self.first_group.get_or_insert_with(|| route.group.clone());
-            if !route.fresh && self.attempts > 0 && !self.waited {
-                // Nothing but the deployment that just failed: back off before trying it again.
-                let wait = self.settings.retry.backoff(
-                    self.tries_in_group,
-                    self.last_retry_after,
-                    random(),
-                );
-                if !self.back_off(wait).await {
-                    self.exhaust_group(FallbackKind::Generic);
-                }
-                continue;
+            Ending::Failed {
+                class,
+                retry_after,
+                tokens,
+            } => {
+                call.held.settle_tokens(tokens);
+                Some(Some((class, retry_after)))
             }
-            self.waited = false;
-
-            self.served_group = Some(route.group.clone());
-            self.waiting_for_capacity = true;
-            let acquired = route.deployment.acquire(self.demand, remaining).await;
-            self.waiting_for_capacity = false;
-            let mut held = match acquired {
-                Ok(lease) => lease,
-                Err(AcquireError::TimedOut) => {
-                    // The deadline itself ends the job with the capacity error.
-                    self.waiting_for_capacity = true;
-                    std::future::pending::<()>().await;
-                    unreachable!("a pending future never resolves");
-                }
-                Err(AcquireError::Unavailable) => {
-                    // The deployment actor is being restarted: try another one.
-                    self.excluded.push(route.info().id.clone());
-                    continue;
-                }
-            };
-            self.attempts += 1;
-            self.tries_in_group += 1;
-            held.start_call();
-            self.call = Some(Call {
-                route,
-                held,
-                started: Instant::now(),
-                first_chunk: None,
-            });
-            let body = self
-                .body
-                .clone()
-                .expect("the body is parsed before the first attempt");
-            match self.call_upstream(body, remaining).await {
-                Flow::Done => return,
-                Flow::Next => continue,
+            Ending::Broke {
+                class,
+                retry_after,
+                usage,
+            } => {
+                call.held.settle(usage);
+                Some(Some((class, retry_after)))
             }
+            Ending::Cancelled(tokens) => {
+                call.held.settle_tokens(tokens);
+                None
+            }
+            Ending::Dropped(usage) => {
+                if let Some(usage) = usage {
+                    call.held.settle(usage);
+                }
+                self.last_route = Some(call.route.clone());
+                return None;
+            }
+        };
+        self.upstream_time += latency;
+        if let Some(failure) = failure {
+            call.route
+                .deployment
+                .outcome(latency, call.first_chunk, failure, Instant::now());
         }
+        self.last_route = Some(call.route.clone());
+        Some(Closed {
+            route: call.route.clone(),
+            latency,
+            started: call.started,
+            first_chunk: call.first_chunk,
+        })
     }
 
-    /// The requested model is no group of this worker's: hand the job, unchanged, to a worker
-    /// that serves it and answers ([`crate::runtime::direct`]); it answers the requester
-    /// directly. `Some(error)` when workers serve it but none answered; `None` when no other
-    /// worker serves it (the job gets its 404).
-    async fn hand_over(&mut self) -> Result<(), Option<ApiError>> {
-        use crate::runtime::direct::{self, HandOver};
-        let message = &self.job.request.message;
-        match direct::hand_over(
-            self.ctx,
-            self.job.kind,
-            message,
-            &self.groups[0],
-            self.deadline,
-        )
-        .await
-        {
-            HandOver::Sent => {
-                self.answered
-                    .store(true, std::sync::atomic::Ordering::Release);
-                Ok(())
-            }
-            HandOver::NoTaker => Err(None),
-            HandOver::Unreachable(e) => Err(Some(e)),
-        }
+    /// The group the job is served by, else the one it asked for.
+    pub fn group(&self) -> Option<Arc<str>> {
+        self.served_group.clone().or(self.first_group.clone())
     }
 
     /// Keeps `error` as the answer should nothing else work, with the `Retry-After` it carries.
     fn set_error(&mut self, error: ApiError, retry_after: Option<Duration>) {
-        self.last_error = Some(error);
-        self.error_retry_after = retry_after;
-    }
-
-    /// Waits `wait` before the next attempt, unless that would pass the deadline.
-    async fn back_off(&mut self, wait: Duration) -> bool {
-        if Instant::now() + wait >= self.deadline {
-            return false;
-        }
-        self.waited = true;
-        tokio::time::sleep(wait).await;
-        true
+        self.last_error = Some((error, retry_after));
     }
 
     /// The current group is done for: move on to the next, planning the fallbacks when the
     /// first group is left (by the kind of its last failure).
-    fn exhaust_group(&mut self, kind: FallbackKind) {
+    fn exhaust_group<K: Kind>(&mut self, ask: &Ask<K>, kind: FallbackKind) {
         if !self.fallbacks_planned {
             self.fallbacks_planned = true;
             let first = self
                 .first_group
                 .as_deref()
                 .map_or_else(|| self.groups[0].clone(), str::to_string);
-            let planned = self.settings.fallbacks.for_group(&first, kind);
-            let max = self.settings.fallbacks.max();
-            for g in planned.into_iter().chain(self.request_fallbacks.clone()) {
+            let fallbacks = &ask.settings.fallbacks;
+            let planned = fallbacks.for_group(&first, kind);
+            let max = fallbacks.max();
+            for g in planned.into_iter().chain(ask.fallbacks.iter().cloned()) {
                 if self.groups.len() > max {
                     break;
                 }
@@ -234,12 +164,177 @@ impl JobState<'_> {
         self.excluded.clear();
         self.waited = false;
     }
+}
+
+/// What the job does after an upstream call.
+pub(super) enum Flow {
+    /// It answered.
+    Done,
+    /// Try again (another deployment, a back-off, or a fallback group).
+    Next,
+}
+
+impl<K: Kind> JobState<'_, K> {
+    /// Attempts until the job is answered.
+    pub(super) async fn attempt_all(&mut self) {
+        loop {
+            let Some(model) = self.attempts.groups.get(self.attempts.group_index) else {
+                let (e, retry_after) = self.attempts.last_error.take().unwrap_or_else(|| {
+                    (
+                        ApiError::unavailable("no deployment could serve the job"),
+                        None,
+                    )
+                });
+                self.outcome.retry_after = retry_after;
+                return self.fail(e).await;
+            };
+            let now = Instant::now();
+            let remaining = self.ask.remaining(now);
+            if remaining.is_zero() {
+                return self.fail(self.ask.deadline_error()).await;
+            }
+            let routed = self.ctx.table.load().route(
+                &RouteRequest {
+                    model,
+                    exclude: &self.attempts.excluded,
+                    tags: &self.ask.tags,
+                    prompt_tokens: self.ask.prompt_tokens(),
+                    stream: self.ask.stream,
+                },
+                now,
+            );
+            let attempts = &mut self.attempts;
+            let route = match routed {
+                Ok(route) => route,
+                Err(RouteError::UnknownModel(e)) => {
+                    if attempts.group_index == 0 {
+                        return match self.hand_over().await {
+                            Ok(()) => {}
+                            Err(unreachable) => self.fail(unreachable.unwrap_or(e)).await,
+                        };
+                    }
+                    // A fallback group that does not exist: skip it.
+                    attempts.next_group();
+                    continue;
+                }
+                Err(RouteError::Unavailable {
+                    group,
+                    error,
+                    retry_in,
+                }) => {
+                    // No deployment of the group can take the job now (all cooling down or
+                    // misconfigured): fall back at once, never wait out a cooldown. Without a
+                    // fallback the job answers this error, with `Retry-After` from `retry_in`.
+                    attempts.first_group.get_or_insert(group);
+                    attempts.set_error(error, retry_in);
+                    attempts.exhaust_group(&self.ask, FallbackKind::Generic);
+                    continue;
+                }
+                Err(RouteError::ContextWindow { group, error }) => {
+                    attempts.first_group.get_or_insert(group);
+                    attempts.set_error(error, None);
+                    attempts.exhaust_group(&self.ask, FallbackKind::ContextWindow);
+                    continue;
+                }
+            };
+            attempts
+                .first_group
+                .get_or_insert_with(|| route.group.clone());
+            if !route.fresh && attempts.count > 0 && !attempts.waited {
+                // Nothing but the deployment that just failed: back off before trying it again.
+                let wait = self.ask.settings.retry.backoff(
+                    attempts.tries_in_group,
+                    attempts.last_retry_after,
+                    random(),
+                );
+                if !self.back_off(wait).await {
+                    self.attempts
+                        .exhaust_group(&self.ask, FallbackKind::Generic);
+                }
+                continue;
+            }
+            attempts.waited = false;
+
+            attempts.served_group = Some(route.group.clone());
+            attempts.waiting_for_capacity = true;
+            let acquired = route.deployment.acquire(self.ask.demand, remaining).await;
+            let attempts = &mut self.attempts;
+            attempts.waiting_for_capacity = false;
+            let mut held = match acquired {
+                Ok(lease) => lease,
+                Err(AcquireError::TimedOut) => {
+                    // The deadline itself ends the job with the capacity error.
+                    attempts.waiting_for_capacity = true;
+                    std::future::pending::<()>().await;
+                    unreachable!("a pending future never resolves");
+                }
+                Err(AcquireError::Unavailable) => {
+                    // The deployment actor is being restarted: try another one.
+                    attempts.excluded.push(route.info().id.clone());
+                    continue;
+                }
+            };
+            attempts.count += 1;
+            attempts.tries_in_group += 1;
+            held.start_call();
+            attempts.call = Some(Call {
+                route,
+                held,
+                started: Instant::now(),
+                first_chunk: None,
+            });
+            let body = self
+                .ask
+                .body
+                .clone()
+                .expect("the body is parsed before the first attempt");
+            match self.call_upstream(body, remaining).await {
+                Flow::Done => return,
+                Flow::Next => continue,
+            }
+        }
+    }
+
+    /// The requested model is no group of this worker's: hand the job, unchanged, to a worker
+    /// that serves it and answers ([`crate::runtime::direct`]); it answers the requester
+    /// directly. `Some(error)` when workers serve it but none answered; `None` when no other
+    /// worker serves it (the job gets its 404).
+    async fn hand_over(&mut self) -> Result<(), Option<ApiError>> {
+        use crate::runtime::direct::{self, HandOver};
+        match direct::hand_over(
+            self.ctx,
+            self.ask.kind,
+            self.reply.message(),
+            &self.attempts.groups[0],
+            self.ask.deadline,
+        )
+        .await
+        {
+            HandOver::Sent => {
+                self.reply.mark_answered();
+                Ok(())
+            }
+            HandOver::NoTaker => Err(None),
+            HandOver::Unreachable(e) => Err(Some(e)),
+        }
+    }
+
+    /// Waits `wait` before the next attempt, unless that would pass the deadline.
+    async fn back_off(&mut self, wait: Duration) -> bool {
+        if Instant::now() + wait >= self.ask.deadline {
+            return false;
+        }
+        self.attempts.waited = true;
+        tokio::time::sleep(wait).await;
+        true
+    }
 
     /// Makes the current attempt's upstream call and answers, or says to try again. The
     /// failure paths are boxed (`Box::pin(..).await`): their state then lives in an allocation
     /// of its own when they run, instead of enlarging the state machine every open stream holds.
-    async fn call_upstream(&mut self, body: Body, remaining: Duration) -> Flow {
+    async fn call_upstream(&mut self, body: Arc<K::Body>, remaining: Duration) -> Flow {
         let route = &self
+            .attempts
             .call
             .as_ref()
             .expect("a call is set up before it is made")
@@ -248,88 +343,71 @@ impl JobState<'_> {
         let cctx = CallContext {
             upstream_model: route.upstream_model().to_string(),
             timeout: info.timeout.map_or(remaining, |t| t.min(remaining)),
-            traceparent: self.traceparent.clone(),
+            traceparent: self.ask.traceparent.clone(),
         };
-        let provider = &info.provider;
-        match body {
-            Body::Embedding(body) => match guarded(provider.embed(&body, &cctx)).await {
-                Ok(response) => {
-                    self.embedded(response).await;
+        let provider = &*info.provider;
+        if !self.ask.stream {
+            return match guarded(K::call(provider, &body, &cctx)).await {
+                Ok(answer) => {
+                    self.answer_whole(answer).await;
                     Flow::Done
                 }
                 Err(e) => Box::pin(self.upstream_failed(e)).await,
-            },
-            Body::Chat(body) if !self.stream => {
-                match guarded(provider.complete(&body, &cctx)).await {
-                    Ok(response) => {
-                        self.reply(response).await;
-                        Flow::Done
-                    }
-                    Err(e) => Box::pin(self.upstream_failed(e)).await,
+            };
+        }
+        let mut chunks = match guarded(K::stream(provider, &body, &cctx)).await {
+            Ok(s) => s,
+            Err(e) => return Box::pin(self.upstream_failed(e)).await,
+        };
+        let idle = info.stream_timeout.map_or(remaining, |t| t.min(remaining));
+        loop {
+            let next =
+                tokio::time::timeout(idle, AssertUnwindSafe(chunks.next()).catch_unwind()).await;
+            let item = match next {
+                Ok(Ok(Some(item))) => item.map_err(CallError::Upstream),
+                Ok(Ok(None)) => {
+                    self.end_stream().await;
+                    return Flow::Done;
                 }
-            }
-            Body::Chat(body) => {
-                let mut chunks = match guarded(provider.stream(&body, &cctx)).await {
-                    Ok(s) => s,
-                    Err(e) => return Box::pin(self.upstream_failed(e)).await,
-                };
-                let idle = info.stream_timeout.map_or(remaining, |t| t.min(remaining));
-                loop {
-                    let next =
-                        tokio::time::timeout(idle, AssertUnwindSafe(chunks.next()).catch_unwind())
-                            .await;
-                    let item = match next {
-                        Ok(Ok(Some(item))) => item,
-                        Ok(Ok(None)) => {
-                            self.end_stream().await;
-                            return Flow::Done;
-                        }
-                        Ok(Err(_)) => Err(panicked()),
-                        Err(_) => Err(ProviderError::new(
-                            ErrorClass::Timeout,
-                            format!("the stream sent nothing for {} ms", idle.as_millis()),
-                        )),
-                    };
-                    match item {
-                        Ok(chunk) => {
-                            if !self.chunk(chunk).await {
-                                return Flow::Done;
-                            }
-                        }
-                        Err(e) if self.out.committed => {
-                            Box::pin(self.fail_stream(&e)).await;
-                            return Flow::Done;
-                        }
-                        Err(e) => return Box::pin(self.upstream_failed(e)).await,
+                Ok(Err(_)) => Err(CallError::Panicked),
+                Err(_) => Err(CallError::Upstream(ProviderError::new(
+                    ErrorClass::Timeout,
+                    format!("the stream sent nothing for {} ms", idle.as_millis()),
+                ))),
+            };
+            match item {
+                Ok(chunk) => {
+                    if !self.chunk(chunk).await {
+                        return Flow::Done;
                     }
                 }
+                Err(e) if self.outcome.out.committed => {
+                    Box::pin(self.fail_stream(&e.provider())).await;
+                    return Flow::Done;
+                }
+                Err(e) => return Box::pin(self.upstream_failed(e)).await,
             }
         }
     }
 
     /// The current attempt failed before anything reached the client: retry, fall back, or
-    /// answer with the error.
-    async fn upstream_failed(&mut self, e: ProviderError) -> Flow {
-        let Some(mut call) = self.call.take() else {
+    /// answer with the error. A panic of the adapter answers a 500 at once.
+    async fn upstream_failed(&mut self, error: CallError) -> Flow {
+        let e = error.provider();
+        let tokens = self.failed_usage(&e);
+        let Some(closed) = self.attempts.finish(Ending::Failed {
+            class: e.class,
+            retry_after: e.retry_after,
+            tokens,
+        }) else {
             return Flow::Next;
         };
-        let latency = call.started.elapsed();
-        self.upstream_time += latency;
-        call.held.settle_tokens(self.failed_usage(&e));
-        let dep = call.route.deployment.clone();
-        dep.outcome(
-            latency,
-            None,
-            Some((e.class, e.retry_after)),
-            Instant::now(),
-        );
-        self.last_route = Some(call.route.clone());
-        drop(call);
         // Nothing of this attempt reached the client: forget what it buffered.
-        self.out = StreamOut::default();
+        self.outcome.out = StreamOut::default();
+        let dep = &closed.route.deployment;
         let id = dep.id();
         tracing::warn!(deployment = %id, class = ?e.class, status = ?e.status, error = %e.message, "upstream attempt failed");
-        if e.status == Some(500) && e.message.contains("(panic)") {
+        if let CallError::Panicked = error {
             let err = ApiError::internal(format!(
                 "internal error while calling deployment `{id}`; the job was not completed"
             ));
@@ -337,14 +415,15 @@ impl JobState<'_> {
             return Flow::Done;
         }
         // The upstream's own `Retry-After` goes on to the requester with its 429 or 503.
-        self.set_error(upstream_error(id, &e), e.retry_after);
-        self.last_retry_after = e.retry_after;
-        if self.tries_in_group <= self.settings.retry.retries_for(e.class) {
-            self.excluded.push(id.to_string());
+        let attempts = &mut self.attempts;
+        attempts.set_error(upstream_error(id, &e), e.retry_after);
+        attempts.last_retry_after = e.retry_after;
+        if attempts.tries_in_group <= self.ask.settings.retry.retries_for(e.class) {
+            attempts.excluded.push(id.to_string());
             metrics::counter!(telemetry::RETRIES, "model_group" => dep.info.model_group.clone())
                 .increment(1);
         } else {
-            self.exhaust_group(FallbackKind::of(e.class));
+            attempts.exhaust_group(&self.ask, FallbackKind::of(e.class));
         }
         Flow::Next
     }
@@ -352,7 +431,7 @@ impl JobState<'_> {
     /// What a failed attempt used: nothing when the upstream answered with an error status,
     /// what a stream sent before it broke, else unknown (the reservation stands).
     fn failed_usage(&self, e: &ProviderError) -> Option<u64> {
-        if self.out.text > 0 || self.out.usage.is_some() {
+        if self.outcome.out.text > 0 || self.outcome.out.usage.is_some() {
             return Some(self.stream_usage().total_tokens);
         }
         match (e.status, e.class) {
@@ -360,54 +439,5 @@ impl JobState<'_> {
             (None, ErrorClass::Timeout | ErrorClass::InvalidResponse) => None,
             (None, _) => Some(0),
         }
-    }
-
-    pub(super) fn deadline_error(&self) -> ApiError {
-        let ms = self.deadline.duration_since(self.job.received).as_millis();
-        ApiError::deadline(format!("the job's deadline of {ms} ms passed"))
-    }
-}
-
-/// Turns a failed upstream call into the error the client gets.
-pub(super) fn upstream_error(deployment: &str, e: &ProviderError) -> ApiError {
-    let message = format!("deployment `{deployment}`: {}", e.message);
-    match e.class {
-        ErrorClass::Authentication => ApiError::unauthorized(message),
-        ErrorClass::PermissionDenied => ApiError::new(403, "permission_error", message),
-        ErrorClass::NotFound => {
-            ApiError::new(e.status.unwrap_or(404), "invalid_request_error", message)
-        }
-        ErrorClass::BadRequest => {
-            ApiError::new(e.status.unwrap_or(400), "invalid_request_error", message)
-        }
-        ErrorClass::ContextWindowExceeded => ApiError::new(400, "invalid_request_error", message)
-            .with_code("context_length_exceeded"),
-        ErrorClass::ContentPolicyViolation => ApiError::new(400, "invalid_request_error", message)
-            .with_code("content_policy_violation"),
-        ErrorClass::RateLimit => ApiError::rate_limited(message),
-        ErrorClass::Timeout => ApiError::deadline(message),
-        ErrorClass::Connection | ErrorClass::InternalServer | ErrorClass::InvalidResponse => {
-            ApiError::bad_gateway(message)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_client_errors_keep_their_status() {
-        let e = ProviderError {
-            class: ErrorClass::BadRequest,
-            status: Some(422),
-            message: "bad".into(),
-            retry_after: None,
-        };
-        assert_eq!(upstream_error("d", &e).status, 422);
-        let e = ProviderError::new(ErrorClass::InternalServer, "boom");
-        assert_eq!(upstream_error("d", &e).status, 502);
-        let e = ProviderError::new(ErrorClass::Authentication, "no");
-        assert_eq!(upstream_error("d", &e).status, 401);
     }
 }

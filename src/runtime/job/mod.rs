@@ -16,9 +16,30 @@
 //! lease goes back to its deployment (`deployment::Lease`), the cancel registration is removed,
 //! and the gate's ticket frees the place. No per-job state outlives the task.
 //!
+//! A running job's state ([`JobState`]) is three parts, by when they change:
+//! - [`ask::Ask`], **the request**: what the job asks (body, headers, settings, deadline),
+//!   read once before the first attempt;
+//! - [`attempt::Attempts`], **the attempts**: the groups and deployments tried so far, the
+//!   call in progress and its timings; [`attempt::Attempts::finish`] closes a call, the one
+//!   place that settles its capacity and tells its deployment how it went;
+//! - [`answer::Outcome`], **the outcome**: what reached the caller, what the job used and
+//!   cost, and how it ended (for its usage event and metrics).
+//!
+//! Its answer goes out through its [`reply::Reply`], the one place that knows where the answer
+//! goes (the requester's NATS reply subject).
+//!
+//! The state is generic over the job's [`kind::Kind`]: what differs between a chat completion
+//! and embeddings (and the kinds to come) — the body, the provider call, the framing of the
+//! answer and the stream, reading usage — is one module per kind in [`kind`], and [`KINDS`]
+//! is the one table of them. Everything in this module is written once for every kind.
+//!
+//! - `kind`: the kinds of job and their table.
+//! - `ask`: the request part, and reading the headers and the body.
 //! - `attempt`: routing, capacity, the upstream call, retries and fallbacks.
-//! - `answer`: replies, stream chunks, sentinels, errors, reply headers, metrics and usage.
-//! - `parse`: the body.
+//! - `call`: one upstream call, how it ends, and its errors (a panic of the adapter included).
+//! - `answer`: replies, stream chunks, errors, reply headers, metrics and usage.
+//! - `reply`: where the answer goes.
+//! - `parse`: checking the bodies the kinds read.
 
 use std::{
     panic::AssertUnwindSafe,
@@ -26,57 +47,44 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use async_nats::service::Request;
 use futures::FutureExt;
 use tracing::Instrument;
 
-use super::{WorkerContext, deployment::Lease, gate::Ticket, table::Route};
-use crate::{
-    auth::Caller,
-    limits::Demand,
-    providers::ErrorClass,
-    wire::{
-        ApiError,
-        headers::RequestHeaders,
-        openai::{ChatCompletionChunk, ChatCompletionRequest, EmbeddingRequest, Usage},
-    },
-};
+use super::{WorkerContext, gate::Ticket};
+use crate::{providers::ErrorClass, wire::ApiError};
 
 mod answer;
+mod ask;
 mod attempt;
+mod call;
+pub mod kind;
 pub mod parse;
+mod reply;
 
-pub use answer::answer_failed_job;
+pub use kind::{COMPLETION, EMBEDDING, JobKind, KINDS};
+pub use reply::answer_failed_job;
 
-/// What a job asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
-    /// A chat completion (`llm.completion`).
-    Completion,
-    /// Embeddings (`llm.embedding`).
-    Embedding,
-}
+use answer::Outcome;
+use ask::Ask;
+use attempt::Attempts;
+use call::Ending;
+use kind::Kind;
+use reply::Reply;
 
 /// One job as ingress hands it over.
 pub struct Job {
-    /// What it asks for.
-    pub kind: JobKind,
+    /// What it asks for: its row in [`KINDS`].
+    pub kind: &'static JobKind,
     /// The NATS request (payload, headers, reply subject).
     pub request: Request,
     /// When the worker received it.
     pub received: Instant,
     /// The job id that logs and the `Llm-Job-Id` header carry.
     pub id: String,
-}
-
-/// A parsed request body, as sent upstream.
-#[derive(Clone)]
-enum Body {
-    Chat(Arc<ChatCompletionRequest>),
-    Embedding(Arc<EmbeddingRequest>),
 }
 
 /// How a job ended before its own answer.
@@ -98,9 +106,10 @@ pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
     let id = job.id.clone();
     let answered = AtomicBool::new(false);
     let span = tracing::info_span!("job", job_id = %job.id, traceparent = tracing::field::Empty);
-    // Boxed: the job's state machine is several kilobytes, and a task's future is moved by
-    // value on spawn; this way only a pointer moves.
-    let run = Box::pin(JobState::new(job, &ctx, &answered, span.clone()).run());
+    // Boxed by its kind's row: the job's state machine is several kilobytes, and a task's
+    // future is moved by value on spawn; this way only a pointer moves.
+    let kind = job.kind;
+    let run = kind.run(job, &ctx, &answered, span.clone());
     if AssertUnwindSafe(run.instrument(span))
         .catch_unwind()
         .await
@@ -117,157 +126,61 @@ pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
     drop(ticket);
 }
 
-/// The upstream call of the current attempt.
-struct Call {
-    route: Route,
-    /// The deployment's capacity this call holds; dropping the call gives it back.
-    held: Lease,
-    started: Instant,
-    first_chunk: Option<Duration>,
-}
-
-/// What a job's upstream use cost, for its usage event.
-struct Spent {
-    usage: Usage,
-    cost: f64,
-    /// From receipt to a stream's first chunk.
-    ttft: Option<Duration>,
-}
-
-/// What a stream has sent so far.
-#[derive(Default)]
-struct StreamOut {
-    seq: u64,
-    committed: bool,
-    pending: Vec<ChatCompletionChunk>,
-    usage: Option<Usage>,
-    text: usize,
-}
-
-/// Everything about one job while it runs.
-struct JobState<'a> {
-    job: Job,
+/// Everything about one job while it runs: the request, the attempts, the outcome, and where
+/// the answer goes.
+struct JobState<'a, K: Kind> {
     ctx: &'a WorkerContext,
-    /// The config's rules, as they were when the job arrived.
-    settings: Arc<super::JobSettings>,
-    /// Set once the job's final message has gone out.
-    answered: &'a AtomicBool,
     span: tracing::Span,
-    /// Who the job runs for, once the key is checked.
-    caller: Option<Caller>,
-    deadline: Instant,
-    traceparent: Option<String>,
-    /// The body sent upstream (streams always ask for usage, to count cost).
-    body: Option<Body>,
-    stream: bool,
-    client_wants_usage: bool,
-    /// Model groups to try: the requested one, then fallbacks.
-    groups: Vec<String>,
-    /// Fallbacks the request itself named (`Llm-Fallbacks`, then the body's `fallbacks`).
-    request_fallbacks: Vec<String>,
-    fallbacks_planned: bool,
-    tags: Vec<String>,
-    prompt_tokens: u64,
-    /// What each attempt reserves on its deployment (prompt and output bound).
-    demand: Demand,
-    group_index: usize,
-    tries_in_group: u32,
-    excluded: Vec<String>,
-    attempts: u32,
-    /// True while a back-off runs, and for the attempt right after it.
-    waited: bool,
-    /// True while the job waits in a deployment's queue for capacity.
-    waiting_for_capacity: bool,
-    call: Option<Call>,
-    /// The answer should nothing else work, and the `Retry-After` it carries (a cooldown's
-    /// end, or the upstream's own).
-    last_error: Option<ApiError>,
-    error_retry_after: Option<Duration>,
-    /// The upstream's `Retry-After` of the last failed attempt, for the back-off.
-    last_retry_after: Option<Duration>,
-    /// The `Retry-After` header of the job's error answer (429 and 503 only).
-    retry_after: Option<Duration>,
-    /// The group the requested model resolved to.
-    first_group: Option<Arc<str>>,
-    served_group: Option<Arc<str>>,
-    /// The deployment of the last attempt that failed, for the reply headers.
-    last_route: Option<Route>,
-    upstream_time: Duration,
-    out: StreamOut,
-    /// Tokens and cost, once priced.
-    spent: Option<Spent>,
-    /// For a failure, the error class of its answer.
-    error_class: Option<String>,
-    /// Set once the job's usage event is recorded; a job dropped before that (a panic)
-    /// records one as it goes (`Drop`).
-    recorded: bool,
+    /// What the job asks.
+    ask: Ask<K>,
+    /// Where it is on its way through groups and deployments.
+    attempts: Attempts,
+    /// What it produced and used so far.
+    outcome: Outcome<K::Chunk>,
+    /// Where its answer goes.
+    reply: Reply<'a>,
 }
 
-impl<'a> JobState<'a> {
+impl<'a, K: Kind> JobState<'a, K> {
     fn new(
         job: Job,
         ctx: &'a WorkerContext,
         answered: &'a AtomicBool,
         span: tracing::Span,
     ) -> Self {
-        let settings = ctx.settings.load_full();
-        let deadline = job.received + settings.default_timeout;
+        let Job {
+            kind,
+            request,
+            received,
+            id,
+        } = job;
         Self {
-            job,
             ctx,
-            settings,
-            answered,
             span,
-            caller: None,
-            deadline,
-            traceparent: None,
-            body: None,
-            stream: false,
-            client_wants_usage: false,
-            groups: Vec::new(),
-            request_fallbacks: Vec::new(),
-            fallbacks_planned: false,
-            tags: Vec::new(),
-            prompt_tokens: 0,
-            demand: Demand::input_only(0),
-            group_index: 0,
-            tries_in_group: 0,
-            excluded: Vec::new(),
-            attempts: 0,
-            waited: false,
-            waiting_for_capacity: false,
-            call: None,
-            last_error: None,
-            error_retry_after: None,
-            last_retry_after: None,
-            retry_after: None,
-            first_group: None,
-            served_group: None,
-            last_route: None,
-            upstream_time: Duration::ZERO,
-            out: StreamOut::default(),
-            spent: None,
-            error_class: None,
-            recorded: false,
+            ask: Ask::new(id, kind, received, ctx.settings.load_full()),
+            attempts: Attempts::default(),
+            outcome: Outcome::default(),
+            reply: Reply::new(request, &ctx.client, answered),
         }
     }
 
     async fn run(mut self) {
         let ctx = self.ctx;
-        let message = &self.job.request.message;
+        let message = self.reply.message();
         let registration = ctx
             .cancels
             .register(message.reply.as_ref(), message.headers.as_ref());
-        if let Err(e) = self.prepare() {
+        if let Err(e) = self.ask.prepare(self.reply.message(), &self.span) {
             return self.fail(e).await;
         }
-        let deadline = tokio::time::Instant::from_std(self.deadline);
+        self.attempts.groups.push(self.ask.model().to_string());
+        let deadline = tokio::time::Instant::from_std(self.ask.deadline);
         let stop = tokio::select! {
             biased;
             _ = ctx.gate.cutoff().cancelled() => Stop::CutOff,
             _ = registration.cancelled() => Stop::Cancelled,
             _ = tokio::time::sleep_until(deadline) => Stop::Deadline,
-            _ = self.attempts() => Stop::Done,
+            _ = self.attempt_all() => Stop::Done,
         };
         match stop {
             Stop::Done => {}
@@ -286,65 +199,11 @@ impl<'a> JobState<'a> {
         }
     }
 
-    /// Checks the key, reads the headers and the body. An error here is the caller's.
-    fn prepare(&mut self) -> Result<(), ApiError> {
-        let message = &self.job.request.message;
-        self.caller = Some(self.settings.auth.check(message.headers.as_ref())?);
-        let parsed = RequestHeaders::from_nats(message.headers.as_ref())?;
-        if let Some(t) = parsed.timeout {
-            self.deadline = self.job.received + t;
-        }
-        self.traceparent = parsed.traceparent;
-        self.request_fallbacks = parsed.fallbacks;
-        self.tags = parsed.tags;
-        if let Some(tp) = &self.traceparent {
-            self.span.record("traceparent", tp.as_str());
-        }
-        match self.job.kind {
-            JobKind::Embedding => {
-                let mut body = parse::embedding(&message.payload)?;
-                self.request_fallbacks
-                    .extend(parse::take_fallbacks(&mut body.extra));
-                self.prompt_tokens = body
-                    .input
-                    .texts()
-                    .iter()
-                    .map(|t| crate::limits::estimate_text_tokens(t))
-                    .sum();
-                self.demand = Demand::input_only(self.prompt_tokens);
-                self.groups.push(body.model.clone());
-                self.body = Some(Body::Embedding(Arc::new(body)));
-            }
-            JobKind::Completion => {
-                let mut body = parse::chat(&message.payload)?;
-                self.stream = body.is_stream();
-                self.client_wants_usage = body.include_usage();
-                if self.stream && !self.client_wants_usage {
-                    // Ask for usage anyway so the cost is right; the client does not see it.
-                    let opts = body.stream_options.get_or_insert_with(|| {
-                        crate::wire::openai::StreamOptions {
-                            include_usage: None,
-                            extra: Default::default(),
-                        }
-                    });
-                    opts.include_usage = Some(true);
-                }
-                self.request_fallbacks
-                    .extend(parse::take_fallbacks(&mut body.extra));
-                self.demand = Demand::of_chat(&body);
-                self.prompt_tokens = self.demand.prompt;
-                self.groups.push(body.model.clone());
-                self.body = Some(Body::Chat(Arc::new(body)));
-            }
-        }
-        Ok(())
-    }
-
     /// The deadline passed before the job answered.
     async fn deadline_passed(&mut self) {
-        let ms = self.deadline.duration_since(self.job.received).as_millis();
-        if self.waiting_for_capacity {
-            let group = self.served_group.clone().or(self.first_group.clone());
+        let ms = self.ask.deadline_ms();
+        if self.attempts.waiting_for_capacity {
+            let group = self.attempts.group();
             let e = ApiError::rate_limited(format!(
                 "no capacity on model group `{}` within the job's deadline of {ms} ms \
                  (rpm/tpm/max_parallel_requests limits are reached); retry later",
@@ -352,7 +211,7 @@ impl<'a> JobState<'a> {
             ));
             return self.fail(e).await;
         }
-        let e = if self.call.is_some() {
+        let e = if self.attempts.call.is_some() {
             ApiError::deadline(format!(
                 "the job's deadline of {ms} ms passed before the upstream answered"
             ))
@@ -360,34 +219,26 @@ impl<'a> JobState<'a> {
             ApiError::deadline(format!("the job's deadline of {ms} ms passed"))
         };
         // A call cut by the deadline is a timeout of its deployment.
-        if let Some(mut call) = self.call.take() {
-            call.held.settle_tokens(self.cut_usage());
-            self.upstream_time += call.started.elapsed();
-            call.route.deployment.outcome(
-                call.started.elapsed(),
-                call.first_chunk,
-                Some((ErrorClass::Timeout, None)),
-                Instant::now(),
-            );
-            self.last_route = Some(call.route.clone());
-        }
+        let tokens = self.cut_usage();
+        self.attempts.finish(Ending::Failed {
+            class: ErrorClass::Timeout,
+            retry_after: None,
+            tokens,
+        });
         self.fail(e).await;
     }
 
     /// The requester gave up: stop without answering, and count what was used.
     fn cancelled(&mut self) {
         tracing::debug!("cancelled by the requester");
-        let mut route = self.last_route.take();
-        if let Some(mut call) = self.call.take() {
-            let upstream = call.started.elapsed();
-            self.upstream_time += upstream;
-            let usage = self.stream_usage();
-            call.held.settle_tokens(self.cut_usage());
-            self.price(&call.route, &usage, upstream, None);
-            route = Some(call.route.clone());
+        let usage = self.stream_usage();
+        if let Some(closed) = self.attempts.finish(Ending::Cancelled(self.cut_usage())) {
+            self.outcome
+                .price(&closed.route, &usage, closed.latency, None);
         }
-        self.error_class = Some("cancelled".into());
-        self.answered.store(true, Ordering::Release);
+        self.outcome.error_class = Some("cancelled".into());
+        self.reply.mark_answered();
+        let route = self.attempts.last_route.take();
         self.observe(499, route.as_ref());
     }
 
@@ -395,15 +246,12 @@ impl<'a> JobState<'a> {
     /// call that had not answered yet (its reservation stands, since the upstream may have
     /// spent it).
     fn cut_usage(&self) -> Option<u64> {
-        self.stream.then(|| self.stream_usage().total_tokens)
+        self.ask.stream.then(|| self.stream_usage().total_tokens)
     }
 
     /// The usage of the stream so far: the upstream's when it sent one, else an estimate.
-    fn stream_usage(&self) -> Usage {
-        self.out
-            .usage
-            .clone()
-            .unwrap_or_else(|| Usage::new(self.prompt_tokens, (self.out.text as u64).div_ceil(4)))
+    fn stream_usage(&self) -> crate::wire::openai::Usage {
+        self.outcome.out.usage(self.ask.prompt_tokens())
     }
 }
 
@@ -411,17 +259,18 @@ impl<'a> JobState<'a> {
 /// before that — a panic unwinding through it (its 500 goes from [`supervise`]), or its task
 /// dropped — records one here, with what it knew: the deployment it was calling or last
 /// tried, the usage priced so far, status 500 and the error class `panic` (else `abandoned`).
-impl Drop for JobState<'_> {
+impl<K: Kind> Drop for JobState<'_, K> {
     fn drop(&mut self) {
-        if self.recorded {
+        if self.outcome.recorded {
             return;
         }
         let route = self
+            .attempts
             .call
             .as_ref()
             .map(|c| c.route.clone())
-            .or_else(|| self.last_route.clone());
-        self.error_class = Some(
+            .or_else(|| self.attempts.last_route.clone());
+        self.outcome.error_class = Some(
             if std::thread::panicking() {
                 "panic"
             } else {
