@@ -15,7 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use llmbus::{client::LlmClient, health};
+use llmbus::client::{LlmClient, health};
 use support::{
     fake_provider::{FakeProvider, Fault},
     gateway::{Gateway, PATIENCE, chat, content},

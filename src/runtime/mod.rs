@@ -36,6 +36,8 @@ pub mod direct;
 pub mod gate;
 pub mod ingress;
 pub mod job;
+pub mod plan;
+pub mod readiness;
 pub mod router;
 pub mod table;
 

@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 use async_nats::jetstream;
 use serde::Serialize;
 
-use super::{
-    event::{civil_from_days, day_of, days_from_civil, usd},
-    spend::{self, Breakdown, Cursor, DayDoc, Tally},
+use super::spend::{self, Breakdown, Cursor, DayDoc, Tally};
+use crate::wire::{
+    Subjects,
+    usage::{civil_from_days, day_of, days_from_civil, usd},
 };
-use crate::wire::Subjects;
 
 /// Where a report starts: a UTC day.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,14 +16,15 @@ use bytes::Bytes;
 
 use super::JobState;
 use crate::{
-    runtime::table::Route,
     auth::Caller,
-    pricing, telemetry,
-    usage::UsageEvent,
+    pricing,
+    runtime::table::Route,
+    telemetry,
     wire::{
         ApiError, headers,
         openai::{ChatCompletionChunk, ChatCompletionResponse, EmbeddingResponse, Usage},
         ratelimit,
+        usage::UsageEvent,
     },
 };
 
@@ -301,7 +302,7 @@ impl JobState<'_> {
         {
             h.insert(
                 headers::name::RETRY_AFTER,
-                crate::runtime::table::retry_after_secs(wait).to_string(),
+                crate::policy::routing::retry_after_secs(wait).to_string(),
             );
         }
         h
@@ -380,7 +381,7 @@ impl JobState<'_> {
         };
         let mut event = UsageEvent {
             job_id: self.job.id.clone(),
-            timestamp_ms: crate::usage::event::now_ms(),
+            timestamp_ms: crate::wire::usage::now_ms(),
             model_group: route
                 .map(|r| r.group.to_string())
                 .or_else(|| self.served_group.as_deref().map(str::to_string))
@@ -389,7 +390,7 @@ impl JobState<'_> {
                 .unwrap_or_default(),
             deployment: route.map(|r| r.info().id.clone()),
             provider: route.map(|r| {
-                crate::providers::prefix(&r.info().model)
+                crate::config::provider_prefix(&r.info().model)
                     .unwrap_or("openai")
                     .to_string()
             }),

@@ -14,12 +14,12 @@ use futures::{FutureExt, StreamExt};
 
 use super::{Body, Call, JobState, StreamOut};
 use crate::{
+    policy::{retry::FallbackKind, routing::random},
+    providers::{CallContext, ErrorClass, ProviderError},
     runtime::{
         deployment::AcquireError,
         table::{RouteError, RouteRequest},
     },
-    policy::{retry::FallbackKind, routing::random},
-    providers::{CallContext, ErrorClass, ProviderError},
     telemetry,
     wire::ApiError,
 };
