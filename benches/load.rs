@@ -713,7 +713,7 @@ fn main() {
     let metrics_url = settings.telemetry.then(|| {
         llmbus::telemetry::init_logging(llmbus::telemetry::LogFormat::Text);
         let port = free_port().expect("a free port for metrics");
-        llmbus::telemetry::install_metrics(([127, 0, 0, 1], port).into())
+        llmbus::worker::ops::install_metrics(([127, 0, 0, 1], port).into())
             .expect("the Prometheus recorder");
         format!("http://127.0.0.1:{port}/metrics")
     });

@@ -5,6 +5,8 @@
 //! many" convention: subscribe to a fresh inbox, publish the job with that inbox as reply
 //! subject, read chunks (each with `Llm-Seq`) until the empty-payload sentinel.
 
+pub mod health;
+
 use std::time::Duration;
 
 use async_nats::{HeaderMap, StatusCode, Subscriber, client::RequestErrorKind};

@@ -6,6 +6,44 @@
 //! `"stream": true`, with `chat.completion.chunk` messages and an empty sentinel). Workers are
 //! stateless processes sharing a NATS queue group: scale by starting more of them.
 //!
+//! ## Layers
+//!
+//! Imports go one way, down: a module uses its own layer and the layers below it, never one
+//! above, and no two modules import each other (`tests/layering.rs` checks both, and that this
+//! drawing matches its table). A type two layers share lives in the lower one.
+//!
+//! ```text
+//! ┌──────────────┬──────────────────────────┬─────────────────────────────────────────────────┐
+//! │ layer        │ modules                  │ what it holds                                   │
+//! ├──────────────┼──────────────────────────┼─────────────────────────────────────────────────┤
+//! │ CLI          │ cli, fuzzing             │ the llmbus subcommands; fuzz entry points       │
+//! │ worker       │ worker                   │ start, reload, drain; the ops server (/metrics) │
+//! │ HTTP front   │ http                     │ OpenAI-compatible HTTP in front of the bus      │
+//! │ runtime      │ runtime                  │ ingress, the job, deployments, router, cost     │
+//! │ over NATS    │ cluster, usage, client   │ shared KV state; usage events and spend; the    │
+//! │              │                          │ Rust client and the `llmbus health` probe       │
+//! │ pure code    │ policy, pricing,         │ routing, retry and health rules; prices; the    │
+//! │              │ providers, auth,         │ upstream wire formats; key checks; a config's   │
+//! │              │ preflight                │ problems                                        │
+//! │ contract     │ wire, config, limits,    │ the NATS contract (subjects, headers, bodies,   │
+//! │ and settings │ telemetry, nats,         │ the usage event); settings and their defaults;  │
+//! │              │ local_nats               │ rate limits; metric names, logs; NATS at hand   │
+//! └──────────────┴──────────────────────────┴─────────────────────────────────────────────────┘
+//! ```
+//!
+//! Where new code goes:
+//! - a subject, header, body or event that travels on NATS: [`wire`]; a setting and its
+//!   default: [`config`]; a metric: its name in [`telemetry`];
+//! - a rule that decides without doing I/O (which deployment, retry or not, cool down or
+//!   not): [`policy`], as a pure function with its unit tests; a provider's wire format: a
+//!   module of [`providers`] (an OpenAI-compatible one is a row of its table);
+//! - state every worker shares in JetStream: [`cluster`]; what happens to usage events after
+//!   a job: [`usage`]; a question any NATS client may ask the workers: [`client`];
+//! - a new kind of job, or a step every job takes: [`runtime::job`]; a NATS endpoint of the
+//!   worker: [`runtime::ingress`];
+//! - an HTTP route: [`http`]; starting or stopping something with the worker, or an ops
+//!   endpoint: [`worker`]; a subcommand: [`cli`].
+//!
 //! ## From socket to upstream and back
 //!
 //! ```text
@@ -129,7 +167,6 @@
 //! limits (no JetStream yet, a clock too far off) keeps them local, says so
 //! ([`cluster::sharing`]) and joins when it can.
 
-pub mod runtime;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -137,7 +174,6 @@ pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod health;
 pub mod http;
 pub mod limits;
 pub mod local_nats;
@@ -146,6 +182,7 @@ pub mod policy;
 pub mod preflight;
 pub mod pricing;
 pub mod providers;
+pub mod runtime;
 pub mod telemetry;
 pub mod usage;
 pub mod wire;

@@ -133,11 +133,11 @@ enum Command {
     /// Usage events (one per finished job): `llmbus usage tail` follows them live.
     Usage {
         #[command(subcommand)]
-        command: llmbus::usage::cli::UsageCommand,
+        command: llmbus::cli::usage::UsageCommand,
     },
     /// Spend and tokens by model group, deployment, key, team and day, from the cluster's
     /// durable aggregates.
-    Spend(llmbus::usage::cli::SpendArgs),
+    Spend(llmbus::cli::usage::SpendArgs),
 }
 
 #[tokio::main]
@@ -202,10 +202,10 @@ async fn main() -> ExitCode {
         Command::Deployments { prefix } => {
             cli::query::show(url, &prefix, |s| s.deployments()).await
         }
-        Command::Usage { command } => llmbus::usage::cli::usage(url, command)
+        Command::Usage { command } => llmbus::cli::usage::usage(url, command)
             .await
             .map_err(Into::into),
-        Command::Spend(args) => llmbus::usage::cli::spend(url, args)
+        Command::Spend(args) => llmbus::cli::usage::spend(url, args)
             .await
             .map_err(Into::into),
     };

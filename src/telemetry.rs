@@ -1,14 +1,12 @@
-//! Logs and metrics: the `tracing` subscriber (text or JSON), the names of every metric llmbus
-//! records in one place, and the worker's small operations HTTP server on
-//! `llmbus.metrics_listen`: `GET /metrics` (Prometheus text), `GET /healthz` (the process is
-//! up) and `GET /readyz` (200 while the worker serves, 503 before it does and while it drains).
+//! Logs and metrics, the parts every layer uses: the names of every metric llmbus records, in
+//! one place (the Grafana dashboard in `deploy/` charts each, `tests/deploy.rs` checks it),
+//! their help text and histogram buckets, and the `tracing` subscriber ([`logs`]: text or JSON).
+//! The worker's operations HTTP server (`/metrics`, `/healthz`, `/readyz`) installs the
+//! Prometheus recorder with these: `worker::ops`.
 
-use std::{net::SocketAddr, time::Duration};
+mod logs;
 
-use axum::{Router, extract::State as Extract, http::StatusCode, routing::get};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::health::Readiness;
+pub use logs::{LogFormat, init_logging, init_logging_filter};
 
 /// Jobs answered, by `model_group`, `deployment` and `status`.
 pub const REQUESTS: &str = "llmbus_requests_total";
@@ -104,141 +102,21 @@ pub const HTTP_CONNECTIONS_CUT: &str = "llmbus_http_connections_cut_total";
 pub const HTTP_STREAMS_CUT: &str = "llmbus_http_streams_cut_total";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
-const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
-/// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+/// The histograms, which take [`LATENCY_BUCKETS`].
+pub(crate) const HISTOGRAMS: [&str; 4] = [
+    REQUEST_SECONDS,
+    UPSTREAM_SECONDS,
+    TTFT_SECONDS,
+    OVERHEAD_SECONDS,
+];
 
-/// Installs the global `tracing` subscriber; `RUST_LOG` sets the filter (default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    init_subscriber(format, filter);
-}
-
-/// Installs the global `tracing` subscriber with `filter` (`RUST_LOG` syntax: `warn`,
-/// `llmbus=debug,info`, ...); an invalid filter falls back to `info`.
-pub fn init_logging_filter(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    init_subscriber(format, filter);
-}
-
-fn init_subscriber(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: formatting them costs time on every job's span.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
-/// Installs the Prometheus recorder (explicit histogram buckets) and serves `/metrics`,
-/// `/healthz` and `/readyz` on `addr`. Returns the [`Readiness`] that `/readyz` reports; it
-/// starts in `starting` (503) and the caller moves it on. The server runs on the current Tokio
-/// runtime, or on a thread of its own when there is none.
-pub fn install_metrics(addr: SocketAddr) -> Result<Readiness, String> {
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| format!("metrics listener on {addr}: {e}"))?;
-    install_metrics_on(listener)
-}
-
-/// [`install_metrics`] on a listener the caller bound (to pick the address itself).
-pub fn install_metrics_on(listener: std::net::TcpListener) -> Result<Readiness, String> {
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("metrics listener: {e}"))?;
-    let mut builder = PrometheusBuilder::new();
-    for name in [
-        REQUEST_SECONDS,
-        UPSTREAM_SECONDS,
-        TTFT_SECONDS,
-        OVERHEAD_SECONDS,
-    ] {
-        builder = builder
-            .set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)
-            .map_err(|e| e.to_string())?;
-    }
-    let handle = builder
-        .install_recorder()
-        .map_err(|e| format!("installing the metrics recorder: {e}"))?;
-    describe();
-    let readiness = Readiness::new();
-    let serve = serve_ops(listener, handle, readiness.clone());
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(serve);
-        }
-        Err(_) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("a runtime for the metrics listener: {e}"))?;
-            std::thread::Builder::new()
-                .name("llmbus-metrics".into())
-                .spawn(move || rt.block_on(serve))
-                .map_err(|e| format!("a thread for the metrics listener: {e}"))?;
-        }
-    }
-    Ok(readiness)
-}
-
-/// Serves the operations endpoints until the process ends, and runs the recorder's upkeep.
-async fn serve_ops(listener: std::net::TcpListener, handle: PrometheusHandle, ready: Readiness) {
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics are off: the listener failed");
-            return;
-        }
-    };
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(|Extract(h): Extract<PrometheusHandle>| async move { h.render() }),
-        )
-        .with_state(handle)
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(|Extract(r): Extract<Readiness>| async move {
-                let state = r.state();
-                let code = if r.is_ready() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                (code, format!("{}\n", state.as_str()))
-            }),
-        )
-        .with_state(ready);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::warn!(error = %e, "the metrics listener stopped");
-    }
-}
-
-fn describe() {
+/// Describes every metric to the installed recorder (help text and unit).
+pub(crate) fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         REQUESTS,

@@ -3,14 +3,14 @@
 
 mod support;
 
-use llmbus::{local_nats::free_port, telemetry};
+use llmbus::{local_nats::free_port, worker::ops};
 use support::gateway::{Gateway, chat};
 
 #[tokio::test]
 async fn metrics_are_exported_with_buckets() {
     let port = free_port().unwrap();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    telemetry::install_metrics(addr).expect("metrics listener");
+    ops::install_metrics(addr).expect("metrics listener");
     let gw = Gateway::start(
         r#"
 model_list:

@@ -12,7 +12,9 @@ pub mod banner;
 pub mod complete;
 pub mod config;
 pub mod logging;
+pub mod one_model;
 pub mod query;
+pub mod usage;
 pub mod worker;
 
 /// What every subcommand returns; `main` prints the error as one line and exits 1.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{Res, complete::connect_client};
-use crate::{config::LlmbusSettings, health, nats, wire::Subjects};
+use crate::{client::health, config::LlmbusSettings, nats, wire::Subjects};
 
 /// Asks `subject(prefix)` with an empty request and prints the JSON reply.
 pub async fn show(url: Option<String>, prefix: &str, subject: impl Fn(&Subjects) -> String) -> Res {

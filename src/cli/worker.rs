@@ -21,9 +21,11 @@ use crate::{
     Worker,
     cluster::config_store::{ConfigStore, ServedConfig},
     config::{Config, DEFAULT_NATS_URL},
-    health::{Readiness, State},
     local_nats::{LocalNats, binary},
-    nats, telemetry,
+    nats,
+    runtime::readiness::Readiness,
+    wire::service::State,
+    worker::ops,
 };
 
 /// How many ports past the default metrics port a worker tries before it gives up on metrics.
@@ -128,7 +130,7 @@ pub async fn run_worker(
     let readiness = match listener {
         Some(l) => {
             let addr = l.local_addr().ok();
-            match telemetry::install_metrics_on(l) {
+            match ops::install_metrics_on(l) {
                 Ok(r) => {
                     if let Some(addr) = addr {
                         tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics; /healthz, /readyz");
@@ -391,7 +393,7 @@ pub async fn up(url: Option<String>, args: UpArgs) -> Res {
             return Err("give either --config or --model, not both".into());
         }
         Some(model) => {
-            let loaded = Config::single_model(
+            let loaded = super::one_model::single_model(
                 model,
                 one.api_key.as_deref(),
                 one.api_base.as_deref(),

@@ -34,6 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv};
 
+pub use crate::wire::subjects::bucket_name;
+
 /// Why cluster state could not be reached: the one error of the cluster modules (the config
 /// store adds its own, [`config_store::PushError`]). Each variant names the bucket or key and
 /// carries what NATS said as its source.
@@ -91,22 +93,6 @@ impl ClusterError {
             source: source.into(),
         }
     }
-}
-
-/// The name of one of llmbus's buckets under a subject prefix: `bucket_name("llm", "QUOTA")`
-/// is `LLM_QUOTA`. Characters a bucket name cannot hold become `_`.
-pub fn bucket_name(prefix: &str, what: &str) -> String {
-    let prefix: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{prefix}_{what}")
 }
 
 /// A name as one KV key token: ASCII letters, digits, `-` and `_` stay; every other byte is

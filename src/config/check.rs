@@ -78,7 +78,7 @@ impl Checker<'_> {
         self.seconds(r.timeout, &path.key("timeout"))?;
         self.seconds(r.stream_timeout, &path.key("stream_timeout"))?;
         if let Some(name) = &r.routing_strategy
-            && crate::policy::routing::Strategy::parse(name, 0.0).is_none()
+            && super::Strategy::parse(name, 0.0).is_none()
         {
             return Err(self.fail(
                 &path.key("routing_strategy"),

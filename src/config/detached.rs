@@ -75,7 +75,7 @@ impl Detached {
             .vertex_credentials
             .as_ref()
             .is_some_and(|c| c.expose().trim_start().starts_with('{'));
-        if crate::providers::prefix(&params.model) == Some("vertex_ai") && !inline {
+        if super::provider_prefix(&params.model) == Some("vertex_ai") && !inline {
             return Some("its Vertex AI service-account key is read on each worker");
         }
         None

@@ -42,7 +42,7 @@ mod num;
 mod quickstart;
 mod secret;
 mod security;
-mod single;
+mod strategy;
 pub(crate) mod suggest;
 
 pub use deployment_id::{deployment_ids, derived_id};
@@ -52,6 +52,7 @@ pub use load::{ConfigError, Loaded};
 pub use quickstart::QUICKSTART_YAML;
 pub use secret::Secret;
 pub use security::Unenforced;
+pub use strategy::Strategy;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -531,16 +532,32 @@ impl Default for LlmbusSettings {
             http_max_connections: 4096,
             http_stream_buffer: 1024,
             price_table: None,
-            usage_retention_days: crate::usage::stream::DEFAULT_RETENTION_DAYS,
-            usage_buffer: crate::usage::publisher::DEFAULT_CAPACITY,
-            usage_buffer_bytes: crate::usage::publisher::DEFAULT_BUFFER_BYTES,
+            usage_retention_days: DEFAULT_USAGE_RETENTION_DAYS,
+            usage_buffer: DEFAULT_USAGE_BUFFER,
+            usage_buffer_bytes: DEFAULT_USAGE_BUFFER_BYTES,
             spend_aggregator: true,
         }
     }
 }
 
+/// The provider prefix of a `litellm_params.model` (`anthropic` for `anthropic/claude-…`),
+/// or `None` for a bare model name (which means OpenAI).
+pub fn provider_prefix(model: &str) -> Option<&str> {
+    model.split_once('/').map(|(p, _)| p)
+}
+
 /// Default NATS URL when neither flag, environment nor file names one.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Days the usage stream keeps events by default (`llmbus.usage_retention_days`).
+pub const DEFAULT_USAGE_RETENTION_DAYS: f64 = 30.0;
+
+/// Usage events the worker's buffer holds by default before it drops (`llmbus.usage_buffer`).
+pub const DEFAULT_USAGE_BUFFER: usize = 100_000;
+
+/// Bytes of usage events the buffer holds by default before it drops
+/// (`llmbus.usage_buffer_bytes`): 32 MiB, some 50,000 typical events.
+pub const DEFAULT_USAGE_BUFFER_BYTES: usize = 32 << 20;
 
 impl Config {
     /// Retries after the first attempt: `router_settings.num_retries`, else

@@ -8,11 +8,11 @@ use std::sync::OnceLock;
 
 use super::{SECRET, no_secret};
 use crate::{
-    runtime::JobSettings,
     config::{Config, deployment_ids},
     policy::Policies,
     providers,
-    worker::Plan,
+    runtime::JobSettings,
+    runtime::plan::Plan,
 };
 
 /// One HTTP client for every run (building one reads the system's root certificates).

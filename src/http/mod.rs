@@ -39,7 +39,7 @@ pub use backend::Backend;
 pub use conn::ConnLimits;
 pub use listen::{DEFAULT_ADDR, Listen, bind};
 
-use crate::{config::Config, health::Readiness};
+use crate::{config::Config, runtime::readiness::Readiness};
 
 /// How the front waits and streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

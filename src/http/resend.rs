@@ -28,7 +28,10 @@ use async_nats::{HeaderMap, StatusCode, client::RequestErrorKind};
 use bytes::Bytes;
 use tokio::{sync::mpsc, time::Instant};
 
-use crate::{runtime::ingress::SERVICE_NAME, telemetry, wire::headers};
+use crate::{
+    telemetry,
+    wire::{headers, service::SERVICE_NAME},
+};
 
 /// How often the workers holding jobs are pinged.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);

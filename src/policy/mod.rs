@@ -29,7 +29,7 @@ pub struct Policies {
     /// Cooldown thresholds; `None` with `disable_cooldowns`.
     pub health: Option<health::HealthPolicy>,
     /// The routing strategy.
-    pub strategy: routing::Strategy,
+    pub strategy: crate::config::Strategy,
 }
 
 impl Policies {
@@ -105,12 +105,12 @@ impl Policies {
                 .routing_strategy
                 .as_deref()
                 .and_then(|name| {
-                    routing::Strategy::parse(
+                    crate::config::Strategy::parse(
                         name,
                         r.routing_strategy_args.lowest_latency_buffer.unwrap_or(0.0),
                     )
                 })
-                .unwrap_or(routing::Strategy::SimpleShuffle),
+                .unwrap_or(crate::config::Strategy::SimpleShuffle),
         }
     }
 }

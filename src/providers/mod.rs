@@ -94,12 +94,6 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// The provider prefix of a `litellm_params.model` (`anthropic` for `anthropic/claude-…`),
-/// or `None` for a bare model name (which means OpenAI).
-pub fn prefix(model: &str) -> Option<&str> {
-    model.split_once('/').map(|(p, _)| p)
-}
-
 /// The providers with a wire format of their own (the rest are in
 /// [`openai_compat::PROVIDERS`]).
 pub const NATIVE: &[&str] = &[
@@ -223,7 +217,7 @@ pub fn build_with_env(
         ));
     }
     // Native wire formats first; everything else is the OpenAI-compatible family.
-    match prefix(&params.model) {
+    match crate::config::provider_prefix(&params.model) {
         Some("anthropic") => anthropic::build_with_env(params, http, env),
         Some("gemini") => gemini::build_with_env(params, http, env),
         Some("vertex_ai") => gemini::build_vertex_with_env(params, http, env),

@@ -64,7 +64,7 @@ pub struct UsageSettings {
 impl Default for UsageSettings {
     fn default() -> Self {
         Self {
-            retention: stream::retention(stream::DEFAULT_RETENTION_DAYS),
+            retention: stream::retention(crate::config::DEFAULT_USAGE_RETENTION_DAYS),
             ensure_stream: true,
             aggregate: true,
         }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use async_nats::{HeaderMap, Message, service::Request};
 use bytes::Bytes;
 
-use super::{WorkerContext, gate::Phase, ingress, job::JobKind};
+use super::{WorkerContext, gate::Phase, job::JobKind};
 use crate::{
     policy::routing::random,
     telemetry,
@@ -65,11 +65,11 @@ pub(crate) async fn hand_over(
     let Some(members) = ctx.members.load_full() else {
         return HandOver::NoTaker;
     };
-    let hops = ingress::relays_of(message.headers.as_ref());
+    let hops = headers::relays_of(message.headers.as_ref());
     let Some(reply) = message.reply.clone() else {
         return HandOver::NoTaker;
     };
-    if hops >= ingress::MAX_RELAYS {
+    if hops >= headers::MAX_RELAYS {
         return HandOver::NoTaker;
     }
     let view = members.snapshot();
@@ -152,7 +152,7 @@ async fn send(
     model: &str,
 ) -> HandOver {
     let mut h = message.headers.clone().unwrap_or_default();
-    h.insert(ingress::RELAYED, (hops + 1).to_string().as_str());
+    h.insert(headers::RELAYED, (hops + 1).to_string().as_str());
     let subject = ctx.subjects.direct(target, kind.name());
     match ctx
         .client

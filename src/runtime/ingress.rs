@@ -42,31 +42,28 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::{sync::watch, task::JoinHandle};
 
+use super::readiness::Readiness;
 use super::{
     RuntimeError, WorkerContext, direct,
     gate::{DrainCounts, Phase},
     job::{self, Job, JobKind, KINDS},
 };
 use crate::{
-    health::{Readiness, State},
+    client::health,
+    cluster::sharing::Sharing,
     telemetry,
-    wire::{ApiError, headers},
+    wire::{
+        ApiError,
+        headers::{self, MAX_RELAYS, RELAYED, relays_of},
+        service::{SERVICE_NAME, State},
+    },
 };
-
-/// The name the worker registers under with the NATS services framework.
-pub const SERVICE_NAME: &str = "llmbus";
 
 /// How long leaving the queue group may take (reading the endpoint buffers, then a round trip).
 const LEAVE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long the drain waits for other workers to say they serve.
 const PEERS_PATIENCE: Duration = Duration::from_millis(500);
-
-/// The header counting how many times draining workers relayed a job.
-pub const RELAYED: &str = "Llm-Relayed";
-
-/// Relays after which a draining worker runs a job itself.
-pub const MAX_RELAYS: u32 = 8;
 
 /// Ingress's arguments.
 pub struct IngressArgs {
@@ -147,7 +144,7 @@ impl Actor for IngressActor {
                     "in_flight": ctx.gate.in_flight(),
                     "config": ctx.fingerprint.load().as_str(),
                     "worker_id": ctx.worker_id,
-                    "limits": crate::health::limits_data(&ctx.sharing),
+                    "limits": limits_data(&ctx.sharing),
                     "capacity_lost": ctx
                         .table
                         .load()
@@ -307,7 +304,7 @@ impl IngressState {
         gate.set_phase(Phase::Draining);
         self.readiness.set(State::Draining);
         let prefix = self.ctx.subjects.prefix().to_string();
-        let peers = match crate::health::check(&self.ctx.client, &prefix, PEERS_PATIENCE).await {
+        let peers = match health::check(&self.ctx.client, &prefix, PEERS_PATIENCE).await {
             Ok(workers) => workers
                 .iter()
                 .filter(|w| w.id != self.worker_id && w.is_ready())
@@ -596,12 +593,15 @@ fn relays(request: &Request) -> u32 {
     relays_of(request.message.headers.as_ref())
 }
 
-/// How many times a job with these headers was relayed or handed over already.
-pub fn relays_of(headers: Option<&HeaderMap>) -> u32 {
-    headers
-        .and_then(|h| h.get(RELAYED))
-        .and_then(|v| v.as_str().parse().ok())
-        .unwrap_or(0)
+/// The `limits` object of a worker's `$SRV.STATS` data: where its limits hold and its clock
+/// offset from the server.
+fn limits_data(sharing: &Sharing) -> serde_json::Value {
+    let status = sharing.status();
+    serde_json::json!({
+        "mode": status.limits.as_str(),
+        "note": status.limits.describe(),
+        "clock_offset_ms": status.clock.map(|c| c.offset_ms),
+    })
 }
 
 /// Reads an endpoint and hands each message to `reader`. When `leave` turns true it

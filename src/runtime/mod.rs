@@ -38,6 +38,8 @@ mod error;
 pub mod gate;
 pub mod ingress;
 pub mod job;
+pub mod plan;
+pub mod readiness;
 pub mod router;
 pub mod table;
 

@@ -23,6 +23,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use super::{
     announced::{self, Announced},
     deployment::{Deployment, DeploymentActor, DeploymentArgs, Gossip, HealthEvent},
+    plan::Plan,
     table::RoutingTable,
 };
 use crate::{
@@ -33,7 +34,6 @@ use crate::{
     },
     policy::health::HealthPolicy,
     wire::openai::unix_now,
-    worker::Plan,
 };
 
 /// The routing table every job reads; the router replaces it.

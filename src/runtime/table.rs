@@ -3,20 +3,12 @@
 //! The router actor builds it and publishes it through an `ArcSwap`; every job reads the
 //! current snapshot and picks its deployment with [`RoutingTable::route`] without a message
 //! to anyone. A request's model names a group, an alias of one, or else matches a wildcard
-//! group ([`crate::policy::wildcard`], most specific pattern first). A pick narrows the
-//! group's deployments step by step, then lets the routing strategy
-//! ([`crate::policy::routing`]) choose:
-//! 0. not misconfigured (a group with nothing else answers a 500 naming the reasons);
-//! 1. healthy — a cooling-down deployment gets nothing, a half-open one gets exactly one probe;
-//!    when none is, the pick fails at once with LiteLLM's 429 "No deployments available for
-//!    selected model, Try again in N seconds…" (N: the first cooldown's end), so the job falls
-//!    back or answers without waiting for a cooldown;
-//! 2. not already failed for this job (unless every healthy one has: then those again);
-//! 3. with `enable_tag_filtering`: tagged with one of the request's `Llm-Tags`, or `default`
-//!    when the request has none;
-//! 4. with `enable_pre_call_checks`: a context window (`model_info.max_input_tokens`) that
-//!    fits the prompt;
-//! 5. with capacity right now, when any has.
+//! group ([`crate::policy::wildcard`], most specific pattern first). A pick reads each of the
+//! group's deployments once ([`routing::Member`]: health, tags, context window, capacity),
+//! lets the rules of [`crate::policy::routing`] narrow them ([`routing::narrow`]: not
+//! misconfigured, healthy, not failed yet for this job, tags, context window, capacity) and
+//! the routing strategy choose ([`routing::pick`]), then claims the chosen one (a half-open
+//! deployment takes exactly one probe).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,12 +18,12 @@ use std::{
 
 use super::deployment::{Deployment, DeploymentInfo, DeploymentStatus};
 use crate::{
+    config::Strategy,
     policy::{
-        routing::{self, Candidate, Strategy},
+        routing::{self, Ask, Candidate, Filters, Member, Pool, Refusal},
         wildcard::{Match, Wildcards},
     },
     pricing::{self, Price},
-    providers::misconfigured,
     wire::{
         ApiError,
         openai::{Model, ModelList},
@@ -210,107 +202,26 @@ impl RoutingTable {
             )));
         };
         let dep = |i: usize| &self.deployments[i];
-
-        // 0. Never a misconfigured deployment; a group of nothing else answers why.
-        let members: Vec<usize> = all
-            .iter()
-            .copied()
-            .filter(|&i| dep(i).info.misconfigured.is_none())
-            .collect();
-        if members.is_empty() {
-            let reasons: Vec<(&str, &str)> = all
-                .iter()
-                .map(|&i| {
-                    let info = &dep(i).info;
-                    (
-                        info.id.as_str(),
-                        info.misconfigured.as_deref().unwrap_or(""),
-                    )
-                })
-                .collect();
-            return Err(RouteError::Unavailable {
-                group: group.clone(),
-                error: misconfigured::group_error(group, &reasons),
-                retry_in: None,
-            });
-        }
-
-        // 1. Healthy, or half-open with no probe out yet. When none is, no deployment of the
-        //    group can take the job now: the job falls back (or fails) at once, never waits.
-        let members: Vec<usize> = if self.rules.health {
-            let (healthy, cooling): (Vec<usize>, Vec<usize>) =
-                members.into_iter().partition(|&i| dep(i).available(now));
-            if healthy.is_empty() {
-                return Err(self.all_cooling(group, req, &cooling, now));
-            }
-            healthy
-        } else {
-            members
+        let health = self.rules.health;
+        let members: Vec<Member<'_>> = all.iter().map(|&i| member(dep(i), health, now)).collect();
+        let filters = Filters {
+            health,
+            tag_filtering: self.rules.tag_filtering,
+            pre_call_checks: self.rules.pre_call_checks,
         };
-
-        // 2. Not already failed for this job, unless every healthy one has.
-        let mut pool: Vec<usize> = members
-            .iter()
-            .copied()
-            .filter(|&i| !req.exclude.iter().any(|x| *x == dep(i).info.id))
-            .collect();
-        let fresh = !pool.is_empty();
-        if !fresh {
-            pool = members;
-        }
-
-        // 3. Tags.
-        if self.rules.tag_filtering {
-            let has_tag = |i: usize, wanted: &dyn Fn(&str) -> bool| {
-                dep(i).info.tags.iter().any(|t| wanted(t))
-            };
-            if req.tags.is_empty() {
-                if pool.iter().any(|&i| has_tag(i, &|t| t == "default")) {
-                    pool.retain(|&i| has_tag(i, &|t| t == "default"));
-                }
-            } else {
-                pool.retain(|&i| has_tag(i, &|t| req.tags.iter().any(|w| w == t)));
-                if pool.is_empty() {
-                    let error = ApiError::bad_request(format!(
-                        "no deployment of model group `{group}` has any of the tags {:?}",
-                        req.tags
-                    ))
-                    .with_code("no_deployment_for_tags");
-                    return Err(RouteError::Unavailable {
-                        group: group.clone(),
-                        error,
-                        retry_in: None,
-                    });
-                }
-            }
-        }
-
-        // 4. Context window.
-        if self.rules.pre_call_checks {
-            pool.retain(|&i| {
-                dep(i)
-                    .info
-                    .max_input_tokens
-                    .is_none_or(|max| req.prompt_tokens <= max)
-            });
-            if pool.is_empty() {
-                let error = ApiError::bad_request(format!(
-                    "the prompt (about {} tokens) exceeds the context window of every deployment of `{group}`",
-                    req.prompt_tokens
-                ))
-                .with_param("messages")
-                .with_code("context_length_exceeded");
-                return Err(RouteError::ContextWindow {
-                    group: group.clone(),
-                    error,
-                });
-            }
-        }
-
-        // 5. Capacity now, when any has it.
-        if pool.iter().any(|&i| dep(i).info.live.has_capacity()) {
-            pool.retain(|&i| dep(i).info.live.has_capacity());
-        }
+        let ask = Ask {
+            exclude: req.exclude,
+            tags: req.tags,
+            prompt_tokens: req.prompt_tokens,
+        };
+        let Pool {
+            members: pool,
+            fresh,
+        } = match routing::narrow(group, &members, filters, &ask) {
+            Ok(pool) => pool,
+            Err(refusal) => return Err(self.refused(group, req, all, refusal, now)),
+        };
+        let mut pool: Vec<usize> = pool.into_iter().map(|k| all[k]).collect();
 
         loop {
             let chosen = if pool.len() == 1 {
@@ -350,6 +261,33 @@ impl RoutingTable {
         }
     }
 
+    /// The error for a refusal of the rules; `all` are the group's deployments, which the
+    /// refusal's indexes point into.
+    fn refused(
+        &self,
+        group: &Arc<str>,
+        req: &RouteRequest<'_>,
+        all: &[usize],
+        refusal: Refusal,
+        now: Instant,
+    ) -> RouteError {
+        match refusal {
+            Refusal::Misconfigured(error) | Refusal::NoTag(error) => RouteError::Unavailable {
+                group: group.clone(),
+                error,
+                retry_in: None,
+            },
+            Refusal::ContextWindow(error) => RouteError::ContextWindow {
+                group: group.clone(),
+                error,
+            },
+            Refusal::AllCooling(cooling) => {
+                let cooling: Vec<usize> = cooling.into_iter().map(|k| all[k]).collect();
+                self.all_cooling(group, req, &cooling, now)
+            }
+        }
+    }
+
     /// The answer when no deployment of `group` can take a job now (`cooling` are the ones
     /// that are cooling down or have their probe out): LiteLLM's 429, with the time until the
     /// first of them comes back (at least a second; a probe out decides within its call).
@@ -370,7 +308,12 @@ impl RoutingTable {
         let ids: Vec<&str> = cooling.iter().map(|&i| dep(i).info.id.as_str()).collect();
         RouteError::Unavailable {
             group: group.clone(),
-            error: no_deployments_available(req.model, retry_in, self.rules.pre_call_checks, &ids),
+            error: routing::no_deployments_available(
+                req.model,
+                retry_in,
+                self.rules.pre_call_checks,
+                &ids,
+            ),
             retry_in: Some(retry_in),
         }
     }
@@ -403,6 +346,19 @@ impl RoutingTable {
     }
 }
 
+/// What the rules read of `d` now; its health only with cooldowns on (`health`).
+fn member(d: &Deployment, health: bool, now: Instant) -> Member<'_> {
+    let info = &d.info;
+    Member {
+        id: &info.id,
+        misconfigured: info.misconfigured.as_deref(),
+        available: !health || (info.misconfigured.is_none() && d.available(now)),
+        tags: &info.tags,
+        max_input_tokens: info.max_input_tokens,
+        has_capacity: info.live.has_capacity(),
+    }
+}
+
 fn candidate(info: &DeploymentInfo, stream: bool) -> Candidate {
     use std::sync::atomic::Ordering::Relaxed;
     let live = &info.live;
@@ -421,61 +377,5 @@ fn candidate(info: &DeploymentInfo, stream: bool) -> Candidate {
             .price
             .as_ref()
             .map(|p| p.input_per_token + p.output_per_token),
-    }
-}
-
-/// Whole seconds to wait for `d`, rounded up (what a `Retry-After` header carries).
-pub fn retry_after_secs(d: Duration) -> u64 {
-    d.as_millis().div_ceil(1000).max(1) as u64
-}
-
-/// LiteLLM's `RouterRateLimitError`, word for word (clients match on its message): a 429 for
-/// a model whose deployments are all cooling down. `code` is llmbus's own.
-fn no_deployments_available(
-    model: &str,
-    retry_in: Duration,
-    pre_call_checks: bool,
-    cooldown_list: &[&str],
-) -> ApiError {
-    let list: Vec<String> = cooldown_list.iter().map(|id| format!("'{id}'")).collect();
-    ApiError::rate_limited(format!(
-        "No deployments available for selected model, Try again in {} seconds. Passed model={}. \
-         pre-call-checks={}, cooldown_list=[{}]",
-        retry_after_secs(retry_in),
-        crate::wire::error::echo(model),
-        if pre_call_checks { "True" } else { "False" },
-        list.join(", ")
-    ))
-    .with_code("no_healthy_deployment")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cooling_group_gets_litellm_s_message_word_for_word() {
-        let e = no_deployments_available(
-            "broken",
-            Duration::from_millis(59_001),
-            false,
-            &["broken-1", "broken-2"],
-        );
-        assert_eq!(e.status, 429);
-        assert_eq!(e.kind, "rate_limit_error");
-        assert_eq!(
-            e.message,
-            "No deployments available for selected model, Try again in 60 seconds. Passed \
-             model=broken. pre-call-checks=False, cooldown_list=['broken-1', 'broken-2']"
-        );
-    }
-
-    #[test]
-    fn retry_after_is_whole_seconds_rounded_up_and_never_zero() {
-        assert_eq!(retry_after_secs(Duration::ZERO), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
-        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
-        assert_eq!(retry_after_secs(Duration::from_secs(60)), 60);
     }
 }

@@ -27,11 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     UsageError, UsageEvent,
-    event::now_ms,
     spend::{self, Cursor, DayDoc},
 };
 use crate::cluster::lease::Lease;
-use crate::wire::Subjects;
+use crate::wire::{Subjects, usage::now_ms};
 
 /// Events per batch, at most.
 pub const BATCH: usize = 500;

@@ -11,7 +11,8 @@
 //!                    llmbus spend ◄── LLM_SPEND KV ◄── aggregator (cursor + CAS per day)
 //! ```
 //!
-//! - [`event`]: [`UsageEvent`], the wire contract (`schemas/usage-event.json`).
+//! - [`UsageEvent`] is part of the wire contract (`schemas/usage-event.json`): it lives in
+//!   [`crate::wire::usage`].
 //! - [`publisher`]: [`UsageSink`], the job side's non-blocking handle on a buffer bounded in
 //!   bytes; [`delivery`]: the task that stores each event in the stream with an
 //!   acknowledgement, retrying until it is stored, and what a `kill -9` can lose.
@@ -19,8 +20,8 @@
 //! - [`spend`]: the `LLM_SPEND` documents and why aggregation is exactly-once with many
 //!   workers; [`aggregator`]: the background task that keeps them up to date, in the worker
 //!   that holds its lease.
-//! - [`tail`] and [`report`]: `llmbus usage tail` and `llmbus spend`; [`cli`]: their
-//!   arguments.
+//! - [`tail`] and [`report`]: `llmbus usage tail` and `llmbus spend` (their arguments are in
+//!   `cli::usage`).
 //! - [`UsageError`]: why a usage operation failed.
 //!
 //! The cost actor ([`crate::runtime::cost`]) owns the pipeline inside a worker: it starts the
@@ -29,16 +30,14 @@
 //! dropped (`runtime::job`).
 
 pub mod aggregator;
-pub mod cli;
 pub mod delivery;
 mod error;
-pub mod event;
 pub mod publisher;
 pub mod report;
 pub mod spend;
 pub mod stream;
 pub mod tail;
 
+pub use crate::wire::usage::UsageEvent;
 pub use error::UsageError;
-pub use event::UsageEvent;
 pub use publisher::UsageSink;

@@ -23,16 +23,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::UsageEvent;
-use crate::{telemetry, wire::Subjects};
+use crate::{config::DEFAULT_USAGE_BUFFER_BYTES, telemetry, wire::Subjects};
 
 pub use super::delivery::Durability;
-
-/// Events the buffer holds by default before it drops (`llmbus.usage_buffer`).
-pub const DEFAULT_CAPACITY: usize = 100_000;
-
-/// Bytes the buffer holds by default before it drops (`llmbus.usage_buffer_bytes`): 32 MiB,
-/// some 50,000 typical events.
-pub const DEFAULT_BUFFER_BYTES: usize = 32 << 20;
 
 /// How often, at most, a drop is logged.
 const DROP_LOG_EVERY_MS: u64 = 10_000;
@@ -119,7 +112,7 @@ impl Buffer {
         metrics::counter!(telemetry::USAGE_DROPPED).increment(1);
         self.dropped.fetch_add(1, Ordering::Relaxed);
         self.since_log.fetch_add(1, Ordering::Relaxed);
-        let now = super::event::now_ms().max(1);
+        let now = crate::wire::usage::now_ms().max(1);
         let last = self.last_log_ms.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= DROP_LOG_EVERY_MS;
         if due
@@ -172,9 +165,9 @@ impl UsageReceiver {
 
 impl UsageSink {
     /// A sink and the receiver for [`spawn`], with room for `capacity` events (at least 1) and
-    /// [`DEFAULT_BUFFER_BYTES`].
+    /// [`DEFAULT_USAGE_BUFFER_BYTES`].
     pub fn channel(capacity: usize) -> (Self, UsageReceiver) {
-        Self::bounded(capacity, DEFAULT_BUFFER_BYTES)
+        Self::bounded(capacity, DEFAULT_USAGE_BUFFER_BYTES)
     }
 
     /// A sink and the receiver for [`spawn`], with room for `max_events` events and

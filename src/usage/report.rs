@@ -9,10 +9,12 @@ use serde::Serialize;
 
 use super::{
     UsageError,
-    event::{civil_from_days, day_of, days_from_civil, usd},
     spend::{self, Breakdown, Cursor, DayDoc, Tally},
 };
-use crate::wire::Subjects;
+use crate::wire::{
+    Subjects,
+    usage::{civil_from_days, day_of, days_from_civil, usd},
+};
 
 /// Where a report starts: a UTC day.
 #[derive(Debug, Clone, PartialEq, Eq)]

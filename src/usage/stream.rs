@@ -24,9 +24,6 @@ use async_nats::jetstream::{
 
 use crate::wire::Subjects;
 
-/// The default retention in days.
-pub const DEFAULT_RETENTION_DAYS: f64 = 30.0;
-
 /// What [`ensure`] found or did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ensured {

@@ -30,6 +30,20 @@ pub const TRACEPARENT: &str = "traceparent";
 /// requesters leave it out: to them the ack's empty body would read as a stream's sentinel.
 pub const ACK: &str = "Llm-Ack";
 
+/// Request: how many times draining workers relayed the job, or workers handed it over.
+pub const RELAYED: &str = "Llm-Relayed";
+
+/// Relays after which a draining worker runs a job itself.
+pub const MAX_RELAYS: u32 = 8;
+
+/// How many times a job with these headers was relayed or handed over already.
+pub fn relays_of(headers: Option<&async_nats::HeaderMap>) -> u32 {
+    headers
+        .and_then(|h| h.get(RELAYED))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Reply: the HTTP-style status of the job (`200`, `400`, `429`, ...).
 pub const STATUS: &str = "Llm-Status";
 /// Reply (stream chunks): 1, 2, 3, ... so a client can tell that it lost one.

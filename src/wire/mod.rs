@@ -7,7 +7,9 @@ pub mod headers;
 pub mod openai;
 pub mod ratelimit;
 pub mod schema;
+pub mod service;
 pub mod subjects;
+pub mod usage;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use schema::schemas;

@@ -64,7 +64,7 @@ pub fn schemas() -> Vec<(&'static str, Value)> {
             "Reply headers",
             "The NATS headers llmbus sets on replies, as an object of header name to value.",
         ),
-        entry::<crate::usage::UsageEvent>(
+        entry::<super::usage::UsageEvent>(
             "usage-event.json",
             "Usage event",
             "One finished job's usage and outcome, published on `llm.usage.<model_group>` and \

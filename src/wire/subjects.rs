@@ -71,12 +71,12 @@ impl Subjects {
     /// `LLM_USAGE`: the JetStream stream that keeps the usage events. Named after the prefix,
     /// like the cluster's buckets, so two installations on one server keep apart.
     pub fn usage_stream(&self) -> String {
-        crate::cluster::bucket_name(&self.prefix, "USAGE")
+        bucket_name(&self.prefix, "USAGE")
     }
 
     /// `LLM_SPEND`: the key-value bucket of the spend aggregates.
     pub fn spend_bucket(&self) -> String {
-        crate::cluster::bucket_name(&self.prefix, "SPEND")
+        bucket_name(&self.prefix, "SPEND")
     }
 
     /// `llm.admin.>`: every admin subject (request/reply, the master key required).
@@ -116,6 +116,22 @@ pub fn token(name: &str) -> String {
             c => c,
         })
         .collect()
+}
+
+/// The name of one of llmbus's buckets under a subject prefix: `bucket_name("llm", "QUOTA")`
+/// is `LLM_QUOTA`. Characters a bucket name cannot hold become `_`.
+pub fn bucket_name(prefix: &str, what: &str) -> String {
+    let prefix: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}_{what}")
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! changed): deployments whose settings did not change keep running, the others are replaced,
 //! and no job in flight notices.
 //!
-//! - `build`: from a config to deployments and routing rules ([`build::Plan`]).
+//! - [`ops`]: the operations HTTP server (`/metrics`, `/healthz`, `/readyz`).
 //! - `cluster`: what the worker shares through JetStream KV, joining late when JetStream comes
 //!   up after the worker, and its clock against the server's.
 //!
@@ -15,10 +15,8 @@
 //! membership as the drain begins (nobody hands it jobs any more), lets the jobs in flight
 //! finish, returns the unspent parts of its limits, and only then closes its NATS connection.
 
-mod build;
 mod cluster;
-
-pub use build::{Plan, served_names};
+pub mod ops;
 
 use cluster::{Announce, Link, LinkArgs};
 
@@ -32,6 +30,12 @@ use arc_swap::ArcSwap;
 use ractor::{Actor, ActorRef};
 
 use crate::{
+    cluster::{
+        clock::Clock,
+        sharing::{Limits, LocalReason, Sharing},
+    },
+    config::{Config, ConfigError},
+    pricing,
     runtime::{
         JobSettings, WorkerContext,
         cancel::{self, Cancels},
@@ -39,18 +43,28 @@ use crate::{
         deployment::Gossip,
         gate::Gate,
         ingress::{IngressActor, IngressArgs, IngressMsg},
+        plan::{Plan, PlanError, served_names},
         router::{ReloadReport, RouterActor, RouterArgs, RouterMsg},
         table::{RoutingRules, RoutingTable},
     },
-    cluster::{
-        clock::Clock,
-        sharing::{Limits, LocalReason, Sharing},
-    },
-    config::{Config, ConfigError},
-    pricing,
     usage::{UsageSink, stream},
     wire::Subjects,
 };
+
+/// What a worker's drain did (see `Worker::drain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Jobs that ran during the drain: in flight when it began, or already delivered.
+    pub jobs: usize,
+    /// Of those, the jobs that finished with their own answer.
+    pub finished: usize,
+    /// Of those, the jobs still running when the grace period ran out, answered with a 503.
+    pub cut_off: usize,
+    /// Jobs and requests that arrived during the drain and were relayed to other workers.
+    pub relayed: usize,
+    /// How long the drain took.
+    pub took: Duration,
+}
 
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +84,15 @@ pub enum StartError {
     /// `llmbus.price_table` could not be loaded.
     #[error("{0}")]
     PriceTable(#[from] pricing::PriceFileError),
+}
+
+impl From<PlanError> for StartError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::NoDeployments => StartError::NoDeployments,
+            PlanError::PriceTable(e) => StartError::PriceTable(e),
+        }
+    }
 }
 
 /// A running worker.
@@ -286,7 +309,7 @@ impl Worker {
     /// Stops gracefully: [`Worker::drain_via`] without a relay connection. Leaving the queue
     /// group then unsubscribes the endpoints: a job the server routed here in the last round
     /// trip before it processed that is lost (async-nats endpoints cannot drain).
-    pub async fn drain(self, grace: Duration) -> crate::health::DrainReport {
+    pub async fn drain(self, grace: Duration) -> DrainReport {
         self.drain_via(grace, None).await
     }
 
@@ -306,7 +329,7 @@ impl Worker {
         self,
         grace: Duration,
         relay: Option<async_nats::Client>,
-    ) -> crate::health::DrainReport {
+    ) -> DrainReport {
         use crate::runtime::gate::DrainCounts;
         let began = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + grace;
@@ -339,7 +362,7 @@ impl Worker {
                 tracing::warn!(error = %e, "ingress did not answer the leave");
                 DrainCounts::default()
             });
-        let report = crate::health::DrainReport {
+        let report = DrainReport {
             jobs: counts.jobs,
             finished: counts.jobs.saturating_sub(counts.cut_off),
             cut_off: counts.cut_off,

@@ -28,9 +28,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use llmbus::{
     client::LlmClient,
+    client::health::{WorkerStatus, check},
     cluster::key_token,
     config::Config,
-    health::{WorkerStatus, check},
     limits::Ledger,
 };
 use serde_json::Value;
@@ -369,7 +369,8 @@ async fn deployment_ids_name_the_upstream_whatever_the_order_of_the_config() {
         let config = Config::from_yaml_with_env(&yaml, "test.yaml", &env)
             .expect("loads")
             .config;
-        let plan = llmbus::worker::Plan::of(&config, &reqwest::Client::new()).expect("a plan");
+        let plan =
+            llmbus::runtime::plan::Plan::of(&config, &reqwest::Client::new()).expect("a plan");
         plan.deployments
             .iter()
             .map(|d| (d.model.clone(), d.id.clone()))

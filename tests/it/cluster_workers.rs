@@ -46,7 +46,7 @@ where
 async fn worker_ids(nats: &async_nats::Client, expected: usize) -> Vec<String> {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let workers = llmbus::health::check(nats, "llm", Duration::from_secs(2))
+        let workers = llmbus::client::health::check(nats, "llm", Duration::from_secs(2))
             .await
             .expect("health check");
         let mut ids = Vec::new();

@@ -17,7 +17,7 @@ use crate::support::{
     gateway::{Gateway, PATIENCE, chat, content},
 };
 use bytes::Bytes;
-use llmbus::{client::LlmClient, health};
+use llmbus::client::{LlmClient, health};
 use tokio::sync::watch;
 
 /// The longest a recovery may take before the test fails.

@@ -18,8 +18,7 @@ use crate::{
     pricing,
     runtime::table::Route,
     telemetry,
-    usage::UsageEvent,
-    wire::{ApiError, headers, openai::Usage, ratelimit},
+    wire::{ApiError, headers, openai::Usage, ratelimit, usage::UsageEvent},
 };
 
 /// What a job produced and used so far, and how it ended.
@@ -339,7 +338,7 @@ impl<K: Kind> JobState<'_, K> {
         {
             h.insert(
                 headers::name::RETRY_AFTER,
-                crate::runtime::table::retry_after_secs(wait).to_string(),
+                crate::policy::routing::retry_after_secs(wait).to_string(),
             );
         }
         h
@@ -350,7 +349,7 @@ impl<K: Kind> JobState<'_, K> {
         let (ask, attempts) = (&self.ask, &self.attempts);
         let mut event = UsageEvent {
             job_id: ask.id.clone(),
-            timestamp_ms: crate::usage::event::now_ms(),
+            timestamp_ms: crate::wire::usage::now_ms(),
             model_group: route
                 .map(|r| r.group.to_string())
                 .or_else(|| attempts.served_group.as_deref().map(str::to_string))
@@ -358,7 +357,7 @@ impl<K: Kind> JobState<'_, K> {
                 .unwrap_or_else(|| ask.model().to_string()),
             deployment: route.map(|r| r.info().id.clone()),
             provider: route.map(|r| {
-                crate::providers::prefix(&r.info().model)
+                crate::config::provider_prefix(&r.info().model)
                     .unwrap_or("openai")
                     .to_string()
             }),

@@ -1,14 +1,16 @@
 //! The `llmbus usage tail` and `llmbus spend` commands: their arguments and what they run
-//! (the logic is in [`super::tail`] and [`super::report`]).
+//! (the logic is in [`crate::usage::tail`] and [`crate::usage::report`]).
 
 use clap::{Args, Subcommand};
 
-use super::{
-    event::now_ms,
-    report::{self, parse_since},
-    tail::{self, StatusFilter, TailOptions},
+use crate::{
+    config::LlmbusSettings,
+    usage::{
+        report::{self, parse_since},
+        tail::{self, StatusFilter, TailOptions},
+    },
+    wire::{Subjects, usage::now_ms},
 };
-use crate::{config::LlmbusSettings, wire::Subjects};
 
 /// `llmbus usage ...`.
 #[derive(Debug, Subcommand)]

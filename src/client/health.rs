@@ -1,114 +1,21 @@
-//! Readiness and health: the [`Readiness`] state one worker process reports (`/readyz`, and the
-//! `state` in its `$SRV.STATS` endpoint data), and [`check`], the client side of
-//! `llmbus health`: which llmbus workers answer on a NATS server and whether they serve.
-//!
-//! A worker is *ready* while it takes jobs. It is not ready before its subscriptions are in
-//! place, nor once it drains (after `SIGTERM`), when it has left the queue group and only
-//! finishes the jobs it already has. The services framework fixes `$SRV.INFO` metadata when
-//! the service starts, so the live state travels in the `data` of each endpoint's `$SRV.STATS`
-//! entry: `{"state": "serving" | "draining", "in_flight": <jobs>, "config": <fingerprint>,
-//! "limits": {"mode": "shared" | "local", "note": <why, for people>, "clock_offset_ms": <ms>},
-//! "capacity_lost": <calls>}` ([`limits_data`]; `capacity_lost` from the idle self-check,
-//! [`crate::runtime::deployment::selfcheck`]).
+//! The client side of `llmbus health`: which llmbus workers answer on a NATS server, and
+//! what each says about itself in its `$SRV.INFO` and `$SRV.STATS` ([`crate::wire::service`]).
+//! The draining worker asks the same to learn whether it is the last one.
 //!
 //! A worker whose limits are local (no JetStream, or a clock too far off the server's) still
 //! serves, so `llmbus health` still exits 0, but says so on its line and in a warning.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU8, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use async_nats::{Client, StatusCode};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::{runtime::ingress::SERVICE_NAME, cluster::sharing::Sharing, wire::Subjects};
-
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Not subscribed yet.
-    Starting,
-    /// Taking jobs.
-    Serving,
-    /// Left the queue group; finishing the jobs in flight.
-    Draining,
-    /// Done.
-    Stopped,
-}
-
-impl State {
-    /// `starting`, `serving`, `draining` or `stopped`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Serving => "serving",
-            State::Draining => "draining",
-            State::Stopped => "stopped",
-        }
-    }
-
-    fn from_u8(v: u8) -> State {
-        match v {
-            1 => State::Serving,
-            2 => State::Draining,
-            3 => State::Stopped,
-            _ => State::Starting,
-        }
-    }
-}
-
-/// A shared, cheap-to-clone readiness flag: every clone sees the same state.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicU8>);
-
-impl Readiness {
-    /// A new flag in [`State::Starting`].
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The current state.
-    pub fn state(&self) -> State {
-        State::from_u8(self.0.load(Ordering::Acquire))
-    }
-
-    /// Moves to `state`.
-    pub fn set(&self, state: State) {
-        let v = match state {
-            State::Starting => 0,
-            State::Serving => 1,
-            State::Draining => 2,
-            State::Stopped => 3,
-        };
-        self.0.store(v, Ordering::Release);
-    }
-
-    /// True while serving.
-    pub fn is_ready(&self) -> bool {
-        self.state() == State::Serving
-    }
-}
-
-/// What a worker's drain did (see `Worker::drain`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Jobs that ran during the drain: in flight when it began, or already delivered.
-    pub jobs: usize,
-    /// Of those, the jobs that finished with their own answer.
-    pub finished: usize,
-    /// Of those, the jobs still running when the grace period ran out, answered with a 503.
-    pub cut_off: usize,
-    /// Jobs and requests that arrived during the drain and were relayed to other workers.
-    pub relayed: usize,
-    /// How long the drain took.
-    pub took: Duration,
-}
+use crate::wire::{
+    Subjects,
+    service::{SERVICE_NAME, State},
+};
 
 /// What one worker said about itself.
 #[derive(Debug, Clone)]
@@ -146,17 +53,6 @@ impl WorkerStatus {
     pub fn limits_local(&self) -> bool {
         self.limits.as_deref() == Some("local")
     }
-}
-
-/// The `limits` object of a worker's `$SRV.STATS` data: where its limits hold and its clock
-/// offset from the server.
-pub fn limits_data(sharing: &Sharing) -> Value {
-    let status = sharing.status();
-    serde_json::json!({
-        "mode": status.limits.as_str(),
-        "note": status.limits.describe(),
-        "clock_offset_ms": status.clock.map(|c| c.offset_ms),
-    })
 }
 
 /// Asks every llmbus worker on `client`'s server about itself: `$SRV.PING.llmbus` (replies
@@ -258,22 +154,4 @@ async fn ask(client: &Client, subject: String, wait: Duration) -> Option<Value> 
         .ok()?
         .ok()?;
     serde_json::from_slice(&reply.payload).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn readiness_is_shared_by_clones() {
-        let r = Readiness::new();
-        let seen = r.clone();
-        assert_eq!(seen.state(), State::Starting);
-        assert!(!seen.is_ready());
-        r.set(State::Serving);
-        assert!(seen.is_ready());
-        r.set(State::Draining);
-        assert_eq!(seen.state().as_str(), "draining");
-        assert!(!seen.is_ready());
-    }
 }

@@ -1,20 +1,31 @@
 //! From a config to the deployments a worker runs: one [`DeploymentInfo`] per `model_list`
 //! entry (its provider built, its price and context window found), and the names the worker
-//! takes jobs for.
+//! takes jobs for. The worker builds a [`Plan`] at start and on every reload; the router
+//! applies it.
 
 use std::{sync::Arc, time::Duration};
 
-use super::StartError;
+use super::{
+    deployment::{DeploymentInfo, Live},
+    table::RoutingRules,
+};
 use crate::{
-    runtime::{
-        deployment::{DeploymentInfo, Live},
-        table::RoutingRules,
-    },
     config::{Config, LitellmParams, deployment_ids},
     policy::{Policies, health::HealthPolicy},
     pricing::PriceTable,
     providers,
 };
+
+/// Why a config makes no plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The configuration has no deployment.
+    #[error("the configuration has no deployment: add at least one entry to model_list")]
+    NoDeployments,
+    /// `llmbus.price_table` could not be loaded.
+    #[error("{0}")]
+    PriceTable(#[from] crate::pricing::PriceFileError),
+}
 
 /// What a config makes of a worker's routing: its deployments, the routing rules and the
 /// health thresholds. Built at start and again on every reload.
@@ -29,7 +40,7 @@ pub struct Plan {
 
 impl Plan {
     /// The plan of `config`, with providers on the shared `http` pool.
-    pub fn of(config: &Config, http: &reqwest::Client) -> Result<Self, StartError> {
+    pub fn of(config: &Config, http: &reqwest::Client) -> Result<Self, PlanError> {
         let prices = match &config.llmbus.price_table {
             Some(path) => {
                 let table = PriceTable::load(std::path::Path::new(path))?;
@@ -45,7 +56,7 @@ impl Plan {
         };
         let deployments = deployments(config, http, &prices)?;
         if deployments.is_empty() {
-            return Err(StartError::NoDeployments);
+            return Err(PlanError::NoDeployments);
         }
         let policies = Policies::from_config(config);
         let aliases = config
@@ -116,11 +127,11 @@ pub fn served_names(config: &Config) -> Vec<String> {
 
 /// One [`DeploymentInfo`] per `model_list` entry, with the ids of
 /// [`crate::config::deployment_ids`].
-pub(super) fn deployments(
+fn deployments(
     config: &Config,
     http: &reqwest::Client,
     prices: &PriceTable,
-) -> Result<Vec<Arc<DeploymentInfo>>, StartError> {
+) -> Result<Vec<Arc<DeploymentInfo>>, PlanError> {
     let mut out = Vec::new();
     let ids = deployment_ids(config);
     for ((index, entry), id) in config.model_list.iter().enumerate().zip(ids) {

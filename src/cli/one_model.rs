@@ -4,60 +4,59 @@
 //! variable (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, ...), which the provider reads as usual.
 //! `provider/name` is also served under the bare `name` (an alias).
 
-use super::{AliasTarget, Config, ConfigError, Loaded, Secret};
-use crate::providers::{self, openai_compat};
+use crate::{
+    config::{AliasTarget, Config, ConfigError, Loaded, Secret},
+    providers::{self, openai_compat},
+};
 
-impl Config {
-    /// The config for one model. `env` stands for the process environment (tests pass their
-    /// own); it is only read to warn when no key is set.
-    pub fn single_model(
-        model: &str,
-        api_key: Option<&str>,
-        api_base: Option<&str>,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Loaded, ConfigError> {
-        let model = model.trim();
-        if model.is_empty() || model.chars().any(|c| c.is_control()) {
-            return Err(ConfigError::ModelName {
-                model: model.to_owned(),
-            });
-        }
-        // A JSON string is a YAML string: the name goes into the document quoted.
-        let name = serde_json::Value::from(model).to_string();
-        let yaml = format!(
-            "model_list:\n  - model_name: {name}\n    litellm_params:\n      model: {name}\n"
-        );
-        let mut loaded = Config::from_yaml_with_env(&yaml, "--model", env)?;
-        let params = &mut loaded.config.model_list[0].litellm_params;
-        params.api_key = api_key.map(Secret::new);
-        params.api_base = api_base.map(str::to_string);
-        if let Some((_, bare)) = model.split_once('/')
-            && !bare.is_empty()
-            && bare != model
-        {
-            loaded
-                .config
-                .router_settings
-                .model_group_alias
-                .insert(bare.to_string(), AliasTarget::Group(model.to_string()));
-        }
-        if api_key.is_none() {
-            let vars = key_variables(model);
-            if !vars.is_empty() && !vars.iter().any(|v| env(v).is_some_and(|k| !k.is_empty())) {
-                loaded.warnings.push(format!(
-                    "no API key for {model}: set {} or pass --api-key",
-                    vars.join(" or ")
-                ));
-            }
-        }
-        Ok(loaded)
+/// The config for one model. `env` stands for the process environment (tests pass their
+/// own); it is only read to warn when no key is set.
+pub fn single_model(
+    model: &str,
+    api_key: Option<&str>,
+    api_base: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
+    let model = model.trim();
+    if model.is_empty() || model.chars().any(|c| c.is_control()) {
+        return Err(ConfigError::ModelName {
+            model: model.to_owned(),
+        });
     }
+    // A JSON string is a YAML string: the name goes into the document quoted.
+    let name = serde_json::Value::from(model).to_string();
+    let yaml =
+        format!("model_list:\n  - model_name: {name}\n    litellm_params:\n      model: {name}\n");
+    let mut loaded = Config::from_yaml_with_env(&yaml, "--model", env)?;
+    let params = &mut loaded.config.model_list[0].litellm_params;
+    params.api_key = api_key.map(Secret::new);
+    params.api_base = api_base.map(str::to_string);
+    if let Some((_, bare)) = model.split_once('/')
+        && !bare.is_empty()
+        && bare != model
+    {
+        loaded
+            .config
+            .router_settings
+            .model_group_alias
+            .insert(bare.to_string(), AliasTarget::Group(model.to_string()));
+    }
+    if api_key.is_none() {
+        let vars = key_variables(model);
+        if !vars.is_empty() && !vars.iter().any(|v| env(v).is_some_and(|k| !k.is_empty())) {
+            loaded.warnings.push(format!(
+                "no API key for {model}: set {} or pass --api-key",
+                vars.join(" or ")
+            ));
+        }
+    }
+    Ok(loaded)
 }
 
 /// The environment variables a provider reads its key from; empty when it uses other
 /// credentials (Bedrock, Vertex AI) or none (Ollama).
 fn key_variables(model: &str) -> Vec<&'static str> {
-    match providers::prefix(model) {
+    match crate::config::provider_prefix(model) {
         Some("anthropic") => vec![providers::anthropic::API_KEY_ENV],
         Some("gemini") => vec!["GEMINI_API_KEY", "GOOGLE_API_KEY"],
         Some("cohere" | "cohere_chat") => vec!["COHERE_API_KEY", "CO_API_KEY"],
@@ -79,8 +78,7 @@ mod tests {
     fn one_group_named_as_given_with_the_bare_name_as_alias() {
         let env = |_: &str| None;
         let loaded =
-            Config::single_model("anthropic/claude-sonnet-4-5", Some("sk-ant-1"), None, &env)
-                .unwrap();
+            single_model("anthropic/claude-sonnet-4-5", Some("sk-ant-1"), None, &env).unwrap();
         let c = &loaded.config;
         assert_eq!(c.model_list.len(), 1);
         assert_eq!(c.model_list[0].model_name, "anthropic/claude-sonnet-4-5");
@@ -97,7 +95,7 @@ mod tests {
     #[test]
     fn a_missing_key_is_a_warning_naming_the_variable() {
         let none = |_: &str| None;
-        let loaded = Config::single_model("gpt-4o", None, None, &none).unwrap();
+        let loaded = single_model("gpt-4o", None, None, &none).unwrap();
         assert_eq!(loaded.config.model_list[0].model_name, "gpt-4o");
         assert!(loaded.config.router_settings.model_group_alias.is_empty());
         assert!(
@@ -106,16 +104,16 @@ mod tests {
             loaded.warnings
         );
         let set = |name: &str| (name == "ANTHROPIC_API_KEY").then(|| "k".to_string());
-        let loaded = Config::single_model("anthropic/claude-3-5-haiku", None, None, &set).unwrap();
+        let loaded = single_model("anthropic/claude-3-5-haiku", None, None, &set).unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
-        let loaded = Config::single_model("ollama/llama3", None, None, &none).unwrap();
+        let loaded = single_model("ollama/llama3", None, None, &none).unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 
     #[test]
     fn names_that_need_quoting_still_load_and_empty_ones_do_not() {
         let none = |_: &str| None;
-        let loaded = Config::single_model(
+        let loaded = single_model(
             "openai/gpt-4o: mini #1",
             Some("k"),
             Some("http://x/v1"),
@@ -133,6 +131,6 @@ mod tests {
                 .as_deref(),
             Some("http://x/v1")
         );
-        assert!(Config::single_model(" ", None, None, &none).is_err());
+        assert!(single_model(" ", None, None, &none).is_err());
     }
 }
