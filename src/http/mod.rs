@@ -73,14 +73,33 @@ impl Default for HttpSettings {
     }
 }
 
+/// An `llmbus.http_*` value the HTTP front cannot use; the message names the key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    /// A count that must be at least 1.
+    #[error("llmbus.{key} must be at least 1")]
+    Zero {
+        /// The key under `llmbus.`.
+        key: &'static str,
+    },
+    /// A duration that is not a positive number of seconds.
+    #[error("llmbus.{key} must be a positive number of seconds, not {secs}")]
+    Seconds {
+        /// The key under `llmbus.`.
+        key: &'static str,
+        /// The value given.
+        secs: f64,
+    },
+}
+
 impl HttpSettings {
     /// The settings of `config`: `llmbus.http_*` and the default deadline. An unusable value is
     /// an error naming the key.
-    pub fn from_config(config: &Config) -> Result<Self, String> {
+    pub fn from_config(config: &Config) -> Result<Self, SettingsError> {
         let l = &config.llmbus;
-        let positive = |key: &str, n: usize| {
+        let positive = |key: &'static str, n: usize| {
             if n == 0 {
-                Err(format!("llmbus.{key} must be at least 1"))
+                Err(SettingsError::Zero { key })
             } else {
                 Ok(n)
             }
@@ -104,21 +123,16 @@ impl HttpSettings {
 pub const DEFAULT_STREAM_BUFFER: usize = 1024;
 
 /// `secs` of `llmbus.<key>` as a positive duration.
-fn seconds(key: &str, secs: f64) -> Result<Duration, String> {
+fn seconds(key: &'static str, secs: f64) -> Result<Duration, SettingsError> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("llmbus.{key} must be a positive number of seconds, not {secs}"))
+        .ok_or(SettingsError::Seconds { key, secs })
 }
 
 /// `secs` as a keep-alive interval: a positive number of seconds.
-pub fn keepalive(secs: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            format!("llmbus.http_keepalive_secs must be a positive number of seconds, not {secs}")
-        })
+pub fn keepalive(secs: f64) -> Result<Duration, SettingsError> {
+    seconds("http_keepalive_secs", secs)
 }
 
 /// What every route shares.

@@ -302,7 +302,7 @@ mod tests {
         model: &str,
         set: (Option<&str>, Option<&str>),
         vars: &[(&str, &str)],
-    ) -> Result<(String, String), String> {
+    ) -> Result<(String, String), ConfigError> {
         let params = LitellmParams {
             model: model.into(),
             api_base: set.0.map(str::to_owned),
@@ -310,8 +310,7 @@ mod tests {
             ..LitellmParams::default()
         };
         let env = |name: &str| vars.iter().find(|v| v.0 == name).map(|v| v.1.to_owned());
-        let (upstream, model) = Upstream::resolve(&SPEC, &params, &reqwest::Client::new(), env)
-            .map_err(|e| e.to_string())?;
+        let (upstream, model) = Upstream::resolve(&SPEC, &params, &reqwest::Client::new(), env)?;
         let debug = fmt::from_fn(|f| upstream.debug_as(SPEC.name, f));
         Ok((format!("{debug:?}"), model))
     }
@@ -344,10 +343,14 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_provider_and_the_model() {
-        let err = resolved("example/", (None, None), &[]).unwrap_err();
+        let err = resolved("example/", (None, None), &[])
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "model `example/` names no Example model");
         for base in ["ftp://h", "not a url", "mailto:a@b"] {
-            let err = resolved("example/m", (Some(base), None), &[]).unwrap_err();
+            let err = resolved("example/m", (Some(base), None), &[])
+                .unwrap_err()
+                .to_string();
             assert_eq!(err, "model `example/m`: `api_base` must be an http(s) URL");
         }
         // Bedrock asked for a host where the others ask for a base: an http(s) URL has both.

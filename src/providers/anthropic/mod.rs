@@ -282,7 +282,7 @@ impl Provider for Anthropic {
 mod tests {
     use super::*;
 
-    fn built(p: &LitellmParams, env: &[(&str, &str)]) -> Result<(String, String), String> {
+    fn built(p: &LitellmParams, env: &[(&str, &str)]) -> Result<(String, String), ConfigError> {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -291,7 +291,6 @@ mod tests {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         })
         .map(|(provider, model)| (format!("{provider:?}"), model))
-        .map_err(|e| e.to_string())
     }
 
     fn params(model: &str) -> LitellmParams {
@@ -344,7 +343,7 @@ mod tests {
         assert!(built(&p, &[]).is_err());
         let mut p = params("anthropic/claude-sonnet-4-5");
         p.api_key = Some(Secret::new("sk-\nsecret"));
-        let err = built(&p, &[]).unwrap_err();
+        let err = built(&p, &[]).unwrap_err().to_string();
         assert!(!err.contains("secret"), "{err}");
         let mut p = params("anthropic/claude-sonnet-4-5");
         p.extra_headers.insert("bad header".into(), "x".into());

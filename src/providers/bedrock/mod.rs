@@ -310,7 +310,7 @@ mod tests {
         }
     }
 
-    fn built(p: &LitellmParams, env: &[(&str, &str)]) -> Result<(String, String), String> {
+    fn built(p: &LitellmParams, env: &[(&str, &str)]) -> Result<(String, String), ConfigError> {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -319,12 +319,13 @@ mod tests {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         })
         .map(|(p, m)| (format!("{p:?}"), m))
-        .map_err(|e| e.to_string())
     }
 
     #[test]
     fn region_and_credentials_come_from_params_or_env() {
-        let err = built(&params("bedrock/anthropic.claude-v2"), &[]).unwrap_err();
+        let err = built(&params("bedrock/anthropic.claude-v2"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("aws_region_name"), "{err}");
         let env = [
             ("AWS_REGION", "eu-west-1"),

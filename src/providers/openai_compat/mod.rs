@@ -485,11 +485,10 @@ mod tests {
         move |name| map.get(name).cloned()
     }
 
-    fn built(p: &LitellmParams, env: &[(&str, &str)]) -> Result<(String, String), String> {
+    fn built(p: &LitellmParams, env: &[(&str, &str)]) -> Result<(String, String), ConfigError> {
         let http = reqwest::Client::new();
         build_with_env(p, &http, env_of(env))
             .map(|(provider, model)| (format!("{provider:?}"), model))
-            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -512,7 +511,9 @@ mod tests {
 
     #[test]
     fn build_requires_a_base_where_there_is_no_default() {
-        let err = built(&params("hosted_vllm/llama"), &[]).unwrap_err();
+        let err = built(&params("hosted_vllm/llama"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("api_base"), "{err}");
         assert!(
             built(
@@ -521,7 +522,7 @@ mod tests {
             )
             .is_ok()
         );
-        let err = built(&params("azure/dep"), &[]).unwrap_err();
+        let err = built(&params("azure/dep"), &[]).unwrap_err().to_string();
         assert!(err.contains("AZURE_API_BASE"), "{err}");
         let mut p = params("openai/gpt-4o");
         p.api_base = Some("not a url".into());
@@ -549,7 +550,7 @@ mod tests {
         assert!(built(&p, &[]).is_err());
         let mut p = params("gpt-4o");
         p.api_key = Some(Secret::new("sk-\nsecret"));
-        let err = built(&p, &[]).unwrap_err();
+        let err = built(&p, &[]).unwrap_err().to_string();
         assert!(!err.contains("secret"), "{err}");
     }
 
