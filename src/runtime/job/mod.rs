@@ -16,21 +16,21 @@
 //! lease goes back to its deployment (`deployment::Lease`), the cancel registration is removed,
 //! and the gate's ticket frees the place. No per-job state outlives the task.
 //!
-//! A running job's state ([`JobState`]) is three parts, by when they change:
-//! - [`ask::Ask`], **the request**: what the job asks (body, headers, settings, deadline),
+//! A running job's state (`JobState`) is three parts, by when they change:
+//! - `ask::Ask`, **the request**: what the job asks (body, headers, settings, deadline),
 //!   read once before the first attempt;
-//! - [`attempt::Attempts`], **the attempts**: the groups and deployments tried so far, the
-//!   call in progress and its timings; [`attempt::Attempts::finish`] closes a call, the one
+//! - `attempt::Attempts`, **the attempts**: the groups and deployments tried so far, the
+//!   call in progress and its timings; `attempt::Attempts::finish` closes a call, the one
 //!   place that settles its capacity and tells its deployment how it went;
-//! - [`answer::Outcome`], **the outcome**: what reached the caller, what the job used and
+//! - `answer::Outcome`, **the outcome**: what reached the caller, what the job used and
 //!   cost, and how it ended (for its usage event and metrics).
 //!
-//! Its answer goes out through its [`reply::Reply`], the one place that knows where the answer
+//! Its answer goes out through its `reply::Reply`, the one place that knows where the answer
 //! goes (the requester's NATS reply subject).
 //!
-//! The state is generic over the job's [`kind::Kind`]: what differs between a chat completion
+//! The state is generic over the job's `kind::Kind`: what differs between a chat completion
 //! and embeddings (and the kinds to come) — the body, the provider call, the framing of the
-//! answer and the stream, reading usage — is one module per kind in [`kind`], and [`KINDS`]
+//! answer and the stream, reading usage — is one module per kind in `kind`, and [`KINDS`]
 //! is the one table of them. Everything in this module is written once for every kind.
 //!
 //! - `kind`: the kinds of job and their table.

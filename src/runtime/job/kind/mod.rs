@@ -1,13 +1,13 @@
 //! The job-kind seam: what differs between kinds of job, and the one table of them.
 //!
 //! A kind of job (a chat completion, embeddings; next the Anthropic Messages and OpenAI
-//! Responses APIs and batches) says four things, as an implementation of [`Kind`]:
-//! - how its **body is parsed** ([`Kind::parse`]: the checks, what the shared path needs to
+//! Responses APIs and batches) says four things, as an implementation of `Kind`:
+//! - how its **body is parsed** (`Kind::parse`: the checks, what the shared path needs to
 //!   know of it — model, stream or not, fallbacks it names, what it reserves);
-//! - which **provider call** it makes ([`Kind::call`], and [`Kind::stream`] for a stream);
-//! - how its **answer and stream are framed** (its [`Kind::Answer`] and [`Kind::Chunk`] types
-//!   as they serialise, [`Kind::error_body`]);
-//! - how its **usage** is read from an answer ([`Kind::usage`]) or a stream ([`Chunk`]).
+//! - which **provider call** it makes (`Kind::call`, and `Kind::stream` for a stream);
+//! - how its **answer and stream are framed** (its `Kind::Answer` and `Kind::Chunk` types
+//!   as they serialise, `Kind::error_body`);
+//! - how its **usage** is read from an answer (`Kind::usage`) or a stream (`Chunk`).
 //!
 //! Everything else is written once, for every kind, in the job path ([`super`]): routing,
 //! limits and capacity, retries, fallbacks, cooldowns, the deadline, cancel, reply headers,
@@ -16,7 +16,7 @@
 //! [`KINDS`] is the one table of kinds: the subject's last token (`<prefix>.<name>`, and a
 //! worker's own `<prefix>.worker.<id>.<name>`) → the kind. Ingress subscribes to one endpoint
 //! per row and hands each job its row. **Adding a kind is one new module here (an
-//! implementation of [`Kind`]) plus one row in [`KINDS`].**
+//! implementation of `Kind`) plus one row in [`KINDS`].**
 
 use std::{future::Future, pin::Pin, sync::atomic::AtomicBool};
 
@@ -72,7 +72,7 @@ pub(crate) trait Kind: Send + Sync + 'static {
         ctx: &'a CallContext,
     ) -> BoxFuture<'a, Result<Self::Answer, ProviderError>>;
 
-    /// The provider call for a stream: made only for a body [`Kind::parse`] found `stream`.
+    /// The provider call for a stream: made only for a body `Kind::parse` found `stream`.
     fn stream<'a>(
         provider: &'a dyn Provider,
         body: &'a Self::Body,
