@@ -85,8 +85,10 @@
 //!    ([`runtime::job::KINDS`]), which ingress subscribes by; routing, limits, retries,
 //!    fallbacks, cooldowns, cancel, usage and cost are written once for every kind.
 //! 3. [`runtime::table`] is the routing table: groups, aliases and deployments as an immutable
-//!    snapshot that jobs read through an `ArcSwap`, and the pick rules (health, tags,
-//!    context window, capacity, then the routing strategy). [`runtime::router`] owns it,
+//!    snapshot that jobs read through an `ArcSwap`; the pick rules it applies (health, tags,
+//!    context window, capacity, then the routing strategy) are pure functions in
+//!    [`policy::routing`]. [`runtime::plan`] makes a config into its deployments and rules at
+//!    start and on every reload. [`runtime::router`] owns the table,
 //!    spawns and supervises the deployment actors, and passes on cooldowns other workers
 //!    announce on `llm.health.*`, those of current members only and bounded in length
 //!    ([`runtime::announced`]).
@@ -139,9 +141,10 @@
 //! keeping a deployment that cannot work as *misconfigured* (it takes no traffic);
 //! [`preflight`] lists every problem of a config for `llmbus check` and `serve --strict`;
 //! [`worker::Worker`] starts the actors of one process and applies a new config to them
-//! ([`worker::Worker::reload`]); [`client`] is a small Rust client of
-//! the same NATS contract; [`telemetry`] sets up logs and Prometheus metrics; [`health`] serves
-//! `/healthz` and `/readyz` and answers `llmbus health`; [`local_nats`] starts a private
+//! ([`worker::Worker::reload`]) and serves `/metrics`, `/healthz` and `/readyz`
+//! ([`worker::ops`]; readiness is [`runtime::readiness`]); [`client`] is a small Rust client of
+//! the same NATS contract, and asks the workers about themselves for `llmbus health`
+//! ([`client::health`]); [`telemetry`] names every metric and sets up logs; [`local_nats`] starts a private
 //! `nats-server` for `llmbus up` and the tests (and finds or installs the binary); [`cli`]
 //! holds the `llmbus` subcommands that `src/main.rs` dispatches to. `fuzzing` (hidden from
 //! the docs) holds the entry points of the fuzz targets in `fuzz/` and of their regression

@@ -18,7 +18,7 @@
 //! - `suggest`: "did you mean" for typos.
 //! - `locate`: key paths and finding a key's line in the text.
 //! - `quickstart`: the built-in config.
-//! - `single`: the one-model config of `llmbus --model <provider/model>`.
+//! - `strategy`: [`Strategy`], the `routing_strategy` names llmbus knows.
 //! - `secret`: [`Secret`], a value that never prints.
 //! - `detached`: [`Config::from_yaml_detached`], the check of a config away from its workers
 //!   (`llmbus config push`: every `os.environ/` variable counts as set; literal secrets named).

@@ -6,7 +6,9 @@
 //!   probe after each cooldown;
 //! - [`retry`]: how many retries an error class gets (`num_retries`, `retry_policy`), how long
 //!   to back off, and which fallback list applies;
-//! - [`routing`]: the routing strategies that pick among a group's healthy deployments;
+//! - [`routing`]: the rules that narrow a group's deployments for one attempt (misconfigured,
+//!   health, already failed, tags, context window, capacity) and the routing strategies that
+//!   pick among those left;
 //! - [`wildcard`]: model groups named by a pattern (`*`, `anthropic/*`) and the upstream model
 //!   a request for a matching name gets.
 

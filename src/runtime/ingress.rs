@@ -42,11 +42,11 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::readiness::Readiness;
 use super::{
     RuntimeError, WorkerContext, direct,
     gate::{DrainCounts, Phase},
     job::{self, Job, JobKind, KINDS},
+    readiness::Readiness,
 };
 use crate::{
     client::health,

@@ -17,7 +17,10 @@
 //! - [`gate`]: admission (the in-flight bound), the worker's phase, the cut-off signal.
 //! - [`job`]: one job's life as a task (the "request actor" role).
 //! - [`cancel`]: cancellation by the requester (`llm.cancel`).
-//! - [`table`]: the routing table snapshot and the pick rules.
+//! - [`readiness`]: whether the worker serves (`/readyz`, the `state` of `$SRV.STATS`).
+//! - [`plan`]: a config made into deployments and routing rules (at start, on reload).
+//! - [`table`]: the routing table snapshot; it applies the pick rules of
+//!   [`crate::policy::routing`] and claims half-open probes.
 //! - [`router`]: the actor that owns the table and supervises the deployment actors.
 //! - [`announced`]: which cooldowns other workers announce are believed, and for how long.
 //! - [`deployment`]: one deployment's capacity and health, and its actor.

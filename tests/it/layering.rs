@@ -552,6 +552,8 @@ fn scan(toks: &[Tok], module: &[String], file: &str, file_is_test: bool, out: &m
         let t = toks[i].text.as_str();
         let in_test = file_is_test || braces.iter().any(|b| b.1);
         let inline_mods = braces.iter().filter(|b| b.0).count();
+        // `a::crate` or `a::super` is not a path's start.
+        let after_sep = i > 0 && toks[i - 1].text == "::";
         match t {
             "#" if toks.get(i + 1).is_some_and(|x| x.text == "[") => {
                 let attr: Vec<&str> = toks[i..].iter().take(7).map(|x| x.text.as_str()).collect();
@@ -575,10 +577,7 @@ fn scan(toks: &[Tok], module: &[String], file: &str, file_is_test: bool, out: &m
                 braces.pop();
             }
             ";" => pending_test = false,
-            "crate" | "$crate"
-                if toks.get(i + 1).is_some_and(|x| x.text == "::")
-                    && !toks.get(i.wrapping_sub(1)).is_some_and(|x| x.text == "::") =>
-            {
+            "crate" | "$crate" if toks.get(i + 1).is_some_and(|x| x.text == "::") && !after_sep => {
                 for (first, path) in targets(&toks[i + 2..]) {
                     push(
                         out,
@@ -592,7 +591,7 @@ fn scan(toks: &[Tok], module: &[String], file: &str, file_is_test: bool, out: &m
                     );
                 }
             }
-            "super" if !toks.get(i.wrapping_sub(1)).is_some_and(|x| x.text == "::") => {
+            "super" if !after_sep => {
                 // Count the chain: super::super::...
                 let mut ups = 0;
                 let mut j = i;

@@ -4,13 +4,11 @@
 //! told the two apart by matching `"(panic)"` in the message: such an upstream ended the job
 //! at once with a 500 and no retry.)
 
-mod support;
-
-use serde_json::Value;
-use support::{
+use crate::support::{
     fake_provider::{FakeProvider, Fault},
     gateway::{Gateway, chat},
 };
+use serde_json::Value;
 
 fn entry(id: &str, api_base: &str) -> String {
     format!(
