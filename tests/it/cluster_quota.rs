@@ -668,7 +668,7 @@ async fn a_nats_outage_never_lets_the_cluster_exceed_the_limit() {
 
 /// The same with the production timing: a 60-second window, τ = 1 s, skew 0.5 s, for
 /// `LLMBUS_QUOTA_MINUTES` minutes (default 4). Slow, so run by hand:
-/// `cargo test --test it cluster_quota:: -- --ignored --nocapture a_real_minute`.
+/// `cargo test --test it cluster_quota::a_real_minute -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "takes minutes; run by hand for the figures"]
 async fn a_real_minute_window_holds_for_three_worker_processes() {

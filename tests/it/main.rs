@@ -3,13 +3,16 @@
 //!
 //! **Adding tests:** put them in `tests/it/<name>.rs` (start it with a `//!` doc, reach the
 //! shared helpers as `crate::support`) and add `mod <name>;` below, in order. Run one module
-//! with `cargo test --test it <name>::`.
+//! with `cargo test --test it <name>::` (a filter matches any part of a test's path:
+//! `config::` runs `cluster_config::` too; add `-- --exact` for one test by its full path).
 //!
 //! The tests of every module run concurrently in this one process. A test that changes
 //! process-global state — installs a metrics recorder or a global allocator, calls
 //! `std::env::set_var` or `set_current_dir`, measures the process's own memory, or needs the
 //! CPU to itself — gets a file of its own beside this folder instead (`tests/metrics.rs`: the
-//! Prometheus recorder; `tests/memory.rs`: a counting allocator).
+//! Prometheus recorder; `tests/memory.rs`: a counting allocator). `cargo test` runs 8 at a
+//! time whatever the cores (`.cargo/config.toml`), so a test waits for events with a generous
+//! patience rather than assuming the CPU is free.
 
 #[path = "../support/mod.rs"]
 mod support;
