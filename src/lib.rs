@@ -9,7 +9,7 @@
 //! ## Layers
 //!
 //! Imports go one way, down: a module uses its own layer and the layers below it, never one
-//! above, and no two modules import each other (`tests/layering.rs` checks both, and that this
+//! above, and no two modules import each other (`tests/it/layering.rs` checks both, and that this
 //! drawing matches its table). A type two layers share lives in the lower one.
 //!
 //! ```text

@@ -1,5 +1,5 @@
 //! Logs and metrics, the parts every layer uses: the names of every metric llmbus records, in
-//! one place (the Grafana dashboard in `deploy/` charts each, `tests/deploy.rs` checks it),
+//! one place (the Grafana dashboard in `deploy/` charts each, `tests/it/deploy.rs` checks it),
 //! their help text and histogram buckets, and the `tracing` subscriber ([`init_logging`]:
 //! text or JSON lines). The worker's operations HTTP server (`/metrics`, `/healthz`,
 //! `/readyz`) installs the Prometheus recorder with these: `worker::ops`.
