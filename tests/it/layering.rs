@@ -81,7 +81,7 @@ fn imports_go_down_the_layers_and_no_modules_import_each_other() {
     for m in &unknown {
         let _ = writeln!(
             report,
-            "module `{m}` has no layer: add it to LAYERS in tests/layering.rs and to the \
+            "module `{m}` has no layer: add it to LAYERS in tests/it/layering.rs and to the \
              drawing in src/lib.rs"
         );
     }
@@ -202,7 +202,7 @@ fn lib_rs_draws_the_same_layers_and_every_module_has_one() {
         sorted(&drawn),
         sorted(&table),
         "src/lib.rs's layer drawing (bottom row first here) differs from LAYERS in \
-         tests/layering.rs"
+         tests/it/layering.rs"
     );
 
     for line in lib.lines() {
@@ -214,7 +214,7 @@ fn lib_rs_draws_the_same_layers_and_every_module_has_one() {
         if let Some(name) = decl.and_then(|d| d.strip_suffix(';')) {
             assert!(
                 layer.contains_key(name),
-                "src/lib.rs declares `mod {name}`, which has no layer in tests/layering.rs"
+                "src/lib.rs declares `mod {name}`, which has no layer in tests/it/layering.rs"
             );
         }
     }
