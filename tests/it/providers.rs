@@ -585,3 +585,31 @@ async fn fake_records_and_counts_requests() {
     assert_eq!(seen.len(), 2);
     assert_eq!(fake.request_count(), 2);
 }
+
+/// An `https://` upstream is reached over TLS: the client's crypto (rustls with *ring*, the one
+/// provider compiled in) is there, so the first bytes on the wire are a TLS ClientHello. The
+/// listener answers nothing a TLS client accepts, so the call fails cleanly, with no panic.
+#[tokio::test]
+async fn an_https_upstream_gets_a_tls_client_hello() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut first = [0u8; 3];
+        conn.read_exact(&mut first).await.unwrap();
+        first
+    });
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("the HTTP client builds with its TLS provider");
+    let call = client
+        .get(format!("https://127.0.0.1:{port}/v1/models"))
+        .timeout(Duration::from_secs(30))
+        .send();
+    let (answer, first) = tokio::join!(call, server);
+    // A handshake record (0x16) of TLS 1.x (0x03 0x01 for the ClientHello's record).
+    assert_eq!(first.unwrap()[..2], [0x16, 0x03]);
+    assert!(answer.is_err());
+}
