@@ -27,7 +27,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::{runtime::ingress::SERVICE_NAME, cluster::sharing::Sharing, wire::Subjects};
+use crate::{cluster::sharing::Sharing, runtime::ingress::SERVICE_NAME, wire::Subjects};
 
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -124,7 +124,6 @@
 //! limits (no JetStream yet, a clock too far off) keeps them local, says so
 //! ([`cluster::sharing`]) and joins when it can.
 
-pub mod runtime;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -141,6 +140,7 @@ pub mod policy;
 pub mod preflight;
 pub mod pricing;
 pub mod providers;
+pub mod runtime;
 pub mod telemetry;
 pub mod usage;
 pub mod wire;

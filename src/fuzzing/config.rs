@@ -8,10 +8,10 @@ use std::sync::OnceLock;
 
 use super::{SECRET, no_secret};
 use crate::{
-    runtime::JobSettings,
     config::{Config, deployment_ids},
     policy::Policies,
     providers,
+    runtime::JobSettings,
     worker::Plan,
 };
 

@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use super::reserialises;
 use crate::{
-    runtime::job::parse,
     limits,
     providers::{anthropic, bedrock, cohere, gemini, ollama},
+    runtime::job::parse,
     wire::{
         ApiError,
         headers::{self, RequestHeaders},

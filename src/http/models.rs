@@ -17,7 +17,10 @@ use super::{
     chat::{answer_one, reply_response, submit},
     error::{HttpError, body_rejected, json},
 };
-use crate::wire::{ApiError, openai::ModelList};
+use crate::{
+    runtime::job::{parse, reply::Parsed},
+    wire::{ApiError, openai::ModelList},
+};
 
 /// How long the front waits for a worker to list the models.
 const MODELS_PATIENCE: Duration = Duration::from_secs(10);
@@ -33,7 +36,12 @@ pub async fn embeddings(
         Ok(b) => b,
         Err(r) => return body_rejected(r, app.max_body).into_response(),
     };
-    match submit(&app, JobKind::Embedding, &headers, body).await {
+    let parsed = app
+        .backend
+        .runs_locally()
+        .then(|| parse::embedding(&body).ok().map(Parsed::Embedding))
+        .flatten();
+    match submit(&app, JobKind::Embedding, &headers, body, parsed).await {
         Ok((job, deadline)) => answer_one(job, deadline, started).await,
         Err(e) => HttpError(e).into_response(),
     }

@@ -16,6 +16,8 @@
 //!   master key.
 //! - [`gate`]: admission (the in-flight bound), the worker's phase, the cut-off signal.
 //! - [`job`]: one job's life as a task (the "request actor" role).
+//! - [`local`]: jobs the in-worker HTTP front hands over in process (groups this worker
+//!   serves), admitted through the same gate.
 //! - [`cancel`]: cancellation by the requester (`llm.cancel`).
 //! - [`table`]: the routing table snapshot and the pick rules.
 //! - [`router`]: the actor that owns the table and supervises the deployment actors.
@@ -36,6 +38,7 @@ pub mod direct;
 pub mod gate;
 pub mod ingress;
 pub mod job;
+pub mod local;
 pub mod router;
 pub mod table;
 

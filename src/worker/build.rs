@@ -6,14 +6,14 @@ use std::{sync::Arc, time::Duration};
 
 use super::StartError;
 use crate::{
-    runtime::{
-        deployment::{DeploymentInfo, Live},
-        table::RoutingRules,
-    },
     config::{Config, LitellmParams, deployment_ids},
     policy::{Policies, health::HealthPolicy},
     pricing::PriceTable,
     providers,
+    runtime::{
+        deployment::{DeploymentInfo, Live},
+        table::RoutingRules,
+    },
 };
 
 /// What a config makes of a worker's routing: its deployments, the routing rules and the

@@ -22,10 +22,6 @@ use ractor::ActorRef;
 use tokio::task::JoinHandle;
 
 use crate::{
-    runtime::{
-        WorkerContext,
-        router::{RouterMsg, Shared},
-    },
     cluster::{
         ClusterError,
         clock::{Clock, ClockProbe, MAX_OFFSET, MEASURE_EVERY, Offset, WARN_OFFSET},
@@ -33,6 +29,10 @@ use crate::{
         members::{MemberInfo, MemberWatch, Members, MembersOptions},
         quota::ClusterQuota,
         sharing::{Limits, LocalReason, Sharing, SharingStatus},
+    },
+    runtime::{
+        WorkerContext,
+        router::{RouterMsg, Shared},
     },
     telemetry,
 };

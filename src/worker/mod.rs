@@ -32,6 +32,12 @@ use arc_swap::ArcSwap;
 use ractor::{Actor, ActorRef};
 
 use crate::{
+    cluster::{
+        clock::Clock,
+        sharing::{Limits, LocalReason, Sharing},
+    },
+    config::{Config, ConfigError},
+    pricing,
     runtime::{
         JobSettings, WorkerContext,
         cancel::{self, Cancels},
@@ -42,12 +48,6 @@ use crate::{
         router::{ReloadReport, RouterActor, RouterArgs, RouterMsg},
         table::{RoutingRules, RoutingTable},
     },
-    cluster::{
-        clock::Clock,
-        sharing::{Limits, LocalReason, Sharing},
-    },
-    config::{Config, ConfigError},
-    pricing,
     usage::{UsageSink, stream},
     wire::Subjects,
 };
@@ -258,6 +258,12 @@ impl Worker {
     /// Where its `rpm`/`tpm` limits hold now (shared with the cluster, or its own and why).
     pub fn sharing(&self) -> &Sharing {
         &self.ctx.sharing
+    }
+
+    /// This worker's jobs as its own HTTP front reaches them: in process, for the groups it
+    /// serves ([`crate::runtime::local`]).
+    pub fn local_jobs(&self) -> crate::runtime::local::LocalJobs {
+        crate::runtime::local::LocalJobs::new(self.ctx.clone())
     }
 
     /// Jobs running now.

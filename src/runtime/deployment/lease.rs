@@ -123,7 +123,7 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::{runtime::deployment::testing::deployment, limits::Demand};
+    use crate::{limits::Demand, runtime::deployment::testing::deployment};
 
     const DEMAND: Demand = Demand {
         prompt: 50,

@@ -93,7 +93,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{runtime::deployment::testing::deployment, limits::Demand};
+    use crate::{limits::Demand, runtime::deployment::testing::deployment};
 
     #[test]
     fn capacity_held_with_no_job_running_is_found_and_counted_once() {

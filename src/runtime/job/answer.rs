@@ -16,9 +16,10 @@ use bytes::Bytes;
 
 use super::JobState;
 use crate::{
-    runtime::table::Route,
     auth::Caller,
-    pricing, telemetry,
+    pricing,
+    runtime::table::Route,
+    telemetry,
     usage::UsageEvent,
     wire::{
         ApiError, headers,
@@ -194,9 +195,6 @@ impl JobState<'_> {
 
     /// Publishes one chunk. False when it could not be: the job then ended with an error.
     async fn publish_chunk(&mut self, chunk: &ChatCompletionChunk) -> bool {
-        let Some(reply) = self.job.request.message.reply.clone() else {
-            return false;
-        };
         self.out.seq += 1;
         let mut h = HeaderMap::new();
         h.insert(headers::name::SEQ, self.out.seq.to_string());
@@ -209,12 +207,12 @@ impl JobState<'_> {
             ratelimit::put(&mut h, requests, tokens);
         }
         let sent = match serde_json::to_vec(chunk) {
-            Ok(payload) => self
-                .ctx
-                .client
-                .publish_with_headers(reply, h, payload.into())
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(payload) => {
+                self.job
+                    .request
+                    .publish(&self.ctx.client, h, payload.into())
+                    .await
+            }
             Err(e) => Err(e.to_string()),
         };
         match sent {
@@ -262,14 +260,13 @@ impl JobState<'_> {
             self.out.seq += 1;
             let mut h = headers.clone();
             h.insert(headers::name::SEQ, self.out.seq.to_string());
-            if let Some(reply) = self.job.request.message.reply.clone()
-                && let Err(err) = self
-                    .ctx
-                    .client
-                    .publish_with_headers(reply, h, e.to_json())
-                    .await
+            if let Err(err) = self
+                .job
+                .request
+                .publish(&self.ctx.client, h, e.to_json())
+                .await
             {
-                unpublished("error", &err.to_string());
+                unpublished("error", &err);
             }
             self.send_final(Bytes::new(), headers, e.status).await;
         } else {
@@ -314,7 +311,7 @@ impl JobState<'_> {
         if self.answered.swap(true, Ordering::AcqRel) {
             return;
         }
-        if self.job.request.message.reply.is_none() {
+        if self.job.request.message().reply.is_none() && !self.job.request.is_local() {
             return;
         }
         if let Err(e) = self
@@ -324,7 +321,7 @@ impl JobState<'_> {
             .await
         {
             // Boxed: a rare path, kept out of the state every job holds while it runs.
-            Box::pin(self.answer_unpublished(e.to_string(), status)).await;
+            Box::pin(self.answer_unpublished(e, status)).await;
         }
     }
 
@@ -489,14 +486,20 @@ fn unpublished(what: &'static str, reason: &str) {
 /// A job that could not run to its answer (a panic): a 500 error body, then a sentinel (so a
 /// streaming requester stops reading too).
 pub async fn answer_failed_job(client: &async_nats::Client, reply: Subject, job_id: Option<&str>) {
+    let (h, body) = failed_job(job_id);
+    let _ = client
+        .publish_with_headers(reply.clone(), h.clone(), body)
+        .await;
+    let _ = client.publish_with_headers(reply, h, Bytes::new()).await;
+}
+
+/// The headers and 500 body of a job that could not run to its answer.
+pub(super) fn failed_job(job_id: Option<&str>) -> (HeaderMap, Bytes) {
     let e = ApiError::internal("internal error while running the job; it was not completed");
     let mut h = HeaderMap::new();
     h.insert(headers::STATUS, "500");
     if let Some(id) = job_id {
         h.insert(headers::JOB_ID, id);
     }
-    let _ = client
-        .publish_with_headers(reply.clone(), h.clone(), e.to_json())
-        .await;
-    let _ = client.publish_with_headers(reply, h, Bytes::new()).await;
+    (h, e.to_json())
 }

@@ -14,12 +14,12 @@ use futures::{FutureExt, StreamExt};
 
 use super::{Body, Call, JobState, StreamOut};
 use crate::{
+    policy::{retry::FallbackKind, routing::random},
+    providers::{CallContext, ErrorClass, ProviderError},
     runtime::{
         deployment::AcquireError,
         table::{RouteError, RouteRequest},
     },
-    policy::{retry::FallbackKind, routing::random},
-    providers::{CallContext, ErrorClass, ProviderError},
     telemetry,
     wire::ApiError,
 };
@@ -169,7 +169,12 @@ impl JobState<'_> {
     /// worker serves it (the job gets its 404).
     async fn hand_over(&mut self) -> Result<(), Option<ApiError>> {
         use crate::runtime::direct::{self, HandOver};
-        let message = &self.job.request.message;
+        if self.job.request.is_local() {
+            // The in-process front sends only jobs for groups this worker serves; a group gone
+            // since (a new config) is answered here.
+            return Err(None);
+        }
+        let message = self.job.request.message();
         match direct::hand_over(
             self.ctx,
             self.job.kind,

@@ -29,7 +29,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::service::Request;
 use futures::FutureExt;
 use tracing::Instrument;
 
@@ -48,6 +47,7 @@ use crate::{
 mod answer;
 mod attempt;
 pub mod parse;
+pub mod reply;
 
 pub use answer::answer_failed_job;
 
@@ -64,8 +64,9 @@ pub enum JobKind {
 pub struct Job {
     /// What it asks for.
     pub kind: JobKind,
-    /// The NATS request (payload, headers, reply subject).
-    pub request: Request,
+    /// The request (payload, headers) and where it answers: a NATS reply subject, or the
+    /// in-process front ([`reply`]).
+    pub request: reply::Request,
     /// When the worker received it.
     pub received: Instant,
     /// The job id that logs and the `Llm-Job-Id` header carry.
@@ -94,7 +95,7 @@ enum Stop {
 /// Runs `job` to its end and answers it whatever happens, a panic included. `ticket` is the
 /// job's place in the gate, given back when this returns.
 pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
-    let reply = job.request.message.reply.clone();
+    let on_failure = job.request.on_failure();
     let id = job.id.clone();
     let answered = AtomicBool::new(false);
     let span = tracing::info_span!("job", job_id = %job.id, traceparent = tracing::field::Empty);
@@ -108,10 +109,8 @@ pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
     {
         tracing::error!(job_id = %id, "a job failed with a panic; answering it with a 500");
         metrics::counter!(crate::telemetry::REQUESTS, "model_group" => "unknown", "deployment" => "none", "status" => "500").increment(1);
-        if !answered.swap(true, Ordering::AcqRel)
-            && let Some(reply) = reply
-        {
-            answer_failed_job(&ctx.client, reply, Some(&id)).await;
+        if !answered.swap(true, Ordering::AcqRel) {
+            on_failure.answer(&ctx.client, &id).await;
         }
     }
     drop(ticket);
@@ -254,10 +253,12 @@ impl<'a> JobState<'a> {
 
     async fn run(mut self) {
         let ctx = self.ctx;
-        let message = &self.job.request.message;
+        let message = self.job.request.message();
         let registration = ctx
             .cancels
             .register(message.reply.as_ref(), message.headers.as_ref());
+        // An in-process requester gone is its cancel.
+        let gone = self.job.request.gone();
         if let Err(e) = self.prepare() {
             return self.fail(e).await;
         }
@@ -266,6 +267,7 @@ impl<'a> JobState<'a> {
             biased;
             _ = ctx.gate.cutoff().cancelled() => Stop::CutOff,
             _ = registration.cancelled() => Stop::Cancelled,
+            _ = gone => Stop::Cancelled,
             _ = tokio::time::sleep_until(deadline) => Stop::Deadline,
             _ = self.attempts() => Stop::Done,
         };
@@ -288,7 +290,7 @@ impl<'a> JobState<'a> {
 
     /// Checks the key, reads the headers and the body. An error here is the caller's.
     fn prepare(&mut self) -> Result<(), ApiError> {
-        let message = &self.job.request.message;
+        let message = self.job.request.message();
         self.caller = Some(self.settings.auth.check(message.headers.as_ref())?);
         let parsed = RequestHeaders::from_nats(message.headers.as_ref())?;
         if let Some(t) = parsed.timeout {
@@ -302,7 +304,10 @@ impl<'a> JobState<'a> {
         }
         match self.job.kind {
             JobKind::Embedding => {
-                let mut body = parse::embedding(&message.payload)?;
+                let mut body = match self.job.request.take_embedding() {
+                    Some(body) => body,
+                    None => parse::embedding(&self.job.request.message().payload)?,
+                };
                 self.request_fallbacks
                     .extend(parse::take_fallbacks(&mut body.extra));
                 self.prompt_tokens = body
@@ -316,7 +321,10 @@ impl<'a> JobState<'a> {
                 self.body = Some(Body::Embedding(Arc::new(body)));
             }
             JobKind::Completion => {
-                let mut body = parse::chat(&message.payload)?;
+                let mut body = match self.job.request.take_chat() {
+                    Some(body) => body,
+                    None => parse::chat(&self.job.request.message().payload)?,
+                };
                 self.stream = body.is_stream();
                 self.client_wants_usage = body.include_usage();
                 if self.stream && !self.client_wants_usage {
