@@ -214,8 +214,8 @@ impl Backend {
     pub async fn submit(
         &self,
         kind: JobKind,
-        headers: HeaderMap,
-        body: Bytes,
+        mut headers: HeaderMap,
+        mut body: Bytes,
         parsed: Option<Parsed>,
     ) -> Result<Job, ApiError> {
         if let Some(local) = &self.local {
@@ -230,10 +230,11 @@ impl Backend {
                     JobKind::Embedding => job::JobKind::Embedding,
                 };
                 let buffer = self.out.buffer.load(Ordering::Relaxed);
-                match local.submit(kind, headers.clone(), body.clone(), parsed, buffer) {
+                match local.submit(kind, headers, body, parsed, buffer) {
                     Ok(rx) => return Ok(Job(Inner::Local(rx))),
                     Err(Refused::Busy(e)) => return Err(e),
-                    Err(Refused::Elsewhere) => {}
+                    // The worker began to drain meanwhile.
+                    Err(Refused::Elsewhere(h, b)) => (headers, body) = (h, b),
                 }
             }
         }

@@ -42,8 +42,8 @@ impl std::fmt::Debug for LocalJobs {
 /// Why a job was not taken in process.
 #[derive(Debug)]
 pub enum Refused {
-    /// Not here: the worker drains, or does not serve the group. Send it over NATS.
-    Elsewhere,
+    /// Not here: the worker drains. Send it over NATS (its headers and payload, back).
+    Elsewhere(HeaderMap, Bytes),
     /// The worker runs its limit of jobs: the 503 to answer.
     Busy(ApiError),
 }
@@ -77,7 +77,7 @@ impl LocalJobs {
     ) -> Result<mpsc::Receiver<Answer>, Refused> {
         let received = Instant::now();
         if !self.open() {
-            return Err(Refused::Elsewhere);
+            return Err(Refused::Elsewhere(headers, payload));
         }
         let Some(ticket) = self.ctx.gate.enter() else {
             return Err(Refused::Busy(worker_busy(&self.ctx.gate)));

@@ -46,8 +46,6 @@ pub enum Parsed {
 
 /// A job's request and the way back.
 pub struct Request {
-    /// The request as a NATS message: headers and payload; the reply subject for a NATS job.
-    message: Message,
     sink: Sink,
     /// What the front parsed already.
     parsed: Option<Parsed>,
@@ -55,7 +53,8 @@ pub struct Request {
 
 enum Sink {
     Nats(service::Request),
-    Local(Local),
+    /// The request as a NATS message (headers and payload, no reply subject), and the way back.
+    Local(Message, Local),
 }
 
 /// The in-process way back.
@@ -70,7 +69,6 @@ impl Request {
     /// A request ingress took from NATS.
     pub fn nats(request: service::Request) -> Self {
         Self {
-            message: request.message.clone(),
             sink: Sink::Nats(request),
             parsed: None,
         }
@@ -101,8 +99,7 @@ impl Request {
             cut: CancellationToken::new(),
         };
         let request = Self {
-            message,
-            sink: Sink::Local(local),
+            sink: Sink::Local(message, local),
             parsed,
         };
         (request, rx)
@@ -110,12 +107,15 @@ impl Request {
 
     /// The request as a NATS message.
     pub fn message(&self) -> &Message {
-        &self.message
+        match &self.sink {
+            Sink::Nats(r) => &r.message,
+            Sink::Local(m, _) => m,
+        }
     }
 
     /// True for an in-process request.
     pub fn is_local(&self) -> bool {
-        matches!(self.sink, Sink::Local(_))
+        matches!(self.sink, Sink::Local(..))
     }
 
     /// The chat body the front parsed, once.
@@ -138,7 +138,7 @@ impl Request {
     /// through `llm.cancel`).
     pub(super) fn gone(&self) -> impl Future<Output = ()> + Send + 'static {
         let local = match &self.sink {
-            Sink::Local(l) => Some(l.clone()),
+            Sink::Local(_, l) => Some(l.clone()),
             Sink::Nats(_) => None,
         };
         async move {
@@ -161,8 +161,8 @@ impl Request {
         payload: Bytes,
     ) -> Result<(), String> {
         match &self.sink {
-            Sink::Nats(_) => {
-                let Some(reply) = self.message.reply.clone() else {
+            Sink::Nats(r) => {
+                let Some(reply) = r.message.reply.clone() else {
                     return Err("the job has no reply subject".into());
                 };
                 client
@@ -170,7 +170,7 @@ impl Request {
                     .await
                     .map_err(|e| e.to_string())
             }
-            Sink::Local(l) => {
+            Sink::Local(_, l) => {
                 l.push(headers, payload);
                 Ok(())
             }
@@ -189,7 +189,7 @@ impl Request {
                 .respond_with_headers(Ok(payload), headers)
                 .await
                 .map_err(|e| e.to_string()),
-            Sink::Local(l) => {
+            Sink::Local(_, l) => {
                 l.push(headers, payload);
                 Ok(())
             }
@@ -199,8 +199,8 @@ impl Request {
     /// Where a job that could not run to its answer (a panic) sends its 500.
     pub(super) fn on_failure(&self) -> Failure {
         match &self.sink {
-            Sink::Nats(_) => Failure::Nats(self.message.reply.clone()),
-            Sink::Local(l) => Failure::Local(l.clone()),
+            Sink::Nats(r) => Failure::Nats(r.message.reply.clone()),
+            Sink::Local(_, l) => Failure::Local(l.clone()),
         }
     }
 }
