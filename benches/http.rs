@@ -1,7 +1,8 @@
 //! The HTTP front's added latency: the same chat request sent straight to the fake provider over
-//! HTTP, and through llmbus's OpenAI-compatible HTTP front — inside the worker (on the worker's
-//! NATS connection) and through `llmbus front` (a separate process with its own connection) —
-//! at one client (sequential) and in an open loop at a fixed rate (2,000 req/s by default).
+//! HTTP, and through llmbus's OpenAI-compatible HTTP front — inside the worker (its groups'
+//! jobs in process, as `llmbus serve --http` runs them) and through `llmbus front` (a separate
+//! process with its own connection, over NATS) — at one client (sequential) and in an open
+//! loop at a fixed rate (2,000 req/s by default).
 //! llmbus's own NATS client path is measured too, for reference.
 //!
 //! Everything runs on loopback: a private `nats-server`, the fake provider of the tests, one
@@ -288,7 +289,9 @@ llmbus:
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let backend = Backend::new(nc, "llm").await.expect("backend");
+        let mut backend = Backend::new(nc, "llm").await.expect("backend");
+        // As `llmbus serve --http`: the worker's groups run in process.
+        backend.serve_locally(worker.local_jobs());
         let http = HttpServer::start(listener, backend, HttpSettings::default(), None)
             .expect("the in-worker HTTP front");
         (worker, http)

@@ -31,7 +31,16 @@
 //! the command line may use `{port}` (where it must serve OpenAI's
 //! `POST /v1/chat/completions`), `{upstream}` (the fake's base URL, `http://127.0.0.1:N/v1`),
 //! `{model}` and `{key}`, and `{config:PATH}`, replaced by a copy of the file at PATH with the
-//! same placeholders filled in. Ratios are printed against llmbus.
+//! same placeholders filled in. A name `name@/v1/messages` measures the peer's Anthropic
+//! Messages route instead (a pass-through such as LiteLLM's Rust server's), in front of the
+//! fake's own `/v1/messages` (an echo in Anthropic's shape), which is then its floor; its
+//! streams are not measured. Ratios are printed against llmbus. LiteLLM's Rust server, built
+//! at `/work/peers/litellm-rust`:
+//!
+//! ```sh
+//! LLMBUS_SUITE_PEERS='litellm-rust@/v1/messages=/work/peers/litellm-rust/target/release/lite --config {config:/work/peers/litellm-rust.yaml} --port {port}' \
+//!     cargo bench --bench suite
+//! ```
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
@@ -123,11 +132,82 @@ enum Lane {
     Echo(LlmClient),
     /// llmbus over NATS.
     Nats(LlmClient),
-    /// An OpenAI-compatible HTTP endpoint (the fake itself, llmbus's front, a peer).
+    /// An OpenAI-compatible HTTP endpoint (the fake itself, llmbus's front, a peer); with
+    /// `messages`, an Anthropic Messages endpoint (a peer's `/v1/messages` pass-through, and
+    /// its floor, the fake's own `/v1/messages`).
     Http {
         http: reqwest::Client,
         url: Arc<str>,
+        messages: bool,
     },
+}
+
+/// The same conversation as [`body`], as an Anthropic Messages request.
+fn messages_body() -> Bytes {
+    let v = serde_json::json!({
+        "model": MODEL,
+        "system": "You are a concise assistant. Answer in one sentence.",
+        "messages": [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is Paris."},
+            {"role": "user", "content": "And roughly how many people live there, city proper?"}
+        ],
+        "max_tokens": 64,
+        "temperature": 0.2
+    });
+    Bytes::from(v.to_string())
+}
+
+/// The fake's `/v1/messages`: Anthropic's answer shape, doing the work the OpenAI fake does
+/// (read the JSON, echo the last user message, count tokens, write the JSON).
+async fn fake_messages(body: Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let messages = v["messages"].as_array().cloned().unwrap_or_default();
+    let input: usize = messages
+        .iter()
+        .map(|m| 4 + m["content"].as_str().map_or(0, |c| c.len().div_ceil(4)))
+        .sum::<usize>()
+        + 3;
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let text = format!("echo: {last}");
+    let answer = serde_json::json!({
+        "id": format!("msg_{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()),
+        "type": "message",
+        "role": "assistant",
+        "model": v["model"],
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": {"input_tokens": input, "output_tokens": text.len().div_ceil(4),
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        answer.to_string(),
+    )
+        .into_response()
+}
+
+/// Serves [`fake_messages`] on a free loopback port; its base URL.
+async fn start_fake_messages() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route("/v1/messages", axum::routing::post(fake_messages));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
 }
 
 fn body(stream: bool) -> Bytes {
@@ -175,12 +255,21 @@ impl Lane {
                     ))
                 }
             }
-            Lane::Http { http, url } => {
+            Lane::Http {
+                http,
+                url,
+                messages,
+            } => {
                 let r = http
                     .post(&**url)
                     .bearer_auth(KEY)
                     .header("content-type", "application/json")
-                    .body(body(false))
+                    .header("anthropic-version", "2023-06-01")
+                    .body(if *messages {
+                        messages_body()
+                    } else {
+                        body(false)
+                    })
                     .send()
                     .await
                     .map_err(|e| e.to_string())?;
@@ -221,7 +310,8 @@ impl Lane {
                 }
                 Err("no sentinel".into())
             }
-            Lane::Http { http, url } => {
+            Lane::Http { messages: true, .. } => Err("streams: OpenAI lanes only".into()),
+            Lane::Http { http, url, .. } => {
                 let r = http
                     .post(&**url)
                     .bearer_auth(KEY)
@@ -474,7 +564,7 @@ fn measure(
             break;
         }
     }
-    if !matches!(lane, Lane::Echo(_)) {
+    if !matches!(lane, Lane::Echo(_) | Lane::Http { messages: true, .. }) {
         eprintln!("  {name}: streams of {CHUNKS} chunks");
         (f.ttft, f.stream_total, f.added_ttft) = streams(rt, lane, floors, s.secs);
     }
@@ -515,7 +605,13 @@ fn fill(text: &str, port: u16, upstream: &str, dir: &std::path::Path) -> String 
 }
 
 /// Starts a peer and waits until it answers a chat completion (two minutes at most).
-fn start_peer(rt: &Runtime, name: &str, command: &str, upstream: &str) -> Option<(Peer, Lane)> {
+fn start_peer(
+    rt: &Runtime,
+    name: &str,
+    command: &str,
+    upstream: &str,
+    path: &str,
+) -> Option<(Peer, Lane)> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let port = free_port().expect("a free port");
     let line = fill(command, port, upstream, dir.path());
@@ -532,7 +628,8 @@ fn start_peer(rt: &Runtime, name: &str, command: &str, upstream: &str) -> Option
     let peer = Peer { child, _dir: dir };
     let lane = Lane::Http {
         http: reqwest::Client::new(),
-        url: format!("http://127.0.0.1:{port}/v1/chat/completions").into(),
+        url: format!("http://127.0.0.1:{port}{path}").into(),
+        messages: path.ends_with("/messages"),
     };
     let ready = rt.block_on(async {
         let until = Instant::now() + Duration::from_secs(120);
@@ -644,6 +741,13 @@ fn main() {
     let direct = Lane::Http {
         http: reqwest::Client::new(),
         url: format!("{upstream}/chat/completions").into(),
+        messages: false,
+    };
+    let messages_upstream = fake_rt.block_on(start_fake_messages());
+    let direct_messages = Lane::Http {
+        http: reqwest::Client::new(),
+        url: format!("{messages_upstream}/v1/messages").into(),
+        messages: true,
     };
 
     println!(
@@ -719,7 +823,7 @@ fn main() {
         all.push(f);
     }
     if s.wants("http") {
-        eprintln!("llmbus HTTP front (in the worker):");
+        eprintln!("llmbus HTTP front (in the worker, in process):");
         let port = free_port().expect("a free port");
         let worker = WorkerProcess::start(
             &nats.url(),
@@ -729,6 +833,7 @@ fn main() {
         let lane = Lane::Http {
             http: reqwest::Client::new(),
             url: format!("http://127.0.0.1:{port}/v1/chat/completions").into(),
+            messages: false,
         };
         let ready = load_rt.block_on(async {
             for _ in 0..400 {
@@ -742,7 +847,7 @@ fn main() {
         if ready {
             all.push(measure(
                 &load_rt,
-                "llmbus (HTTP front)",
+                "llmbus (HTTP front, in process)",
                 (&lane, &[&direct]),
                 &s,
                 Some(worker.pid()),
@@ -756,7 +861,9 @@ fn main() {
         && let Some(cmd) = litellm_command()
     {
         eprintln!("LiteLLM proxy:");
-        if let Some((peer, lane)) = start_peer(&load_rt, "litellm", &cmd, &upstream) {
+        if let Some((peer, lane)) =
+            start_peer(&load_rt, "litellm", &cmd, &upstream, "/v1/chat/completions")
+        {
             let pid = peer.child.id();
             all.push(measure(
                 &load_rt,
@@ -775,14 +882,32 @@ fn main() {
             let Some((name, cmd)) = entry.split_once('=') else {
                 continue;
             };
-            let name = name.trim();
+            // `name@/v1/messages=...`: the peer's Anthropic Messages pass-through, in front of
+            // the fake's `/v1/messages` (its floor).
+            let (name, path) = name
+                .trim()
+                .split_once('@')
+                .unwrap_or((name.trim(), "/v1/chat/completions"));
             if !s.wants(name) {
                 continue;
             }
             eprintln!("{name}:");
-            if let Some((peer, lane)) = start_peer(&load_rt, name, cmd.trim(), &upstream) {
+            let messages = path.ends_with("/messages");
+            let upstream = if messages {
+                messages_upstream.clone()
+            } else {
+                upstream.clone()
+            };
+            if let Some((peer, lane)) = start_peer(&load_rt, name, cmd.trim(), &upstream, path) {
                 let pid = peer.child.id();
-                all.push(measure(&load_rt, name, (&lane, &[&direct]), &s, Some(pid)));
+                let floor = if messages { &direct_messages } else { &direct };
+                all.push(measure(
+                    &load_rt,
+                    &format!("{name} ({path})"),
+                    (&lane, &[floor]),
+                    &s,
+                    Some(pid),
+                ));
             }
         }
     }

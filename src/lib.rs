@@ -152,7 +152,8 @@
 //!
 //! [`http`] is the OpenAI-compatible HTTP front (inside a worker or as `llmbus front`): it turns
 //! each HTTP request into the same NATS job any client could send, and the replies and chunks
-//! back into HTTP and server-sent events. It serves its connections itself
+//! back into HTTP and server-sent events; inside a worker, the jobs of the groups it serves go
+//! to its job path in process ([`runtime::local`]). It serves its connections itself
 //! ([`http::conn`]: header, body and idle timeouts, a connection cap) and holds each job's
 //! messages in a bounded buffer. Replies carry OpenAI's `x-ratelimit-*` headers from the
 //! serving deployment's limits ([`wire::ratelimit`]).

@@ -100,6 +100,9 @@ pub const HTTP_CONNECTIONS_CUT: &str = "llmbus_http_connections_cut_total";
 /// Counter: jobs cancelled because their HTTP client read too slowly and the stream buffer
 /// (`llmbus.http_stream_buffer`) filled.
 pub const HTTP_STREAMS_CUT: &str = "llmbus_http_streams_cut_total";
+/// Counter: jobs the in-worker HTTP front handed to the job path in process (groups this
+/// worker serves), without a NATS round trip.
+pub const JOBS_IN_PROCESS: &str = "llmbus_http_jobs_in_process_total";
 
 /// Latency buckets in seconds, from 50 µs (overhead) to 10 minutes (long generations).
 pub(crate) const LATENCY_BUCKETS: &[f64] = &[
@@ -219,5 +222,9 @@ pub(crate) fn describe() {
     describe_counter!(
         HTTP_STREAMS_CUT,
         "Jobs cancelled because their HTTP client stopped reading (stream buffer full)"
+    );
+    describe_counter!(
+        JOBS_IN_PROCESS,
+        "Jobs the in-worker HTTP front ran in process, without a NATS round trip"
     );
 }

@@ -149,7 +149,10 @@ pub async fn run_worker(
     let worker = Worker::start(&config, client.clone()).await?;
     let http = match http {
         Some(listener) => {
-            let backend = crate::http::Backend::new(client, &config.llmbus.subject_prefix).await?;
+            let mut backend =
+                crate::http::Backend::new(client, &config.llmbus.subject_prefix).await?;
+            // The groups this worker serves run in process; the others go over NATS.
+            backend.serve_locally(worker.local_jobs());
             Some(crate::http::HttpServer::start(
                 listener,
                 backend,

@@ -37,6 +37,10 @@ use tokio::{sync::mpsc, time::Instant};
 use super::resend::{self, Event, Route, Routes, lock};
 use crate::{
     client::{ClientError, LlmClient, Reply},
+    runtime::{
+        job::{self, Answer, Preparsed, stream_buffer_full},
+        local::{LocalJobs, Refused},
+    },
     wire::{ApiError, Subjects, headers},
 };
 
@@ -49,9 +53,21 @@ pub enum JobKind {
     Embedding,
 }
 
+impl JobKind {
+    /// Its row in the job path's table of kinds.
+    pub fn row(self) -> &'static job::JobKind {
+        match self {
+            JobKind::Completion => job::COMPLETION,
+            JobKind::Embedding => job::EMBEDDING,
+        }
+    }
+}
+
 /// The NATS side of one HTTP front. Cheap to share (`Arc`).
 pub struct Backend {
     client: LlmClient,
+    /// Inside a worker: its jobs, for the groups it serves.
+    local: Option<LocalJobs>,
     out: Arc<Outbox>,
     dispatcher: tokio::task::JoinHandle<()>,
     /// Pings the workers holding jobs ([`resend::watch`]).
@@ -154,6 +170,7 @@ impl Backend {
         let cancel = client.subjects().cancel();
         Ok(Self {
             client,
+            local: None,
             out: Arc::new(Outbox {
                 nats,
                 inbox: format!("{inbox}."),
@@ -187,14 +204,55 @@ impl Backend {
         self.client.nats().server_info().max_payload
     }
 
-    /// Publishes a job: `body` unchanged as the payload, `headers` as the NATS headers (plus
-    /// `Llm-Ack`). Read its replies with [`Job::next`].
+    /// Runs the jobs for the groups `jobs` serves in process (the in-worker front): they skip
+    /// NATS. The others still go over NATS.
+    pub fn serve_locally(&mut self, jobs: LocalJobs) {
+        self.local = Some(jobs);
+    }
+
+    /// True when jobs may run in process: the front runs inside a worker that takes jobs.
+    pub fn runs_locally(&self) -> bool {
+        self.local.as_ref().is_some_and(LocalJobs::open)
+    }
+
+    /// Starts a job: in process when this front runs inside a worker that serves the group
+    /// `parsed` names (or when the body could not be parsed: the job path answers its error),
+    /// else over NATS. Read its replies with [`Job::next`].
     pub async fn submit(
         &self,
         kind: JobKind,
         mut headers: HeaderMap,
-        body: Bytes,
+        mut body: Bytes,
+        parsed: Option<Preparsed>,
     ) -> Result<Job, ApiError> {
+        if let Some(local) = &self.local {
+            let here = match &parsed {
+                Some(p) => local.serves(p.model()),
+                None => local.open(),
+            };
+            if here {
+                let buffer = self.out.buffer.load(Ordering::Relaxed);
+                match local.submit(kind.row(), headers, body, parsed, buffer) {
+                    Ok(rx) => return Ok(Job(Inner::Local(rx))),
+                    Err(Refused::Busy(e)) => return Err(e),
+                    // The worker began to drain meanwhile.
+                    Err(Refused::Elsewhere(h, b)) => (headers, body) = (h, b),
+                }
+            }
+        }
+        self.publish(kind, headers, body)
+            .await
+            .map(|j| Job(Inner::Nats(j)))
+    }
+
+    /// Publishes a job: `body` unchanged as the payload, `headers` as the NATS headers (plus
+    /// `Llm-Ack`).
+    async fn publish(
+        &self,
+        kind: JobKind,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<NatsJob, ApiError> {
         let subject = match kind {
             JobKind::Completion => self.subjects().completion(),
             JobKind::Embedding => self.subjects().embedding(),
@@ -207,7 +265,7 @@ impl Backend {
             .map(|ms| Instant::now() + Duration::from_millis(ms));
         let authorization = headers.get(headers::AUTHORIZATION).cloned();
         let (id, reply, rx) = self.out.route(authorization.clone());
-        let mut job = Job {
+        let mut job = NatsJob {
             id,
             reply,
             subject,
@@ -278,8 +336,48 @@ fn no_worker(subject: &str) -> ApiError {
 }
 
 /// One job in flight: its replies, in order. Dropped before its last message, it cancels the
+/// job.
+#[derive(Debug)]
+pub struct Job(Inner);
+
+#[derive(Debug)]
+enum Inner {
+    /// Over NATS.
+    Nats(NatsJob),
+    /// In process: the job path's answer; dropping the receiver cancels the job.
+    Local(mpsc::Receiver<Answer>),
+}
+
+impl Job {
+    /// The next message of the job (see [`NatsJob::next`] for one over NATS). `None` once the
+    /// backend (or the worker) stopped.
+    pub async fn next(&mut self) -> Option<Reply> {
+        match &mut self.0 {
+            Inner::Nats(job) => job.next().await,
+            Inner::Local(rx) => rx.recv().await.map(|a| Reply {
+                status: a.status,
+                headers: a.headers,
+                body: a.body,
+            }),
+        }
+    }
+
+    /// Marks the job answered: dropping it no longer cancels anything.
+    pub fn finish(&mut self) {
+        if let Inner::Nats(job) = &mut self.0 {
+            job.finish();
+        }
+    }
+
+    /// True when the job runs in process.
+    pub fn is_local(&self) -> bool {
+        matches!(self.0, Inner::Local(_))
+    }
+}
+
+/// One job over NATS: its replies, in order. Dropped before its last message, it cancels the
 /// job (publishes its reply subject to `<prefix>.cancel`).
-pub struct Job {
+struct NatsJob {
     /// Its number and reply subject now (a resend takes new ones).
     id: u64,
     reply: String,
@@ -302,9 +400,9 @@ pub struct Job {
     next_seq: u64,
 }
 
-impl std::fmt::Debug for Job {
+impl std::fmt::Debug for NatsJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
+        f.debug_struct("NatsJob")
             .field("reply", &self.reply)
             .field("resends", &self.resends)
             .field("finished", &self.finished)
@@ -312,12 +410,7 @@ impl std::fmt::Debug for Job {
     }
 }
 
-impl Job {
-    /// The job's reply subject (what `<prefix>.cancel` names).
-    pub fn reply_subject(&self) -> &str {
-        &self.reply
-    }
-
+impl NatsJob {
     /// The next message of the job. A NATS "no responders" status becomes a 503 error reply;
     /// a chunk whose `Llm-Seq` skips a number becomes a 502 error reply (a chunk was lost); the
     /// worker holding the job gone becomes a resend, or a 503 / 502 `worker_lost` error reply.
@@ -461,7 +554,7 @@ impl Job {
     }
 }
 
-impl Drop for Job {
+impl Drop for NatsJob {
     fn drop(&mut self) {
         // No route left: the backend cancelled the job already (its buffer overflowed), or
         // stopped.
@@ -483,15 +576,7 @@ fn overflow(route: Route, m: async_nats::Message, nats: &async_nats::Client, can
         held,
         "an HTTP client stopped reading its answer: the job is cancelled (llmbus.http_stream_buffer)"
     );
-    let e = ApiError::new(
-        408,
-        "api_error",
-        format!(
-            "the client read the answer too slowly: {held} messages waited for it \
-             (llmbus.http_stream_buffer) and the job was cancelled"
-        ),
-    )
-    .with_code("stream_buffer_full");
+    let e = stream_buffer_full(held);
     let notice = error_reply(&e);
     let _ = route.tx.try_send(Event::Message(async_nats::Message {
         subject: m.subject.clone(),

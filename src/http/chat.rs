@@ -3,8 +3,11 @@
 //! unchanged, the routing headers as `x-llmbus-*` and LiteLLM's `x-litellm-*`), a stream
 //! (`"stream": true`) becomes server-sent events ([`super::sse`]).
 //!
-//! The front reads only the body's `stream` flag; everything else, malformed JSON included, is
-//! the worker's to judge (its 400 comes back as the HTTP 400).
+//! `llmbus front` reads only the body's `stream` flag; everything else, malformed JSON included,
+//! is the worker's to judge (its 400 comes back as the HTTP 400). Inside a worker the front
+//! parses the body once and, for a group the worker serves, hands it parsed to the job path in
+//! process ([`crate::runtime::local`]); a body it cannot parse goes as it is, and the job path
+//! answers its 400 (after the key check, as over NATS).
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,7 +26,7 @@ use super::{
     headers::{from_reply, to_job},
     sse,
 };
-use crate::{client::Reply, wire::ApiError};
+use crate::{client::Reply, runtime::job::Preparsed, wire::ApiError};
 
 /// The chat completions route.
 pub async fn completions(
@@ -36,8 +39,16 @@ pub async fn completions(
         Ok(b) => b,
         Err(r) => return body_rejected(r, app.max_body).into_response(),
     };
-    let stream = wants_stream(&body);
-    let (job, deadline) = match submit(&app, JobKind::Completion, &headers, body).await {
+    // Inside a worker the body is read once, here: the job path takes it parsed.
+    let (stream, parsed) = if app.backend.runs_locally() {
+        match JobKind::Completion.row().preparse(&body) {
+            Ok(p) => (p.stream(), Some(p)),
+            Err(_) => (wants_stream(&body), None),
+        }
+    } else {
+        (wants_stream(&body), None)
+    };
+    let (job, deadline) = match submit(&app, JobKind::Completion, &headers, body, parsed).await {
         Ok(j) => j,
         Err(e) => return HttpError(e).into_response(),
     };
@@ -48,19 +59,24 @@ pub async fn completions(
     }
 }
 
-/// Publishes the job for an HTTP request; returns it with the time the front waits for it
-/// until (the request's deadline, else the default, plus the margin).
+/// Starts the job for an HTTP request (`parsed`: its body, when the front read it); returns it
+/// with the time the front waits for it until (the request's deadline, else the default, plus
+/// the margin).
 pub async fn submit(
     app: &AppState,
     kind: JobKind,
     headers: &HeaderMap,
     body: Bytes,
+    parsed: Option<Preparsed>,
 ) -> Result<(Job, Instant), ApiError> {
     let job_headers = to_job(headers)?;
     let deadline = Instant::now()
         + job_headers.timeout.unwrap_or(app.settings.default_timeout)
         + app.settings.margin;
-    let job = app.backend.submit(kind, job_headers.nats, body).await?;
+    let job = app
+        .backend
+        .submit(kind, job_headers.nats, body, parsed)
+        .await?;
     Ok((job, deadline))
 }
 

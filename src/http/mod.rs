@@ -1,13 +1,16 @@
 //! The OpenAI-compatible HTTP front (LiteLLM Proxy's role): unmodified OpenAI SDKs, LangChain
-//! or coding tools point `base_url` at it. Each HTTP request becomes the same NATS job any
-//! client could send (the body unchanged, headers per [`crate::wire::headers`]), and each NATS
-//! reply or chunk becomes the HTTP response or a server-sent event. NATS stays the backbone.
+//! or coding tools point `base_url` at it. Each HTTP request becomes the same job any NATS
+//! client could send (the body unchanged, headers per [`crate::wire::headers`]), and each reply
+//! or chunk becomes the HTTP response or a server-sent event.
 //!
-//! It runs inside a worker (`llmbus.http_listen`, `--http`, and by default in `llmbus up`), on
-//! the worker's own NATS connection, or alone as `llmbus front`, on its own connection, with no
-//! model config. Both are [`HttpServer::start`] over a [`Backend`]; the answer is the same.
+//! It runs inside a worker (`llmbus.http_listen`, `--http`, and by default in `llmbus up`) or
+//! alone as `llmbus front`, on its own NATS connection, with no model config. Both are
+//! [`HttpServer::start`] over a [`Backend`]; the answer is the same. Inside a worker, the jobs
+//! for the groups it serves skip NATS: the front parses the body once and hands the job to the
+//! worker's job path in process ([`crate::runtime::local`], [`Backend::serve_locally`]); the
+//! others go over the worker's NATS connection.
 //!
-//! - [`backend`]: the NATS side: jobs, reply subjects, cancellation.
+//! - [`backend`]: where a job goes (in process, or over NATS: reply subjects, cancellation).
 //! - `resend`: a job whose worker died before anything reached the caller is sent again
 //!   (`Llm-Ack`, `$SRV` pings).
 //! - [`routes`]: the router, health routes, 404/405.

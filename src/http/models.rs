@@ -33,7 +33,12 @@ pub async fn embeddings(
         Ok(b) => b,
         Err(r) => return body_rejected(r, app.max_body).into_response(),
     };
-    match submit(&app, JobKind::Embedding, &headers, body).await {
+    let parsed = app
+        .backend
+        .runs_locally()
+        .then(|| JobKind::Embedding.row().preparse(&body).ok())
+        .flatten();
+    match submit(&app, JobKind::Embedding, &headers, body, parsed).await {
         Ok((job, deadline)) => answer_one(job, deadline, started).await,
         Err(e) => HttpError(e).into_response(),
     }

@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry;
+use crate::{telemetry, wire::ApiError};
 
 /// Where the worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +114,17 @@ impl Gate {
     /// The bound.
     pub fn max_in_flight(&self) -> usize {
         self.max_in_flight
+    }
+
+    /// The 503 of a job refused because the worker runs its limit of jobs (counted): over
+    /// NATS and in process alike.
+    pub(crate) fn busy(&self) -> ApiError {
+        metrics::counter!(telemetry::REJECTED).increment(1);
+        ApiError::unavailable(format!(
+            "this worker is running its limit of {} jobs; retry shortly",
+            self.max_in_flight
+        ))
+        .with_code("worker_busy")
     }
 
     /// Jobs running now.

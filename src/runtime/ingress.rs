@@ -498,12 +498,7 @@ impl Reader {
             return;
         }
         let Some(ticket) = self.ctx.gate.enter() else {
-            metrics::counter!(telemetry::REJECTED).increment(1);
-            let e = ApiError::unavailable(format!(
-                "this worker is running its limit of {} jobs; retry shortly",
-                self.ctx.gate.max_in_flight()
-            ))
-            .with_code("worker_busy");
+            let e = self.ctx.gate.busy();
             respond_error(&request, &e).await;
             return;
         };
@@ -511,7 +506,8 @@ impl Reader {
         let id = format!("{}-{}", self.worker_id, self.ctx.gate.next_job());
         let job = Job {
             kind,
-            request,
+            request: job::Request::nats(request),
+            parsed: None,
             received,
             id,
         };

@@ -16,6 +16,8 @@
 //!   master key.
 //! - [`gate`]: admission (the in-flight bound), the worker's phase, the cut-off signal.
 //! - [`job`]: one job's life as a task (the "request actor" role).
+//! - [`local`]: jobs the in-worker HTTP front hands over in process (groups this worker
+//!   serves), admitted through the same gate.
 //! - [`cancel`]: cancellation by the requester (`llm.cancel`).
 //! - [`readiness`]: whether the worker serves (`/readyz`, the `state` of `$SRV.STATS`).
 //! - [`plan`]: a config made into deployments and routing rules (at start, on reload).
@@ -41,6 +43,7 @@ mod error;
 pub mod gate;
 pub mod ingress;
 pub mod job;
+pub mod local;
 pub mod plan;
 pub mod readiness;
 pub mod router;

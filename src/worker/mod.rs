@@ -283,6 +283,12 @@ impl Worker {
         &self.ctx.sharing
     }
 
+    /// This worker's jobs as its own HTTP front reaches them: in process, for the groups it
+    /// serves ([`crate::runtime::local`]).
+    pub fn local_jobs(&self) -> crate::runtime::local::LocalJobs {
+        crate::runtime::local::LocalJobs::new(self.ctx.clone())
+    }
+
     /// Jobs running now.
     pub fn in_flight(&self) -> usize {
         self.ctx.gate.in_flight()

@@ -49,6 +49,7 @@ mod graceful;
 mod hostile;
 mod http;
 mod http_doors;
+mod http_inprocess;
 mod http_processes;
 mod layering;
 mod litellm_configs;

@@ -53,10 +53,22 @@ impl HttpGateway {
 
 /// The HTTP front on `nc` (prefix `llm`), on a free loopback port.
 pub async fn serve(nc: async_nats::Client, settings: HttpSettings) -> HttpServer {
+    serve_in(nc, settings, None).await
+}
+
+/// The HTTP front on `nc`; with `local`, inside that worker (its groups run in process).
+pub async fn serve_in(
+    nc: async_nats::Client,
+    settings: HttpSettings,
+    local: Option<llmbus::runtime::local::LocalJobs>,
+) -> HttpServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
-    let backend = Backend::new(nc, "llm").await.expect("the HTTP backend");
+    let mut backend = Backend::new(nc, "llm").await.expect("the HTTP backend");
+    if let Some(local) = local {
+        backend.serve_locally(local);
+    }
     HttpServer::start(listener, backend, settings, None).expect("the HTTP front starts")
 }
 

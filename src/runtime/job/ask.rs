@@ -8,7 +8,10 @@ use std::{
 
 use async_nats::Message;
 
-use super::{JobKind, kind::Kind};
+use super::{
+    JobKind,
+    kind::{Kind, Preparsed},
+};
 use crate::{
     auth::Caller,
     limits::Demand,
@@ -72,9 +75,15 @@ impl<K: Kind> Ask<K> {
         }
     }
 
-    /// Checks the key, reads the headers and the body of `message`. An error here is the
-    /// caller's; what was read before it stays (the usage event tells it).
-    pub fn prepare(&mut self, message: &Message, span: &tracing::Span) -> Result<(), ApiError> {
+    /// Checks the key, reads the headers and the body of `message` (`preparsed`: the body,
+    /// read already). An error here is the caller's; what was read before it stays (the usage
+    /// event tells it).
+    pub fn prepare(
+        &mut self,
+        message: &Message,
+        preparsed: Option<Preparsed>,
+        span: &tracing::Span,
+    ) -> Result<(), ApiError> {
         self.caller = Some(self.settings.auth.check(message.headers.as_ref())?);
         let parsed = RequestHeaders::from_nats(message.headers.as_ref())?;
         if let Some(t) = parsed.timeout {
@@ -86,7 +95,10 @@ impl<K: Kind> Ask<K> {
         if let Some(tp) = &self.traceparent {
             span.record("traceparent", tp.as_str());
         }
-        let parsed = K::parse(&message.payload)?;
+        let parsed = match preparsed.and_then(|p| p.take::<K>(self.kind)) {
+            Some(parsed) => parsed,
+            None => K::parse(&message.payload)?,
+        };
         self.fallbacks.extend(parsed.fallbacks);
         self.stream = parsed.stream;
         self.client_wants_usage = parsed.client_wants_usage;

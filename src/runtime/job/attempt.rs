@@ -301,6 +301,11 @@ impl<K: Kind> JobState<'_, K> {
     /// worker serves it (the job gets its 404).
     async fn hand_over(&mut self) -> Result<(), Option<ApiError>> {
         use crate::runtime::direct::{self, HandOver};
+        if self.reply.is_local() {
+            // The in-process front sends only jobs for groups this worker serves; a group gone
+            // since (a new config) is answered here.
+            return Err(None);
+        }
         match direct::hand_over(
             self.ctx,
             self.ask.kind,

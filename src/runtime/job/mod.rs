@@ -9,7 +9,8 @@
 //!   was still waiting for capacity; a call cut short counts as a timeout of its deployment;
 //! - the worker's **cut-off** at the end of a drain's grace period: a 503
 //!   `worker_shutting_down`;
-//! - a **cancel** from its requester (`llm.cancel`): no answer, the call and capacity go;
+//! - a **cancel** from its requester (`llm.cancel`, or an in-process requester gone): no
+//!   answer, the call and capacity go;
 //! - a **panic** anywhere in it: [`supervise`] answers a 500, and no other job notices.
 //!
 //! Dropping the job's future is what stops it: the upstream connection closes, the capacity
@@ -26,7 +27,8 @@
 //!   cost, and how it ended (for its usage event and metrics).
 //!
 //! Its answer goes out through its `reply::Reply`, the one place that knows where the answer
-//! goes (the requester's NATS reply subject).
+//! goes: the requester's NATS reply subject, or, for a job the in-worker HTTP front handed
+//! over in process ([`crate::runtime::local`]), the channel the front reads.
 //!
 //! The state is generic over the job's `kind::Kind`: what differs between a chat completion
 //! and embeddings (and the kinds to come) — the body, the provider call, the framing of the
@@ -50,7 +52,6 @@ use std::{
     time::Instant,
 };
 
-use async_nats::service::Request;
 use futures::FutureExt;
 use tracing::Instrument;
 
@@ -65,22 +66,25 @@ pub mod kind;
 pub mod parse;
 mod reply;
 
-pub use kind::{COMPLETION, EMBEDDING, JobKind, KINDS};
-pub use reply::answer_failed_job;
+pub use kind::{COMPLETION, EMBEDDING, JobKind, KINDS, Preparsed};
+pub use reply::{Answer, Request, stream_buffer_full};
 
 use answer::Outcome;
 use ask::Ask;
 use attempt::Attempts;
 use call::Ending;
 use kind::Kind;
-use reply::Reply;
+use reply::{Reply, answer_failed_job};
 
 /// One job as ingress hands it over.
 pub struct Job {
     /// What it asks for: its row in [`KINDS`].
     pub kind: &'static JobKind,
-    /// The NATS request (payload, headers, reply subject).
+    /// Where it came from (payload, headers) and where it answers: a NATS request, or the
+    /// in-process front.
     pub request: Request,
+    /// Its body, when the in-process front read it already.
+    pub parsed: Option<Preparsed>,
     /// When the worker received it.
     pub received: Instant,
     /// The job id that logs and the `Llm-Job-Id` header carry.
@@ -102,7 +106,7 @@ enum Stop {
 /// Runs `job` to its end and answers it whatever happens, a panic included. `ticket` is the
 /// job's place in the gate, given back when this returns.
 pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
-    let reply = job.request.message.reply.clone();
+    let requester = job.request.requester();
     let id = job.id.clone();
     let answered = AtomicBool::new(false);
     let span = tracing::info_span!("job", job_id = %job.id, traceparent = tracing::field::Empty);
@@ -117,10 +121,8 @@ pub async fn supervise(job: Job, ctx: Arc<WorkerContext>, ticket: Ticket) {
     {
         tracing::error!(job_id = %id, "a job failed with a panic; answering it with a 500");
         metrics::counter!(crate::telemetry::REQUESTS, "model_group" => "unknown", "deployment" => "none", "status" => "500").increment(1);
-        if !answered.swap(true, Ordering::AcqRel)
-            && let Some(reply) = reply
-        {
-            answer_failed_job(&ctx.client, reply, Some(&id)).await;
+        if !answered.swap(true, Ordering::AcqRel) {
+            answer_failed_job(&ctx.client, requester, Some(&id)).await;
         }
     }
     drop(ticket);
@@ -139,6 +141,8 @@ struct JobState<'a, K: Kind> {
     outcome: Outcome<K::Chunk>,
     /// Where its answer goes.
     reply: Reply<'a>,
+    /// Its body, read already (taken when the job reads its body).
+    preparsed: Option<Preparsed>,
 }
 
 impl<'a, K: Kind> JobState<'a, K> {
@@ -151,6 +155,7 @@ impl<'a, K: Kind> JobState<'a, K> {
         let Job {
             kind,
             request,
+            parsed,
             received,
             id,
         } = job;
@@ -161,6 +166,7 @@ impl<'a, K: Kind> JobState<'a, K> {
             attempts: Attempts::default(),
             outcome: Outcome::default(),
             reply: Reply::new(request, &ctx.client, answered),
+            preparsed: parsed,
         }
     }
 
@@ -170,7 +176,13 @@ impl<'a, K: Kind> JobState<'a, K> {
         let registration = ctx
             .cancels
             .register(message.reply.as_ref(), message.headers.as_ref());
-        if let Err(e) = self.ask.prepare(self.reply.message(), &self.span) {
+        // An in-process requester gone is its cancel.
+        let gone = self.reply.gone();
+        let preparsed = self.preparsed.take();
+        if let Err(e) = self
+            .ask
+            .prepare(self.reply.message(), preparsed, &self.span)
+        {
             return self.fail(e).await;
         }
         self.attempts.groups.push(self.ask.model().to_string());
@@ -179,6 +191,7 @@ impl<'a, K: Kind> JobState<'a, K> {
             biased;
             _ = ctx.gate.cutoff().cancelled() => Stop::CutOff,
             _ = registration.cancelled() => Stop::Cancelled,
+            _ = gone => Stop::Cancelled,
             _ = tokio::time::sleep_until(deadline) => Stop::Deadline,
             _ = self.attempt_all() => Stop::Done,
         };

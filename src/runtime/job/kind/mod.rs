@@ -18,7 +18,7 @@
 //! per row and hands each job its row. **Adding a kind is one new module here (an
 //! implementation of `Kind`) plus one row in [`KINDS`].**
 
-use std::{future::Future, pin::Pin, sync::atomic::AtomicBool};
+use std::{any::Any, future::Future, pin::Pin, sync::atomic::AtomicBool};
 
 use bytes::Bytes;
 use futures::{future::BoxFuture, stream::BoxStream};
@@ -152,11 +152,66 @@ type Run = for<'a> fn(
     tracing::Span,
 ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
+/// Reading a body of one kind ahead of its job.
+type Preparse = fn(&'static JobKind, &[u8]) -> Result<Preparsed, ApiError>;
+
 /// One row of [`KINDS`]: a kind of job, by its name.
 pub struct JobKind {
     name: &'static str,
     subject: fn(&Subjects) -> String,
     run: Run,
+    preparse: Preparse,
+}
+
+/// A body read before its job started (the in-worker HTTP front reads it once, to know its
+/// group and whether it streams), handed to the job so that it is not read again.
+pub struct Preparsed {
+    /// The kind it was read as: a job of another kind reads its payload itself.
+    kind: &'static JobKind,
+    model: String,
+    stream: bool,
+    /// The kind's `Parsed<Kind::Body>`.
+    parsed: Box<dyn Any + Send>,
+}
+
+impl Preparsed {
+    /// The model (group) the body names.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// True when it asks for a streamed answer.
+    pub fn stream(&self) -> bool {
+        self.stream
+    }
+
+    /// What `K::parse` made of the body, for a job of `kind`.
+    pub(super) fn take<K: Kind>(self, kind: &JobKind) -> Option<Parsed<K::Body>> {
+        if self.kind != kind {
+            return None;
+        }
+        self.parsed.downcast::<Parsed<K::Body>>().ok().map(|p| *p)
+    }
+}
+
+impl std::fmt::Debug for Preparsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preparsed")
+            .field("kind", &self.kind)
+            .field("model", &self.model)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+fn preparse<K: Kind>(kind: &'static JobKind, payload: &[u8]) -> Result<Preparsed, ApiError> {
+    let parsed = K::parse(payload)?;
+    Ok(Preparsed {
+        kind,
+        model: K::model(&parsed.body).to_string(),
+        stream: parsed.stream,
+        parsed: Box::new(parsed),
+    })
 }
 
 impl JobKind {
@@ -165,7 +220,14 @@ impl JobKind {
             name,
             subject,
             run: run::<K>,
+            preparse: preparse::<K>,
         }
+    }
+
+    /// Reads and checks a body of this kind ahead of its job, as the job would; the job then
+    /// takes it as it is ([`super::Job::parsed`]). An error is the one the job would answer.
+    pub fn preparse(&'static self, payload: &[u8]) -> Result<Preparsed, ApiError> {
+        (self.preparse)(self, payload)
     }
 
     /// The last token of its subjects, and its endpoint's name.
