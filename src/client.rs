@@ -70,11 +70,15 @@ pub struct Reply {
 
 impl Reply {
     fn from_message(m: async_nats::Message) -> Self {
-        let headers = m.headers.unwrap_or_default();
+        Self::from_parts(m.headers.unwrap_or_default(), m.payload)
+    }
+
+    /// A reply of these headers and body; its status is read from `Llm-Status`.
+    pub fn from_parts(headers: HeaderMap, body: Bytes) -> Self {
         Self {
             status: status_of(&headers),
             headers,
-            body: m.payload,
+            body,
         }
     }
 

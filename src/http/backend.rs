@@ -38,7 +38,7 @@ use super::resend::{self, Event, Route, Routes, lock};
 use crate::{
     client::{ClientError, LlmClient, Reply},
     runtime::{
-        job::{self, Answer, Preparsed, stream_buffer_full},
+        job::{self, Answer, Preparsed, stream_cut},
         local::{LocalJobs, Refused},
     },
     wire::{ApiError, Subjects, headers},
@@ -354,11 +354,7 @@ impl Job {
     pub async fn next(&mut self) -> Option<Reply> {
         match &mut self.0 {
             Inner::Nats(job) => job.next().await,
-            Inner::Local(rx) => rx.recv().await.map(|a| Reply {
-                status: a.status,
-                headers: a.headers,
-                body: a.body,
-            }),
+            Inner::Local(rx) => rx.recv().await,
         }
     }
 
@@ -570,13 +566,7 @@ impl Drop for NatsJob {
 /// is cancelled now, and the client, should it read again, finds a `stream_buffer_full` error
 /// after the messages held.
 fn overflow(route: Route, m: async_nats::Message, nats: &async_nats::Client, cancel: &str) {
-    metrics::counter!(crate::telemetry::HTTP_STREAMS_CUT).increment(1);
-    let held = route.tx.max_capacity() - 1;
-    tracing::warn!(
-        held,
-        "an HTTP client stopped reading its answer: the job is cancelled (llmbus.http_stream_buffer)"
-    );
-    let e = stream_buffer_full(held);
+    let e = stream_cut(route.tx.max_capacity() - 1);
     let notice = error_reply(&e);
     let _ = route.tx.try_send(Event::Message(async_nats::Message {
         subject: m.subject.clone(),

@@ -67,7 +67,7 @@ pub mod parse;
 mod reply;
 
 pub use kind::{COMPLETION, EMBEDDING, JobKind, KINDS, Preparsed};
-pub use reply::{Answer, Request, stream_buffer_full};
+pub use reply::{Answer, Request, stream_cut};
 
 use answer::Outcome;
 use ask::Ask;

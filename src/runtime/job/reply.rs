@@ -32,16 +32,9 @@ use crate::{
     wire::{ApiError, headers},
 };
 
-/// One message of a job's answer, in process: what a NATS reply carries.
-#[derive(Debug)]
-pub struct Answer {
-    /// `Llm-Status` (200 for a stream chunk).
-    pub status: u16,
-    /// The reply headers, as a NATS requester gets them.
-    pub headers: HeaderMap,
-    /// The body: an OpenAI response, chunk or error body; empty for a sentinel.
-    pub body: Bytes,
-}
+/// One message of a job's answer, in process: what a NATS reply carries, as a NATS
+/// requester reads it.
+pub type Answer = crate::client::Reply;
 
 /// Where a job came from, and so where its answer goes.
 pub struct Request(Sink);
@@ -250,15 +243,7 @@ impl Local {
             return;
         }
         if self.tx.capacity() > 1 {
-            let status = headers
-                .get(headers::STATUS)
-                .and_then(|v| v.as_str().trim().parse().ok())
-                .unwrap_or(200);
-            let _ = self.tx.try_send(Answer {
-                status,
-                headers,
-                body,
-            });
+            let _ = self.tx.try_send(Answer::from_parts(headers, body));
             return;
         }
         // The last place is kept for the notice.
@@ -266,25 +251,26 @@ impl Local {
         if self.tx.is_closed() {
             return;
         }
-        let held = self.tx.max_capacity() - 1;
-        metrics::counter!(telemetry::HTTP_STREAMS_CUT).increment(1);
-        tracing::warn!(
-            held,
-            "an HTTP client stopped reading its answer: the job is cancelled (llmbus.http_stream_buffer)"
-        );
-        let e = stream_buffer_full(held);
+        let e = stream_cut(self.tx.max_capacity() - 1);
         let mut h = HeaderMap::new();
         h.insert(headers::STATUS, status_str(e.status));
-        let _ = self.tx.try_send(Answer {
-            status: e.status,
-            headers: h,
-            body: e.to_json(),
-        });
+        let _ = self.tx.try_send(Answer::from_parts(h, e.to_json()));
     }
 }
 
+/// An HTTP client stopped reading its answer with `held` messages waiting: counted and
+/// logged (its job is being cancelled); the error it finds after them.
+pub fn stream_cut(held: usize) -> ApiError {
+    metrics::counter!(telemetry::HTTP_STREAMS_CUT).increment(1);
+    tracing::warn!(
+        held,
+        "an HTTP client stopped reading its answer: the job is cancelled (llmbus.http_stream_buffer)"
+    );
+    stream_buffer_full(held)
+}
+
 /// The error a client that read its answer too slowly finds after the `held` messages.
-pub fn stream_buffer_full(held: usize) -> ApiError {
+fn stream_buffer_full(held: usize) -> ApiError {
     ApiError::new(
         408,
         "api_error",
