@@ -253,10 +253,7 @@ impl Backend {
         mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<NatsJob, ApiError> {
-        let subject = match kind {
-            JobKind::Completion => self.subjects().completion(),
-            JobKind::Embedding => self.subjects().embedding(),
-        };
+        let subject = kind.row().subject(self.subjects());
         headers.insert(headers::ACK, "1");
         // The worker's deadline, which a resend must keep.
         let deadline = headers
