@@ -20,8 +20,11 @@
 //! - **streaming**: 64-chunk streams, the time to first token over the direct stream's (for
 //!   llmbus over NATS, plus an echo round trip), paired the same way, and the added time per
 //!   chunk (from the medians of whole streams);
-//! - **memory**: RSS idle and after the run. The leak rate over a long run is
-//!   `cargo bench --bench soak`'s job.
+//! - **CPU per request** in the 64-connection phase: the system's process (from `/proc`), and
+//!   for llmbus the NATS server's too (its usage stream, the spend aggregator's reads, the
+//!   NATS path's messages), since on two cores every process's CPU is the others' loss;
+//! - **memory**: RSS idle and after the run (and the descriptors then open). The leak rate
+//!   over a long run is `cargo bench --bench soak`'s job.
 //! - llmbus only: start-up to serving, and the RSS holding 10,000 concurrent streams.
 //!
 //! Systems: llmbus over NATS; llmbus's HTTP front in the worker (OpenAI-compatible, when the
@@ -71,7 +74,7 @@ use llmbus::{
     client::LlmClient,
     local_nats::{LocalNats, free_port},
 };
-use support::{Stats, WorkerProcess, rss_mb, runtime};
+use support::{Stats, WorkerProcess, cpu_seconds, rss_mb, runtime};
 use tokio::runtime::Runtime;
 
 const MODEL: &str = "gpt-4o-mini";
@@ -376,6 +379,10 @@ struct Figures {
     stream_total: Stats,
     rss_idle: f64,
     rss_after: f64,
+    /// The system's CPU time per request in the 64-connection phase, µs; and the NATS
+    /// server's, for llmbus.
+    cpu_per_request: Option<f64>,
+    nats_cpu_per_request: Option<f64>,
     started_ms: Option<f64>,
     streams_rss: Option<(usize, f64)>,
 }
@@ -544,7 +551,7 @@ fn measure(
     name: &str,
     (lane, floors): (&Lane, &[&Lane]),
     s: &Settings,
-    pid: Option<u32>,
+    (pid, nats_pid): (Option<u32>, Option<u32>),
 ) -> Figures {
     let mut f = Figures {
         name: name.to_string(),
@@ -554,7 +561,16 @@ fn measure(
     eprintln!("  {name}: 1 client");
     (f.single, f.added) = sequential(rt, lane, floors, s.secs);
     eprintln!("  {name}: 64 connections");
+    let (cpu, nats_cpu) = (pid.map(cpu_seconds), nats_pid.map(cpu_seconds));
     f.closed = closed_loop(rt, lane, 64, s.secs);
+    let per_request = |pid: Option<u32>, before: Option<f64>| {
+        pid.zip(before).map(|(pid, before)| {
+            (cpu_seconds(pid) - before) * 1e6
+                / (f.closed.hist.len() + f.closed.errors).max(1) as f64
+        })
+    };
+    f.cpu_per_request = per_request(pid, cpu);
+    f.nats_cpu_per_request = per_request(nats_pid, nats_cpu);
     for &rate in &s.rates {
         eprintln!("  {name}: open loop at {rate}/s");
         let o = open_loop(rt, lane, rate, s.secs);
@@ -569,6 +585,13 @@ fn measure(
         (f.ttft, f.stream_total, f.added_ttft) = streams(rt, lane, floors, s.secs);
     }
     f.rss_after = pid.map_or(0.0, rss_mb);
+    if let Some(pid) = pid {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        eprintln!(
+            "  {name}: RSS {:.0} MB with {fds} file descriptors open",
+            f.rss_after
+        );
+    }
     f
 }
 
@@ -783,7 +806,7 @@ fn main() {
             rates: vec![],
             ..s_copy(&s)
         },
-        None,
+        (None, None),
     );
     let echo = Lane::Echo(echo_client);
     let (floor_echo, _) = sequential(&load_rt, &echo, &[], s.secs);
@@ -812,7 +835,7 @@ fn main() {
             "llmbus (NATS)",
             (&Lane::Nats(client), &[&direct, &echo]),
             &s,
-            Some(worker.pid()),
+            (Some(worker.pid()), nats.pid()),
         );
         starts.sort_by(f64::total_cmp);
         f.started_ms = starts.get(starts.len() / 2).copied();
@@ -850,7 +873,7 @@ fn main() {
                 "llmbus (HTTP front, in process)",
                 (&lane, &[&direct]),
                 &s,
-                Some(worker.pid()),
+                (Some(worker.pid()), nats.pid()),
             ));
         } else {
             eprintln!("  the HTTP front did not answer; skipped");
@@ -870,7 +893,7 @@ fn main() {
                 "LiteLLM proxy",
                 (&lane, &[&direct]),
                 &s,
-                Some(pid),
+                (Some(pid), None),
             ));
         }
     }
@@ -906,7 +929,7 @@ fn main() {
                     &format!("{name} ({path})"),
                     (&lane, &[floor]),
                     &s,
-                    Some(pid),
+                    (Some(pid), None),
                 ));
             }
         }
@@ -940,9 +963,9 @@ fn report(direct: &Figures, echo: &Stats, all: &[Figures]) {
     );
     println!();
     println!(
-        "| system | added p50, 1 client | added p99, 1 client | req/s, 64 conns | req/s at p99 < 1 / 5 / 10 ms | added TTFT p50 | added per chunk | RSS idle → after | errors |"
+        "| system | added p50, 1 client | added p99, 1 client | req/s, 64 conns | CPU per request, 64 conns | req/s at p99 < 1 / 5 / 10 ms | added TTFT p50 | added per chunk | RSS idle → after | errors |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for f in all {
         let nats = f.name.contains("NATS");
         // Paired rounds when there are some; else the floors' own percentiles.
@@ -958,11 +981,16 @@ fn report(direct: &Figures, echo: &Stats, all: &[Figures]) {
         };
         let per_chunk = (f.stream_total.p(0.5) - direct.stream_total.p(0.5)) / CHUNKS as f64;
         println!(
-            "| {} | {} | {} | {:.0} | {} / {} / {} | {} | {:.1} µs | {:.0} → {:.0} MB | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} / {} / {} | {} | {:.1} µs | {:.0} → {:.0} MB | {} |",
             f.name,
             us(added(0.5)),
             us(added(0.99)),
             f.closed.rps(),
+            match (f.cpu_per_request, f.nats_cpu_per_request) {
+                (Some(own), Some(nats)) => format!("{} + {} NATS", us(own), us(nats)),
+                (Some(own), None) => us(own),
+                _ => "-".to_string(),
+            },
             rate(f.best_rate(1_000.0)),
             rate(f.best_rate(5_000.0)),
             rate(f.best_rate(10_000.0)),

@@ -38,8 +38,8 @@ use super::resend::{self, Event, Route, Routes, lock};
 use crate::{
     client::{ClientError, LlmClient, Reply},
     runtime::{
-        job::{self, Answer, Preparsed, stream_cut},
-        local::{LocalJobs, Refused},
+        job::{self, Preparsed, stream_cut},
+        local::{LocalJob, LocalJobs, Refused},
     },
     wire::{ApiError, Subjects, headers},
 };
@@ -233,7 +233,7 @@ impl Backend {
             if here {
                 let buffer = self.out.buffer.load(Ordering::Relaxed);
                 match local.submit(kind.row(), headers, body, parsed, buffer) {
-                    Ok(rx) => return Ok(Job(Inner::Local(rx))),
+                    Ok(job) => return Ok(Job(Inner::Local(job))),
                     Err(Refused::Busy(e)) => return Err(e),
                     // The worker began to drain meanwhile.
                     Err(Refused::Elsewhere(h, b)) => (headers, body) = (h, b),
@@ -341,8 +341,8 @@ pub struct Job(Inner);
 enum Inner {
     /// Over NATS.
     Nats(NatsJob),
-    /// In process: the job path's answer; dropping the receiver cancels the job.
-    Local(mpsc::Receiver<Answer>),
+    /// In process: dropping it cancels the job.
+    Local(LocalJob),
 }
 
 impl Job {
@@ -351,7 +351,7 @@ impl Job {
     pub async fn next(&mut self) -> Option<Reply> {
         match &mut self.0 {
             Inner::Nats(job) => job.next().await,
-            Inner::Local(rx) => rx.recv().await,
+            Inner::Local(job) => job.next().await,
         }
     }
 

@@ -92,6 +92,11 @@ impl LocalNats {
     }
 
     /// `nats://127.0.0.1:<port>`.
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

@@ -4,8 +4,9 @@
 //!   `llm.cancel`), and the answers are those of the NATS path (the same front without the
 //!   worker's jobs): statuses, routing and rate-limit headers, bodies and SSE events but ids and
 //!   timestamps; the key check and errors included;
-//! - a client that goes away cancels its job in process: the upstream call stops and the
-//!   deployment's capacity comes back;
+//! - a client that goes away cancels its job in process: the upstream call stops, the
+//!   deployment's capacity comes back, and the job's usage event says it was cancelled (499),
+//!   for a stream (its own task) and for a plain answer (run in the connection's task) alike;
 //! - the worker's gate admits them: past `max_in_flight` a 503 `worker_busy`;
 //! - a group the worker does not serve still goes over NATS, to a worker that serves it.
 
@@ -246,7 +247,12 @@ async fn a_client_that_goes_away_cancels_in_process_and_capacity_returns() {
     let fake = FakeProvider::start().await;
     let w = worker(&nats, &config(&fake, "fake", "")).await;
     let front = local_front(&nats, &w).await;
-    let (_nc, mut jobs) = watch_jobs(&nats).await;
+    let (nc, mut jobs) = watch_jobs(&nats).await;
+    let mut usage = nc
+        .subscribe(llmbus::wire::Subjects::default().usage_all())
+        .await
+        .unwrap();
+    nc.flush().await.unwrap();
 
     // Mid-stream: read the first event, then hang up.
     fake.push(Fault::NeverEnding { after_chunks: 2 });
@@ -283,6 +289,20 @@ async fn a_client_that_goes_away_cancels_in_process_and_capacity_returns() {
     assert_eq!(w.in_flight(), 1);
     request.abort();
     capacity_is_back(&front, &w).await;
+    // Both ended as cancels (not as jobs dropped unanswered: status 500, `abandoned`).
+    let mut ends = Vec::new();
+    while ends.len() < 3 {
+        let m = tokio::time::timeout(PATIENCE, usage.next())
+            .await
+            .expect("a usage event")
+            .expect("the subscription");
+        let e: llmbus::wire::usage::UsageEvent = serde_json::from_slice(&m.payload).unwrap();
+        ends.push((e.status, e.error_class));
+    }
+    let cancelled = (499, Some("cancelled".to_string()));
+    assert_eq!(ends[0], cancelled, "the stream: {ends:?}");
+    assert_eq!(ends[1].0, 200, "the job after it: {ends:?}");
+    assert_eq!(ends[2], cancelled, "the plain answer: {ends:?}");
     assert_eq!(
         jobs_seen(&mut jobs).await,
         Vec::<String>::new(),
