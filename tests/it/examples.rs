@@ -54,6 +54,7 @@ const NOT_EXAMPLES: &[&str] = &[
     "cargo bench --bench soak",
     "cargo bench --bench cluster_cpu",
     "cargo bench --bench http_flood",
+    "cargo bench --bench quota_scale",
     "cargo install cargo-fuzz",
     "cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -a sse -- -max_total_time=300",
     "LLMBUS_BLESS=1 cargo test --test it schemas::",
