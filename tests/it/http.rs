@@ -18,7 +18,7 @@ use std::{process::Stdio, time::Duration};
 
 use crate::support::{
     fake_provider::{FakeProvider, Fault, TOOL_ARGUMENTS},
-    http_front::{HttpGateway, fast_keepalive},
+    http_front::{HttpGateway, fast_keepalive, stream_past_first_event},
     pyenv,
 };
 use futures::StreamExt;
@@ -492,19 +492,7 @@ async fn a_client_that_goes_away_cancels_its_job() {
 
     // Mid-stream: read the first event, then hang up.
     fake.push(Fault::NeverEnding { after_chunks: 2 });
-    let response = http()
-        .post(format!("{}/v1/chat/completions", gw.base))
-        .json(&json!({"model": "fake", "stream": true, "messages": [{"role": "user", "content": "go on"}]}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = response.bytes_stream();
-    let first = tokio::time::timeout(PATIENCE, body.next())
-        .await
-        .expect("a first event")
-        .expect("bytes")
-        .expect("bytes");
-    assert!(first.starts_with(b"data: "), "{first:?}");
+    let body = stream_past_first_event(&gw.base).await;
     drop(body);
     let subject = next_cancel(&mut cancel).await;
     assert!(subject.starts_with("_INBOX."), "{subject}");

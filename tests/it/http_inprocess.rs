@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::support::{
     fake_provider::{FakeProvider, Fault},
-    http_front::serve_in,
+    http_front::{serve_in, stream_past_first_event},
     nats_server::NatsServer,
 };
 use futures::StreamExt;
@@ -256,19 +256,7 @@ async fn a_client_that_goes_away_cancels_in_process_and_capacity_returns() {
 
     // Mid-stream: read the first event, then hang up.
     fake.push(Fault::NeverEnding { after_chunks: 2 });
-    let response = http()
-        .post(format!("http://{}/v1/chat/completions", front.addr()))
-        .json(&json!({"model": "fake", "stream": true, "messages": [{"role": "user", "content": "go on"}]}))
-        .send()
-        .await
-        .unwrap();
-    let mut body = response.bytes_stream();
-    let first = tokio::time::timeout(PATIENCE, body.next())
-        .await
-        .expect("a first event")
-        .expect("bytes")
-        .expect("bytes");
-    assert!(first.starts_with(b"data: "), "{first:?}");
+    let body = stream_past_first_event(&format!("http://{}", front.addr())).await;
     assert_eq!(w.in_flight(), 1);
     drop(body);
     // The upstream call stops, the capacity comes back.

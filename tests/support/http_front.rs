@@ -79,3 +79,27 @@ pub fn fast_keepalive() -> HttpSettings {
         ..HttpSettings::default()
     }
 }
+
+/// Opens a streamed chat completion for model `fake` at `base` (`http://127.0.0.1:<port>`)
+/// and reads its first event, which must be a `data:` event; returns the rest of the body, to
+/// read on or to drop (a client that goes away mid-stream).
+pub async fn stream_past_first_event(
+    base: &str,
+) -> impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + use<> {
+    use futures::StreamExt;
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .timeout(Duration::from_secs(60))
+        .json(&serde_json::json!({"model": "fake", "stream": true, "messages": [{"role": "user", "content": "go on"}]}))
+        .send()
+        .await
+        .expect("the stream's response");
+    let mut body = Box::pin(response.bytes_stream());
+    let first = tokio::time::timeout(super::gateway::PATIENCE, body.next())
+        .await
+        .expect("a first event")
+        .expect("bytes")
+        .expect("bytes");
+    assert!(first.starts_with(b"data: "), "{first:?}");
+    body
+}
