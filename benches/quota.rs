@@ -46,7 +46,7 @@ fn cluster() -> Cluster {
         .expect("runtime");
     let (rpm, tpm) = runtime.block_on(async {
         let client = async_nats::connect(server.url()).await.expect("connect");
-        let quota = ClusterQuota::open(client, "llm", "bench")
+        let quota = ClusterQuota::open(client, "llm", "bench", llmbus::cluster::Replicas::Auto)
             .await
             .expect("bucket");
         // A long lead: on this shared 2-core machine the background task may wait a while

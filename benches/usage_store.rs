@@ -53,9 +53,14 @@ fn event(i: usize) -> UsageEvent {
 
 async fn fresh_stream(js: &jetstream::Context, subjects: &Subjects) {
     let _ = js.delete_stream(subjects.usage_stream()).await;
-    stream::ensure(js, subjects, Duration::from_secs(86_400))
-        .await
-        .expect("the usage stream");
+    stream::ensure(
+        js,
+        subjects,
+        Duration::from_secs(86_400),
+        llmbus::cluster::Replicas::Auto,
+    )
+    .await
+    .expect("the usage stream");
 }
 
 async fn stored(js: &jetstream::Context, subjects: &Subjects) -> u64 {

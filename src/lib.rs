@@ -170,6 +170,9 @@
 //! every worker derives alike ([`config::deployment_ids`]); a worker that cannot share its
 //! limits (no JetStream yet, a clock too far off) keeps them local, says so
 //! ([`cluster::sharing`]) and joins when it can.
+//! Every bucket and stream gets `llmbus.replicas` copies (3 on a NATS cluster of 3 or more;
+//! [`cluster::store`]), and each worker's keeper creates again what the store lost while it
+//! runs and reports any bucket short of replicas (`worker::keeper`, `llmbus health`).
 
 pub mod auth;
 pub mod cli;

@@ -102,6 +102,11 @@ enum Command {
     Check {
         /// The LiteLLM-style config file.
         config: PathBuf,
+        /// Also check the NATS server's store (--nats-url, NATS_URL, else the config's
+        /// llmbus.nats_url): every llmbus bucket and stream with fewer replicas than
+        /// llmbus.replicas wants is a problem.
+        #[arg(long)]
+        store: bool,
     },
     /// The cluster's config in NATS: push a file, show, list or roll back revisions.
     #[command(subcommand)]
@@ -194,7 +199,7 @@ async fn main() -> ExitCode {
             })
             .await
         }
-        Command::Check { config } => llmbus::preflight::check_command(&config).map_err(Into::into),
+        Command::Check { config, store } => cli::check::run(&config, store, url).await,
         Command::Config(command) => cli::config::run(url, command).await,
         Command::Health { prefix, wait_ms } => cli::query::health(url, &prefix, wait_ms).await,
         Command::Complete(args) => cli::complete::complete(url, args).await,

@@ -177,7 +177,21 @@ fn inbox_prefix(settings: &LlmbusSettings) -> Result<Option<String>, ConnectErro
     }
 }
 
-/// Connects, failing fast when the server does not answer at first.
+/// The servers of a URL list: `nats://a:4222,nats://b:4222` (spaces around the commas are
+/// allowed) is two. async-nats takes a single string as one address, so a list must be split.
+/// `None` when one of them is not a NATS URL (connecting to the text then says why).
+pub fn servers(url: &str) -> Option<Vec<async_nats::ServerAddr>> {
+    let list: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok())
+        .collect::<Option<_>>()?;
+    (!list.is_empty()).then_some(list)
+}
+
+/// Connects (to any server of a comma-separated list), failing fast when the server does not
+/// answer at first.
 pub async fn connect(
     settings: &LlmbusSettings,
     url_override: Option<&str>,
@@ -188,17 +202,29 @@ pub async fn connect(
     let opts = opts.event_callback(|e| async move {
         tracing::info!(event = %e, "NATS connection event");
     });
-    opts.connect(&url)
-        .await
-        .map_err(|source| ConnectError::Connect {
-            url: redacted(&url),
-            source,
-        })
+    let connected = match servers(&url) {
+        Some(list) => opts.connect(list).await,
+        None => opts.connect(&url).await,
+    };
+    connected.map_err(|source| ConnectError::Connect {
+        url: redacted(&url),
+        source,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{percent_decoded, redacted};
+    use super::{percent_decoded, redacted, servers};
+
+    #[test]
+    fn a_comma_separated_url_is_every_server_of_the_list() {
+        let list = servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223,nats://b:4224").unwrap();
+        let ports: Vec<u16> = list.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(servers("nats://127.0.0.1:4222").unwrap().len(), 1);
+        assert!(servers("nats://127.0.0.1:4222,nats://x:notaport").is_none());
+        assert!(servers("").is_none());
+    }
 
     #[test]
     fn urls_print_without_their_passwords() {

@@ -83,6 +83,12 @@ pub const ADMIN_REQUESTS: &str = "llmbus_admin_requests_total";
 pub const LIMITS_SHARED: &str = "llmbus_limits_shared";
 /// The worker's clock offset from the NATS server (server minus worker), seconds.
 pub const CLOCK_OFFSET: &str = "llmbus_clock_offset_seconds";
+/// Replicas a bucket or stream of llmbus lacks (wanted minus held; 0 when it has them), by
+/// `stream`.
+pub const STORE_REPLICAS_MISSING: &str = "llmbus_store_replicas_missing";
+/// Counter: buckets and streams of llmbus found missing while the worker ran and created
+/// again, by `stream`.
+pub const STORE_RECREATED: &str = "llmbus_store_recreated_total";
 /// Counter: calls a deployment counted in flight while the worker ran no job, found by the
 /// worker's idle self-check (a bug: capacity lost), by `deployment`.
 pub const CAPACITY_LOST: &str = "llmbus_capacity_lost_total";
@@ -159,6 +165,14 @@ pub(crate) fn describe() {
     describe_gauge!(
         LIMITS_SHARED,
         "1 while rpm/tpm limits hold for the cluster, 0 while this worker keeps them alone"
+    );
+    describe_gauge!(
+        STORE_REPLICAS_MISSING,
+        "replicas a bucket or stream of llmbus lacks (wanted minus held), by stream"
+    );
+    describe_counter!(
+        STORE_RECREATED,
+        "buckets and streams of llmbus found missing while the worker ran and created again"
     );
     describe_gauge!(
         CLOCK_OFFSET,

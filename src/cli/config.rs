@@ -148,7 +148,7 @@ pub async fn open(
     prefix: &str,
 ) -> Result<ConfigStore, Box<dyn std::error::Error>> {
     let client = nats::connect(&LlmbusSettings::default(), url.as_deref(), "llmbus-config").await?;
-    Ok(ConfigStore::open(client, prefix).await?)
+    Ok(ConfigStore::open(client, prefix, crate::cluster::Replicas::Auto).await?)
 }
 
 async fn push(

@@ -3,12 +3,14 @@
 //!
 //! - [`worker`]: `up` and `serve` (run a worker until a signal, then drain it), the metrics
 //!   listener's address, and [`banner`], what `up` prints once it serves;
+//! - [`check`]: `check FILE [--store]`, a config's problems and its NATS store's replicas;
 //! - [`config`]: `config push|show|history|rollback`, the cluster's config in JetStream KV;
 //! - [`complete`]: `complete` (one chat completion, streamed with an ADR-47 stall timer);
 //! - [`query`]: `models`, `deployments` and `health`;
 //! - [`logging`]: how loud each command is (client commands are quiet unless `-v`).
 
 pub mod banner;
+pub mod check;
 pub mod complete;
 pub mod config;
 pub mod logging;

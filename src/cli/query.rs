@@ -48,31 +48,8 @@ pub async fn health(url: Option<String>, prefix: &str, wait_ms: u64) -> Res {
             }
         );
     }
-    let mut configs: Vec<&str> = workers.iter().filter_map(|w| w.config.as_deref()).collect();
-    configs.sort_unstable();
-    configs.dedup();
-    if configs.len() > 1 {
-        println!(
-            "warning: the workers serve {} different configs ({}): jobs for a model group only some \
-             of them serve are handed to those",
-            configs.len(),
-            configs.join(", ")
-        );
-    }
-    let local = workers.iter().filter(|w| w.limits_local()).count();
-    if local > 0 {
-        println!(
-            "warning: {local} of {} workers enforce rpm/tpm limits locally, not shared with the \
-             cluster: each of them lets a whole limit through on its own",
-            workers.len()
-        );
-    }
-    for w in workers.iter().filter(|w| w.capacity_lost.unwrap_or(0) > 0) {
-        println!(
-            "warning: worker {} lost capacity: {} calls counted in flight on its deployments while              it ran no job (a bug; see its error log); restart it to get them back",
-            w.id,
-            w.capacity_lost.unwrap_or(0)
-        );
+    for line in warnings(&workers) {
+        println!("warning: {line}");
     }
     let ready = workers.iter().filter(|w| w.is_ready()).count();
     let completion = format!("{prefix}.completion");
@@ -92,4 +69,122 @@ pub async fn health(url: Option<String>, prefix: &str, wait_ms: u64) -> Res {
         workers.len()
     )
     .into())
+}
+
+/// What `llmbus health` warns about, one line each: workers serving different configs, limits
+/// kept locally, capacity lost, and the store's buckets and streams short of replicas or found
+/// lost.
+pub fn warnings(workers: &[health::WorkerStatus]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut configs: Vec<&str> = workers.iter().filter_map(|w| w.config.as_deref()).collect();
+    configs.sort_unstable();
+    configs.dedup();
+    if configs.len() > 1 {
+        out.push(format!(
+            "the workers serve {} different configs ({}): jobs for a model group only some of \
+             them serve are handed to those",
+            configs.len(),
+            configs.join(", ")
+        ));
+    }
+    let local = workers.iter().filter(|w| w.limits_local()).count();
+    if local > 0 {
+        out.push(format!(
+            "{local} of {} workers enforce rpm/tpm limits locally, not shared with the cluster: \
+             each of them lets a whole limit through on its own",
+            workers.len()
+        ));
+    }
+    for w in workers.iter().filter(|w| w.capacity_lost.unwrap_or(0) > 0) {
+        out.push(format!(
+            "worker {} lost capacity: {} calls counted in flight on its deployments while it ran \
+             no job (a bug; see its error log); restart it to get them back",
+            w.id,
+            w.capacity_lost.unwrap_or(0)
+        ));
+    }
+    // The store is the cluster's, so every worker sees the same: each shortfall once.
+    let mut short: Vec<&str> = workers
+        .iter()
+        .flat_map(|w| w.store_short.iter().map(String::as_str))
+        .collect();
+    short.sort_unstable();
+    short.dedup();
+    for s in short {
+        out.push(format!(
+            "{s}: losing the NATS node that holds it loses what it keeps (`llmbus check FILE \
+             --store` lists them; `nats stream edit <name> --replicas N` raises them)"
+        ));
+    }
+    for w in workers
+        .iter()
+        .filter(|w| w.store_recreated.unwrap_or(0) > 0)
+    {
+        out.push(format!(
+            "worker {} found {} of llmbus's buckets and streams lost from the NATS store and \
+             created them again (what they held is gone; see its log)",
+            w.id,
+            w.store_recreated.unwrap_or(0)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: &str) -> health::WorkerStatus {
+        health::WorkerStatus {
+            id: id.into(),
+            version: "0".into(),
+            state: "serving".into(),
+            in_flight: Some(0),
+            serves_prefix: true,
+            config: Some("abc".into()),
+            limits: Some("shared".into()),
+            limits_note: None,
+            clock_offset_ms: None,
+            capacity_lost: Some(0),
+            store_short: Vec::new(),
+            store_recreated: Some(0),
+        }
+    }
+
+    #[test]
+    fn a_healthy_cluster_has_nothing_to_warn_about() {
+        assert!(warnings(&[worker("a"), worker("b")]).is_empty());
+    }
+
+    #[test]
+    fn each_warning_is_one_clean_line() {
+        let mut a = worker("a");
+        a.capacity_lost = Some(2);
+        a.limits = Some("local".into());
+        a.store_short = vec!["KV_LLM_QUOTA has 1 replica of the 3 wanted".into()];
+        a.store_recreated = Some(1);
+        let mut b = worker("b");
+        b.config = Some("def".into());
+        b.store_short = a.store_short.clone();
+        let lines = warnings(&[a, b]);
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        for line in &lines {
+            assert!(!line.contains("  ") && !line.contains('\n'), "{line:?}");
+        }
+        assert!(
+            lines[2].starts_with("worker a lost capacity: 2 calls"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].starts_with("KV_LLM_QUOTA has 1 replica of the 3 wanted: losing"),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[4].contains("found 1 of llmbus's buckets"),
+            "{}",
+            lines[4]
+        );
+    }
 }

@@ -19,7 +19,10 @@ use std::{
 use super::{Res, banner::Banner};
 use crate::{
     Worker,
-    cluster::config_store::{ConfigStore, ServedConfig},
+    cluster::{
+        Replicas,
+        config_store::{ConfigStore, ServedConfig},
+    },
     config::{Config, DEFAULT_NATS_URL},
     local_nats::{LocalNats, binary},
     nats,
@@ -292,7 +295,9 @@ async fn serve_cluster_config(
     let settings = crate::config::LlmbusSettings::default();
     let url = nats::url(&settings, url.as_deref());
     let client = nats::connect(&settings, Some(&url), "llmbus-worker").await?;
-    let store = ConfigStore::open(client.clone(), prefix).await?;
+    // The config is not read yet, so its `llmbus.replicas` is not known: a bucket made here
+    // gets the default for the server (`config push` makes it with the file's setting).
+    let store = ConfigStore::open(client.clone(), prefix, Replicas::Auto).await?;
     let stored = store.current().await?.ok_or_else(|| {
         format!(
             "no --config and the cluster has no config yet (JetStream KV bucket {} on {}): \

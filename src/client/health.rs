@@ -3,7 +3,9 @@
 //! The draining worker asks the same to learn whether it is the last one.
 //!
 //! A worker whose limits are local (no JetStream, or a clock too far off the server's) still
-//! serves, so `llmbus health` still exits 0, but says so on its line and in a warning.
+//! serves, so `llmbus health` still exits 0, but says so on its line and in a warning. So does
+//! a worker whose buckets and streams have fewer replicas than wanted, or that found some lost
+//! and made them again.
 
 use std::time::Duration;
 
@@ -41,6 +43,11 @@ pub struct WorkerStatus {
     /// Calls its idle self-check found holding a deployment's capacity with no job running
     /// (a bug: that capacity is lost until the worker restarts), when it said.
     pub capacity_lost: Option<u64>,
+    /// Its buckets and streams with fewer replicas than `llmbus.replicas` wants, as its keeper
+    /// last found them (`KV_LLM_QUOTA has 1 replica of the 3 wanted`).
+    pub store_short: Vec<String>,
+    /// Buckets and streams it found lost and created again since it started, when it said.
+    pub store_recreated: Option<u64>,
 }
 
 impl WorkerStatus {
@@ -128,6 +135,13 @@ pub async fn check(
         let limits_note = text("/limits/note");
         let clock_offset_ms = at("/limits/clock_offset_ms").and_then(Value::as_i64);
         let capacity_lost = at("/capacity_lost").and_then(Value::as_u64);
+        let store_short = at("/store/short")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect();
+        let store_recreated = at("/store/recreated").and_then(Value::as_u64);
         out.push(WorkerStatus {
             id,
             version,
@@ -139,6 +153,8 @@ pub async fn check(
             limits_note,
             clock_offset_ms,
             capacity_lost,
+            store_short,
+            store_recreated,
         });
     }
     Ok(out)

@@ -26,7 +26,7 @@ use std::{
 
 use async_nats::jetstream::kv;
 
-use super::{ClusterError, bucket_name, ensure_bucket, jetstream, key_token};
+use super::{ClusterError, Replicas, bucket_name, ensure_bucket, jetstream, key_token};
 
 /// An offset from the server past which a worker warns.
 pub const WARN_OFFSET: Duration = Duration::from_millis(500);
@@ -198,6 +198,18 @@ impl Clock {
     }
 }
 
+/// The clock bucket under `prefix` (`LLM_CLOCK`, in memory).
+pub fn bucket(prefix: &str) -> kv::Config {
+    kv::Config {
+        bucket: bucket_name(prefix, "CLOCK"),
+        description: "llmbus workers' clock probes (server timestamps)".into(),
+        history: 1,
+        max_age: Duration::from_secs(300),
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    }
+}
+
 /// Where a worker measures its clock: its own key in the `LLM_CLOCK` bucket (in memory,
 /// entries gone after 5 minutes).
 #[derive(Clone)]
@@ -207,25 +219,16 @@ pub struct ClockProbe {
 }
 
 impl ClockProbe {
-    /// Opens (creating if needed) the clock bucket under `prefix`, for worker `worker`.
+    /// Opens (creating if needed, with `replicas`) the clock bucket under `prefix`, for worker
+    /// `worker`.
     pub async fn open(
         client: async_nats::Client,
         prefix: &str,
         worker: &str,
+        replicas: Replicas,
     ) -> Result<Self, ClusterError> {
         let js = jetstream(client, Duration::from_secs(5));
-        let kv = ensure_bucket(
-            &js,
-            kv::Config {
-                bucket: bucket_name(prefix, "CLOCK"),
-                description: "llmbus workers' clock probes (server timestamps)".into(),
-                history: 1,
-                max_age: Duration::from_secs(300),
-                storage: async_nats::jetstream::stream::StorageType::Memory,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let kv = ensure_bucket(&js, bucket(prefix), replicas).await?;
         Ok(Self {
             kv,
             key: key_token(worker),

@@ -35,7 +35,7 @@ use futures::{StreamExt, stream::BoxStream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{ClusterError, bucket_name, ensure_bucket, epoch_ms, jetstream};
+use super::{ClusterError, Replicas, bucket_name, ensure_bucket, epoch_ms, jetstream};
 use crate::config::{Config, fingerprint};
 
 /// The key the config is stored under.
@@ -233,22 +233,27 @@ impl std::fmt::Debug for ConfigStore {
     }
 }
 
+/// The config bucket under `prefix` (`LLM_CONFIG`, on file, [`HISTORY`] revisions).
+pub fn bucket(prefix: &str) -> kv::Config {
+    kv::Config {
+        bucket: bucket_name(prefix, "CONFIG"),
+        description: "llmbus: the cluster's config (llmbus config push)".into(),
+        history: HISTORY,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
 impl ConfigStore {
-    /// Opens the store of `prefix` (bucket `<PREFIX>_CONFIG`), creating the bucket when it
-    /// does not exist. On a server without JetStream the error says so.
-    pub async fn open(client: async_nats::Client, prefix: &str) -> Result<Self, ClusterError> {
+    /// Opens the store of `prefix` (bucket `<PREFIX>_CONFIG`), creating the bucket with
+    /// `replicas` when it does not exist. On a server without JetStream the error says so.
+    pub async fn open(
+        client: async_nats::Client,
+        prefix: &str,
+        replicas: Replicas,
+    ) -> Result<Self, ClusterError> {
         let js = jetstream(client.clone(), Duration::from_secs(5));
-        let opened = ensure_bucket(
-            &js,
-            kv::Config {
-                bucket: bucket_name(prefix, "CONFIG"),
-                description: "llmbus: the cluster's config (llmbus config push)".into(),
-                history: HISTORY,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await;
+        let opened = ensure_bucket(&js, bucket(prefix), replicas).await;
         match opened {
             Ok(kv) => Ok(Self {
                 kv,

@@ -27,7 +27,9 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{ClusterError, bucket_name, clock::Clock, ensure_bucket, jetstream, key_token};
+use super::{
+    ClusterError, Replicas, bucket_name, clock::Clock, ensure_bucket, jetstream, key_token,
+};
 
 /// A deployment's cooldown, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,25 +59,28 @@ pub struct HealthBoard {
     clock: Clock,
 }
 
+/// The health bucket under `prefix` (`LLM_HEALTH`).
+pub fn bucket(prefix: &str) -> kv::Config {
+    kv::Config {
+        bucket: bucket_name(prefix, "HEALTH"),
+        description: "llmbus deployment cooldowns, for workers that start later".into(),
+        history: 1,
+        max_age: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    }
+}
+
 impl HealthBoard {
-    /// Opens (creating if needed) the health bucket under `prefix`; `worker` signs the writes.
+    /// Opens (creating if needed, with `replicas`) the health bucket under `prefix`; `worker`
+    /// signs the writes.
     pub async fn open(
         client: async_nats::Client,
         prefix: &str,
         worker: impl Into<String>,
+        replicas: Replicas,
     ) -> Result<Self, ClusterError> {
         let js = jetstream(client, Duration::from_secs(5));
-        let kv = ensure_bucket(
-            &js,
-            kv::Config {
-                bucket: bucket_name(prefix, "HEALTH"),
-                description: "llmbus deployment cooldowns, for workers that start later".into(),
-                history: 1,
-                max_age: Duration::from_secs(24 * 3600),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let kv = ensure_bucket(&js, bucket(prefix), replicas).await?;
         Ok(Self {
             kv,
             worker: worker.into(),

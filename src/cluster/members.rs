@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    ClusterError, bucket_name, clock::Clock, ensure_bucket, epoch_ms, jetstream, key_token,
+    ClusterError, Replicas, bucket_name, clock::Clock, ensure_bucket, epoch_ms, jetstream,
+    key_token,
 };
 
 /// What a worker tells the cluster about itself.
@@ -124,6 +125,8 @@ pub struct MembersOptions {
     pub stale_after: u32,
     /// The bucket's `max_age` (only used when this worker creates the bucket).
     pub max_age: Duration,
+    /// The bucket's replicas (only used when this worker creates the bucket).
+    pub replicas: Replicas,
 }
 
 impl Default for MembersOptions {
@@ -132,6 +135,7 @@ impl Default for MembersOptions {
             heartbeat: Duration::from_secs(2),
             stale_after: 3,
             max_age: Duration::from_secs(15),
+            replicas: Replicas::Auto,
         }
     }
 }
@@ -223,6 +227,18 @@ pub struct Members {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// The membership bucket under `prefix` (`LLM_WORKERS`), whose entries age out after
+/// `max_age`.
+pub fn bucket(prefix: &str, max_age: Duration) -> kv::Config {
+    kv::Config {
+        bucket: bucket_name(prefix, "WORKERS"),
+        description: "llmbus workers: heartbeats, groups served, config fingerprint".into(),
+        history: 1,
+        max_age,
+        ..Default::default()
+    }
+}
+
 impl Members {
     /// Joins the cluster under `prefix` with the default timing.
     pub async fn start(
@@ -252,19 +268,8 @@ impl Members {
         opts: MembersOptions,
         clock: Clock,
     ) -> Result<Self, ClusterError> {
-        let bucket = bucket_name(prefix, "WORKERS");
         let js = jetstream(client, Duration::from_secs(5));
-        let kv = ensure_bucket(
-            &js,
-            kv::Config {
-                bucket: bucket.clone(),
-                description: "llmbus workers: heartbeats, groups served, config fingerprint".into(),
-                history: 1,
-                max_age: opts.max_age,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let kv = ensure_bucket(&js, bucket(prefix, opts.max_age), opts.replicas).await?;
         let key = key_token(&me.worker);
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -280,7 +285,7 @@ impl Members {
         let mut watch = kv
             .watch_with_history(">")
             .await
-            .map_err(|e| ClusterError::kv(&bucket, e))?;
+            .map_err(|e| ClusterError::kv(&kv.name, e))?;
         // Our own heartbeat is in the bucket, so the history is never empty: read up to the
         // newest entry (`delta` 0), with a bound in case the server stalls.
         let now = Instant::now();

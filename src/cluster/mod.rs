@@ -15,6 +15,8 @@
 //! - [`clock`]: the server's time as a worker sees it (bucket `LLM_CLOCK`), which every time
 //!   written into or judged from the buckets above uses, so workers' clocks need not agree.
 //! - [`sharing`]: whether a worker's limits hold for the cluster now, or for it alone and why.
+//! - [`store`]: how many replicas every bucket and stream gets (`llmbus.replicas`), and what
+//!   the server has of them now.
 //!
 //! Every bucket is created idempotently at start-up ([`ensure_bucket`]) with options that
 //! nats-server 2.9 understands: no per-key TTL (buckets age out with a bucket-wide `max_age`),
@@ -29,10 +31,13 @@ pub mod lease;
 pub mod members;
 pub mod quota;
 pub mod sharing;
+pub mod store;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
+
+pub use store::{Replicas, ensure_bucket};
 
 pub use crate::wire::subjects::bucket_name;
 
@@ -127,58 +132,6 @@ pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Co
     jetstream::ContextBuilder::new()
         .timeout(timeout)
         .build(client)
-}
-
-/// Opens bucket `config.bucket`, creating it when it does not exist. An existing bucket is used
-/// as it is, even when its options differ (an operator may have tuned them). Two workers that
-/// create it at once both succeed.
-///
-/// The bucket's stream is created directly rather than with `create_key_value`: that call
-/// first reads the account's JetStream info, which async-nats 0.51 cannot parse from
-/// nats-server 2.9 (fields added in later servers are required).
-pub async fn ensure_bucket(
-    js: &jetstream::Context,
-    config: kv::Config,
-) -> Result<kv::Store, ClusterError> {
-    let name = config.bucket.clone();
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    let created = js.create_stream(kv_stream_config(&config)).await;
-    match js.get_key_value(&name).await {
-        Ok(store) => Ok(store),
-        Err(get) => Err(ClusterError::Bucket {
-            bucket: name,
-            source: match created {
-                Err(create) => create.into(),
-                Ok(_) => get.into(),
-            },
-        }),
-    }
-}
-
-/// The stream behind a KV bucket, as the KV clients lay it out (`KV_<bucket>`, subjects
-/// `$KV.<bucket>.>`, one message per key and revision, rollups allowed, direct gets), with only
-/// options that nats-server 2.9 knows.
-fn kv_stream_config(config: &kv::Config) -> jetstream::stream::Config {
-    jetstream::stream::Config {
-        name: format!("KV_{}", config.bucket),
-        description: Some(config.description.clone()),
-        subjects: vec![format!("$KV.{}.>", config.bucket)],
-        max_messages_per_subject: config.history.max(1),
-        max_bytes: -1,
-        max_messages: -1,
-        max_age: config.max_age,
-        max_message_size: -1,
-        storage: config.storage,
-        allow_rollup: true,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        num_replicas: 1,
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]

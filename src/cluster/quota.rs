@@ -57,7 +57,9 @@ use std::{
 use async_nats::jetstream::kv;
 use tokio::{sync::Notify, task::JoinHandle};
 
-use super::{ClusterError, bucket_name, clock::Clock, ensure_bucket, jetstream, key_token};
+use super::{
+    ClusterError, Replicas, bucket_name, clock::Clock, ensure_bucket, jetstream, key_token,
+};
 use crate::limits::{Ledger, LocalShare, ShareParams, SharedLimit, SyncPlan, Taken, Wait};
 
 /// Which limit of a deployment.
@@ -90,6 +92,8 @@ pub struct QuotaOptions {
     pub skew: Duration,
     /// How long a KV request may take before NATS counts as unreachable.
     pub timeout: Duration,
+    /// The bucket's replicas (only used when this worker creates the bucket).
+    pub replicas: Replicas,
 }
 
 impl Default for QuotaOptions {
@@ -99,7 +103,20 @@ impl Default for QuotaOptions {
             spend: Duration::from_secs(1),
             skew: Duration::from_millis(500),
             timeout: Duration::from_secs(2),
+            replicas: Replicas::Auto,
         }
+    }
+}
+
+/// The quota bucket under `prefix` (`LLM_QUOTA`).
+pub fn bucket(prefix: &str) -> kv::Config {
+    kv::Config {
+        bucket: bucket_name(prefix, "QUOTA"),
+        description: "llmbus deployment limits: slices leased in the last window".into(),
+        history: 1,
+        // Idle ledgers go away; busy ones are rewritten every few seconds.
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
     }
 }
 
@@ -115,13 +132,19 @@ pub struct ClusterQuota {
 }
 
 impl ClusterQuota {
-    /// Opens (creating if needed) the quota bucket under `prefix` for worker `worker`.
+    /// Opens (creating if needed, with `replicas`) the quota bucket under `prefix` for worker
+    /// `worker`.
     pub async fn open(
         client: async_nats::Client,
         prefix: &str,
         worker: impl Into<String>,
+        replicas: Replicas,
     ) -> Result<Self, ClusterError> {
-        Self::open_with(client, prefix, worker, QuotaOptions::default()).await
+        let opts = QuotaOptions {
+            replicas,
+            ..QuotaOptions::default()
+        };
+        Self::open_with(client, prefix, worker, opts).await
     }
 
     /// Like [`ClusterQuota::open`] with other timing.
@@ -132,18 +155,7 @@ impl ClusterQuota {
         opts: QuotaOptions,
     ) -> Result<Self, ClusterError> {
         let js = jetstream(client, opts.timeout);
-        let kv = ensure_bucket(
-            &js,
-            kv::Config {
-                bucket: bucket_name(prefix, "QUOTA"),
-                description: "llmbus deployment limits: slices leased in the last window".into(),
-                history: 1,
-                // Idle ledgers go away; busy ones are rewritten every few seconds.
-                max_age: Duration::from_secs(3600),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let kv = ensure_bucket(&js, bucket(prefix), opts.replicas).await?;
         Ok(Self {
             kv,
             worker: worker.into(),

@@ -177,6 +177,12 @@ impl Checker<'_> {
             let message = format!("must be a positive number of days (at most 36500), not {days}");
             return Err(self.fail(&path.key("usage_retention_days"), message));
         }
+        if let Some(n) = l.replicas
+            && !(1..=5).contains(&n)
+        {
+            let message = format!("must be 1 to 5 (JetStream keeps at most 5 replicas), not {n}");
+            return Err(self.fail(&path.key("replicas"), message));
+        }
         if l.usage_buffer == 0 {
             return Err(self.fail(&path.key("usage_buffer"), "must be at least 1"));
         }

@@ -503,6 +503,9 @@ pub struct LlmbusSettings {
     pub usage_buffer_bytes: usize,
     /// Run the spend aggregator (`llmbus spend`'s data) in this worker. Default true.
     pub spend_aggregator: bool,
+    /// Replicas of every bucket and stream llmbus creates (1 to 5). Default: 3 when the NATS
+    /// server is one of a cluster of 3 or more, else 1. Existing ones are not changed.
+    pub replicas: Option<usize>,
 }
 
 impl Default for LlmbusSettings {
@@ -536,6 +539,7 @@ impl Default for LlmbusSettings {
             usage_buffer: DEFAULT_USAGE_BUFFER,
             usage_buffer_bytes: DEFAULT_USAGE_BUFFER_BYTES,
             spend_aggregator: true,
+            replicas: None,
         }
     }
 }

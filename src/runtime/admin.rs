@@ -123,9 +123,13 @@ async fn answer(
         )
         .with_code("invalid_api_key"));
     }
-    let store = ConfigStore::open(ctx.client.clone(), ctx.subjects.prefix())
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()).with_code("config_store_unavailable"))?;
+    let store = ConfigStore::open(
+        ctx.client.clone(),
+        ctx.subjects.prefix(),
+        ctx.store.replicas,
+    )
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string()).with_code("config_store_unavailable"))?;
     let before = store.current().await.ok().flatten();
     let (revision, rollback_of) = match action {
         Action::Push => {

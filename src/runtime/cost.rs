@@ -53,8 +53,8 @@ pub enum CostMsg {
 /// How the usage pipeline runs.
 #[derive(Debug, Clone)]
 pub struct UsageSettings {
-    /// How long `LLM_USAGE` keeps events (`llmbus.usage_retention_days`).
-    pub retention: Duration,
+    /// How long `LLM_USAGE` keeps events (`llmbus.usage_retention_days`) and its replicas.
+    pub keep: stream::Keep,
     /// Ensure the `LLM_USAGE` stream at start (`false` only for tests and tools).
     pub ensure_stream: bool,
     /// Run the spend aggregator in this worker (`llmbus.spend_aggregator`).
@@ -64,7 +64,10 @@ pub struct UsageSettings {
 impl Default for UsageSettings {
     fn default() -> Self {
         Self {
-            retention: stream::retention(crate::config::DEFAULT_USAGE_RETENTION_DAYS),
+            keep: stream::Keep {
+                retention: stream::retention(crate::config::DEFAULT_USAGE_RETENTION_DAYS),
+                replicas: crate::cluster::Replicas::Auto,
+            },
             ensure_stream: true,
             aggregate: true,
         }
@@ -115,19 +118,19 @@ impl Actor for CostActor {
         } = args;
         let durability = if !settings.ensure_stream {
             Durability::Core { ensure: None }
-        } else if ensure_stream(&client, &subjects, settings.retention).await {
+        } else if ensure_stream(&client, &subjects, settings.keep).await {
             Durability::JetStream {
-                ensure: Some(settings.retention),
+                ensure: Some(settings.keep),
             }
         } else {
             Durability::Core {
-                ensure: Some(settings.retention),
+                ensure: Some(settings.keep),
             }
         };
         let totals = Arc::new(Mutex::new(Spend::default()));
         let aggregator = settings
             .aggregate
-            .then(|| Aggregator::spawn(client.clone(), &subjects));
+            .then(|| Aggregator::spawn(client.clone(), &subjects, settings.keep.replicas));
         let publisher = publisher::spawn(client, subjects, receiver, totals.clone(), durability);
         Ok(CostState {
             sink,
@@ -205,30 +208,35 @@ impl Actor for CostActor {
 async fn ensure_stream(
     client: &async_nats::Client,
     subjects: &Subjects,
-    retention: Duration,
+    keep: stream::Keep,
 ) -> bool {
+    let retention = keep.retention;
     let js = async_nats::jetstream::new(client.clone());
     let days = retention.as_secs_f64() / 86_400.0;
     let name = subjects.usage_stream();
-    let ensured =
-        match tokio::time::timeout(ENSURE_WAIT, stream::ensure(&js, subjects, retention)).await {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
-                tracing::warn!(
-                    error = %e,
-                    "usage events are not kept durably (they still go out on core NATS; the \
-                     stream is tried again every 30 s): {e}"
-                );
-                return false;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "JetStream did not answer within {ENSURE_WAIT:?}: usage events are not kept \
+    let ensured = match tokio::time::timeout(
+        ENSURE_WAIT,
+        stream::ensure(&js, subjects, retention, keep.replicas),
+    )
+    .await
+    {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                error = %e,
+                "usage events are not kept durably (they still go out on core NATS; the \
+                 stream is tried again every 30 s): {e}"
+            );
+            return false;
+        }
+        Err(_) => {
+            tracing::warn!(
+                "JetStream did not answer within {ENSURE_WAIT:?}: usage events are not kept \
                  durably until the {name} stream exists (tried again every 30 s)"
-                );
-                return false;
-            }
-        };
+            );
+            return false;
+        }
+    };
     match &ensured {
         Ensured::Created => tracing::info!(
             retention_days = days,

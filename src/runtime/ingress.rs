@@ -145,6 +145,7 @@ impl Actor for IngressActor {
                     "config": ctx.fingerprint.load().as_str(),
                     "worker_id": ctx.worker_id,
                     "limits": limits_data(&ctx.sharing),
+                    "store": ctx.store.data(),
                     "capacity_lost": ctx
                         .table
                         .load()

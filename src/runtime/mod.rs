@@ -83,6 +83,8 @@ pub struct WorkerContext {
     pub usage: crate::usage::UsageSink,
     /// The largest message the NATS server takes.
     pub max_payload: usize,
+    /// The replicas its buckets and streams get, and what its keeper found of them.
+    pub store: Arc<crate::cluster::store::StoreStatus>,
 }
 
 /// The config's rules for every job: one snapshot, read once per job.

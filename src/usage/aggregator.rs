@@ -29,7 +29,7 @@ use super::{
     UsageError, UsageEvent,
     spend::{self, Cursor, DayDoc},
 };
-use crate::cluster::lease::Lease;
+use crate::cluster::{Replicas, lease::Lease};
 use crate::wire::{Subjects, usage::now_ms};
 
 /// Events per batch, at most.
@@ -58,18 +58,24 @@ pub struct Aggregator {
 
 impl Aggregator {
     /// Starts the aggregator on `client`: it takes its turn for the lease and aggregates while
-    /// it holds it.
-    pub fn spawn(client: async_nats::Client, subjects: &Subjects) -> Self {
-        Self::spawn_with_ttl(client, subjects, LEASE_TTL)
+    /// it holds it. It creates the spend bucket with `replicas` when it is missing.
+    pub fn spawn(client: async_nats::Client, subjects: &Subjects, replicas: Replicas) -> Self {
+        Self::spawn_with_ttl(client, subjects, replicas, LEASE_TTL)
     }
 
     /// [`Aggregator::spawn`] with another lease ttl (tests use a short one).
-    pub fn spawn_with_ttl(client: async_nats::Client, subjects: &Subjects, ttl: Duration) -> Self {
+    pub fn spawn_with_ttl(
+        client: async_nats::Client,
+        subjects: &Subjects,
+        replicas: Replicas,
+        ttl: Duration,
+    ) -> Self {
         let name = uuid::Uuid::new_v4().simple().to_string();
         let stop = CancellationToken::new();
         let task = tokio::spawn(leased(
             client,
             subjects.clone(),
+            replicas,
             name.clone(),
             ttl,
             stop.clone(),
@@ -99,6 +105,7 @@ impl Drop for Aggregator {
 async fn leased(
     client: async_nats::Client,
     subjects: Subjects,
+    replicas: Replicas,
     name: String,
     ttl: Duration,
     stop: CancellationToken,
@@ -107,7 +114,7 @@ async fn leased(
     let bucket = subjects.spend_bucket();
     let mut backoff = Backoff::new();
     let kv = loop {
-        let e = match spend::bucket(&js, &bucket).await {
+        let e = match spend::bucket(&js, &bucket, replicas).await {
             Ok(kv) => break kv,
             Err(e) => e,
         };
@@ -130,7 +137,7 @@ async fn leased(
             "this worker keeps the spend aggregates now (it holds the {bucket} lease)"
         );
         tokio::select! {
-            never = follow(client.clone(), subjects.clone()) => match never {},
+            never = follow(client.clone(), subjects.clone(), replicas) => match never {},
             why = lease.keep() => {
                 tracing::info!(reason = %why, "this worker no longer keeps the spend aggregates");
             }
@@ -181,12 +188,13 @@ impl Backoff {
 }
 
 /// Reads the stream and applies it, batch after batch, retrying after any error, for ever;
-/// with no lease (tests run several at once to prove the writes exactly-once).
-pub async fn follow(client: async_nats::Client, subjects: Subjects) -> Never {
+/// with no lease (tests run several at once to prove the writes exactly-once). The spend
+/// bucket is created with `replicas` when it is missing.
+pub async fn follow(client: async_nats::Client, subjects: Subjects, replicas: Replicas) -> Never {
     let js = jetstream::new(client);
     let mut backoff = Backoff::new();
     loop {
-        let e = session(&js, &subjects, &mut backoff).await;
+        let e = session(&js, &subjects, replicas, &mut backoff).await;
         tokio::time::sleep(backoff.failed(&e)).await;
     }
 }
@@ -195,9 +203,10 @@ pub async fn follow(client: async_nats::Client, subjects: Subjects) -> Never {
 async fn session(
     js: &jetstream::Context,
     subjects: &Subjects,
+    replicas: Replicas,
     backoff: &mut Backoff,
 ) -> UsageError {
-    match session_inner(js, subjects, backoff).await {
+    match session_inner(js, subjects, replicas, backoff).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -209,9 +218,10 @@ pub enum Never {}
 async fn session_inner(
     js: &jetstream::Context,
     subjects: &Subjects,
+    replicas: Replicas,
     backoff: &mut Backoff,
 ) -> Result<Never, UsageError> {
-    let kv = spend::bucket(js, &subjects.spend_bucket()).await?;
+    let kv = spend::bucket(js, &subjects.spend_bucket(), replicas).await?;
     let stream_name = subjects.usage_stream();
     let stream_name = stream_name.as_str();
     let on = |source: async_nats::Error| UsageError::Stream {

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     publisher::{Buffer, Item, Pending, Spend, UsageReceiver, count},
-    stream::{self, Ensured},
+    stream::{self, Ensured, Keep},
 };
 use crate::{telemetry, wire::Subjects};
 
@@ -73,15 +73,15 @@ pub enum Durability {
     /// Into the usage stream, acknowledged, retried until stored. With a retention, a missing
     /// stream is created again with it.
     JetStream {
-        /// The stream's retention, to create it again when it is missing.
-        ensure: Option<Duration>,
+        /// The stream's retention and replicas, to create it again when it is missing.
+        ensure: Option<Keep>,
     },
     /// On core NATS only (JetStream was not there at start-up). With a retention, the task
     /// tries to create the stream every 30 s and switches to [`Durability::JetStream`] once
     /// it exists.
     Core {
-        /// The stream's retention, to create it.
-        ensure: Option<Duration>,
+        /// The stream's retention and replicas, to create it.
+        ensure: Option<Keep>,
     },
 }
 
@@ -93,8 +93,8 @@ struct Delivery {
     totals: Arc<Mutex<Spend>>,
     /// True while events are stored with acknowledgements.
     durable: bool,
-    /// The retention to create the stream with, when the task may.
-    ensure: Option<Duration>,
+    /// What to create the stream with, when the task may.
+    ensure: Option<Keep>,
     last_ensure: Instant,
     /// Events taken from the buffer, not yet stored, oldest first.
     queue: VecDeque<Box<Pending>>,
@@ -352,13 +352,13 @@ impl Delivery {
     /// Creates the stream when it is missing; true when it captures the usage subjects now.
     async fn ensure_stream(&mut self) -> bool {
         self.last_ensure = Instant::now();
-        let Some(retention) = self.ensure else {
+        let Some(keep) = self.ensure else {
             return false;
         };
         let name = self.subjects.usage_stream();
         match tokio::time::timeout(
             ENSURE_WAIT,
-            stream::ensure(&self.js, &self.subjects, retention),
+            stream::ensure(&self.js, &self.subjects, keep.retention, keep.replicas),
         )
         .await
         {

@@ -208,18 +208,26 @@ pub struct Cursor {
     pub updated_ms: u64,
 }
 
-/// Opens the spend bucket `bucket` ([`crate::wire::Subjects::spend_bucket`]), creating it
-/// when it is missing (file storage, one revision per key) as every llmbus bucket is made
-/// ([`crate::cluster::ensure_bucket`]).
-pub async fn bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, UsageError> {
-    let config = kv::Config {
+/// The spend bucket `bucket` ([`crate::wire::Subjects::spend_bucket`]): file storage, one
+/// revision per key.
+pub fn bucket_config(bucket: &str) -> kv::Config {
+    kv::Config {
         bucket: bucket.to_owned(),
         description: "llmbus spend aggregates by day (llmbus spend)".to_owned(),
         history: 1,
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
-    };
-    Ok(crate::cluster::ensure_bucket(js, config).await?)
+    }
+}
+
+/// Opens the spend bucket `bucket`, creating it with `replicas` when it is missing, as every
+/// llmbus bucket is made ([`crate::cluster::ensure_bucket`]).
+pub async fn bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: crate::cluster::Replicas,
+) -> Result<kv::Store, UsageError> {
+    Ok(crate::cluster::ensure_bucket(js, bucket_config(bucket), replicas).await?)
 }
 
 /// Opens the spend bucket `bucket` without creating it (for readers); `None` when it does not

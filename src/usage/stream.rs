@@ -5,10 +5,12 @@
 //!
 //! Every worker calls [`ensure`] at start-up; it is idempotent and safe when several workers
 //! start at once:
-//! - no stream: it is created (a concurrent creation by another worker counts as success);
+//! - no stream: it is created with `llmbus.replicas` ([`crate::cluster::Replicas`]; a
+//!   concurrent creation by another worker counts as success);
 //! - the stream exists: it is left alone except for its retention (`max_age`), which is
 //!   updated to the configured one with `update_stream` (works on nats-server 2.9). Settings an
-//!   operator changed by hand (replicas, `max_bytes`, placement) are kept. A stream of that
+//!   operator changed by hand (replicas, `max_bytes`, placement) are kept; fewer replicas than
+//!   wanted are reported ([`crate::cluster::store::warn`]). A stream of that
 //!   name that does not capture the usage subjects is reported, never changed or deleted.
 //! - no JetStream on the server (or no permission): an error the worker logs as a warning; it
 //!   runs on without the durable stream, usage events still flow on core NATS, and the
@@ -22,7 +24,19 @@ use async_nats::jetstream::{
     stream::{Config, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use crate::wire::Subjects;
+use crate::{
+    cluster::{Replicas, store},
+    wire::Subjects,
+};
+
+/// How a worker keeps the stream: what it creates it with when it is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    /// How long it keeps events (`llmbus.usage_retention_days`).
+    pub retention: Duration,
+    /// Its replicas (`llmbus.replicas`).
+    pub replicas: Replicas,
+}
 
 /// What [`ensure`] found or did.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,8 +73,8 @@ pub struct StreamError {
     reason: String,
 }
 
-/// The stream's configuration for `subjects` and `retention`.
-pub fn config(subjects: &Subjects, retention: Duration) -> Config {
+/// The stream's configuration for `subjects`, `retention` and `replicas`.
+pub fn config(subjects: &Subjects, retention: Duration, replicas: usize) -> Config {
     Config {
         name: subjects.usage_stream(),
         description: Some(format!(
@@ -74,6 +88,7 @@ pub fn config(subjects: &Subjects, retention: Duration) -> Config {
         max_age: retention,
         // The usage publisher sets Nats-Msg-Id to the job id.
         duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas.max(1),
         ..Default::default()
     }
 }
@@ -84,14 +99,18 @@ pub async fn ensure(
     js: &jetstream::Context,
     subjects: &Subjects,
     retention: Duration,
+    replicas: Replicas,
 ) -> Result<Ensured, StreamError> {
-    let wanted = config(subjects, retention);
-    let name = wanted.name.clone();
+    let name = subjects.usage_stream();
     let error = |reason: String| StreamError {
         stream: name.clone(),
         reason,
     };
-    match js.get_stream(&name).await {
+    let found = js.get_stream(&name).await;
+    // After a first request: a client that connects in the background knows its server only
+    // once connected.
+    let wanted = config(subjects, retention, replicas.resolve(&js.client()));
+    match found {
         Ok(mut stream) => {
             let info = stream.info().await.map_err(|e| error(e.to_string()))?;
             reconcile(js, info.config.clone(), &wanted).await
@@ -123,6 +142,9 @@ async fn reconcile(
     current: Config,
     wanted: &Config,
 ) -> Result<Ensured, StreamError> {
+    if let Some(short) = store::compare(&current.name, current.num_replicas, wanted.num_replicas) {
+        store::warn(&short);
+    }
     if !current.subjects.iter().any(|s| wanted.subjects.contains(s)) {
         return Ok(Ensured::LeftAlone(format!(
             "it exists but captures {:?}, not {:?}: usage events are not kept; fix or delete \

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     cluster::{
-        ClusterError,
+        ClusterError, Replicas,
         clock::{Clock, ClockProbe, MAX_OFFSET, MEASURE_EVERY, Offset, WARN_OFFSET},
         health::HealthBoard,
         members::{MemberInfo, MemberWatch, Members, MembersOptions},
@@ -77,13 +77,14 @@ pub(super) async fn join(
     worker_id: &str,
     announce: &Announce,
     clock: &Clock,
+    replicas: Replicas,
 ) -> Result<(Joined, Members), ClusterError> {
-    let probe = ClockProbe::open(client.clone(), prefix, worker_id).await?;
+    let probe = ClockProbe::open(client.clone(), prefix, worker_id, replicas).await?;
     let offset = clock.measure(&probe).await?;
-    let quota = ClusterQuota::open(client.clone(), prefix, worker_id)
+    let quota = ClusterQuota::open(client.clone(), prefix, worker_id, replicas)
         .await?
         .with_clock(clock.clone());
-    let board = HealthBoard::open(client.clone(), prefix, worker_id)
+    let board = HealthBoard::open(client.clone(), prefix, worker_id, replicas)
         .await?
         .with_clock(clock.clone());
     let (groups, fingerprint) = announce.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -92,7 +93,10 @@ pub(super) async fn join(
         client.clone(),
         prefix,
         me,
-        MembersOptions::default(),
+        MembersOptions {
+            replicas,
+            ..MembersOptions::default()
+        },
         clock.clone(),
     )
     .await?;
@@ -122,8 +126,9 @@ pub(super) async fn first_join(
     worker_id: &str,
     announce: &Announce,
     clock: &Clock,
+    replicas: Replicas,
 ) -> FirstJoin {
-    match join(client, prefix, worker_id, announce, clock).await {
+    match join(client, prefix, worker_id, announce, clock, replicas).await {
         Ok((joined, members)) => FirstJoin {
             shared: joined.shared(joined.offset),
             members: Some(Arc::new(members)),
@@ -138,16 +143,20 @@ pub(super) async fn first_join(
 }
 
 /// Whether a worker could share its limits on `client` now: the check of `serve --strict`.
-pub(super) async fn check(client: &async_nats::Client, prefix: &str) -> Result<(), LocalReason> {
+pub(super) async fn check(
+    client: &async_nats::Client,
+    prefix: &str,
+    replicas: Replicas,
+) -> Result<(), LocalReason> {
     let clock = Clock::from_env();
-    let probe = ClockProbe::open(client.clone(), prefix, "strict-check")
+    let probe = ClockProbe::open(client.clone(), prefix, "strict-check", replicas)
         .await
         .map_err(|e| LocalReason::NoJetStream(e.to_string()))?;
     let offset = clock
         .measure(&probe)
         .await
         .map_err(|e| LocalReason::NoJetStream(e.to_string()))?;
-    ClusterQuota::open(client.clone(), prefix, "strict-check")
+    ClusterQuota::open(client.clone(), prefix, "strict-check", replicas)
         .await
         .map_err(|e| LocalReason::NoJetStream(e.to_string()))?;
     match limits_for(offset) {
@@ -259,7 +268,16 @@ async fn run(args: LinkArgs, mut joined: Option<Joined>) {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RETRY_MAX);
                 let id = &args.ctx.worker_id;
-                match join(&args.client, &args.prefix, id, &args.announce, &args.clock).await {
+                let replicas = args.ctx.store.replicas;
+                let joining = join(
+                    &args.client,
+                    &args.prefix,
+                    id,
+                    &args.announce,
+                    &args.clock,
+                    replicas,
+                );
+                match joining.await {
                     Ok((j, members)) => {
                         let watch = members.watch();
                         args.ctx.members.store(Some(Arc::new(members)));

@@ -10,12 +10,15 @@
 //! - [`ops`]: the operations HTTP server (`/metrics`, `/healthz`, `/readyz`).
 //! - `cluster`: what the worker shares through JetStream KV, joining late when JetStream comes
 //!   up after the worker, and its clock against the server's.
+//! - `keeper`: creates again the buckets and streams the NATS store lost while the worker
+//!   runs, and compares their replicas with `llmbus.replicas`.
 //!
 //! A stopping worker leaves the cluster in an order that strands nothing: it leaves the
 //! membership as the drain begins (nobody hands it jobs any more), lets the jobs in flight
 //! finish, returns the unspent parts of its limits, and only then closes its NATS connection.
 
 mod cluster;
+mod keeper;
 pub mod ops;
 
 use cluster::{Announce, Link, LinkArgs};
@@ -31,8 +34,10 @@ use ractor::{Actor, ActorRef};
 
 use crate::{
     cluster::{
+        Replicas,
         clock::Clock,
         sharing::{Limits, LocalReason, Sharing},
+        store::StoreStatus,
     },
     config::{Config, ConfigError},
     pricing,
@@ -112,6 +117,8 @@ pub struct Worker {
     admin: tokio::task::JoinHandle<()>,
     /// The idle self-check ([`crate::runtime::deployment::selfcheck`]).
     selfcheck: tokio::task::JoinHandle<()>,
+    /// Creates again what the store lost, and compares replicas ([`keeper`]).
+    _keeper: keeper::Keeper,
 }
 
 impl Worker {
@@ -131,7 +138,18 @@ impl Worker {
         let prefix = config.llmbus.subject_prefix.clone();
         let clock = Clock::from_env();
         let announce: Announce = Arc::new(Mutex::new((served_names(config), config.fingerprint())));
-        let first = cluster::first_join(&client, &prefix, &worker_id, &announce, &clock).await;
+        let store = Arc::new(StoreStatus::new(Replicas::from_setting(
+            config.llmbus.replicas,
+        )));
+        let first = cluster::first_join(
+            &client,
+            &prefix,
+            &worker_id,
+            &announce,
+            &clock,
+            store.replicas,
+        )
+        .await;
         let shared = first.shared.clone();
         let gossip = Gossip {
             client: client.clone(),
@@ -165,6 +183,10 @@ impl Worker {
         .await
         .map_err(|e| StartError::Actor("router", e.to_string()))?;
         handles.push(h);
+        let usage_keep = stream::Keep {
+            retention: stream::retention(config.llmbus.usage_retention_days),
+            replicas: store.replicas,
+        };
         let (usage, receiver) =
             UsageSink::bounded(config.llmbus.usage_buffer, config.llmbus.usage_buffer_bytes);
         let (cost, h) = Actor::spawn(
@@ -176,7 +198,7 @@ impl Worker {
                 sink: usage.clone(),
                 receiver,
                 settings: UsageSettings {
-                    retention: stream::retention(config.llmbus.usage_retention_days),
+                    keep: usage_keep,
                     ensure_stream: true,
                     aggregate: config.llmbus.spend_aggregator,
                 },
@@ -197,6 +219,7 @@ impl Worker {
                 "not joined yet".into(),
             ))),
             max_payload: client.server_info().max_payload,
+            store,
             client,
             subjects,
             table,
@@ -233,6 +256,13 @@ impl Worker {
         handles.push(h);
         let selfcheck =
             crate::runtime::deployment::selfcheck::spawn(ctx.gate.clone(), ctx.table.clone());
+        let keeper = keeper::Keeper::start(
+            ctx.client.clone(),
+            ctx.subjects.clone(),
+            usage_keep,
+            config.llmbus.spend_aggregator,
+            ctx.store.clone(),
+        );
         Ok(Self {
             ctx,
             http,
@@ -245,6 +275,7 @@ impl Worker {
             announce,
             admin,
             selfcheck,
+            _keeper: keeper,
         })
     }
 
@@ -444,5 +475,6 @@ pub async fn check_shared(
     client: &async_nats::Client,
     config: &Config,
 ) -> Result<(), crate::cluster::sharing::LocalReason> {
-    cluster::check(client, &config.llmbus.subject_prefix).await
+    let replicas = Replicas::from_setting(config.llmbus.replicas);
+    cluster::check(client, &config.llmbus.subject_prefix, replicas).await
 }

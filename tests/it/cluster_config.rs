@@ -64,9 +64,13 @@ llmbus:
 ";
 
 async fn store(server: &NatsServer) -> ConfigStore {
-    ConfigStore::open(server.client().await, "llm")
-        .await
-        .expect("open the config store")
+    ConfigStore::open(
+        server.client().await,
+        "llm",
+        llmbus::cluster::Replicas::Auto,
+    )
+    .await
+    .expect("open the config store")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +220,9 @@ async fn a_watch_delivers_each_new_revision_and_the_latest_after_a_restart() {
             .connect(server.url())
             .await
             .unwrap();
-        let s = ConfigStore::open(client, "llm").await.unwrap();
+        let s = ConfigStore::open(client, "llm", llmbus::cluster::Replicas::Auto)
+            .await
+            .unwrap();
         let r1 = s.push(FIRST, "first.yaml").await.unwrap();
 
         // From the revision loaded: nothing until the next push, then that push.
@@ -254,7 +260,13 @@ async fn push_when_back(server: &NatsServer, text: &str) -> u64 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let attempt = async {
-            let s = ConfigStore::open(server.client().await, "llm").await.ok()?;
+            let s = ConfigStore::open(
+                server.client().await,
+                "llm",
+                llmbus::cluster::Replicas::Auto,
+            )
+            .await
+            .ok()?;
             s.push(text, "demo.yaml").await.ok()
         };
         if let Some(r) = attempt.await {
@@ -491,7 +503,7 @@ async fn a_server_without_jetstream_is_named_as_such() {
     let plain = PlainNats::start();
     let url = format!("nats://127.0.0.1:{}", plain.1);
     let client = async_nats::connect(&url).await.unwrap();
-    let err = ConfigStore::open(client, "llm")
+    let err = ConfigStore::open(client, "llm", llmbus::cluster::Replicas::Auto)
         .await
         .unwrap_err()
         .to_string();

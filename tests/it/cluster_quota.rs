@@ -23,6 +23,7 @@ fn options() -> QuotaOptions {
         spend: Duration::from_millis(250),
         skew: Duration::from_millis(100),
         timeout: Duration::from_secs(2),
+        replicas: llmbus::cluster::Replicas::Auto,
     }
 }
 

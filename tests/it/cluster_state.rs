@@ -19,6 +19,7 @@ fn opts() -> MembersOptions {
         heartbeat: Duration::from_millis(500),
         stale_after: 3,
         max_age: Duration::from_secs(15),
+        replicas: llmbus::cluster::Replicas::Auto,
     }
 }
 
@@ -119,13 +120,23 @@ async fn workers_see_each_other_join_leave_and_die() {
 async fn a_worker_that_starts_during_a_cooldown_knows_it_at_once() {
     for flavour in flavours() {
         let server = FlavourServer::start(flavour);
-        let a = HealthBoard::open(server.client().await, "llm", "worker-a")
-            .await
-            .unwrap();
+        let a = HealthBoard::open(
+            server.client().await,
+            "llm",
+            "worker-a",
+            llmbus::cluster::Replicas::Auto,
+        )
+        .await
+        .unwrap();
         // A running worker follows the board.
-        let b = HealthBoard::open(server.client().await, "llm", "worker-b")
-            .await
-            .unwrap();
+        let b = HealthBoard::open(
+            server.client().await,
+            "llm",
+            "worker-b",
+            llmbus::cluster::Replicas::Auto,
+        )
+        .await
+        .unwrap();
         let mut b_watch = Box::pin(b.watch().await.unwrap());
         assert!(b.initial().await.unwrap().is_empty());
 
@@ -162,9 +173,14 @@ async fn a_worker_that_starts_during_a_cooldown_knows_it_at_once() {
 
         // The late joiner starts now and knows at once.
         let started = Instant::now();
-        let late = HealthBoard::open(server.client().await, "llm", "worker-late")
-            .await
-            .unwrap();
+        let late = HealthBoard::open(
+            server.client().await,
+            "llm",
+            "worker-late",
+            llmbus::cluster::Replicas::Auto,
+        )
+        .await
+        .unwrap();
         let known = late.initial().await.unwrap();
         let startup = started.elapsed();
         assert_eq!(known.len(), 1, "{known:?}");
@@ -186,16 +202,26 @@ async fn a_worker_that_starts_during_a_cooldown_knows_it_at_once() {
 async fn the_health_watch_survives_a_server_restart() {
     for flavour in flavours() {
         let mut server = FlavourServer::start(flavour);
-        let b = HealthBoard::open(server.client().await, "llm", "b")
-            .await
-            .unwrap();
+        let b = HealthBoard::open(
+            server.client().await,
+            "llm",
+            "b",
+            llmbus::cluster::Replicas::Auto,
+        )
+        .await
+        .unwrap();
         let mut watch = Box::pin(b.watch().await.unwrap());
         assert!(b.initial().await.unwrap().is_empty());
         tokio::task::block_in_place(|| server.restart());
         // Written while the watcher reconnects, or after: it arrives either way.
-        let a = HealthBoard::open(server.client().await, "llm", "a")
-            .await
-            .unwrap();
+        let a = HealthBoard::open(
+            server.client().await,
+            "llm",
+            "a",
+            llmbus::cluster::Replicas::Auto,
+        )
+        .await
+        .unwrap();
         a.publish("d1", epoch_ms() + 60_000, "RateLimit")
             .await
             .unwrap();

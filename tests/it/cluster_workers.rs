@@ -319,9 +319,13 @@ async fn a_pushed_config_reaches_running_workers_without_failing_a_job() {
         let server = NatsServer::start_flavour(flavour);
         let v1 = "model_list:\n  - model_name: demo\n    litellm_params: {model: mock/demo, mock_response: one}\n";
         let v2 = "model_list:\n  - model_name: demo\n    litellm_params: {model: mock/demo, mock_response: two}\n  - model_name: added\n    litellm_params: {model: mock/added, mock_response: new-group}\n";
-        let store = ConfigStore::open(server.client().await, "llm")
-            .await
-            .unwrap();
+        let store = ConfigStore::open(
+            server.client().await,
+            "llm",
+            llmbus::cluster::Replicas::Auto,
+        )
+        .await
+        .unwrap();
         store.push(v1, "v1.yaml").await.unwrap();
         let url = server.url();
         let workers: Vec<LlmbusProcess> = (0..2)

@@ -5,6 +5,13 @@
 //!   without a single permissions violation, lets an application user (`app1`) ask, and
 //!   refuses an application that tries to serve `llm.completion` itself (what one application
 //!   may do to another is `tests/it/nats_auth.rs`'s);
+//! - `deploy/nats/cluster/`'s three node files pass `nats-server -t` on every flavour, hold the
+//!   single server's accounts word for word, and started as a real cluster (ports and routes
+//!   from the command line) let the `llmbus` user keep a stream on three replicas and an
+//!   application on one node reach a worker on another;
+//! - `deploy/compose/docker-compose.yaml` runs those node files, two workers as the `llmbus`
+//!   user and one front as `app1`, with configs that load, and every variable it reads is in
+//!   `env.example`;
 //! - `deploy/systemd/llmbus.service` passes `systemd-analyze verify` (where installed);
 //! - `deploy/kubernetes/` parses, its `config.yaml` loads as an llmbus config, and the
 //!   manifests agree with each other (config path, metrics port, labels, Secret keys);
@@ -21,9 +28,11 @@ use std::{
 
 use crate::support::{
     gateway::{PATIENCE, chat},
-    shipped_nats::{ShippedNats, passwords},
+    nats_cluster::{NatsCluster, NodeCommand, NodePlan},
+    nats_server::flavours,
+    shipped_nats::{ShippedNats, USERS, passwords},
 };
-use async_nats::HeaderMap;
+use async_nats::{ConnectOptions, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
 use llmbus::{Worker, client::LlmClient, config::Config};
@@ -44,11 +53,11 @@ fn read(path: &str) -> String {
 // NATS
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn nats_server_conf_passes_nats_server_t() {
-    let out = Command::new(support::nats_server::default_binary())
+/// `nats-server -c <conf> -t` with `binary` and the shipped passwords: (valid, what it said).
+fn nats_server_t(binary: &Path, conf: &Path) -> (bool, String) {
+    let out = Command::new(binary)
         .arg("-c")
-        .arg(deploy("nats/nats-server.conf"))
+        .arg(conf)
         .arg("-t")
         .envs(passwords())
         .stdin(Stdio::null())
@@ -59,11 +68,14 @@ fn nats_server_conf_passes_nats_server_t() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "nats-server -t rejects the file:\n{said}"
-    );
-    assert!(said.contains("is valid"), "{said}");
+    (out.status.success() && said.contains("is valid"), said)
+}
+
+#[test]
+fn nats_server_conf_passes_nats_server_t() {
+    let binary = support::nats_server::default_binary();
+    let (valid, said) = nats_server_t(&binary, &deploy("nats/nats-server.conf"));
+    assert!(valid, "nats-server -t rejects the file:\n{said}");
 }
 
 const WORKER_CONFIG: &str = r#"
@@ -172,6 +184,416 @@ async fn nats_server_conf_permissions_let_llmbus_work_and_keep_clients_in_their_
         worker_events.violations()
     );
     worker.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS: the three-node cluster
+// ---------------------------------------------------------------------------------------------
+
+/// The node files of `deploy/nats/cluster/`, in node order.
+const NODE_CONFS: [&str; 3] = ["node-1.conf", "node-2.conf", "node-3.conf"];
+
+/// The workers' password, as the tests give it (`shipped_nats::USERS`).
+fn password_of(user: &str) -> &'static str {
+    USERS
+        .iter()
+        .find(|(u, ..)| *u == user)
+        .map(|(_, _, pw, _)| *pw)
+        .unwrap_or_else(|| panic!("no user {user}"))
+}
+
+#[test]
+fn nats_cluster_node_confs_pass_nats_server_t_on_every_flavour() {
+    for flavour in flavours() {
+        let binary = flavour.binary().expect("the flavour's binary");
+        for node in NODE_CONFS {
+            let (valid, said) = nats_server_t(&binary, &deploy("nats/cluster").join(node));
+            assert!(
+                valid,
+                "{flavour:?}: nats-server -t rejects cluster/{node}:\n{said}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nats_cluster_accounts_are_the_single_servers_word_for_word() {
+    let single = read("nats/nats-server.conf");
+    let cluster = read("nats/cluster/accounts.conf");
+    let block = |text: &str| {
+        let at = text.find("\naccounts {").expect("an accounts block");
+        text[at..].trim().to_string()
+    };
+    assert_eq!(
+        block(&cluster),
+        block(&single),
+        "cluster/accounts.conf and nats-server.conf give the users different permissions"
+    );
+    // Each node names itself and shares the rest; the routes name every node.
+    let server = read("nats/cluster/server.conf");
+    assert!(server.contains("include \"accounts.conf\""), "{server}");
+    for (i, node) in NODE_CONFS.iter().enumerate() {
+        let text = read(&format!("nats/cluster/{node}"));
+        assert!(
+            text.contains(&format!("server_name: nats-{}", i + 1)),
+            "{node}"
+        );
+        assert!(text.contains("include \"server.conf\""), "{node}");
+        assert!(
+            server.contains(&format!("nats://nats-{}:6222", i + 1)),
+            "routes"
+        );
+    }
+}
+
+/// How the shipped node files start on this machine: a copy of the folder per node whose
+/// store_dir is the node's own (`-sd` cannot override a file's store_dir), with the ports and
+/// routes of the plan on the command line (flags override the file).
+fn shipped_node(binary: PathBuf) -> NodeCommand {
+    Box::new(move |plan: &NodePlan| {
+        for entry in std::fs::read_dir(deploy("nats/cluster")).expect("deploy/nats/cluster") {
+            let path = entry.expect("a file").path();
+            let name = path.file_name().expect("a file name");
+            let mut text = std::fs::read_to_string(&path).expect("a config file");
+            if name == "server.conf" {
+                let line = "store_dir: \"/data/jetstream\"";
+                assert!(text.contains(line), "server.conf lacks {line:?}");
+                text = text.replace(line, &format!("store_dir: {:?}", plan.store));
+            }
+            std::fs::write(plan.dir.join(name), text).expect("copy a config file");
+        }
+        let mut cmd = Command::new(&binary);
+        cmd.arg("-c")
+            .arg(plan.dir.join(NODE_CONFS[plan.index]))
+            .args(["-a", "127.0.0.1", "-p", &plan.port.to_string()])
+            .args(["-m", &plan.monitor_port.to_string()])
+            .arg("--cluster")
+            .arg(format!("nats://127.0.0.1:{}", plan.cluster_port))
+            .arg("--routes")
+            .arg(plan.routes.join(","))
+            .envs(passwords());
+        cmd
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_cluster_confs_form_a_cluster_where_the_workers_keep_three_replicas() {
+    for flavour in flavours() {
+        let binary = flavour.binary().expect("the flavour's binary");
+        let cluster = NatsCluster::start_nodes(&binary, 3, shipped_node(binary.clone()));
+        let worker =
+            ConnectOptions::with_user_and_password("llmbus".into(), password_of("llmbus").into())
+                .connect(cluster.url(1))
+                .await
+                .expect("the llmbus user connects to a node");
+        cluster.wait_for_jetstream(&worker).await;
+
+        let js = async_nats::jetstream::new(worker.clone());
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "LLM_USAGE".into(),
+            subjects: vec!["llm.usage.>".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{flavour:?}: the llmbus user's R3 stream: {e}\n{}",
+                cluster.logs()
+            )
+        });
+        assert_eq!(
+            cluster.replicas(&worker, "LLM_USAGE").await,
+            3,
+            "{flavour:?}"
+        );
+        let leader = cluster
+            .stream_leader(&worker, "LLM_USAGE")
+            .await
+            .unwrap_or_default();
+        assert!(
+            ["nats-1", "nats-2", "nats-3"].contains(&leader.as_str()),
+            "{flavour:?}: the leader is {leader:?}, not a node of the files"
+        );
+        js.publish("llm.usage.demo", "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .unwrap_or_else(|e| panic!("{flavour:?}: a replicated write: {e}"));
+
+        // An application reaches the workers through any node: a request from node 3 to a
+        // responder on node 1 (the cluster carries the account's subjects).
+        let serving =
+            ConnectOptions::with_user_and_password("llmbus".into(), password_of("llmbus").into())
+                .connect(cluster.url(0))
+                .await
+                .expect("connect to node 1");
+        let mut jobs = serving
+            .queue_subscribe("llm.models", "llmbus".into())
+            .await
+            .expect("serve");
+        serving.flush().await.expect("flush");
+        tokio::spawn(async move {
+            while let Some(job) = jobs.next().await {
+                if let Some(reply) = job.reply {
+                    let _ = serving.publish(reply, "[]".into()).await;
+                }
+            }
+        });
+        let app = ConnectOptions::with_user_and_password("app1".into(), password_of("app1").into())
+            .custom_inbox_prefix(ShippedNats::inbox_of("app1").expect("app1's inbox"))
+            .connect(cluster.url(2))
+            .await
+            .expect("app1 connects to node 3");
+        let reply = until_answered(&app, "llm.models").await;
+        assert_eq!(reply, "[]", "{flavour:?}");
+        eprintln!(
+            "{flavour:?} (nats-server {}): the shipped cluster formed, {leader} leads LLM_USAGE",
+            cluster.version
+        );
+    }
+}
+
+/// Asks `subject` until someone answers (the subscription on another node may take a moment
+/// to reach this one); panics after `PATIENCE`.
+async fn until_answered(client: &async_nats::Client, subject: &'static str) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            client.request(subject, Bytes::new()),
+        )
+        .await;
+        match asked {
+            Ok(Ok(reply)) => return String::from_utf8_lossy(&reply.payload).into_owned(),
+            _ if std::time::Instant::now() > deadline => panic!("nobody answers {subject}"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// docker compose
+// ---------------------------------------------------------------------------------------------
+
+/// `deploy/compose/docker-compose.yaml` with its merge keys (`<<: *nats`) applied, as JSON.
+fn compose() -> Value {
+    let text = read("compose/docker-compose.yaml");
+    let mut yaml: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("docker-compose.yaml: {e}"));
+    yaml.apply_merge().expect("merge keys");
+    serde_json::to_value(yaml).expect("the compose file as JSON")
+}
+
+/// A service's command, as words.
+fn command_of(service: &Value) -> Vec<&str> {
+    service["command"]
+        .as_array()
+        .expect("a command list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// The word after `flag` in a command.
+fn after<'a>(command: &[&'a str], flag: &str) -> &'a str {
+    command
+        .windows(2)
+        .find(|w| w[0] == flag)
+        .map(|w| w[1])
+        .unwrap_or_else(|| panic!("{command:?} lacks {flag}"))
+}
+
+/// Where a service mounts `target`: the host path (relative to deploy/compose), from
+/// `host:target[:ro]` volume lines.
+fn mount_of<'a>(service: &'a Value, target: &str) -> &'a str {
+    service["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|v| {
+            let mut parts = v.split(':');
+            let host = parts.next()?;
+            (parts.next()? == target).then_some(host)
+        })
+        .unwrap_or_else(|| panic!("nothing is mounted at {target}"))
+}
+
+/// The `llmbus:` settings of a config file under deploy/compose, loaded as llmbus loads it
+/// with every variable set; no unsupported key, no typo.
+fn compose_config(file: &str) -> llmbus::config::LlmbusSettings {
+    let path = format!("compose/{file}");
+    let loaded = Config::from_yaml_with_env(&read(&path), &path, &|_| Some("set".into()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        loaded.unsupported.is_empty(),
+        "{path}: {:?}",
+        loaded.unsupported
+    );
+    assert!(loaded.typos.is_empty(), "{path}: {:?}", loaded.typos);
+    loaded.config.llmbus
+}
+
+/// Seconds of a compose duration such as `45s`.
+fn seconds(duration: &Value) -> f64 {
+    let text = duration.as_str().expect("a duration");
+    text.strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{text}: write it in seconds"))
+}
+
+#[test]
+fn compose_file_runs_the_cluster_configs_two_workers_and_a_front() {
+    let compose = compose();
+    let services = compose["services"].as_object().expect("services");
+    let server = read("nats/cluster/server.conf");
+
+    // Three NATS nodes, each on its own node file and its own store.
+    let nats: Vec<(&String, &Value)> = services
+        .iter()
+        .filter(|(_, s)| s["image"].as_str().is_some_and(|i| i.starts_with("nats:")))
+        .collect();
+    assert_eq!(nats.len(), 3, "three NATS nodes");
+    let mut stores = BTreeSet::new();
+    for (name, node) in &nats {
+        let conf = after(&command_of(node), "--config");
+        let folder = mount_of(node, "/etc/nats");
+        let file = deploy("compose").join(folder).join(
+            conf.strip_prefix("/etc/nats/")
+                .expect("a file in /etc/nats"),
+        );
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{name} runs {}: {e}", file.display()));
+        assert!(
+            text.contains(&format!("server_name: {name}")),
+            "{name}: {conf}"
+        );
+        assert_eq!(node["hostname"], name.as_str());
+        assert!(
+            server.contains(&format!("nats://{name}:6222")),
+            "no route to {name}"
+        );
+        stores.insert(mount_of(node, "/data"));
+        for (_, var, ..) in USERS {
+            assert!(node["environment"][var].is_string(), "{name} lacks {var}");
+        }
+    }
+    assert_eq!(
+        stores.len(),
+        3,
+        "each node has a store of its own: {stores:?}"
+    );
+    assert!(
+        server.contains("store_dir: \"/data/"),
+        "the store is on the /data volume"
+    );
+    let node_names: BTreeSet<&str> = nats.iter().map(|(n, _)| n.as_str()).collect();
+    let node_of = |service: &Value| {
+        let url = service["environment"]["NATS_URL"]
+            .as_str()
+            .expect("NATS_URL");
+        let host = url
+            .strip_prefix("nats://")
+            .and_then(|h| h.strip_suffix(":4222"))
+            .unwrap_or_else(|| panic!("{url}: one nats://<node>:4222"));
+        assert!(node_names.contains(host), "{url} names no node");
+        host.to_string()
+    };
+
+    // Two workers as the `llmbus` user, each on its own node.
+    let workers: Vec<&Value> = services
+        .values()
+        .filter(|s| s.get("command").is_some() && command_of(s).contains(&"serve"))
+        .collect();
+    assert_eq!(workers.len(), 2, "two workers");
+    let mut worker_nodes = BTreeSet::new();
+    for worker in &workers {
+        let config = after(&command_of(worker), "--config");
+        let file = mount_of(worker, config);
+        let settings = compose_config(file.strip_prefix("./").expect("a file here"));
+        assert_eq!(settings.nats_user.as_deref(), Some("llmbus"));
+        let yaml: Value = serde_yaml_ng::from_str(&read(&format!("compose/{}", &file[2..])))
+            .expect("the workers' config");
+        assert_eq!(
+            yaml["llmbus"]["replicas"], 3,
+            "{file}: three replicas on three nodes"
+        );
+        assert!(
+            worker["environment"]["NATS_PASSWORD"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("${LLMBUS_NATS_PASSWORD")),
+            "the workers' password is the llmbus user's"
+        );
+        assert!(
+            seconds(&worker["stop_grace_period"]) > settings.shutdown_grace_secs,
+            "stop_grace_period must exceed the drain"
+        );
+        worker_nodes.insert(node_of(worker));
+    }
+    assert_eq!(
+        worker_nodes.len(),
+        2,
+        "the workers start on different nodes"
+    );
+
+    // One front, as an application's user, on port 4000.
+    let fronts: Vec<&Value> = services
+        .values()
+        .filter(|s| s.get("command").is_some() && command_of(s).contains(&"front"))
+        .collect();
+    assert_eq!(fronts.len(), 1, "one front");
+    let front = fronts[0];
+    let command = command_of(front);
+    assert_eq!(after(&command, "--listen"), "0.0.0.0:4000");
+    assert!(
+        front["ports"][0]
+            .as_str()
+            .is_some_and(|p| p.ends_with(":4000"))
+    );
+    let file = mount_of(front, after(&command, "--config"));
+    let settings = compose_config(file.strip_prefix("./").expect("a file here"));
+    assert_eq!(settings.nats_user.as_deref(), Some("app1"));
+    assert_eq!(
+        settings.nats_inbox_prefix.as_deref(),
+        ShippedNats::inbox_of("app1")
+    );
+    assert!(
+        front["environment"]["NATS_PASSWORD"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("${APP1_NATS_PASSWORD")),
+        "the front's password is app1's"
+    );
+    node_of(front);
+
+    // The llmbus services run the image of deploy/Dockerfile, once every node is healthy.
+    for service in workers.iter().chain(&fronts) {
+        let build = &service["build"];
+        let context = deploy("compose").join(build["context"].as_str().expect("context"));
+        let dockerfile = context.join(build["dockerfile"].as_str().expect("dockerfile"));
+        assert_eq!(
+            dockerfile.canonicalize().expect("the Dockerfile"),
+            deploy("Dockerfile")
+                .canonicalize()
+                .expect("deploy/Dockerfile")
+        );
+        for name in &node_names {
+            assert_eq!(service["depends_on"][name]["condition"], "service_healthy");
+        }
+    }
+
+    // Every variable the file reads is in env.example.
+    let example = read("compose/env.example");
+    let text = read("compose/docker-compose.yaml");
+    for var in text.split("${").skip(1).filter_map(|rest| {
+        rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+    }) {
+        assert!(
+            example.lines().any(|l| l.starts_with(&format!("{var}="))),
+            "env.example lacks {var}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -316,18 +316,28 @@ llmbus:
         .unwrap();
     let hour = epoch_ms() + 3_600_000;
     // Written in this order, so the worker reads the intruder's entry first.
-    HealthBoard::open(server.client().await, "llm", "intruder")
-        .await
-        .unwrap()
-        .publish("x", hour, "RateLimit")
-        .await
-        .unwrap();
-    HealthBoard::open(server.client().await, "llm", "worker-b")
-        .await
-        .unwrap()
-        .publish("y", hour, "RateLimit")
-        .await
-        .unwrap();
+    HealthBoard::open(
+        server.client().await,
+        "llm",
+        "intruder",
+        llmbus::cluster::Replicas::Auto,
+    )
+    .await
+    .unwrap()
+    .publish("x", hour, "RateLimit")
+    .await
+    .unwrap();
+    HealthBoard::open(
+        server.client().await,
+        "llm",
+        "worker-b",
+        llmbus::cluster::Replicas::Auto,
+    )
+    .await
+    .unwrap()
+    .publish("y", hour, "RateLimit")
+    .await
+    .unwrap();
     let client = server.client().await;
     let started = std::time::Instant::now();
     let y = loop {

@@ -308,9 +308,14 @@ async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config()
         );
         assert_eq!(info.state.messages, 1, "no event lost");
         assert_eq!(
-            stream::ensure(&js, &Subjects::default(), 7 * DAY)
-                .await
-                .unwrap(),
+            stream::ensure(
+                &js,
+                &Subjects::default(),
+                7 * DAY,
+                llmbus::cluster::Replicas::Auto
+            )
+            .await
+            .unwrap(),
             stream::Ensured::Existing
         );
         for w in [a, b, c] {
@@ -339,9 +344,14 @@ async fn the_usage_stream_is_created_once_and_its_retention_follows_the_config()
             .unwrap()
             .clone();
         assert_eq!(info.config.subjects, ["other.>"]);
-        match stream::ensure(&js, &Subjects::default(), 30 * DAY)
-            .await
-            .unwrap()
+        match stream::ensure(
+            &js,
+            &Subjects::default(),
+            30 * DAY,
+            llmbus::cluster::Replicas::Auto,
+        )
+        .await
+        .unwrap()
         {
             stream::Ensured::LeftAlone(why) => assert!(why.contains("other.>"), "{why}"),
             other => panic!("{other:?}"),
@@ -432,9 +442,14 @@ async fn usage_events_are_retried_until_the_stream_stores_them() {
             jobs.push(r.header(headers::JOB_ID).unwrap().to_string());
         }
         // The stream is back (created here, or by the worker itself, whichever comes first).
-        stream::ensure(&js, &Subjects::default(), 30 * DAY)
-            .await
-            .unwrap();
+        stream::ensure(
+            &js,
+            &Subjects::default(),
+            30 * DAY,
+            llmbus::cluster::Replicas::Auto,
+        )
+        .await
+        .unwrap();
         eventually("the ten events stored after the hiccup", || async {
             stream_messages(&js).await >= 10
         })
@@ -619,9 +634,14 @@ async fn with_usage_stream(binary: &Binary) -> (Server, async_nats::Client, jets
     let server = Server::start(binary, true);
     let nats = server.client().await;
     let js = jetstream::new(nats.clone());
-    stream::ensure(&js, &Subjects::default(), 30 * DAY)
-        .await
-        .unwrap();
+    stream::ensure(
+        &js,
+        &Subjects::default(),
+        30 * DAY,
+        llmbus::cluster::Replicas::Auto,
+    )
+    .await
+    .unwrap();
     (server, nats, js)
 }
 
@@ -636,6 +656,7 @@ async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() 
             racers.push(tokio::spawn(aggregator::follow(
                 server.client().await,
                 Subjects::default(),
+                llmbus::cluster::Replicas::Auto,
             )));
         }
         let day1 = 20_000; // 2024-10-04
@@ -674,6 +695,7 @@ async fn aggregators_count_every_event_exactly_once_across_races_and_restarts() 
             leased.push(Aggregator::spawn(
                 server.client().await,
                 &Subjects::default(),
+                llmbus::cluster::Replicas::Auto,
             ));
         }
         eventually("350 events aggregated", || async {
@@ -733,6 +755,7 @@ async fn one_aggregator_reads_the_stream_at_a_time_and_another_takes_over() {
             aggregators.push(Aggregator::spawn_with_ttl(
                 server.client().await,
                 &Subjects::default(),
+                llmbus::cluster::Replicas::Auto,
                 TTL,
             ));
         }

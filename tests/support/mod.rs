@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod http_front;
 pub mod llmbus_process;
 pub mod nats_binaries;
+pub mod nats_cluster;
 pub mod nats_flavour;
 pub mod nats_server;
 pub mod pyenv;
