@@ -8,7 +8,9 @@
 //! - how long a granted request waited for its slice (each request waits as a job does, for up
 //!   to 2 s, its deadline here, and then counts as refused), p50 / p99 / max;
 //! - the most granted in any window (sliding, in 100 ms steps) against the limit: the
-//!   overshoot, if any.
+//!   overshoot, if any;
+//! - the compare-and-set races the limiters lost per write they made, and the CPU the
+//!   simulation itself used (two cores at most: past about 1.8 s/s its waits are its own).
 //!
 //! ```sh
 //! cargo bench --bench quota_scale
@@ -41,7 +43,7 @@ use llmbus::{
     cluster::quota::{ClusterLimit, ClusterQuota, LimitKind, QuotaOptions},
     local_nats::{LocalNats, free_port},
 };
-use support::{Stats, runtime, smoke};
+use support::{Stats, cpu_seconds, runtime, smoke};
 
 const WINDOW: Duration = Duration::from_secs(10);
 const LIMIT: u64 = 2_000;
@@ -74,9 +76,9 @@ fn main() {
     );
     println!();
     println!(
-        "| workers | deployments | load (req/s per deployment) | ledger writes/s | ledger KB/s | largest document | a granted request's wait p50 / p99 / max | most granted in a window / limit | granted / offered |"
+        "| workers | deployments | load (req/s per deployment) | ledger writes/s | ledger KB/s | largest document | a granted request's wait p50 / p99 / max | most granted in a window / limit | granted / offered | races lost per write | the simulation's CPU, s/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &workers {
         for deployments in [1, 10] {
             for load in LOADS {
@@ -126,6 +128,7 @@ fn run(n: usize, deployments: usize, (load, rate): (&str, f64), secs: Duration) 
     let waits = Arc::new(std::sync::Mutex::new(Stats::default()));
     let offered = Arc::new(AtomicU64::new(0));
     let (stream_before, _) = rt.block_on(ledger(&nats));
+    let cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now();
     let deadline = start + secs;
     let tasks: Vec<_> = limits
@@ -183,7 +186,14 @@ fn run(n: usize, deployments: usize, (load, rate): (&str, f64), secs: Duration) 
         }
     });
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds(std::process::id()) - cpu_before) / elapsed;
     let (stream_after, largest) = rt.block_on(ledger(&nats));
+    // The limiters' own count of compare-and-set races lost, against their writes.
+    let (mut cas_writes, mut conflicts) = (0u64, 0u64);
+    for l in limits.iter().flatten() {
+        cas_writes += l.stats().writes.load(Ordering::Relaxed);
+        conflicts += l.stats().conflicts.load(Ordering::Relaxed);
+    }
     let writes = stream_after.0 - stream_before.0;
     let bytes = stream_after.1.saturating_sub(stream_before.1);
     // The most granted in any window, over the deployments.
@@ -207,7 +217,7 @@ fn run(n: usize, deployments: usize, (load, rate): (&str, f64), secs: Duration) 
     let waits = waits.lock().unwrap();
     let ms = |q: f64| waits.p(q) / 1000.0;
     println!(
-        "| {n} | {deployments} | {load}: {rate:.0} | {:.0} | {:.1} | {:.1} KB | {:.1} / {:.1} / {:.1} ms | {most} / {LIMIT} ({:+.1} %) | {:.1} % |",
+        "| {n} | {deployments} | {load}: {rate:.0} | {:.0} | {:.1} | {:.1} KB | {:.1} / {:.1} / {:.1} ms | {most} / {LIMIT} ({:+.1} %) | {:.1} % | {:.2} | {cpu:.2} |",
         writes as f64 / elapsed,
         bytes as f64 / elapsed / 1024.0,
         largest as f64 / 1024.0,
@@ -216,6 +226,7 @@ fn run(n: usize, deployments: usize, (load, rate): (&str, f64), secs: Duration) 
         waits.hist.max() as f64 / 1e6,
         (most as f64 / LIMIT as f64 - 1.0) * 100.0,
         total_granted as f64 * 100.0 / offered.load(Ordering::Relaxed).max(1) as f64,
+        conflicts as f64 / cas_writes.max(1) as f64,
     );
     rt.block_on(async {
         for per_worker in &limits {

@@ -19,6 +19,10 @@
 //!   limit does not wait for a round trip. An empty balance answers [`Wait::For`] with the
 //!   expected wait; [`ClusterLimit::refilled`] (or [`ClusterLimit::on_refill`]) tells the
 //!   caller when a slice arrived.
+//! - **Races.** A write that loses the compare-and-set reads the entry again and retries,
+//!   after a random pause that grows with the losses in a row (up to 2, 4 … 64 ms), so the
+//!   workers that lost one race do not all run the next together. `benches/quota_scale.rs`
+//!   counts the races lost per write.
 //! - **TPM** reserves the estimate with `try_take` and [`ClusterLimit::settle`]s with the real
 //!   usage: unused tokens go back, overage is written into the ledger even past the limit (the
 //!   next leases wait for it to age out).
@@ -530,10 +534,25 @@ async fn sync(
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 inner.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 *cached = None;
+                // Every worker that lost this race would try again at once and race again:
+                // spread the next tries over a window that grows with the losses.
+                tokio::time::sleep(backoff(attempt)).await;
             }
             Err(e) => return failed(inner, ClusterError::kv(&kv.name, e)),
         }
     }
+}
+
+/// The pause after losing the `attempt`-th race in a row: a random time up to 2, 4, 8 ... ms,
+/// at most 64 ms. The first loss (usually against a cached copy that was stale) retries at
+/// once.
+fn backoff(attempt: u32) -> Duration {
+    use rand::Rng;
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    let most = 1u64 << attempt.min(6);
+    Duration::from_micros(rand::rng().random_range(0..=most * 1000))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -583,5 +602,24 @@ async fn read(kv: &kv::Store, key: &str) -> Result<(Ledger, u64), ClusterError> 
             };
             Ok((ledger, entry.revision))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_race_waits_a_random_time_that_grows_with_the_losses() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        for attempt in 1..16 {
+            let most = Duration::from_millis(1 << attempt.min(6));
+            for _ in 0..50 {
+                assert!(backoff(attempt) <= most, "{attempt}");
+            }
+        }
+        // Random: 50 pauses after the sixth loss are not all alike.
+        let pauses: std::collections::BTreeSet<Duration> = (0..50).map(|_| backoff(6)).collect();
+        assert!(pauses.len() > 10, "{pauses:?}");
     }
 }

@@ -50,6 +50,44 @@ async fn until(members: &Members, ok: impl Fn(&MemberView) -> bool) -> Duration 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_that_say_nothing_new_leave_the_view_alone() {
+    // Each worker hears every other's heartbeats: rebuilding its view (and waking whoever
+    // follows it) for each one grew with the square of the cluster.
+    for flavour in flavours() {
+        let server = FlavourServer::start(flavour);
+        let a = join(&server, "a", &["gpt-4o"]).await;
+        let b = join(&server, "b", &["gpt-4o"]).await;
+        until(&a, |v| v.len() == 2).await;
+        let before = *a.changed().borrow();
+        // Ten heartbeats or more of each, as the bucket counts them.
+        let js = async_nats::jetstream::new(server.client().await);
+        let written = |js: async_nats::jetstream::Context| async move {
+            let mut stream = js.get_stream("KV_LLM_WORKERS").await.unwrap();
+            stream.info().await.unwrap().state.last_sequence
+        };
+        let first = written(js.clone()).await;
+        let deadline = Instant::now() + PATIENCE;
+        while written(js.clone()).await < first + 20 {
+            assert!(Instant::now() < deadline, "{flavour:?}: no heartbeats");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // What a heartbeat's watcher did with them is done once a later write is seen.
+        b.update(vec!["gpt-4o".into(), "claude".into()], "cfg-1".into())
+            .await
+            .unwrap();
+        until(&a, |v| v.serves("claude")).await;
+        let after = *a.changed().borrow();
+        assert_eq!(
+            after,
+            before + 1,
+            "{flavour:?}: the view changed {} times for one real change",
+            after - before
+        );
+        assert_eq!(a.snapshot().len(), 2, "{flavour:?}: nobody went stale");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_see_each_other_join_leave_and_die() {
     for flavour in flavours() {
         let server = FlavourServer::start(flavour);
