@@ -425,6 +425,12 @@ async fn losing_the_node_that_leads_the_quota_and_usage_streams_loses_nothing() 
         );
         let missing: Vec<_> = answered.difference(&stored_set).collect();
         let extra: Vec<_> = stored_set.difference(&answered).collect();
+        eprintln!(
+            "[node loss {version}] {} usage events stored; {} of them for jobs whose answer never \
+             arrived",
+            stored.len(),
+            extra.len()
+        );
         // A request whose answer died with the node may still have run: its event is stored,
         // with a job id its requester never heard.
         assert!(
