@@ -156,14 +156,19 @@ fn run(n: usize, deployments: usize, (load, rate): (&str, f64), secs: Duration) 
                     offers.push(tokio::spawn(async move {
                         loop {
                             let now = Instant::now();
+                            // Past its deadline a job has failed, whatever arrives.
+                            if now >= offer + JOB_DEADLINE {
+                                return;
+                            }
                             if let Ok(t) = limit.try_take(1, now) {
                                 limit.settle(t, 1, now);
                                 let step = (now - start).as_millis() / STEP.as_millis();
-                                granted[d][step as usize].fetch_add(1, Ordering::Relaxed);
+                                // A grant the scheduler delayed past the last step
+                                // counts in it.
+                                let last = granted[d].len() - 1;
+                                granted[d][(step as usize).min(last)]
+                                    .fetch_add(1, Ordering::Relaxed);
                                 waits.lock().unwrap().record(now - offer, Ok(()));
-                                return;
-                            }
-                            if now >= offer + JOB_DEADLINE {
                                 return;
                             }
                             tokio::select! {

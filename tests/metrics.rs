@@ -25,6 +25,9 @@ model_list:
     .await;
     assert_eq!(gw.complete(chat("demo", "hi")).await.status, 200);
     assert_eq!(gw.complete(chat("nope", "hi")).await.status, 404);
+    // Tokens and spend are counted as the usage pipeline takes the job's event (every 20 ms),
+    // not when the answer goes out: wait for it, as a scrape 20 ms later would.
+    gw.worker.as_ref().expect("the worker").flush_usage().await;
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
