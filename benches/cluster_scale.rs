@@ -35,26 +35,13 @@ use llmbus::{
     },
     local_nats::{LocalNats, free_port},
 };
-use support::{Stats, cpu_seconds, runtime, smoke};
+use support::{Stats, cpu_seconds, runtime};
 
 /// Cooldowns sent per run, one after the other.
 const COOLDOWNS: usize = 10;
 
 fn main() {
-    let smoke = smoke();
-    let workers: Vec<usize> = if smoke {
-        vec![3]
-    } else {
-        std::env::var("LLMBUS_SCALE_WORKERS")
-            .ok()
-            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-            .unwrap_or_else(|| vec![50, 200])
-    };
-    let secs = if smoke {
-        3
-    } else {
-        support::env_count("LLMBUS_SCALE_SECS", 20)
-    };
+    let (workers, secs) = support::scale_plan(20);
     println!("membership and cooldown board at scale — {secs} s of steady state per run");
     println!();
     println!(

@@ -43,7 +43,7 @@ use llmbus::{
     cluster::quota::{ClusterLimit, ClusterQuota, LimitKind, QuotaOptions},
     local_nats::{LocalNats, free_port},
 };
-use support::{Stats, cpu_seconds, runtime, smoke};
+use support::{Stats, cpu_seconds, runtime};
 
 const WINDOW: Duration = Duration::from_secs(10);
 const LIMIT: u64 = 2_000;
@@ -55,20 +55,7 @@ const JOB_DEADLINE: Duration = Duration::from_secs(2);
 const STEP: Duration = Duration::from_millis(100);
 
 fn main() {
-    let smoke = smoke();
-    let workers: Vec<usize> = if smoke {
-        vec![3]
-    } else {
-        std::env::var("LLMBUS_SCALE_WORKERS")
-            .ok()
-            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-            .unwrap_or_else(|| vec![50, 200])
-    };
-    let secs = if smoke {
-        3
-    } else {
-        support::env_count("LLMBUS_SCALE_SECS", 25)
-    };
+    let (workers, secs) = support::scale_plan(25);
     println!(
         "cluster limits at scale — window {} s, limit {LIMIT} per window per deployment, {secs} s \
          per run",

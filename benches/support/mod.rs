@@ -144,6 +144,20 @@ pub fn env_count(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The scale benchmarks' plan: the worker counts to run in turn (`LLMBUS_SCALE_WORKERS`, a
+/// comma list, default 50 and 200) and the seconds per run (`LLMBUS_SCALE_SECS`, else
+/// `secs`); 3 workers for 3 s in a smoke pass.
+pub fn scale_plan(secs: u64) -> (Vec<usize>, u64) {
+    if smoke() {
+        return (vec![3], 3);
+    }
+    let workers = std::env::var("LLMBUS_SCALE_WORKERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![50, 200]);
+    (workers, env_count("LLMBUS_SCALE_SECS", secs))
+}
+
 /// A multi-threaded tokio runtime whose threads carry `name`.
 pub fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -91,12 +91,7 @@ pub async fn examine_store(
         match found.get(name) {
             Some(&has) => report
                 .problems
-                .extend(store::compare(name, has, wanted).map(|s| {
-                    format!(
-                        "{s}: losing the NATS node that holds it loses what it keeps; raise \
-                         it with `nats stream edit {name} --replicas {wanted}`"
-                    )
-                })),
+                .extend(store::compare(name, has, wanted).map(|s| s.advice())),
             None => report
                 .notes
                 .push(format!("{name} does not exist yet (a worker creates it)")),

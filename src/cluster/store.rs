@@ -7,9 +7,10 @@
 //! - [`ensure_bucket`]: a KV bucket opened, or created with those replicas, the one way that
 //!   works on nats-server 2.9.
 //! - [`Shortfall`]: an existing bucket or stream with fewer replicas than wanted. llmbus never
-//!   changes one that exists (an operator may have made it so), but says so, loudly: a warning
-//!   when it opens it, the gauge `llmbus_store_replicas_missing`, `llmbus health` and
-//!   `llmbus check --nats-url`.
+//!   changes one that exists (an operator may have made it so), but says so, loudly: each
+//!   worker's keeper (`worker::keeper`) warns when it first sees one and sets the gauge
+//!   `llmbus_store_replicas_missing`, `llmbus health` shows it, and `llmbus check FILE
+//!   --store` fails on it.
 //! - [`survey`]: every llmbus bucket and stream under a prefix as the server has it now, in one
 //!   request, for the worker's keeper (which creates again what was lost while it runs) and for
 //!   `llmbus check`.
@@ -115,23 +116,32 @@ pub fn compare(name: &str, has: usize, wanted: usize) -> Option<Shortfall> {
     })
 }
 
-/// Logs a shortfall found on opening a bucket or stream.
+impl Shortfall {
+    /// What it risks and how to mend it, for people.
+    pub fn advice(&self) -> String {
+        format!(
+            "{self}: losing the NATS node that holds it loses what it keeps; llmbus does not \
+             change a stream that exists: raise it with `nats stream edit {} --replicas {}`",
+            self.stream, self.wanted
+        )
+    }
+}
+
+/// Logs a shortfall the first time it is seen.
 pub fn warn(shortfall: &Shortfall) {
     tracing::warn!(
         stream = %shortfall.stream,
         has = shortfall.has,
         wanted = shortfall.wanted,
-        "{shortfall}: losing the NATS node that holds it loses what it keeps. llmbus does not \
-         change a stream that exists; raise it with `nats stream edit {} --replicas {}`",
-        shortfall.stream,
-        shortfall.wanted
+        "{}",
+        shortfall.advice()
     );
 }
 
 /// Opens bucket `config.bucket`, creating it with `replicas` when it does not exist. An
 /// existing bucket is used as it is, even when its options differ (an operator may have tuned
-/// them); fewer replicas than wanted are reported ([`warn`], [`compare`]). Two workers that
-/// create it at once both succeed.
+/// them; the keeper reports fewer replicas than wanted). Two workers that create it at once
+/// both succeed.
 ///
 /// The bucket's stream is created directly rather than with `create_key_value`: that call
 /// first reads the account's JetStream info, which async-nats 0.51 cannot parse from
@@ -142,25 +152,15 @@ pub async fn ensure_bucket(
     replicas: Replicas,
 ) -> Result<kv::Store, ClusterError> {
     let name = config.bucket.clone();
-    let opened = js.get_key_value(&name).await;
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
     // After a first request: a client that connects in the background knows its server only
     // once connected.
     let wanted = replicas.resolve(&js.client());
-    if let Ok(store) = opened {
-        let has = store.stream.cached_info().config.num_replicas;
-        if let Some(short) = compare(&store.stream_name, has, wanted) {
-            warn(&short);
-        }
-        return Ok(store);
-    }
     let created = js.create_stream(bucket_stream(&config, wanted)).await;
     match js.get_key_value(&name).await {
-        Ok(store) => {
-            if created.is_ok() {
-                compare(&store.stream_name, wanted, wanted);
-            }
-            Ok(store)
-        }
+        Ok(store) => Ok(store),
         Err(get) => Err(ClusterError::Bucket {
             bucket: name,
             source: match created {

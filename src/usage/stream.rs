@@ -9,8 +9,8 @@
 //!   concurrent creation by another worker counts as success);
 //! - the stream exists: it is left alone except for its retention (`max_age`), which is
 //!   updated to the configured one with `update_stream` (works on nats-server 2.9). Settings an
-//!   operator changed by hand (replicas, `max_bytes`, placement) are kept; fewer replicas than
-//!   wanted are reported ([`crate::cluster::store::warn`]). A stream of that
+//!   operator changed by hand (replicas, `max_bytes`, placement) are kept (the worker's keeper
+//!   reports fewer replicas than wanted). A stream of that
 //!   name that does not capture the usage subjects is reported, never changed or deleted.
 //! - no JetStream on the server (or no permission): an error the worker logs as a warning; it
 //!   runs on without the durable stream, usage events still flow on core NATS, and the
@@ -24,10 +24,7 @@ use async_nats::jetstream::{
     stream::{Config, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use crate::{
-    cluster::{Replicas, store},
-    wire::Subjects,
-};
+use crate::{cluster::Replicas, wire::Subjects};
 
 /// How a worker keeps the stream: what it creates it with when it is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,9 +139,6 @@ async fn reconcile(
     current: Config,
     wanted: &Config,
 ) -> Result<Ensured, StreamError> {
-    if let Some(short) = store::compare(&current.name, current.num_replicas, wanted.num_replicas) {
-        store::warn(&short);
-    }
     if !current.subjects.iter().any(|s| wanted.subjects.contains(s)) {
         return Ok(Ensured::LeftAlone(format!(
             "it exists but captures {:?}, not {:?}: usage events are not kept; fix or delete \

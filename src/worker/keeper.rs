@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 
 use crate::{
     cluster::{
-        ClusterError, Replicas, clock, config_store, ensure_bucket, health, jetstream, members,
-        quota,
+        ClusterError, Replicas, bucket_name, clock, config_store, ensure_bucket, health, jetstream,
+        members, quota,
         store::{self, StoreStatus},
     },
     telemetry,
@@ -126,7 +126,7 @@ struct Look<'a> {
 impl Look<'_> {
     /// True when this worker creates `name` again once it is missing, having `seen` it or not.
     fn keeps(&self, name: &str, seen: bool) -> bool {
-        if name == format!("KV_{}", config_store::bucket(self.subjects.prefix()).bucket) {
+        if name == format!("KV_{}", bucket_name(self.subjects.prefix(), "CONFIG")) {
             seen
         } else if name == format!("KV_{}", self.subjects.spend_bucket()) {
             self.aggregate

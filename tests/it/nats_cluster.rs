@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{nats_cluster::NatsCluster, nats_server::flavours};
+use crate::support::{nats_cluster::NatsCluster, nats_server::flavours, poll};
 use async_nats::jetstream::{self, kv, message::PublishMessage, stream};
 
 /// How long the two remaining nodes may take to elect a leader and answer (a busy machine).
@@ -20,20 +20,13 @@ fn impatient(client: &async_nats::Client) -> jetstream::Context {
         .build(client.clone())
 }
 
-/// Retries `attempt` until it succeeds; panics with `what` and the last error after
-/// [`ELECTION`]. For what has no event to wait for: a new leader answering.
+/// Retries `attempt` until it succeeds, for up to [`ELECTION`]: what has no event to wait
+/// for, such as a new leader answering.
 async fn until_ok<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
-    mut attempt: impl FnMut() -> F,
+    attempt: impl FnMut() -> F,
 ) -> T {
-    let deadline = Instant::now() + ELECTION;
-    loop {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(e) if Instant::now() > deadline => panic!("{what}: still failing: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
+    poll::until_ok(ELECTION, what, attempt).await
 }
 
 /// The stream's leader node, waiting for one to be elected.

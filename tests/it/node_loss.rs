@@ -24,6 +24,7 @@ use crate::support::{
     llmbus_process::LlmbusProcess,
     nats_cluster::NatsCluster,
     nats_server::flavours,
+    poll,
 };
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
@@ -180,14 +181,10 @@ async fn usage_jobs(js: &jetstream::Context) -> Vec<String> {
     let total = last.unwrap_or(0);
     let mut jobs = Vec::with_capacity(total as usize);
     for seq in 1..=total {
-        let deadline = Instant::now() + PATIENCE;
-        let m = loop {
-            match stream.get_raw_message(seq).await {
-                Ok(m) => break m,
-                Err(e) if Instant::now() > deadline => panic!("usage event {seq}: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        };
+        let m = poll::until_ok(PATIENCE, &format!("usage event {seq}"), || {
+            stream.get_raw_message(seq)
+        })
+        .await;
         let event: Value = serde_json::from_slice(&m.payload).unwrap();
         jobs.push(event["job_id"].as_str().unwrap().to_string());
     }
@@ -234,18 +231,11 @@ async fn losing_the_node_that_leads_the_quota_and_usage_streams_loses_nothing() 
             .timeout(Duration::from_secs(20))
             .build(admin.clone());
         for name in store::names(&Subjects::default()) {
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                let replicas = cluster.replicas(&admin, &name).await;
-                if replicas == 3 {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{version}: {name} has {replicas} replicas"
-                );
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+            let what = format!("{version}: {name} with 3 replicas");
+            poll::until(PATIENCE, &what, || async {
+                cluster.replicas(&admin, &name).await == 3
+            })
+            .await;
         }
 
         // A config pushed before the loss reaches both workers.
@@ -463,20 +453,16 @@ async fn a_bucket_with_fewer_replicas_than_the_cluster_wants_is_reported() {
     // The rest is created with three; the health bucket is used as it is, and reported.
     assert_eq!(cluster.replicas(&client, "KV_LLM_QUOTA").await, 3);
     assert_eq!(cluster.replicas(&client, "KV_LLM_HEALTH").await, 1);
-    let deadline = Instant::now() + PATIENCE;
-    let short = loop {
+    let short = poll::until_some(PATIENCE, "a worker reporting the shortfall", || async {
         let workers = llmbus::client::health::check(&client, "llm", Duration::from_secs(2))
             .await
             .unwrap();
-        if let Some(w) = workers.iter().find(|w| !w.store_short.is_empty()) {
-            break w.store_short.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no shortfall reported: {workers:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+        workers
+            .into_iter()
+            .find(|w| !w.store_short.is_empty())
+            .map(|w| w.store_short)
+    })
+    .await;
     assert_eq!(short, ["KV_LLM_HEALTH has 1 replica of the 3 wanted"]);
     let (ok, text) = check_store(yaml, &cluster.url(1));
     assert!(!ok, "{text}");

@@ -8,14 +8,12 @@
 //!
 //! On a real three-node cluster (replicas, shortfalls, a node's loss) see `nats_cluster`.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use crate::support::{
     gateway::{PATIENCE, chat, start_worker},
     nats_server::NatsServer,
+    poll,
 };
 use async_nats::jetstream;
 use futures::TryStreamExt;
@@ -50,15 +48,6 @@ async fn existing(js: &jetstream::Context) -> Vec<String> {
     found
 }
 
-/// Polls `what` until it holds, for up to `wait`.
-async fn until<F: Future<Output = bool>>(wait: Duration, what: &str, mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + wait;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {wait:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn ask_ok(client: &LlmClient, n: usize) {
     for i in 0..n {
         let r = client
@@ -88,7 +77,7 @@ async fn a_store_lost_while_the_worker_runs_is_created_again_and_everything_carr
         .collect();
     let mut want = used.clone();
     want.sort();
-    until(KEEPER, "the worker's buckets and streams exist", || async {
+    poll::until(KEEPER, "the worker's buckets and streams exist", || async {
         existing(&js).await == want
     })
     .await;
@@ -97,7 +86,7 @@ async fn a_store_lost_while_the_worker_runs_is_created_again_and_everything_carr
     for name in &used {
         js.delete_stream(name).await.unwrap();
     }
-    until(KEEPER, "every bucket and stream is back", || async {
+    poll::until(KEEPER, "every bucket and stream is back", || async {
         existing(&js).await == want
     })
     .await;
@@ -118,7 +107,7 @@ async fn a_store_lost_while_the_worker_runs_is_created_again_and_everything_carr
     );
     // The worker's heartbeat is in the new membership bucket.
     let members = js.get_key_value("LLM_WORKERS").await.unwrap();
-    until(PATIENCE, "the worker's heartbeat is back", || async {
+    poll::until(PATIENCE, "the worker's heartbeat is back", || async {
         let keys: Vec<String> = match members.keys().await {
             Ok(keys) => keys.try_collect().await.unwrap_or_default(),
             Err(_) => Vec::new(),

@@ -96,20 +96,13 @@ async fn stream_messages(js: &jetstream::Context) -> u64 {
         .messages
 }
 
-/// Polls `check` every 50 ms until it holds; panics with `what` after 60 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+/// Polls `check` until it holds; panics with `what` after 60 s.
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::poll::until(Duration::from_secs(60), what, check).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ pub mod nats_binaries;
 pub mod nats_cluster;
 pub mod nats_flavour;
 pub mod nats_server;
+pub mod poll;
 pub mod pyenv;
 pub mod run;
 pub mod shell;

@@ -187,12 +187,7 @@ impl NatsCluster {
 
     /// A connection that knows every node and keeps reconnecting through outages.
     pub async fn client_all(&self) -> async_nats::Client {
-        async_nats::ConnectOptions::new()
-            .max_reconnects(None)
-            .retry_on_initial_connect()
-            .connect(self.urls())
-            .await
-            .expect("connect to the cluster")
+        super::nats_server::reconnecting(self.urls()).await
     }
 
     /// Kills node `i` (SIGKILL).

@@ -33,12 +33,7 @@ impl FlavourServer {
 
     /// A new connection that keeps reconnecting through outages.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::ConnectOptions::new()
-            .max_reconnects(None)
-            .retry_on_initial_connect()
-            .connect(self.url())
-            .await
-            .expect("connect to the private nats-server")
+        super::nats_server::reconnecting(self.url()).await
     }
 
     /// Kills the server (SIGKILL).

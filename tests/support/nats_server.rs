@@ -89,6 +89,17 @@ pub fn version_of(binary: &Path) -> Option<String> {
     Some(v.to_string())
 }
 
+/// A connection to `servers` that keeps reconnecting through outages (a server down at the
+/// start included: it connects in the background).
+pub async fn reconnecting(servers: impl async_nats::ToServerAddrs) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .max_reconnects(None)
+        .retry_on_initial_connect()
+        .connect(servers)
+        .await
+        .expect("connect to the private nats-server")
+}
+
 /// A running private nats-server.
 pub struct NatsServer {
     server: LocalNats,
